@@ -1,0 +1,160 @@
+"""The compressor interface: an operator C on rows of a tensor, with its theory declared as data.
+
+A compressor maps x of shape (..., d) to C(x) of the same shape, compressing every row (the last
+dimension) independently and returning the *decompressed* vector, i.e. what the receiver
+reconstructs. Randomness is split from the arithmetic so that the simulator, the reference loop and
+(later) real distributed workers can share one draw:
+
+    rnd = C.draw(batch_shape, d, generator, dtype)   # all randomness, from the generator only
+    y = C.apply(x, rnd)                              # deterministic given rnd
+
+``C(x, generator)`` does both. ``rnd`` is a tensor whose leading dimensions broadcast against
+``x.shape[:-1]`` (so one draw of batch shape (1, R) can be shared by N workers), or ``None`` for a
+deterministic compressor.
+
+Theory is declared per dimension d (classes from Richtárik et al. / science.md §4):
+
+* ``unbiased`` and ``omega(d)``: E C(x) = x and E‖C(x) − x‖² ≤ ω‖x‖² (class U(ζ) with ζ = 1 + ω);
+* ``delta(d)``: E‖C(x) − x‖² ≤ (1 − 1/δ)‖x‖² (class B3(δ));
+* ``b1(d)`` = (α, β): α‖x‖² ≤ E‖C(x)‖² ≤ β⟨E C(x), x⟩ (class B1);
+* ``b2(d)`` = (γ, β): max{γ‖x‖², E‖C(x)‖²/β} ≤ ⟨E C(x), x⟩ (class B2);
+* ``bits(d)``: the exact number of bits one worker sends for one vector of length d, counting
+  values (32-bit floats unless the compressor quantises them), indices, norms and scales.
+
+``b1``/``b2`` default to the conversions in the seed's table (U(ζ) ⇒ B1(1, ζ), B2(1, ζ);
+B3(δ) ⇒ B1(1/(4δ²), 2), B2(1/(2δ), 2)); a compressor with tighter constants overrides them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+#: Bits of one uncompressed value on the wire (float32).
+FLOAT_BITS = 32
+
+
+def index_bits(d: int) -> int:
+    """Bits of one coordinate index in a vector of length d: ⌈log₂ d⌉ (0 for d = 1)."""
+    return max(0, math.ceil(math.log2(d))) if d > 1 else 0
+
+
+class Compressor:
+    """Base class. Subclasses set ``name``, implement ``apply`` and the declared theory."""
+
+    name: ClassVar[str] = ""
+    #: E C(x) = x for every x.
+    unbiased: ClassVar[bool] = False
+    #: Needs random numbers (``draw`` returns a tensor).
+    randomized: ClassVar[bool] = False
+
+    # ---- randomness and arithmetic -------------------------------------------------------
+    def draw(
+        self,
+        batch_shape: tuple[int, ...],
+        d: int,
+        generator: torch.Generator | None,
+        dtype: torch.dtype = torch.float64,
+    ) -> Tensor | None:
+        """All random numbers one call needs for inputs of shape (*batch_shape, d)."""
+        return None
+
+    def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
+        """Compress and decompress every row of ``x`` (shape (..., d)) using the draw ``rnd``."""
+        raise NotImplementedError
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if x.dim() < 1:
+            raise ValueError(f"x must have at least one dimension (..., d), got shape {tuple(x.shape)}")
+        if self.randomized and generator is None:
+            raise ValueError(
+                f"compressor {self.name!r} is randomized: pass generator=torch.Generator() "
+                "(no global random state is used)"
+            )
+        rnd = self.draw(tuple(x.shape[:-1]), x.shape[-1], generator, x.dtype)
+        return self.apply(x, rnd)
+
+    # ---- declared theory -----------------------------------------------------------------
+    def omega(self, d: int) -> float | None:
+        """ω with E‖C(x) − x‖² ≤ ω‖x‖² (unbiased compressors only), else None."""
+        return None
+
+    def delta(self, d: int) -> float | None:
+        """δ of class B3(δ): E‖C(x) − x‖² ≤ (1 − 1/δ)‖x‖², or None if not contractive."""
+        return None
+
+    def b1(self, d: int) -> tuple[float, float] | None:
+        """(α, β) of class B1(α, β), by default from ω or δ via the seed's conversion table."""
+        w = self.omega(d) if self.unbiased else None
+        if w is not None:
+            return 1.0, 1.0 + w
+        dl = self.delta(d)
+        if dl is not None:
+            return 1.0 / (4.0 * dl * dl), 2.0
+        return None
+
+    def b2(self, d: int) -> tuple[float, float] | None:
+        """(γ, β) of class B2(γ, β), by default from ω or δ via the seed's conversion table."""
+        w = self.omega(d) if self.unbiased else None
+        if w is not None:
+            return 1.0, 1.0 + w
+        dl = self.delta(d)
+        if dl is not None:
+            return 1.0 / (2.0 * dl), 2.0
+        return None
+
+    def support(self, d: int) -> int:
+        """Number of values sent for a vector of length d (k for sparsifiers)."""
+        return d
+
+    def index_bits(self, d: int) -> int:
+        """Bits spent on coordinate indices for a vector of length d."""
+        return 0
+
+    def bits(self, d: int) -> int:
+        """Exact bits one worker sends for one vector of length d."""
+        raise NotImplementedError
+
+    # ---- communication -------------------------------------------------------------------
+    @property
+    def summable(self) -> bool:
+        """Payloads of different workers can be summed in compressed form (all-reduce works)."""
+        return False
+
+    @property
+    def shared_randomness(self) -> bool:
+        """All workers use one shared draw (same seed), rather than independent ones."""
+        return False
+
+    def __repr__(self) -> str:  # e.g. rand-k(k=5)
+        params = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{self.name}({params})"
+
+    def params(self) -> dict[str, object]:
+        """The parameters this compressor was built with (for configs and reports)."""
+        return {}
+
+
+def resolve_k(name: str, k: int | None, ratio: float | None, d: int) -> int:
+    """The number of kept coordinates for dimension d, from a count ``k`` or a fraction ``ratio``."""
+    if k is not None:
+        kk = int(k)
+    else:
+        assert ratio is not None
+        kk = max(1, round(ratio * d))
+    if not 1 <= kk <= d:
+        raise ValueError(f"{name}: k must be between 1 and d = {d}, got k = {kk}")
+    return kk
+
+
+def check_k_ratio(name: str, k: int | None, ratio: float | None) -> None:
+    """Validate that exactly one of ``k`` (count ≥ 1) and ``ratio`` (in (0, 1]) is given."""
+    if (k is None) == (ratio is None):
+        raise ValueError(f"{name}: give exactly one of k (a count) or ratio (a fraction of d), got k={k!r}, ratio={ratio!r}")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"{name}: k must be an integer ≥ 1, got {k!r}")
+    if ratio is not None and not (isinstance(ratio, (int, float)) and 0.0 < ratio <= 1.0):
+        raise ValueError(f"{name}: ratio must be a number in (0, 1], got {ratio!r}")
