@@ -1,0 +1,120 @@
+"""Gradient-noise models: what a worker adds to its exact gradient.
+
+A worker's stochastic gradient is g_i = ∇f_i(x) + Z_i with Z_i = σ_i · T / √B, where T has
+independent standard coordinates and B is the batch size (the *batch convention*: a batch of B
+samples divides the noise scale by √B, as averaging B independent samples would for finite
+variance; for heavy tails it is the convention of science.md §2, "σ T_ν / √B"):
+
+* ``none``       — T = 0 (full-batch gradients);
+* ``gaussian``   — T ~ N(0, 1);
+* ``student-t``  — T ~ Student-t with ν degrees of freedom (ν = 1 is Cauchy; the variance is
+  infinite for ν ≤ 2, which is where DCSGD breaks and DSignSGD does not).
+
+σ_i may differ per worker (``scale`` given as a list, one per worker).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+NOISE_NAMES = ("none", "gaussian", "student-t")
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Additive gradient noise σ_i T / √B.
+
+    Args:
+        name: one of ``NOISE_NAMES``.
+        scale: σ, one float for every worker or a sequence with one σ_i per worker.
+        nu: degrees of freedom ν > 0 of ``student-t`` (ignored otherwise).
+    """
+
+    name: str = "gaussian"
+    scale: float | tuple[float, ...] = 1.0
+    nu: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.name not in NOISE_NAMES:
+            raise ValueError(f"noise name must be one of {', '.join(NOISE_NAMES)}, got {self.name!r}")
+        scales = self.scale if isinstance(self.scale, (tuple, list)) else (self.scale,)
+        if isinstance(self.scale, list):
+            object.__setattr__(self, "scale", tuple(self.scale))
+        if not scales or any(not isinstance(s, (int, float)) or isinstance(s, bool) or not s >= 0 for s in scales):
+            raise ValueError(f"noise scale must be a number ≥ 0 or a list of them (one per worker), got {self.scale!r}")
+        if self.name == "student-t" and not (isinstance(self.nu, (int, float)) and self.nu > 0 and math.isfinite(self.nu)):
+            raise ValueError(f"noise nu (Student-t degrees of freedom) must be a finite number > 0, got {self.nu!r}")
+
+    @property
+    def active(self) -> bool:
+        """Whether any noise is added at all."""
+        scales = self.scale if isinstance(self.scale, tuple) else (self.scale,)
+        return self.name != "none" and any(s > 0 for s in scales)
+
+    def worker_scales(self, workers: int) -> Tensor:
+        """σ_i for i < workers as a float64 tensor of shape (workers,)."""
+        if isinstance(self.scale, tuple):
+            if len(self.scale) == 1:
+                return torch.full((workers,), float(self.scale[0]), dtype=torch.float64)
+            if len(self.scale) != workers:
+                raise ValueError(
+                    f"noise scale has {len(self.scale)} per-worker values but the series has workers = {workers}; "
+                    "give one value per worker or a single number"
+                )
+            return torch.tensor(self.scale, dtype=torch.float64)
+        return torch.full((workers,), float(self.scale), dtype=torch.float64)
+
+    def standard(self, shape: Sequence[int], generator: torch.Generator, dtype: torch.dtype) -> Tensor:
+        """A tensor of i.i.d. standardised draws T of the given shape."""
+        if self.name == "none":
+            return torch.zeros(shape, dtype=dtype)
+        z = torch.empty(shape, dtype=dtype).normal_(generator=generator)
+        if self.name == "student-t":
+            # T = Z / sqrt(V/ν), V ~ χ²_ν = 2·Gamma(ν/2). torch's gamma sampler takes the generator
+            # (private API, but the only one that does; it is exact for every shape parameter).
+            half = torch.full(tuple(shape), self.nu / 2.0, dtype=dtype)
+            v = 2.0 * torch._standard_gamma(half, generator=generator)
+            z = z / torch.sqrt(v / self.nu)
+        return z
+
+    def sample(self, workers: int, batch_shape: Sequence[int], d: int, batch: int,
+               generator: torch.Generator, dtype: torch.dtype = torch.float64) -> Tensor:
+        """Noise for every worker: shape (workers, *batch_shape, d), worker i scaled by σ_i / √batch."""
+        if batch < 1:
+            raise ValueError(f"batch must be an integer ≥ 1, got {batch!r}")
+        t = self.standard((workers, *batch_shape, d), generator, dtype)
+        s = (self.worker_scales(workers) / math.sqrt(batch)).to(dtype)
+        return t * s.reshape(workers, *([1] * (len(batch_shape) + 1)))
+
+    # ---- distribution facts used by the theory (SDE drift of sign methods, stationary losses)
+    def cdf(self, z: Tensor | float) -> Tensor:
+        """CDF F of the standardised noise T at z (float64)."""
+        zz = torch.as_tensor(z, dtype=torch.float64)
+        if self.name == "gaussian":
+            return 0.5 * (1.0 + torch.erf(zz / math.sqrt(2.0)))
+        if self.name == "student-t":
+            from scipy import stats  # imported here: scipy.stats is slow to import
+
+            return torch.from_numpy(stats.t.cdf(zz.numpy(), self.nu))
+        raise ValueError(f"noise {self.name!r} has no continuous distribution")
+
+    def density_at_zero(self) -> float:
+        """f(0) of the standardised noise: 1/√(2π) (Gaussian), Γ((ν+1)/2)/(√(νπ) Γ(ν/2)) (Student-t)."""
+        if self.name == "gaussian":
+            return 1.0 / math.sqrt(2.0 * math.pi)
+        if self.name == "student-t":
+            return math.exp(math.lgamma((self.nu + 1) / 2) - math.lgamma(self.nu / 2)) / math.sqrt(self.nu * math.pi)
+        raise ValueError(f"noise {self.name!r} has no density")
+
+    def variance(self) -> float:
+        """Var T of the standardised noise (inf for Student-t with ν ≤ 2)."""
+        if self.name == "none":
+            return 0.0
+        if self.name == "gaussian":
+            return 1.0
+        return self.nu / (self.nu - 2.0) if self.nu > 2 else math.inf

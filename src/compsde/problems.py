@@ -1,0 +1,338 @@
+"""Optimisation problems with per-worker objectives f_i, exact gradients and, where one exists, a known optimum.
+
+The global objective is f = (1/N) Σ_i f_i. Every problem works on batches of points x of shape
+(..., d) and returns per-worker gradients of shape (N, ..., d).
+
+Heterogeneity (``heterogeneity`` = ζ > 0) tilts each worker's objective linearly,
+f_i(x) = f(x) − ⟨b_i, x⟩ with Σ_i b_i = 0 and ‖b_i‖ ≈ ζ, so the workers disagree while f, its
+optimum x* and f* stay exactly those of the homogeneous problem, whatever N is. The Top-1
+counter-example is heterogeneous by construction instead.
+
+Problems: ``quadratic``, ``linear-regression``, ``logistic-regression``, ``top1-counterexample``,
+``l0l1-cosh``. Build one with ``make(name, dim=..., **params)``.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+
+class Problem:
+    """Base class. Tensors are float64 at construction; ``to(dtype)`` gives a cast copy."""
+
+    name: ClassVar[str] = ""
+    #: Number of workers the problem is defined for (None: any N).
+    fixed_workers: ClassVar[int | None] = None
+
+    dim: int
+    #: Minimiser x* (shape (d,)) or None if unknown.
+    x_opt: Tensor | None = None
+    #: Minimum f* (0.0 if unknown and the loss is reported as f itself).
+    f_opt: float = 0.0
+    heterogeneity: float = 0.0
+    seed: int = 0
+    x0_scale: float = 1.0
+
+    def loss(self, x: Tensor) -> Tensor:
+        """f(x) for x of shape (..., d); returns shape (...)."""
+        raise NotImplementedError
+
+    def grad(self, x: Tensor) -> Tensor:
+        """∇f(x), same shape as x."""
+        raise NotImplementedError
+
+    def default_x0(self) -> Tensor:
+        """The problem's own starting point before ``x0_scale`` (shape (d,))."""
+        return torch.ones(self.dim, dtype=torch.float64)
+
+    def x0(self) -> Tensor:
+        """Starting point: the problem's default scaled by ``x0_scale``."""
+        return self.x0_scale * self.default_x0()
+
+    def worker_grads(self, x: Tensor, workers: int) -> Tensor:
+        """∇f_i(x) for i < workers: shape (workers, *x.shape)."""
+        self.check_workers(workers)
+        g = self.grad(x)
+        if self.heterogeneity == 0.0:
+            return g.expand(workers, *g.shape)
+        b = self.tilts(workers).to(x.dtype)
+        return g.unsqueeze(0) - b.reshape(workers, *([1] * (x.dim() - 1)), self.dim)
+
+    def tilts(self, workers: int) -> Tensor:
+        """The heterogeneity shifts b_i (shape (workers, d)), centred so that Σ_i b_i = 0."""
+        return _tilts(self.seed, workers, self.dim, float(self.heterogeneity))
+
+    def check_workers(self, workers: int) -> None:
+        if self.fixed_workers is not None and workers != self.fixed_workers:
+            raise ValueError(f"problem {self.name!r} is defined for workers = {self.fixed_workers}, got workers = {workers}")
+        if workers < 1:
+            raise ValueError(f"workers must be an integer ≥ 1, got {workers}")
+
+    def suboptimality(self, x: Tensor) -> Tensor:
+        """f(x) − f*."""
+        return self.loss(x) - self.f_opt
+
+    def to(self, dtype: torch.dtype) -> "Problem":
+        """A shallow copy whose tensors have the given dtype."""
+        new = object.__new__(type(self))
+        for k, v in vars(self).items():
+            setattr(new, k, v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() else v)
+        return new
+
+    def describe(self) -> str:
+        return f"{self.name}(d={self.dim})"
+
+
+@lru_cache(maxsize=64)
+def _tilts(seed: int, workers: int, dim: int, zeta: float) -> Tensor:
+    if workers == 1:
+        return torch.zeros(1, dim, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(10_007 * seed + workers)
+    b = torch.randn(workers, dim, generator=gen, dtype=torch.float64)
+    b = b - b.mean(0, keepdim=True)
+    return zeta * b / math.sqrt(dim)
+
+
+_REGISTRY: dict[str, type[Problem]] = {}
+
+
+def register(cls: type[Problem]) -> type[Problem]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def make(name: str, **params: Any) -> Problem:
+    """Build a problem by name; unknown names or parameters raise a ValueError listing the valid ones."""
+    import inspect
+
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown problem {name!r}; valid names: {', '.join(_REGISTRY)}")
+    cls = _REGISTRY[name]
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    bad = sorted(set(params) - set(valid))
+    if bad:
+        raise ValueError(f"problem {name!r} does not take {', '.join(bad)}; valid parameters: {', '.join(valid)}")
+    return cls(**params)
+
+
+def _check_common(name: str, dim: int, heterogeneity: float, x0_scale: float) -> None:
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"problem {name!r}: dim must be an integer ≥ 1, got {dim!r}")
+    if not (isinstance(heterogeneity, (int, float)) and heterogeneity >= 0):
+        raise ValueError(f"problem {name!r}: heterogeneity must be a number ≥ 0, got {heterogeneity!r}")
+    if not (isinstance(x0_scale, (int, float)) and math.isfinite(x0_scale)):
+        raise ValueError(f"problem {name!r}: x0_scale must be a finite number, got {x0_scale!r}")
+
+
+@register
+class Quadratic(Problem):
+    """f(x) = ½ xᵀ H x with H = Q diag(h) Qᵀ, h evenly spaced in [eig_min, eig_max].
+
+    Q = I (``rotate=False``, diagonal) or a random orthogonal matrix. x* = 0, f* = 0, start x⁰ = 1.
+    """
+
+    name = "quadratic"
+
+    def __init__(self, dim: int = 10, eig_min: float = 0.5, eig_max: float = 2.0, rotate: bool = False,
+                 heterogeneity: float = 0.0, seed: int = 0, x0_scale: float = 1.0) -> None:
+        _check_common(self.name, dim, heterogeneity, x0_scale)
+        if not (0 <= eig_min <= eig_max):
+            raise ValueError(f"quadratic: need 0 ≤ eig_min ≤ eig_max, got eig_min={eig_min!r}, eig_max={eig_max!r}")
+        self.dim, self.heterogeneity, self.seed, self.x0_scale = dim, float(heterogeneity), seed, float(x0_scale)
+        self.eig_min, self.eig_max, self.rotate = float(eig_min), float(eig_max), bool(rotate)
+        self.eigs = torch.linspace(eig_min, eig_max, dim, dtype=torch.float64) if dim > 1 else torch.tensor([eig_max], dtype=torch.float64)
+        if rotate:
+            gen = torch.Generator().manual_seed(seed)
+            q, r = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=torch.float64))
+            self.q: Tensor | None = q * torch.sign(torch.diagonal(r))
+            self.hessian = (self.q * self.eigs) @ self.q.T
+        else:
+            self.q = None
+            self.hessian = torch.diag(self.eigs)
+        self.x_opt = torch.zeros(dim, dtype=torch.float64)
+        self.f_opt = 0.0
+
+    def grad(self, x: Tensor) -> Tensor:
+        return x * self.eigs if self.q is None else x @ self.hessian
+
+    def loss(self, x: Tensor) -> Tensor:
+        return 0.5 * (x * self.grad(x)).sum(-1)
+
+
+class _DataProblem(Problem):
+    """Shared parts of the regression problems: a data matrix A (m, d) and targets b (m,)."""
+
+    a: Tensor
+    b: Tensor
+
+    def default_x0(self) -> Tensor:
+        return torch.zeros(self.dim, dtype=torch.float64) if self.x0_scale == 0 else torch.ones(self.dim, dtype=torch.float64)
+
+
+def synthetic_regression(samples: int, dim: int, seed: int, classification: bool) -> tuple[Tensor, Tensor]:
+    """Gaussian features with a planted model: b = A w + 0.1 ε (regression) or sign(A w + ε) (labels ±1)."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(samples, dim, generator=gen, dtype=torch.float64)
+    w = torch.randn(dim, generator=gen, dtype=torch.float64) / math.sqrt(dim)
+    eps = torch.randn(samples, generator=gen, dtype=torch.float64)
+    if classification:
+        return a, torch.where(a @ w + 0.5 * eps >= 0, 1.0, -1.0).to(torch.float64)
+    return a, a @ w + 0.1 * eps
+
+
+def _load(dataset: str, samples: int, dim: int, seed: int, classification: bool) -> tuple[Tensor, Tensor]:
+    if dataset == "synthetic":
+        return synthetic_regression(samples, dim, seed, classification)
+    from compsde.datasets import load_libsvm
+
+    path = Path(dataset)
+    if not path.is_file():
+        raise ValueError(f"dataset must be 'synthetic' or the path of a LIBSVM-format file, got {dataset!r} (no such file)")
+    a, b = load_libsvm(path, n_features=dim)
+    if classification:
+        b = torch.where(b > b.min(), 1.0, -1.0).to(torch.float64) if set(b.unique().tolist()) != {-1.0, 1.0} else b
+    return a, b
+
+
+@register
+class LinearRegression(_DataProblem):
+    """f(x) = (1/2m) ‖A x − b‖², x* by least squares. Data: synthetic (default) or a LIBSVM file."""
+
+    name = "linear-regression"
+
+    def __init__(self, dim: int = 10, samples: int = 200, dataset: str = "synthetic", heterogeneity: float = 0.0,
+                 seed: int = 0, x0_scale: float = 1.0) -> None:
+        _check_common(self.name, dim, heterogeneity, x0_scale)
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"linear-regression: samples must be an integer ≥ 1, got {samples!r}")
+        self.dim, self.heterogeneity, self.seed, self.x0_scale = dim, float(heterogeneity), seed, float(x0_scale)
+        self.a, self.b = _load(dataset, samples, dim, seed, classification=False)
+        self.dim = self.a.shape[1]
+        self.x_opt = torch.linalg.lstsq(self.a, self.b.unsqueeze(-1)).solution.squeeze(-1)
+        self.f_opt = float(self.loss(self.x_opt))
+
+    def loss(self, x: Tensor) -> Tensor:
+        r = x @ self.a.T - self.b
+        return 0.5 * (r * r).mean(-1)
+
+    def grad(self, x: Tensor) -> Tensor:
+        return (x @ self.a.T - self.b) @ self.a / self.a.shape[0]
+
+
+@register
+class LogisticRegression(_DataProblem):
+    """f(x) = (1/m) Σ_j log(1 + exp(−y_j ⟨a_j, x⟩)) + (λ/2)‖x‖², labels y ∈ {−1, +1}.
+
+    Strongly convex for λ > 0; x* is computed once by Newton's method in float64.
+    """
+
+    name = "logistic-regression"
+
+    def __init__(self, dim: int = 10, samples: int = 200, dataset: str = "synthetic", l2: float = 1e-3,
+                 heterogeneity: float = 0.0, seed: int = 0, x0_scale: float = 1.0) -> None:
+        _check_common(self.name, dim, heterogeneity, x0_scale)
+        if not (isinstance(l2, (int, float)) and l2 >= 0):
+            raise ValueError(f"logistic-regression: l2 must be a number ≥ 0, got {l2!r}")
+        self.dim, self.heterogeneity, self.seed, self.x0_scale = dim, float(heterogeneity), seed, float(x0_scale)
+        self.l2 = float(l2)
+        self.a, self.b = _load(dataset, samples, dim, seed, classification=True)
+        self.dim = self.a.shape[1]
+        self.ya = self.b.unsqueeze(-1) * self.a  # rows y_j a_j
+        self.x_opt = self._newton()
+        self.f_opt = float(self.loss(self.x_opt))
+
+    def loss(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.softplus(-(x @ self.ya.T)).mean(-1) + 0.5 * self.l2 * (x * x).sum(-1)
+
+    def grad(self, x: Tensor) -> Tensor:
+        s = torch.sigmoid(-(x @ self.ya.T))  # (..., m)
+        return -(s @ self.ya) / self.ya.shape[0] + self.l2 * x
+
+    def _newton(self, iters: int = 100) -> Tensor:
+        x = torch.zeros(self.dim, dtype=torch.float64)
+        m = self.ya.shape[0]
+        for _ in range(iters):
+            s = torch.sigmoid(-(self.ya @ x))
+            h = (self.ya.T * (s * (1 - s))) @ self.ya / m + (self.l2 + 1e-12) * torch.eye(self.dim, dtype=torch.float64)
+            step = torch.linalg.solve(h, self.grad(x))
+            x = x - step
+            if float(step.norm()) < 1e-13 * (1 + float(x.norm())):
+                break
+        return x
+
+
+@register
+class Top1Counterexample(Problem):
+    """The n = d = 3 problem of Beznosikov et al. (seed 003) on which Top-1 distributed GD diverges.
+
+    f_i(x) = ⟨a_i, x⟩² + ¼‖x‖², a_1 = (−3, 2, 2), a_2 = (2, −3, 2), a_3 = (2, 2, −3); x* = 0, f* = 0.
+    From x⁰ = (t, t, t), Top-1 compressed GD gives x^k = (1 + 11η/6)^k x⁰ for every η > 0, while error
+    feedback converges. t = ``x0_scale``.
+    """
+
+    name = "top1-counterexample"
+    fixed_workers = 3
+
+    def __init__(self, dim: int = 3, x0_scale: float = 1.0) -> None:
+        if dim != 3:
+            raise ValueError(f"top1-counterexample is defined for dim = 3 only, got dim = {dim!r}")
+        _check_common(self.name, dim, 0.0, x0_scale)
+        self.dim, self.x0_scale = 3, float(x0_scale)
+        self.avec = torch.tensor([[-3.0, 2.0, 2.0], [2.0, -3.0, 2.0], [2.0, 2.0, -3.0]], dtype=torch.float64)
+        self.x_opt = torch.zeros(3, dtype=torch.float64)
+        self.f_opt = 0.0
+
+    def worker_grads(self, x: Tensor, workers: int) -> Tensor:
+        self.check_workers(workers)
+        inner = x @ self.avec.T  # (..., 3): ⟨a_i, x⟩
+        g = 2.0 * inner.unsqueeze(-1) * self.avec.reshape(*([1] * (x.dim() - 1)), 3, 3) + 0.5 * x.unsqueeze(-2)
+        return g.movedim(-2, 0)  # (3, ..., d)
+
+    def loss(self, x: Tensor) -> Tensor:
+        return ((x @ self.avec.T) ** 2).mean(-1) + 0.25 * (x * x).sum(-1)
+
+    def grad(self, x: Tensor) -> Tensor:
+        return self.worker_grads(x, 3).mean(0)
+
+
+@register
+class L0L1Cosh(Problem):
+    """f(x) = Σ_j (cosh(s x_j) − 1)/s², s = ``sharpness``.
+
+    (L0, L1)-smooth but not L-smooth: ∇²f = diag(cosh(s x_j)) is unbounded, yet
+    cosh(s x_j) ≤ 1 + s|sinh(s x_j)/s| gives ‖∇²f(x)‖ ≤ L0 + L1‖∇f(x)‖ with L0 = 1, L1 = s.
+    x* = 0, f* = 0; default start x⁰ = 3·1 (far enough that the curvature is ~10× the minimum's).
+    """
+
+    name = "l0l1-cosh"
+
+    def __init__(self, dim: int = 10, sharpness: float = 1.0, heterogeneity: float = 0.0, seed: int = 0,
+                 x0_scale: float = 1.0) -> None:
+        _check_common(self.name, dim, heterogeneity, x0_scale)
+        if not (isinstance(sharpness, (int, float)) and sharpness > 0):
+            raise ValueError(f"l0l1-cosh: sharpness must be a number > 0, got {sharpness!r}")
+        self.dim, self.heterogeneity, self.seed, self.x0_scale = dim, float(heterogeneity), seed, float(x0_scale)
+        self.sharpness = float(sharpness)
+        self.x_opt = torch.zeros(dim, dtype=torch.float64)
+        self.f_opt = 0.0
+
+    def default_x0(self) -> Tensor:
+        return torch.full((self.dim,), 3.0, dtype=torch.float64)
+
+    def loss(self, x: Tensor) -> Tensor:
+        s = self.sharpness
+        return ((torch.cosh(s * x) - 1.0) / (s * s)).sum(-1)
+
+    def grad(self, x: Tensor) -> Tensor:
+        s = self.sharpness
+        return torch.sinh(s * x) / s

@@ -1,0 +1,266 @@
+"""N simulated workers × R Monte Carlo repetitions, vectorised: one step is a handful of tensor ops.
+
+State: iterates x of shape (R, d); per-worker tensors (gradients, noise, messages, EF memory) of
+shape (N, R, d). Each step, in this order, draws from one ``torch.Generator``:
+
+    1. noise  Z ~ noise.sample(N, (R,), d, batch)        (N, R, d)
+    2. the compressor's randomness  compressor.draw(...) (N, R, ·), or (1, R, ·) if shared
+
+then g = ∇f_i(x) + Z, x ← x − method.step(g, η_k).update. ``simulate_reference`` is the plain
+loop over repetitions and workers on the *same draws*; a test shows both give the same iterates.
+
+Divergence: a repetition whose iterate or loss becomes non-finite, or whose distance from the start
+grows beyond ``DIVERGENCE_FACTOR`` × (1 + ‖x⁰ − x*‖), is marked diverged at that step; from then on
+it is frozen (its iterate reset to the start, its EF memory to 0) and reported with loss = +inf,
+so means exclude it while medians, quantiles and the diverged fraction still count it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from compsde.methods import Method
+from compsde.noise import Noise
+from compsde.problems import Problem
+from compsde.schedules import Schedule
+
+DIVERGENCE_FACTOR = 1e6
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class Trace:
+    """Per-repetition measurements at the logged steps of one simulated series.
+
+    ``loss`` is f(x) − f* (+inf once diverged); ``dist`` is ‖x − x*‖ (None if x* unknown);
+    ``bits`` the cumulative bits each worker has sent; ``compression_error`` the mean over workers
+    and live repetitions of ‖C(v) − v‖² / ‖v‖² for the vectors v compressed at that step (NaN at
+    step 0, where nothing has been sent yet).
+    """
+
+    steps: Tensor  # (T,) long
+    loss: Tensor  # (T, R)
+    grad_norm: Tensor  # (T, R), NaN once diverged
+    dist: Tensor | None  # (T, R), NaN once diverged
+    bits: Tensor  # (T,) float64
+    compression_error: Tensor  # (T,)
+    diverged_step: Tensor  # (R,) long, −1 if never
+    x: Tensor  # (R, d) final iterates
+
+    def diverged_fraction(self) -> Tensor:
+        """Fraction of repetitions diverged at or before each logged step, shape (T,)."""
+        d = self.diverged_step
+        return ((d >= 0).unsqueeze(0) & (d.unsqueeze(0) <= self.steps.unsqueeze(1))).double().mean(1)
+
+
+def logged_steps(steps: int, log_every: int) -> list[int]:
+    """0, log_every, 2·log_every, …, and always the final step."""
+    out = list(range(0, steps + 1, max(1, log_every)))
+    if out[-1] != steps:
+        out.append(steps)
+    return out
+
+
+class _Recorder:
+    """Collects the measurements at logged steps (shared by the fast and the reference loop)."""
+
+    def __init__(self, problem: Problem, steps: int, log_every: int, repeats: int, bits_per_step: int) -> None:
+        self.problem, self.bits_per_step = problem, bits_per_step
+        self.when = logged_steps(steps, log_every)
+        self.rows: list[tuple[Tensor, Tensor, Tensor | None, float]] = []
+        self.diverged_step = torch.full((repeats,), -1, dtype=torch.long)
+
+    def due(self, k: int) -> bool:
+        return len(self.rows) < len(self.when) and self.when[len(self.rows)] == k
+
+    def record(self, k: int, x: Tensor, comp_err: float) -> None:
+        p = self.problem
+        alive = self.diverged_step < 0
+        loss = p.suboptimality(x).double().where(alive, math.inf)
+        gn = p.grad(x).norm(dim=-1).double().where(alive, math.nan)
+        dist = None if p.x_opt is None else (x - p.x_opt).norm(dim=-1).double().where(alive, math.nan)
+        self.rows.append((loss, gn, dist, comp_err))
+
+    def trace(self, x: Tensor) -> Trace:
+        steps = torch.tensor(self.when[: len(self.rows)], dtype=torch.long)
+        dist = None if self.rows[0][2] is None else torch.stack([r[2] for r in self.rows])  # type: ignore[misc]
+        return Trace(
+            steps=steps,
+            loss=torch.stack([r[0] for r in self.rows]),
+            grad_norm=torch.stack([r[1] for r in self.rows]),
+            dist=dist,
+            bits=steps.double() * float(self.bits_per_step),
+            compression_error=torch.tensor([r[3] for r in self.rows], dtype=torch.float64),
+            diverged_step=self.diverged_step,
+            x=x,
+        )
+
+
+def compression_error(inputs: Tensor, messages: Tensor, alive: Tensor) -> float:
+    """Mean over workers and live repetitions of ‖C(v) − v‖² / ‖v‖² (rows with v = 0 skipped)."""
+    num = (messages - inputs).pow(2).sum(-1)
+    den = inputs.pow(2).sum(-1)
+    ok = (den > 0) & alive.reshape(1, -1).expand_as(den)
+    return float((num[ok] / den[ok]).double().mean()) if bool(ok.any()) else math.nan
+
+
+def _draw(method: Method, noise: Noise, workers: int, repeats: int, d: int, batch: int,
+          gen: torch.Generator, dtype: torch.dtype) -> tuple[Tensor | None, Tensor | None]:
+    """This step's random numbers, in the documented order: noise, then compressor."""
+    z = noise.sample(workers, (repeats,), d, batch, gen, dtype) if noise.active else None
+    comp = method.compressor
+    lead = (1, repeats) if comp.shared_randomness else (workers, repeats)
+    rnd = comp.draw(lead, d, gen, dtype)
+    return z, rnd
+
+
+def _divergence_limit(problem: Problem, x0: Tensor) -> float:
+    ref = problem.x_opt if problem.x_opt is not None else torch.zeros_like(x0)
+    return DIVERGENCE_FACTOR * (1.0 + float((x0.double() - ref.double()).norm()))
+
+
+def simulate(
+    problem: Problem,
+    noise: Noise,
+    method: Method,
+    schedule: Schedule,
+    *,
+    workers: int,
+    batch: int = 1,
+    repeats: int = 1,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    log_every: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> Trace:
+    """Run ``schedule.steps`` steps of ``method`` on N = ``workers`` workers, R = ``repeats`` runs.
+
+    Returns the ``Trace`` of measurements at ``logged_steps(steps, log_every)``. ``progress`` is
+    called with the number of steps just completed (for a progress bar).
+    """
+    _check_run_args(workers, batch, repeats, schedule.steps)
+    problem.check_workers(workers)
+    p = problem.to(dtype)
+    d, steps = p.dim, schedule.steps
+    gen = torch.Generator().manual_seed(seed)
+    x0 = p.x0()
+    x = x0.expand(repeats, d).clone()
+    memory = method.init_memory(workers, (repeats,), d, dtype)
+    rec = _Recorder(p, steps, log_every, repeats, method.bits_per_step(d))
+    limit = _divergence_limit(p, x0)
+    comp_err = math.nan
+    rec.record(0, x, comp_err)
+    alive = torch.ones(repeats, dtype=torch.bool)
+    for k in range(steps):
+        z, rnd = _draw(method, noise, workers, repeats, d, batch, gen, dtype)
+        g = p.worker_grads(x, workers)
+        if z is not None:
+            g = g + z
+        out = method.step(g, schedule(k), memory, rnd)
+        x = x - out.update
+        memory = out.memory
+        if rec.due(k + 1):
+            comp_err = compression_error(out.inputs, out.messages, alive)
+        # Divergence check: cheap (one norm per repetition), done every step so the step is exact.
+        bad = ~torch.isfinite(x).all(-1) | ((x - x0).norm(dim=-1) > limit)
+        newly = bad & alive
+        if bool(newly.any()):
+            rec.diverged_step[newly] = k + 1
+            alive &= ~newly
+            x[~alive] = x0
+            if memory is not None:
+                memory[:, ~alive] = 0
+        if rec.due(k + 1):
+            rec.record(k + 1, x, comp_err)
+        if progress is not None:
+            progress(1)
+    return rec.trace(x)
+
+
+def simulate_reference(
+    problem: Problem,
+    noise: Noise,
+    method: Method,
+    schedule: Schedule,
+    *,
+    workers: int,
+    batch: int = 1,
+    repeats: int = 1,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    log_every: int = 1,
+) -> Trace:
+    """The plain reference: a Python loop over repetitions and workers, one vector of length d at
+    a time, on the same random draws as ``simulate``. Slow; for tests and the benchmark baseline."""
+    _check_run_args(workers, batch, repeats, schedule.steps)
+    problem.check_workers(workers)
+    p = problem.to(dtype)
+    d, steps = p.dim, schedule.steps
+    gen = torch.Generator().manual_seed(seed)
+    x0 = p.x0()
+    xs = [x0.clone() for _ in range(repeats)]
+    mem = [[torch.zeros(d, dtype=dtype) for _ in range(workers)] for _ in range(repeats)] if method.error_feedback else None
+    rec = _Recorder(p, steps, log_every, repeats, method.bits_per_step(d))
+    limit = _divergence_limit(p, x0)
+    rec.record(0, torch.stack(xs), math.nan)
+    comp_err = math.nan
+    for k in range(steps):
+        z, rnd = _draw(method, noise, workers, repeats, d, batch, gen, dtype)
+        lr = schedule(k)
+        errs: list[tuple[Tensor, Tensor]] = []
+        for r in range(repeats):
+            if rec.diverged_step[r] >= 0:
+                continue
+            msgs = []
+            grads = p.worker_grads(xs[r], workers)  # (N, d): the oracle, once per repetition
+            for i in range(workers):
+                g = grads[i]
+                if z is not None:
+                    g = g + z[i, r]
+                rnd_ir = None if rnd is None else rnd[min(i, rnd.shape[0] - 1), r]
+                if method.error_feedback:
+                    assert mem is not None
+                    v = mem[r][i] + lr * g
+                    m = method.compressor.apply(v, rnd_ir)
+                    mem[r][i] = v - m
+                else:
+                    v = g
+                    m = method.compressor.apply(v, rnd_ir)
+                msgs.append(m)
+                errs.append((v, m))
+            total = msgs[0].clone()
+            for m in msgs[1:]:
+                total = total + m
+            if method.aggregation == "majority":
+                direction = torch.sign(total)
+            else:
+                direction = total / workers
+            if method.error_feedback:
+                xs[r] = xs[r] - direction
+            else:
+                if method.normalize:
+                    direction = direction / direction.norm().clamp_min(1e-30)
+                xs[r] = xs[r] - lr * direction
+            if not bool(torch.isfinite(xs[r]).all()) or float((xs[r] - x0).norm()) > limit:
+                rec.diverged_step[r] = k + 1
+                xs[r] = x0.clone()
+                if mem is not None:
+                    mem[r] = [torch.zeros(d, dtype=dtype) for _ in range(workers)]
+        if rec.due(k + 1):
+            vals = [float((m - v).pow(2).sum() / v.pow(2).sum()) for v, m in errs if float(v.pow(2).sum()) > 0]
+            comp_err = sum(vals) / len(vals) if vals else math.nan
+            rec.record(k + 1, torch.stack(xs), comp_err)
+    return rec.trace(torch.stack(xs))
+
+
+def _check_run_args(workers: int, batch: int, repeats: int, steps: int) -> None:
+    for name, v in (("workers", workers), ("batch", batch), ("repeats", repeats)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer ≥ 1, got {v!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an integer ≥ 0, got {steps!r}")
