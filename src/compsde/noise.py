@@ -100,7 +100,7 @@ class Noise:
         if self.name == "student-t":
             from scipy import stats  # imported here: scipy.stats is slow to import
 
-            return torch.from_numpy(stats.t.cdf(zz.numpy(), self.nu))
+            return torch.as_tensor(stats.t.cdf(zz.numpy(), self.nu), dtype=torch.float64)
         raise ValueError(f"noise {self.name!r} has no continuous distribution")
 
     def density_at_zero(self) -> float:

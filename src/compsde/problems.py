@@ -38,6 +38,8 @@ class Problem:
     heterogeneity: float = 0.0
     seed: int = 0
     x0_scale: float = 1.0
+    #: dtype of the problem's tensors (see ``to``).
+    dtype: torch.dtype = torch.float64
 
     def loss(self, x: Tensor) -> Tensor:
         """f(x) for x of shape (..., d); returns shape (...)."""
@@ -53,7 +55,7 @@ class Problem:
 
     def x0(self) -> Tensor:
         """Starting point: the problem's default scaled by ``x0_scale``."""
-        return self.x0_scale * self.default_x0()
+        return (self.x0_scale * self.default_x0()).to(self.dtype)
 
     def worker_grads(self, x: Tensor, workers: int) -> Tensor:
         """∇f_i(x) for i < workers: shape (workers, *x.shape)."""
@@ -83,6 +85,7 @@ class Problem:
         new = object.__new__(type(self))
         for k, v in vars(self).items():
             setattr(new, k, v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() else v)
+        new.dtype = dtype
         return new
 
     def describe(self) -> str:

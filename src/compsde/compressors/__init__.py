@@ -77,6 +77,6 @@ def make(name: str, **params: object) -> Compressor:
 
 
 # Importing the families registers them (order = listing order).
-from compsde.compressors import quantizers, signs, sparsifiers  # noqa: E402,F401
+from compsde.compressors import sparsifiers, signs, quantizers  # noqa: E402,F401  (isort: skip)
 
 __all__ = ["Compressor", "FLOAT_BITS", "index_bits", "make", "names", "param_names", "register"]
