@@ -69,27 +69,33 @@ class Noise:
             return torch.tensor(self.scale, dtype=torch.float64)
         return torch.full((workers,), float(self.scale), dtype=torch.float64)
 
-    def standard(self, shape: Sequence[int], generator: torch.Generator, dtype: torch.dtype) -> Tensor:
-        """A tensor of i.i.d. standardised draws T of the given shape."""
+    def standard(self, shape: Sequence[int], generator: torch.Generator, dtype: torch.dtype,
+                 out: Tensor | None = None) -> Tensor:
+        """I.i.d. standardised draws T of the given shape (written into ``out`` if given)."""
+        z = torch.empty(tuple(shape), dtype=dtype) if out is None else out
         if self.name == "none":
-            return torch.zeros(shape, dtype=dtype)
-        z = torch.empty(shape, dtype=dtype).normal_(generator=generator)
+            return z.zero_()
+        z.normal_(generator=generator)
         if self.name == "student-t":
             # T = Z / sqrt(V/ν), V ~ χ²_ν = 2·Gamma(ν/2). torch's gamma sampler takes the generator
             # (private API, but the only one that does; it is exact for every shape parameter).
             half = torch.full(tuple(shape), self.nu / 2.0, dtype=dtype)
-            v = 2.0 * torch._standard_gamma(half, generator=generator)
-            z = z / torch.sqrt(v / self.nu)
+            v = torch._standard_gamma(half, generator=generator)
+            z.mul_(v.mul_(2.0 / self.nu).rsqrt_())
         return z
 
     def sample(self, workers: int, batch_shape: Sequence[int], d: int, batch: int,
-               generator: torch.Generator, dtype: torch.dtype = torch.float64) -> Tensor:
-        """Noise for every worker: shape (workers, *batch_shape, d), worker i scaled by σ_i / √batch."""
+               generator: torch.Generator, dtype: torch.dtype = torch.float64, out: Tensor | None = None) -> Tensor:
+        """Noise for every worker: shape (workers, *batch_shape, d), worker i scaled by σ_i / √batch.
+
+        ``out`` (that shape and dtype) is filled in place, so a simulator can reuse one buffer: a
+        fresh (N, R, d) tensor per step would pay page faults on every step.
+        """
         if batch < 1:
             raise ValueError(f"batch must be an integer ≥ 1, got {batch!r}")
-        t = self.standard((workers, *batch_shape, d), generator, dtype)
+        t = self.standard((workers, *batch_shape, d), generator, dtype, out)
         s = (self.worker_scales(workers) / math.sqrt(batch)).to(dtype)
-        return t * s.reshape(workers, *([1] * (len(batch_shape) + 1)))
+        return t.mul_(s.reshape(workers, *([1] * (len(batch_shape) + 1))))
 
     # ---- distribution facts used by the theory (SDE drift of sign methods, stationary losses)
     def cdf(self, z: Tensor | float) -> Tensor:

@@ -110,9 +110,9 @@ def compression_error(inputs: Tensor, messages: Tensor, alive: Tensor) -> float:
 
 
 def _draw(method: Method, noise: Noise, workers: int, repeats: int, d: int, batch: int,
-          gen: torch.Generator, dtype: torch.dtype) -> tuple[Tensor | None, Tensor | None]:
+          gen: torch.Generator, dtype: torch.dtype, out: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
     """This step's random numbers, in the documented order: noise, then compressor."""
-    z = noise.sample(workers, (repeats,), d, batch, gen, dtype) if noise.active else None
+    z = noise.sample(workers, (repeats,), d, batch, gen, dtype, out) if noise.active else None
     comp = method.compressor
     lead = (1, repeats) if comp.shared_randomness else (workers, repeats)
     rnd = comp.draw(lead, d, gen, dtype)
@@ -156,11 +156,11 @@ def simulate(
     comp_err = math.nan
     rec.record(0, x, comp_err)
     alive = torch.ones(repeats, dtype=torch.bool)
+    # One (N, R, d) buffer reused for noise + gradients every step (no per-step page faults).
+    buf = torch.empty(workers, repeats, d, dtype=dtype) if noise.active else None
     for k in range(steps):
-        z, rnd = _draw(method, noise, workers, repeats, d, batch, gen, dtype)
-        g = p.worker_grads(x, workers)
-        if z is not None:
-            g = g + z
+        z, rnd = _draw(method, noise, workers, repeats, d, batch, gen, dtype, buf)
+        g = p.worker_grads(x, workers) if z is None else z.add_(p.worker_grads(x, workers))
         out = method.step(g, schedule(k), memory, rnd)
         x = x - out.update
         memory = out.memory
