@@ -1,0 +1,101 @@
+"""Integrators for the SDE models of ``compsde.sde``, batched over M paths.
+
+Euler–Maruyama for dX = −m(X) dt + sqrt(η) S(X)^{1/2} dW with step dt ≤ η:
+
+    X_{n+1} = X_n − m(X_n) dt + sqrt(η dt) S(X_n)^{1/2} ξ_n,    ξ_n ~ N(0, I)
+
+(science.md §2: with dt = η one step has the mean and covariance of one optimizer step; for dt < η
+the noise factor is sqrt(η dt), not sqrt(dt) or sqrt(η)). Weak order 1, strong order ½.
+
+``increments="rademacher"`` draws ξ with independent ±1 entries instead (the simplified weak Euler
+scheme of Kloeden & Platen, §14.1): the first three moments match the Gaussian's, so the weak order
+stays 1, while each draw costs one random bit instead of a Gaussian; pathwise (strong) convergence is
+lost, which tracking E φ(X_t) does not need.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+from torch import Tensor
+
+from compsde.sde import SDEModel
+
+INCREMENTS = ("gaussian", "rademacher")
+
+
+def rademacher_(out: Tensor, generator: torch.Generator) -> Tensor:
+    """Fill ``out`` with independent ±1 entries, 64 per random int64 drawn from ``generator``."""
+    n = out.numel()
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 63) // 64,), dtype=torch.int64, generator=generator)
+    shifts = torch.arange(64, dtype=torch.int64)
+    bits = (words.unsqueeze(-1) >> shifts) & 1  # (words, 64)
+    out.view(-1).copy_(bits.view(-1)[:n])
+    return out.mul_(2).sub_(1)
+
+
+@dataclass(frozen=True)
+class EulerMaruyama:
+    """The Euler–Maruyama solver (see module doc). ``increments``: "gaussian" or "rademacher"."""
+
+    increments: str = "gaussian"
+    weak_order: ClassVar[float] = 1.0
+
+    def __post_init__(self) -> None:
+        if self.increments not in INCREMENTS:
+            raise ValueError(f"increments must be one of {', '.join(INCREMENTS)}, got {self.increments!r}")
+
+    @property
+    def strong_order(self) -> float | None:
+        """½ with Gaussian increments; None (no pathwise convergence) with Rademacher ones."""
+        return 0.5 if self.increments == "gaussian" else None
+
+    def draw(self, out: Tensor, generator: torch.Generator) -> Tensor:
+        """Fill ``out`` with this step's standardised increments ξ."""
+        return out.normal_(generator=generator) if self.increments == "gaussian" else rademacher_(out, generator)
+
+
+def integrate(
+    model: SDEModel,
+    x0: Tensor,
+    *,
+    t1: float,
+    dt: float,
+    generator: torch.Generator,
+    solver: EulerMaruyama = EulerMaruyama(),
+    observe: Callable[[int, Tensor], None] | None = None,
+    observe_every: int = 1,
+) -> Tensor:
+    """Integrate ``model`` from X_0 = ``x0`` (M, d) to time ``t1`` with step ``dt``; return X_{t1}.
+
+    ``dt`` must not exceed the model's η (the SDE is a model of steps of size η) and ``t1/dt`` must
+    be a whole number of steps. ``observe(n, x)`` is called at step n = 0, observe_every, …, and at
+    the last step, with the current paths (do not keep ``x``: it is updated in place).
+    """
+    eta = model.eta
+    if not (dt > 0 and dt <= eta * (1 + 1e-12)):
+        raise ValueError(f"dt must be in (0, η = {eta}], got dt = {dt}")
+    n_steps = round(t1 / dt)
+    if n_steps < 0 or abs(n_steps * dt - t1) > 1e-9 * max(1.0, abs(t1)):
+        raise ValueError(f"t1 / dt must be a whole number of steps ≥ 0, got t1 = {t1}, dt = {dt}")
+    if x0.dim() != 2 or x0.shape[1] != model.dim:
+        raise ValueError(f"x0 must have shape (M, d = {model.dim}), got {tuple(x0.shape)}")
+    x = x0.clone()
+    xi = torch.empty(x.shape[0], model.noise_dim, dtype=x.dtype)
+    noise_factor = math.sqrt(eta * dt)
+    deterministic = model.noise_type == "none"
+    if observe is not None:
+        observe(0, x)
+    for n in range(n_steps):
+        if deterministic:
+            xi.zero_()
+        else:
+            solver.draw(xi, generator)
+        m, s_xi = model.evaluate(x, xi, generator)
+        x.sub_(m, alpha=dt).add_(s_xi, alpha=noise_factor)
+        if observe is not None and ((n + 1) % observe_every == 0 or n + 1 == n_steps):
+            observe(n + 1, x)
+    return x
