@@ -1,0 +1,226 @@
+"""Scaling rules: which hyperparameter changes keep a method's performance, from its SDE (science.md §3).
+
+Each rule is an invariant of the hyperparameters. On a quadratic, the stationary loss of the SDE is
+proportional to it, and (for the noise-dominated regime the seeds study) so is the whole loss curve
+in SDE time, so keeping the invariant keeps the performance:
+
+* ``dsgd``      η / (B N)               (E f_∞ ≈ η d s² / (4 N B))
+* ``dcsgd``     η (1 + ω) / (B N)       (E f_∞ ≈ (1 + ω) η d s² / (4 N B)): DCSGD recovers DSGD(η, B, N)
+                                         by growing B, N or both by the factor (1 + ω)
+* ``dsignsgd``  η / (N √B)              (E f_∞ ≈ sqrt(π/2) η d s / (4 N √B)): doubling η needs 4× the
+                                         batch or 2× the agents
+* ``adam``/``adamw``/``rmsprop`` (**hypothesis**, recalled, not derived here): the square-root rule
+  B → κB, η → √κ η, 1 − β_i → κ (1 − β_i), ε → ε/√κ, weight decay λ → √κ λ; invariant η/√B.
+
+``solve`` takes a *from* setting and a *to* request that changes some hyperparameters and fixes
+others, and solves for the one left free. Batch sizes and worker counts must be whole numbers: the
+solution is rounded and the rounding reported with the invariant's value after it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+KEEP = "same"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An invariant I(hyperparameters) = η^a (1 + ω)^c / (B^b N^n), with its derivation."""
+
+    method: str
+    formula: str
+    exponents: dict[str, float]  # lr, batch, workers, omega → power in the invariant
+    source: str
+    hypothesis: bool = False
+    #: Hyperparameters transformed along with the batch factor κ = B'/B (adaptive rule only).
+    extra: dict[str, Callable[[float, float], float]] | None = None
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return tuple(self.exponents)
+
+    def value(self, hp: dict[str, float]) -> float:
+        v = 1.0
+        for key, power in self.exponents.items():
+            base = 1.0 + hp[key] if key == "omega" else hp[key]
+            v *= base**power
+        return v
+
+
+_SQRT_RULE_EXTRA: dict[str, Callable[[float, float], float]] = {
+    "beta1": lambda b, kappa: 1.0 - kappa * (1.0 - b),
+    "beta2": lambda b, kappa: 1.0 - kappa * (1.0 - b),
+    "eps": lambda e, kappa: e / math.sqrt(kappa),
+    "weight_decay": lambda w, kappa: w * math.sqrt(kappa),
+}
+
+RULES: dict[str, Rule] = {
+    "dsgd": Rule("dsgd", "η/(B·N)", {"lr": 1.0, "batch": -1.0, "workers": -1.0}, "science.md §3 [derived]"),
+    "dcsgd": Rule("dcsgd", "η(1+ω)/(B·N)", {"lr": 1.0, "omega": 1.0, "batch": -1.0, "workers": -1.0}, "science.md §3 [derived], seed 000"),
+    "dsignsgd": Rule("dsignsgd", "η/(N·√B)", {"lr": 1.0, "batch": -0.5, "workers": -1.0}, "science.md §3 [derived], seed 000"),
+    **{
+        name: Rule(name, "η/√B (square-root rule)", {"lr": 1.0, "batch": -0.5}, "science.md §3 [recalled]: a hypothesis to test, not a derived rule",
+                   hypothesis=True, extra=_SQRT_RULE_EXTRA)
+        for name in ("adam", "adamw", "rmsprop")
+    },
+}
+INTEGER = ("batch", "workers")
+
+
+@dataclass
+class Solution:
+    """The solved setting. ``to`` holds every hyperparameter of the new setting."""
+
+    rule: Rule
+    frm: dict[str, float]
+    to: dict[str, float]
+    solved: str
+    exact: float  # the solved variable before rounding
+    rounded: bool
+
+    @property
+    def invariant_from(self) -> float:
+        return self.rule.value(self.frm)
+
+    @property
+    def invariant_to(self) -> float:
+        return self.rule.value(self.to)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "method": self.rule.method,
+            "from": self.frm,
+            "to": self.to,
+            "solved": self.solved,
+            "invariant": {
+                "formula": self.rule.formula,
+                "from": self.invariant_from,
+                "to": self.invariant_to,
+                "relative_change": self.invariant_to / self.invariant_from - 1.0,
+                "source": self.rule.source,
+                "hypothesis": self.rule.hypothesis,
+            },
+        }
+        if self.rounded:
+            out["rounding"] = {self.solved: {"exact": self.exact, "rounded": self.to[self.solved]}}
+        return out
+
+    def format(self) -> str:
+        r = self.rule
+        lines = [f"{r.method}: keep {r.formula}" + ("   [HYPOTHESIS: recalled square-root rule, check it with --validate]" if r.hypothesis else "")]
+        keys = list(self.frm) + [k for k in self.to if k not in self.frm]
+        w = max(len(k) for k in keys)
+        for k in keys:
+            a, b = self.frm.get(k), self.to.get(k)
+            mark = "  ← solved" if k == self.solved else ("  (changed)" if a != b else "")
+            lines.append(f"  {k:<{w}}  {_fmt(a):>12} → {_fmt(b):<12}{mark}")
+        if self.rounded:
+            lines.append(f"  {self.solved} rounded from {self.exact:.6g} to a whole number")
+        change = self.invariant_to / self.invariant_from - 1.0
+        change = 0.0 if abs(change) < 1e-12 else change
+        lines.append(f"  invariant: {self.invariant_from:.6g} → {self.invariant_to:.6g} ({100 * change:+.3g} %)")
+        if abs(change) > 0.01:
+            lines.append(f"  note: whole-number {self.solved} cannot keep the invariant within 1 %; change another hyperparameter too")
+        return "\n".join(lines)
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return str(int(v)) if float(v).is_integer() else f"{v:.6g}"
+
+
+def parse_assignments(text: str, arg: str) -> dict[str, float | str]:
+    """'lr=0.1,batch=32' → {'lr': 0.1, 'batch': 32.0}; 'workers=same' keeps the value of --from."""
+    out: dict[str, float | str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, val = part.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"{arg}: expected KEY=VALUE pairs separated by commas, got {part!r}")
+        val = val.strip()
+        if val == KEEP:
+            out[key] = KEEP
+            continue
+        try:
+            out[key] = float(val)
+        except ValueError:
+            raise ValueError(f"{arg}: {key} must be a number (or '{KEEP}'), got {val!r}") from None
+    return out
+
+
+def solve(method: str, frm: dict[str, float], to: dict[str, float | str]) -> Solution:
+    """Solve the rule of ``method`` for the one hyperparameter that ``to`` leaves free.
+
+    Args:
+        method: a key of ``RULES``.
+        frm: the current setting: every variable of the rule (and, for the adaptive rule, optionally
+            beta1, beta2, eps, weight_decay, which are carried along).
+        to: the new values of the changed variables and, for variables to hold fixed, their value
+            or ``"same"``. Exactly one of the rule's variables must be left out.
+    """
+    if method not in RULES:
+        raise ValueError(f"unknown method {method!r} for scaling; valid: {', '.join(RULES)}")
+    rule = RULES[method]
+    valid = set(rule.variables) | set(rule.extra or {})
+    for arg, d in (("--from", frm), ("--to", to)):
+        bad = sorted(set(d) - valid)
+        if bad:
+            raise ValueError(f"{arg}: {method} has no hyperparameter {', '.join(bad)}; valid: {', '.join(sorted(valid))}")
+    missing = [v for v in rule.variables if v not in frm]
+    if missing:
+        raise ValueError(f"--from must give every variable of {rule.formula}: missing {', '.join(missing)}")
+    for key, v in frm.items():
+        _check_value("--from", key, v)
+    fixed = {k: (frm[k] if v == KEEP else float(v)) for k, v in to.items()}
+    for key, v in fixed.items():
+        _check_value("--to", key, v)
+    free = [v for v in rule.variables if v not in fixed]
+    if not free:
+        raise ValueError(
+            f"over-determined: --to fixes every variable of {rule.formula} ({', '.join(rule.variables)}); "
+            "leave out the one to solve for"
+        )
+    if len(free) > 1:
+        raise ValueError(
+            f"under-determined: --to leaves {', '.join(free)} free; give all but one of them "
+            f"(use KEY={KEEP} to keep a value of --from)"
+        )
+    target = rule.value(frm)
+    solved = free[0]
+    new = {k: v for k, v in fixed.items() if k in rule.exponents}
+    # I = Π base_k^p_k  ⇒  base_solved = (target / Π_{k≠solved} base_k^p_k)^(1/p_solved)
+    rest = rule.value({**new, solved: 0.0 if solved == "omega" else 1.0})
+    base = (target / rest) ** (1.0 / rule.exponents[solved])
+    exact = base - 1.0 if solved == "omega" else base
+    if solved == "omega" and exact < 0:
+        raise ValueError(f"no compressor fits: the rule needs ω = {exact:.4g} < 0 (more noise reduction than uncompressed DSGD)")
+    value, rounded = exact, False
+    if solved in INTEGER:
+        value = float(max(1, round(exact)))
+        rounded = not math.isclose(value, exact, rel_tol=1e-9)
+    new[solved] = value
+    if rule.extra:
+        kappa = new["batch"] / frm["batch"]
+        for key, transform in rule.extra.items():
+            if key in fixed:
+                new[key] = fixed[key]
+            elif key in frm:
+                new[key] = transform(frm[key], kappa)
+    ordered = {k: new[k] for k in list(frm) + [k for k in new if k not in frm]}
+    return Solution(rule, dict(frm), ordered, solved, exact, rounded)
+
+
+def _check_value(arg: str, key: str, v: float) -> None:
+    ok = math.isfinite(v) and (v >= 0 if key in ("omega", "weight_decay") else v > 0)
+    if key in ("beta1", "beta2"):
+        ok = 0 <= v < 1
+    if key in INTEGER:
+        ok = ok and float(v).is_integer() and v >= 1
+    if not ok:
+        what = {"omega": "a number ≥ 0", "batch": "a whole number ≥ 1", "workers": "a whole number ≥ 1",
+                "beta1": "in [0, 1)", "beta2": "in [0, 1)", "weight_decay": "a number ≥ 0"}.get(key, "a number > 0")
+        raise ValueError(f"{arg}: {key} must be {what}, got {v!r}")

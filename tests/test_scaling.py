@@ -1,0 +1,80 @@
+"""The scaling-rule solver on worked examples (science.md §3) and on bad requests."""
+
+import math
+
+import pytest
+
+from compsde.scaling import RULES, parse_assignments, solve
+
+
+@pytest.mark.parametrize(
+    "method, frm, to, key, expected",
+    [
+        # DCSGD with ω = 3 recovers DSGD(η, B, N) by (1 + ω) = 4× the agents ...
+        ("dcsgd", {"lr": 0.1, "batch": 8, "workers": 2, "omega": 0}, {"omega": 3, "lr": "same", "batch": "same"}, "workers", 8),
+        # ... or 4× the batch
+        ("dcsgd", {"lr": 0.1, "batch": 8, "workers": 2, "omega": 0}, {"omega": 3, "lr": "same", "workers": "same"}, "batch", 32),
+        # ... or, at fixed B and N, a 4× smaller learning rate
+        ("dcsgd", {"lr": 0.1, "batch": 8, "workers": 2, "omega": 0}, {"omega": 3, "batch": 8, "workers": 2}, "lr", 0.025),
+        # DSignSGD: doubling η needs 4× the batch or 2× the agents
+        ("dsignsgd", {"lr": 0.1, "batch": 8, "workers": 2}, {"lr": 0.2, "workers": "same"}, "batch", 32),
+        ("dsignsgd", {"lr": 0.1, "batch": 8, "workers": 2}, {"lr": 0.2, "batch": "same"}, "workers", 4),
+        # DSGD: linear scaling rule
+        ("dsgd", {"lr": 0.1, "batch": 32, "workers": 1}, {"batch": 128, "workers": 1}, "lr", 0.4),
+        # the compression a larger batch pays for
+        ("dcsgd", {"lr": 0.1, "batch": 8, "workers": 2, "omega": 0}, {"lr": 0.1, "batch": 24, "workers": 2}, "omega", 2.0),
+    ],
+)
+def test_worked_examples(method, frm, to, key, expected):
+    sol = solve(method, frm, to)
+    assert sol.solved == key
+    assert sol.to[key] == pytest.approx(expected)
+    assert sol.invariant_to == pytest.approx(sol.invariant_from)
+    assert not sol.rounded
+    d = sol.as_dict()
+    assert set(d) >= {"method", "from", "to", "invariant"} and set(d["to"]) == set(RULES[method].variables)
+
+
+def test_rounding_is_reported():
+    sol = solve("dsignsgd", {"lr": 0.1, "batch": 8, "workers": 2}, {"lr": 0.3, "batch": "same"})
+    assert sol.exact == pytest.approx(6.0) and not sol.rounded
+    sol = solve("dsignsgd", {"lr": 0.1, "batch": 8, "workers": 3}, {"lr": 0.25, "batch": "same"})
+    assert sol.exact == pytest.approx(7.5) and sol.rounded and sol.to["workers"] == 8.0
+    assert sol.as_dict()["rounding"] == {"workers": {"exact": pytest.approx(7.5), "rounded": 8.0}}
+    assert "rounded from 7.5" in sol.format()
+
+
+def test_square_root_rule_is_marked_a_hypothesis_and_carries_adam_hyperparameters():
+    sol = solve("adamw", {"lr": 1e-3, "batch": 64, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.1}, {"batch": 256})
+    assert sol.to["lr"] == pytest.approx(2e-3)
+    assert sol.to["beta1"] == pytest.approx(0.6) and sol.to["beta2"] == pytest.approx(0.996)
+    assert sol.to["eps"] == pytest.approx(5e-9) and sol.to["weight_decay"] == pytest.approx(0.2)
+    assert sol.as_dict()["invariant"]["hypothesis"] is True
+    assert "HYPOTHESIS" in sol.format()
+
+
+@pytest.mark.parametrize(
+    "method, frm, to, match",
+    [
+        ("sgd", {}, {}, "unknown method 'sgd' for scaling; valid: dsgd"),
+        ("dsgd", {"lr": 0.1, "batch": 8}, {"lr": 0.2}, "missing workers"),
+        ("dsgd", {"lr": 0.1, "batch": 8, "workers": 1}, {"lr": 0.2, "batch": 8, "workers": 1}, "over-determined"),
+        ("dcsgd", {"lr": 0.1, "batch": 8, "workers": 1, "omega": 0}, {"omega": 3}, "under-determined: --to leaves lr, batch, workers free"),
+        ("dsgd", {"lr": 0.1, "batch": 8, "workers": 1, "momentum": 0.9}, {"lr": 0.2}, "no hyperparameter momentum"),
+        ("dsgd", {"lr": 0.1, "batch": 8.5, "workers": 1}, {"lr": 0.2, "workers": 1}, "batch must be a whole number ≥ 1, got 8.5"),
+        ("dsgd", {"lr": -0.1, "batch": 8, "workers": 1}, {"batch": 16, "workers": 1}, "lr must be a number > 0, got -0.1"),
+        ("dcsgd", {"lr": 0.1, "batch": 8, "workers": 2, "omega": 0}, {"lr": 0.1, "batch": 4, "workers": 2}, "ω = -0.5 < 0"),
+    ],
+)
+def test_bad_requests(method, frm, to, match):
+    with pytest.raises(ValueError, match=match):
+        solve(method, frm, to)
+
+
+def test_parse_assignments():
+    assert parse_assignments("lr=0.1, batch=32,workers=same", "--to") == {"lr": 0.1, "batch": 32.0, "workers": "same"}
+    with pytest.raises(ValueError, match="--from: lr must be a number"):
+        parse_assignments("lr=fast", "--from")
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_assignments("lr", "--from")
+    assert math.isclose(RULES["dsignsgd"].value({"lr": 0.2, "batch": 4, "workers": 2}), 0.05)
