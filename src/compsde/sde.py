@@ -52,8 +52,20 @@ class SDEModel:
     description: str
 
     def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Return (m(x), S(x)^{1/2} ξ), both of shape (M, d), for x (M, d) and ξ (M, noise_dim)."""
+        """Return (m(x), S(x)^{1/2} ξ), both of shape (M, d), for x (M, d) and ξ (M, noise_dim).
+
+        ``xi`` is this step's scratch draw: a model may scale it in place and return it (the
+        integrator draws a fresh ξ every step), which saves one pass over (M, d).
+        """
         raise NotImplementedError
+
+    def problem_as(self, dtype: torch.dtype) -> Problem:
+        """The model's problem with tensors of ``dtype`` (cast once and cached): float32 paths must
+        not be promoted to float64 by float64 problem data on every step."""
+        cache: dict[torch.dtype, Problem] = self.__dict__.setdefault("_cast", {})
+        if dtype not in cache:
+            cache[dtype] = self.problem.to(dtype)  # type: ignore[attr-defined]
+        return cache[dtype]
 
     def drift(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """m(x) (the SDE's drift is −m)."""
@@ -62,7 +74,7 @@ class SDEModel:
     def covariance(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """S(x) as dense (M, d, d) matrices (for tests and small d): A Aᵀ with A = S^{1/2} columns."""
         eye = torch.eye(self.noise_dim, dtype=x.dtype)
-        cols = [self.evaluate(x, eye[j].expand(x.shape[0], -1), generator)[1] for j in range(self.noise_dim)]
+        cols = [self.evaluate(x, eye[j].expand(x.shape[0], -1).clone(), generator)[1] for j in range(self.noise_dim)]
         a = torch.stack(cols, -1)  # (M, d, noise_dim)
         return a @ a.transpose(-1, -2)
 
@@ -100,7 +112,7 @@ class DSGDSDE(SDEModel):
             self.noise_type = "none"
 
     def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        return self.problem.grad(x), self.std * xi
+        return self.problem_as(x.dtype).grad(x), xi.mul_(self.std)
 
 
 @dataclass
@@ -134,13 +146,14 @@ class RandKSDE(SDEModel):
     def _factors(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         n = self.workers
         var = self.var.to(x.dtype)
+        p = self.problem_as(x.dtype)
         if self.homogeneous:
-            g = self.problem.grad(x)  # (M, d)
+            g = p.grad(x)  # (M, d)
             mean = g
             diag = (var.sum() * (1 + self.omega) + n * (self.omega + self.c) * g * g) / n**2
             u = (math.sqrt(self.c * n) / n) * g.unsqueeze(-1)  # (M, d, 1): n identical columns → rank 1
         else:
-            gi = self.problem.worker_grads(x, n)  # (N, M, d)
+            gi = p.worker_grads(x, n)  # (N, M, d)
             mean = gi.mean(0)
             diag = (var.sum() * (1 + self.omega) + (self.omega + self.c) * (gi * gi).sum(0)) / n**2
             u = (math.sqrt(self.c) / n) * gi.permute(1, 2, 0)  # (M, d, N)
@@ -178,7 +191,7 @@ class DSignSGDSDE(SDEModel):
         self.description = f"DSignSGD SDE (closed form, {law}): bounded drift and diagonal diffusion"
 
     def _sign_means(self, x: Tensor) -> Tensor:
-        gi = self.problem.worker_grads(x, self.workers)  # (N, M, d)
+        gi = self.problem_as(x.dtype).worker_grads(x, self.workers)  # (N, M, d)
         shape = (self.workers,) + (1,) * (gi.dim() - 1)
         sig = self.scales.to(x.dtype).reshape(shape)
         if not self.noise.active:
@@ -190,7 +203,7 @@ class DSignSGDSDE(SDEModel):
     def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         s = self._sign_means(x)
         n = self.workers
-        return s.mean(0), ((1.0 - s * s).sum(0).clamp_min(0).sqrt() / n) * xi
+        return s.mean(0), xi.mul_((1.0 - s * s).sum(0).clamp_min(0).sqrt() / n)
 
 
 @dataclass
@@ -231,7 +244,7 @@ class MonteCarloSDE(SDEModel):
         if generator is None:
             raise ValueError("MonteCarloSDE needs a generator for its Monte Carlo samples")
         m_paths, d, n, kk = x.shape[0], self.dim, self.workers, self.samples
-        grads = self.problem.worker_grads(x, n)  # (N, M, d)
+        grads = self.problem_as(x.dtype).worker_grads(x, n)  # (N, M, d)
         g = grads.unsqueeze(1).expand(n, kk, m_paths, d)
         if self.noise.active:
             g = g + self.noise.sample(n, (kk, m_paths), d, self.batch, generator, x.dtype)
