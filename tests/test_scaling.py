@@ -78,3 +78,27 @@ def test_parse_assignments():
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_assignments("lr", "--from")
     assert math.isclose(RULES["dsignsgd"].value({"lr": 0.2, "batch": 4, "workers": 2}), 0.05)
+
+
+@pytest.mark.parametrize(
+    "method, frm, to",
+    [
+        # DSGD → DCSGD with ω = 3 (Rand-5 of 20), recovered by 4× the batch
+        ("dcsgd", {"lr": 0.05, "batch": 1, "workers": 2, "omega": 0}, {"omega": 3, "lr": "same", "workers": "same"}),
+        # DSignSGD: 2× the learning rate with 4× the batch
+        ("dsignsgd", {"lr": 0.01, "batch": 1, "workers": 2}, {"lr": 0.02, "workers": "same"}),
+    ],
+)
+def test_validate_runs_both_settings_and_the_rule_holds(method, frm, to):
+    from compsde.scaling import validate
+
+    val = validate(solve(method, frm, to), repeats=32)
+    # The rule is first order in η: the exact discrete stationary losses differ by O(η h (1 + ω/N)) ≈ 6 %
+    # for DCSGD here; 32 runs × 100 points give a sampling error of ~2 %. Without the rule the ratio
+    # would be 4 (DCSGD) or 2 (DSignSGD), so a 15 % band separates "holds" from "broken".
+    assert val.ratio("optimizer") == pytest.approx(1.0, abs=0.15)
+    assert val.ratio("sde") == pytest.approx(1.0, abs=0.15)
+    assert val.ratio("theory") == pytest.approx(1.0)
+    for row in val.rows:
+        assert row["optimizer"] == pytest.approx(row["theory"], rel=0.15)
+    assert set(val.as_dict()["ratio_to_over_from"]) == {"optimizer", "sde", "theory"}

@@ -224,3 +224,100 @@ def _check_value(arg: str, key: str, v: float) -> None:
         what = {"omega": "a number ≥ 0", "batch": "a whole number ≥ 1", "workers": "a whole number ≥ 1",
                 "beta1": "in [0, 1)", "beta2": "in [0, 1)", "weight_decay": "a number ≥ 0"}.get(key, "a number > 0")
         raise ValueError(f"{arg}: {key} must be {what}, got {v!r}")
+
+
+# ---- checking a rule instead of trusting it ------------------------------------------------------
+
+
+def stationary_loss_theory(method: str, hp: dict[str, float], *, dim: int, scale: float) -> float:
+    """The first-order SDE's stationary loss on f = ½ Σ h_j x_j² with Gaussian noise of scale s (science.md §3).
+
+    dsgd: η d s²/(4NB); dcsgd (Rand-k): (1 + ω) η d s²/(4NB); dsignsgd: sqrt(π/2) η d s/(4N√B).
+    Independent of the spectrum h (to first order in η).
+    """
+    eta, b, n = hp["lr"], hp["batch"], hp["workers"]
+    if method == "dsgd":
+        return eta * dim * scale**2 / (4 * n * b)
+    if method == "dcsgd":
+        return (1 + hp["omega"]) * eta * dim * scale**2 / (4 * n * b)
+    if method == "dsignsgd":
+        return math.sqrt(math.pi / 2) * eta * dim * scale / (4 * n * math.sqrt(b))
+    raise ValueError(f"no closed-form stationary loss for {method!r}; valid: dsgd, dcsgd, dsignsgd")
+
+
+@dataclass
+class Validation:
+    """Measured stationary losses of the *from* and *to* settings (optimizer and SDE) and their ratios."""
+
+    rows: list[dict[str, Any]]
+
+    def ratio(self, key: str) -> float:
+        return self.rows[1][key] / self.rows[0][key]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"settings": self.rows, "ratio_to_over_from": {k: self.ratio(k) for k in ("optimizer", "sde", "theory")}}
+
+    def format(self) -> str:
+        head = f"{'setting':<9}{'method':<30}{'optimizer':>12}{'SDE':>12}{'theory':>12}"
+        lines = ["stationary loss E f(x) on the validation quadratic (mean over runs and the second half of the run):", head]
+        for r in self.rows:
+            lines.append(f"{r['setting']:<9}{r['label']:<30}{r['optimizer']:>12.5g}{r['sde']:>12.5g}{r['theory']:>12.5g}")
+        lines.append(f"{'ratio to/from':<39}{self.ratio('optimizer'):>12.4f}{self.ratio('sde'):>12.4f}{self.ratio('theory'):>12.4f}")
+        return "\n".join(lines)
+
+
+def _method_for(method: str, hp: dict[str, float], dim: int) -> tuple[Any, float]:
+    """The simulated method realising ``hp``; for dcsgd, scaled Rand-k with k = d/(1 + ω) (ω as realised)."""
+    from compsde import methods
+
+    if method == "dcsgd":
+        k = max(1, min(dim, round(dim / (1.0 + hp["omega"]))))
+        m = methods.make("dsgd") if k == dim else methods.make("dcsgd", compressor="rand-k", k=k)
+        return m, dim / k - 1.0
+    if method in ("dsgd", "dsignsgd"):
+        return methods.make(method), 0.0
+    raise ValueError(f"--validate runs dsgd, dcsgd and dsignsgd; {method!r} (a hypothesis rule) needs a model-training experiment")
+
+
+def validate(sol: Solution, *, dim: int = 20, scale: float = 1.0, repeats: int = 64, paths: int | None = None,
+             seed: int = 0, relax_times: float = 8.0) -> Validation:
+    """Run the *from* and *to* settings on a diagonal quadratic (eigenvalues in [0.5, 2], Gaussian noise
+    of scale ``scale``) in the simulator and through their SDEs; report the stationary losses.
+
+    Each run lasts 2 × ``relax_times`` relaxation times 1/(η h_min · drift gain) of the slowest
+    coordinate and averages the loss over its second half.
+    """
+    import torch
+
+    from compsde import problems, sde
+    from compsde.integrators import integrate
+    from compsde.noise import Noise
+    from compsde.schedules import Schedule
+    from compsde.simulator import simulate
+
+    prob = problems.make("quadratic", dim=dim, x0_scale=0.0)
+    noise = Noise("gaussian", scale)
+    rows: list[dict[str, Any]] = []
+    for setting, hp in (("from", sol.frm), ("to", sol.to)):
+        method, omega = _method_for(sol.rule.method, hp, dim)
+        eta, b, n = float(hp["lr"]), int(hp["batch"]), int(hp["workers"])
+        # relaxation: dsgd/dcsgd contract at rate η h; dsignsgd's linearised drift gain is sqrt(2/π)√B h/s
+        gain = math.sqrt(2 / math.pi) * math.sqrt(b) / scale if sol.rule.method == "dsignsgd" else 1.0
+        steps = max(200, math.ceil(2 * relax_times / (eta * prob.eig_min * gain)))
+        log_every = max(1, steps // 200)
+        tr = simulate(prob, noise, method, Schedule("constant", eta, steps), workers=n, batch=b, repeats=repeats,
+                      seed=seed, log_every=log_every)
+        keep = tr.steps >= steps // 2
+        opt = float(tr.loss[keep].mean())
+        model = sde.from_method(prob, noise, method, workers=n, batch=b, lr=eta)
+        acc: list[float] = []
+        integrate(model, torch.zeros(paths or repeats, dim, dtype=torch.float64), t1=steps * eta, dt=eta,
+                  generator=torch.Generator().manual_seed(seed + 1),
+                  observe=lambda i, x: acc.append(float(prob.loss(x).mean())) if i >= steps // 2 else None,
+                  observe_every=log_every)
+        theory_hp = {**hp, "omega": omega}
+        rows.append({"setting": setting, "label": method.label(), "lr": eta, "batch": b, "workers": n, "omega": omega,
+                     "steps": steps, "optimizer": opt, "sde": sum(acc) / len(acc),
+                     "theory": stationary_loss_theory(sol.rule.method if sol.rule.method != "dcsgd" or omega > 0 else "dsgd",
+                                                      theory_hp, dim=dim, scale=scale)})
+    return Validation(rows)
