@@ -1,10 +1,10 @@
 """N simulated workers × R Monte Carlo repetitions, vectorised: one step is a handful of tensor ops.
 
 State: iterates x of shape (R, d); per-worker tensors (gradients, noise, messages, EF memory) of
-shape (N, R, d). Each step, in this order, draws from one ``torch.Generator``:
+shape (N, R, d). Each step, worker i draws from its own stream (``compsde.streams``), in this order:
 
-    1. noise  Z ~ noise.sample(N, (R,), d, batch)        (N, R, d)
-    2. the compressor's randomness  compressor.draw(...) (N, R, ·), or (1, R, ·) if shared
+    1. its noise  Z_i = σ_i T / √B                        (R, d)
+    2. its compressor's randomness compressor.draw(...)  (R, ·)   (shared stream if shared)
 
 then g = ∇f_i(x) + Z, x ← x − method.step(g, η_k).update. ``simulate_reference`` is the plain
 loop over repetitions and workers on the *same draws*; a test shows both give the same iterates.
@@ -28,6 +28,7 @@ from compsde.methods import Method
 from compsde.noise import Noise
 from compsde.problems import Problem
 from compsde.schedules import Schedule
+from compsde.streams import shared_generator, worker_generators
 
 DIVERGENCE_FACTOR = 1e6
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -109,14 +110,37 @@ def compression_error(inputs: Tensor, messages: Tensor, alive: Tensor) -> float:
     return float((num[ok] / den[ok]).double().mean()) if bool(ok.any()) else math.nan
 
 
-def _draw(method: Method, noise: Noise, workers: int, repeats: int, d: int, batch: int,
-          gen: torch.Generator, dtype: torch.dtype, out: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
-    """This step's random numbers, in the documented order: noise, then compressor."""
-    z = noise.sample(workers, (repeats,), d, batch, gen, dtype, out) if noise.active else None
-    comp = method.compressor
-    lead = (1, repeats) if comp.shared_randomness else (workers, repeats)
-    rnd = comp.draw(lead, d, gen, dtype)
-    return z, rnd
+class _Draws:
+    """The per-worker streams of one run (``compsde.streams``) and this step's draws from them."""
+
+    def __init__(self, method: Method, noise: Noise, workers: int, repeats: int, d: int, batch: int,
+                 seed: int, dtype: torch.dtype) -> None:
+        self.method, self.noise, self.workers, self.repeats, self.d, self.batch, self.dtype = method, noise, workers, repeats, d, batch, dtype
+        self.gens = worker_generators(seed, workers)
+        self.shared = shared_generator(seed)
+        self.scales = (noise.worker_scales(workers) / math.sqrt(batch)).to(dtype).reshape(workers, 1, 1) if noise.active else None
+
+    def __call__(self, out: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """(noise (N, R, d) or None, compressor draw) for one step; noise is written into ``out`` if given.
+
+        Worker i draws its noise, then its compressor's randomness, from its own stream: a loop over
+        workers for the random numbers only (the arithmetic stays vectorised), so each worker's
+        draws are what it would draw alone in its own process.
+        """
+        n, r, d = self.workers, self.repeats, self.d
+        z = None
+        if self.noise.active:
+            z = torch.empty(n, r, d, dtype=self.dtype) if out is None else out
+            for i in range(n):
+                self.noise.standard((r, d), self.gens[i], self.dtype, out=z[i])
+            z.mul_(self.scales)
+        comp = self.method.compressor
+        if not comp.randomized:
+            return z, None
+        if comp.shared_randomness:
+            return z, comp.draw((1, r), d, self.shared, self.dtype)
+        parts = [comp.draw((1, r), d, g, self.dtype) for g in self.gens]
+        return z, torch.cat(parts)  # type: ignore[arg-type]
 
 
 def _divergence_limit(problem: Problem, x0: Tensor) -> float:
@@ -147,7 +171,7 @@ def simulate(
     problem.check_workers(workers)
     p = problem.to(dtype)
     d, steps = p.dim, schedule.steps
-    gen = torch.Generator().manual_seed(seed)
+    draw = _Draws(method, noise, workers, repeats, d, batch, seed, dtype)
     x0 = p.x0()
     x = x0.expand(repeats, d).clone()
     memory = method.init_memory(workers, (repeats,), d, dtype)
@@ -159,7 +183,7 @@ def simulate(
     # One (N, R, d) buffer reused for noise + gradients every step (no per-step page faults).
     buf = torch.empty(workers, repeats, d, dtype=dtype) if noise.active else None
     for k in range(steps):
-        z, rnd = _draw(method, noise, workers, repeats, d, batch, gen, dtype, buf)
+        z, rnd = draw(buf)
         g = p.worker_grads(x, workers) if z is None else z.add_(p.worker_grads(x, workers))
         out = method.step(g, schedule(k), memory, rnd)
         x = x - out.update
@@ -201,7 +225,7 @@ def simulate_reference(
     problem.check_workers(workers)
     p = problem.to(dtype)
     d, steps = p.dim, schedule.steps
-    gen = torch.Generator().manual_seed(seed)
+    draw = _Draws(method, noise, workers, repeats, d, batch, seed, dtype)
     x0 = p.x0()
     xs = [x0.clone() for _ in range(repeats)]
     mem = [[torch.zeros(d, dtype=dtype) for _ in range(workers)] for _ in range(repeats)] if method.error_feedback else None
@@ -210,7 +234,7 @@ def simulate_reference(
     rec.record(0, torch.stack(xs), math.nan)
     comp_err = math.nan
     for k in range(steps):
-        z, rnd = _draw(method, noise, workers, repeats, d, batch, gen, dtype)
+        z, rnd = draw()
         lr = schedule(k)
         errs: list[tuple[Tensor, Tensor]] = []
         for r in range(repeats):

@@ -83,7 +83,14 @@ class Compressor:
         return None
 
     def delta(self, d: int) -> float | None:
-        """δ of class B3(δ): E‖C(x) − x‖² ≤ (1 − 1/δ)‖x‖², or None if not contractive."""
+        """δ of class B3(δ): E‖C(x) − x‖² ≤ (1 − 1/δ)‖x‖², or None if not contractive.
+
+        By default an unbiased compressor with ω < 1 is in B3(1/(1 − ω)) (its error bound ω‖x‖² is
+        already a contraction); others declare their own.
+        """
+        w = self.omega(d) if self.unbiased else None
+        if w is not None and w < 1.0:
+            return 1.0 / (1.0 - w)
         return None
 
     def b1(self, d: int) -> tuple[float, float] | None:

@@ -1,0 +1,128 @@
+"""Speed of every compressor on one float32 row, relative to copying the row.
+
+    python benchmarks/bench_compressors.py            # d = 10⁶ and 10⁷
+    python benchmarks/bench_compressors.py --quick    # d = 10⁵ and 10⁶, fewer repeats
+
+For each d it prints
+* each compressor's compress+decompress time ``C(x, generator)`` (draw included), median of
+  ``--repeats`` runs after warm-up, always on the same input tensor, and its ratio to ``x.clone()``
+  of that tensor timed in the same run (both allocate a fresh output of d floats, so both pay the
+  same page faults, see environment.md);
+* exact top-k (``compsde.compressors.sparsifiers.top_k_indices``) against ``torch.topk(x.abs(), k)``,
+  for k = d/1000, d/100, d/10;
+* the rand-k index draw (``rand_k_indices``, O(k) without replacement) against
+  ``torch.randperm(d)[:k]``.
+Timings on a shared 2-core machine are noisy (±10–30 %); compare ratios from the same run.
+
+Memory: by default the script tells glibc (``mallopt``) never to return freed memory to the system,
+so every temporary reuses pages already mapped: it measures arithmetic in the steady state of a
+training loop. Without it, which temporaries pay page faults depends on glibc's adaptive mmap/trim
+thresholds and thus on what ran before (measured: ``sign`` at d = 10⁶ 0.4 ms or 3.7 ms depending on
+the order of the list), and at d = 10⁷ every 40 MB buffer pays ~10–20 ms of page faults
+(environment.md). ``--fresh-memory`` keeps glibc's defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from compsde.compressors import Compressor, make, names, param_names
+from compsde.compressors.sparsifiers import rand_k_indices, top_k_indices
+
+
+def keep_freed_memory() -> bool:
+    """glibc only: disable mmap for large blocks and heap trimming, so freed buffers are reused."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    # Both values are C ints (< 2³¹). glibc may refuse a large mmap threshold (returns 0); the trim
+    # threshold alone then still keeps heap blocks (< 32 MB) mapped.
+    ok_mmap = bool(libc.mallopt(ctypes.c_int(m_mmap_threshold), ctypes.c_int(1 << 30)))
+    ok_trim = bool(libc.mallopt(ctypes.c_int(m_trim_threshold), ctypes.c_int((1 << 31) - 1)))
+    return ok_mmap and ok_trim
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def build(name: str, ratio: float, levels: int) -> Compressor:
+    """``name`` with ratio for the parts that take one and levels for those that take levels."""
+    accepted = {p for part in name.split("+") for p in param_names(part)}
+    params = {"ratio": ratio, "levels": levels}
+    return make(name, **{k: v for k, v in params.items() if k in accepted})
+
+
+def bench_dim(d: int, repeats: int, ratio: float, levels: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(d, generator=g)
+    clone = median_ms(lambda: x.clone(), repeats)
+    print(f"\n## d = {d:.0e} (float32, one row), sparsifiers ratio = {ratio}, quantizers levels = {levels}")
+    print(f"x.clone(): {clone:.2f} ms")
+    print(f"{'compressor':<32} {'ms':>9} {'× clone':>9}")
+    for name in [*names(), "top-k+natural"]:
+        c = build(name, ratio, levels)
+        gen = torch.Generator().manual_seed(1)
+        t = median_ms(lambda: c(x, gen), repeats)
+        print(f"{repr(c):<32} {t:9.2f} {t / clone:9.1f}")
+
+    print(f"\n{'top-k':<14} {'top_k_indices ms':>17} {'torch.topk ms':>14} {'speed-up':>9}")
+    for k in (max(1, d // 1000), d // 100, d // 10):
+        ours = median_ms(lambda: top_k_indices(x, k), repeats)
+        ref = median_ms(lambda: torch.topk(x.abs(), k), repeats)
+        mine, theirs = top_k_indices(x, k), torch.topk(x.abs(), k).indices.sort().values
+        # float32 at d = 10⁷ has ties among |x|; the sets can then differ by which tied index is
+        # kept (ours: the lowest), but the kept magnitudes must be the same multiset.
+        same_set = torch.equal(mine, theirs)
+        same_vals = torch.equal(x.abs()[mine].sort().values, x.abs()[theirs].sort().values)
+        print(f"k = {k:<10} {ours:17.2f} {ref:14.2f} {ref / ours:9.1f}  same set: {same_set}, same values: {same_vals}")
+
+    print(f"\n{'rand-k draw':<14} {'rand_k_indices ms':>17} {'randperm[:k] ms':>16} {'speed-up':>9}")
+    for k in (max(1, d // 1000), d // 100, d // 10):
+        ours = median_ms(lambda: rand_k_indices((1,), d, k, g), repeats)
+        ref = median_ms(lambda: torch.randperm(d, generator=g)[:k], max(3, repeats // 2), warmup=1)
+        print(f"k = {k:<10} {ours:17.2f} {ref:16.2f} {ref / ours:9.1f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="d = 10⁵ and 10⁶, 5 repeats")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 9, quick 5)")
+    ap.add_argument("--ratio", type=float, default=0.01, help="k/d for the sparsifiers (default 0.01)")
+    ap.add_argument("--levels", type=int, default=4, help="levels for qsgd / natural dithering (default 4)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: with another process on one of the 2 cores, a 2-thread op waits "
+        "for its descheduled thread and times jump in multiples of the scheduler slice)",
+    )
+    ap.add_argument("--fresh-memory", action="store_true", help="keep glibc's default malloc behaviour (see module doc)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    reuse = not args.fresh_memory and keep_freed_memory()
+    dims = [10**5, 10**6] if args.quick else [10**6, 10**7]
+    repeats = args.repeats or (5 if args.quick else 9)
+    memory = "freed memory reused (mallopt)" if reuse else "glibc default malloc (temporaries may pay page faults)"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {memory}")
+    for d in dims:
+        bench_dim(d, repeats, args.ratio, args.levels)
+
+
+if __name__ == "__main__":
+    main()

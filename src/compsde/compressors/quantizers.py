@@ -1,0 +1,271 @@
+"""Unbiased stochastic quantizers: natural compression, QSGD (random dithering), natural dithering.
+
+Each rounds a value t stochastically to one of its two neighbours lo ≤ t ≤ hi on a grid,
+up with probability p = (t − lo)/(hi − lo), which is unbiased and has variance
+(t − lo)(hi − t). Their randomness is one uniform u ∈ [0, 1) per coordinate (``draw`` returns a
+tensor of shape (*batch_shape, d)); ``apply`` rounds up where u < p. The uniforms have the input's
+dtype: float32 uniforms are multiples of 2⁻²⁴, so P(u < p) = p exactly when p is a multiple of 2⁻²⁴
+(always for natural compression, whose p = 2m − 1 has 23 fraction bits) and within 2⁻²⁴ otherwise —
+the resolution of float32 arithmetic itself.
+
+The hot paths use bit manipulation and in-place same-dtype arithmetic (see ``_round_pow2``); each
+has a readable reference (``_round_pow2_reference`` with torch.frexp,
+``NaturalDithering.apply_reference``) and the tests check that they agree bit for bit.
+
+References: Alistarh et al. 2017, "QSGD: communication-efficient SGD via gradient quantization and
+encoding"; Horváth, Ho, Horváth, Sahu, Canini, Richtárik 2019, "Natural compression for
+distributed deep learning".
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from compsde.compressors import register
+from compsde.compressors.base import FLOAT_BITS, Compressor
+
+__all__ = ["Natural", "NaturalDithering", "QSGD"]
+
+
+def _check_levels(name: str, levels: object) -> int:
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"{name}: levels must be an integer ≥ 1, got levels={levels!r}")
+    return levels
+
+
+class _Uniforms(Compressor):
+    """Shared ``draw``: one uniform in [0, 1) per coordinate, in the input's floating dtype."""
+
+    unbiased = True
+    randomized = True
+
+    def draw(
+        self,
+        batch_shape: tuple[int, ...],
+        d: int,
+        generator: torch.Generator | None,
+        dtype: torch.dtype = torch.float64,
+    ) -> Tensor:
+        if generator is None:
+            raise ValueError(
+                f"compressor {self.name!r} is randomized: pass generator=torch.Generator() (no global random state is used)"
+            )
+        if not dtype.is_floating_point:
+            dtype = torch.float64
+        # uniform_ on an empty tensor: the same distribution as torch.rand, ~1.5× faster on CPU here.
+        return torch.empty(*batch_shape, d, dtype=dtype, device=generator.device).uniform_(generator=generator)
+
+    def _uniforms(self, x: Tensor, rnd: Tensor | None) -> Tensor:
+        if rnd is None:
+            raise ValueError(f"{self.name}: apply needs the uniforms from draw(); got rnd=None")
+        if rnd.shape[-1] != x.shape[-1]:
+            raise ValueError(f"{self.name}: the draw has rows of length {rnd.shape[-1]}, the input {x.shape[-1]}")
+        xb = tuple(x.shape[:-1])
+        try:
+            ok = tuple(torch.broadcast_shapes(xb, tuple(rnd.shape[:-1]))) == xb
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{self.name}: the draw's leading dims {tuple(rnd.shape[:-1])} do not broadcast to the input's {xb}")
+        # Compose stores draws as float64; casting back to x's dtype is exact for a float32 draw.
+        return rnd.to(device=x.device, dtype=x.dtype)
+
+
+def _round_pow2_reference(x: Tensor, u: Tensor) -> Tensor:
+    """Reference: round x stochastically to ±2^⌊log₂|x|⌋ or twice that (0 stays 0), unbiased, exact.
+
+    frexp gives |x| = m·2^e with m ∈ [0.5, 1): lo = 2^(e−1) = |x|/(2m) (a correctly rounded
+    division whose exact result is representable, so exact, also for subnormals), and the
+    probability of rounding up p = (|x| − lo)/lo = 2m − 1 (exact: 2m ∈ [1, 2)). Up iff u < p.
+    """
+    a = x.abs()
+    m, _ = torch.frexp(a)
+    pos = a > 0
+    m = torch.where(pos, m, torch.full_like(m, 0.5))  # frexp(0) = (0, 0): avoid 0/0 below
+    lo = a / (2.0 * m)
+    out = torch.where(u < 2.0 * m - 1.0, 2.0 * lo, lo)
+    return torch.copysign(torch.where(pos, out, torch.zeros_like(out)), x)
+
+
+#: Integer dtype of the same width, to read a float's bits.
+_INT_OF_WIDTH = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _pow2_floor(a: Tensor) -> Tensor:
+    """±2^⌊log₂|a|⌋ for normal a (sign kept), ±0 for zeros and subnormals: the float with its
+    mantissa bits cleared. The sign and exponent are the top bits, so the mask is −2^(mantissa bits)
+    in two's complement, for every IEEE dtype (float16/32/64, bfloat16)."""
+    nmant = -round(math.log2(torch.finfo(a.dtype).eps))
+    return (a.contiguous().view(_INT_OF_WIDTH[a.element_size()]) & -(1 << nmant)).view(a.dtype)
+
+
+def _round_pow2(x: Tensor, u: Tensor) -> Tensor:
+    """Fast path of ``_round_pow2_reference``, with identical output for the same u.
+
+    lo = ``_pow2_floor(x)``; p = x/lo − 1 (exact: x/lo = 2m ∈ [1, 2)); "u < p" is computed as
+    ceil(p − u) ∈ {0, 1} (the sign of a float difference is exact), result lo·(1 + up). Same-dtype
+    in-place arithmetic only: on CPU, torch.where and bool-float arithmetic are several times slower
+    than a float pass, and every fresh d-sized buffer pays page faults. Zeros give 0/0: mapped to
+    p = 0. Subnormals (lo = 0, p = ∞) are rare and redone by the reference.
+    """
+    lo = _pow2_floor(x)
+    p = torch.div(x, lo)
+    p.sub_(1.0).nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)
+    # p = +∞ exactly at subnormal x (the only infinities: x/lo ≤ 2 otherwise). A max reduction is
+    # vectorised; torch.isinf(p).any() is ~10× slower.
+    sub = torch.isinf(p) if p.numel() and bool(p.amax() == math.inf) else None
+    p.sub_(u).ceil_().add_(1.0)  # 1 + [u < p]
+    out = lo.mul_(p)
+    if sub is not None:
+        idx = sub.nonzero(as_tuple=True)
+        ub = u.expand_as(x)
+        out[idx] = _round_pow2_reference(x[idx], ub[idx])
+    return out
+
+
+@register
+class Natural(_Uniforms):
+    """Natural compression C_nat: each x_j rounded stochastically to ±2^⌊log₂|x_j|⌋ or ±2^⌈log₂|x_j|⌉.
+
+    For |x_j| = t ∈ [a, 2a] (a a power of two): up with probability (t − a)/a, so E = t and
+    Var = (t − a)(2a − t). With t = a·σ, σ ∈ [1, 2], Var/t² = (σ − 1)(2 − σ)/σ², maximal at σ = 4/3
+    where it equals (1/3)(2/3)(9/16) = 1/8. Hence unbiased with ω = 1/8 (attained when every
+    |x_j| is 4/3 times a power of two), zeros stay zero.
+
+    Bits: 9 per coordinate — the sign and an 8-bit exponent (the float32 exponent field; its zero
+    code encodes 0). Float32 values ≥ 2¹²⁷ can round up to inf, and subnormal powers of two do not
+    fit the 8-bit exponent; both are outside the range of gradients this is meant for.
+    Reference: Horváth et al. 2019, "Natural compression for distributed deep learning".
+    """
+
+    name = "natural"
+
+    def __init__(self) -> None:
+        pass
+
+    def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
+        return _round_pow2(x, self._uniforms(x, rnd))
+
+    def omega(self, d: int) -> float:
+        return 1.0 / 8.0
+
+    def bits(self, d: int) -> int:
+        return 9 * d
+
+
+def _row_norm(x: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+
+@register
+class QSGD(_Uniforms):
+    """QSGD / random dithering with s = ``levels`` levels on the ℓ2 norm (Alistarh et al. 2017).
+
+    C(x)_j = ‖x‖ · sign(x_j) · ξ_j/s, where ξ_j ∈ {l, l + 1}, l = ⌊s|x_j|/‖x‖⌋, and ξ_j = l + 1 with
+    probability s|x_j|/‖x‖ − l. Unbiased; per coordinate Var = (‖x‖/s)² p_j(1 − p_j) with
+    p_j(1 − p_j) ≤ min(1/4, p_j) and p_j ≤ s|x_j|/‖x‖, so summing (Σ|x_j| ≤ √d‖x‖)
+    E‖C(x) − x‖² ≤ min(d/(4s²), √d/s)‖x‖². Declared: ω = min(d/s², √d/s), the constant of
+    Alistarh et al. Lemma 3.1 (a valid but in its first branch 4× looser bound).
+
+    Bits: 32 for the norm + d·(1 + ⌈log₂(s + 1)⌉): a fixed-width code of the sign and of the level
+    ξ ∈ {0, …, s} per coordinate (no Elias coding). A zero vector stays zero.
+    """
+
+    name = "qsgd"
+
+    def __init__(self, levels: int = 4) -> None:
+        self.levels = _check_levels(self.name, levels)
+
+    def params(self) -> dict[str, object]:
+        return {"levels": self.levels}
+
+    def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
+        u = self._uniforms(x, rnd)
+        s = float(self.levels)
+        norm = _row_norm(x)
+        safe = torch.where(norm > 0, norm, torch.ones_like(norm))  # (rows, 1): cheap
+        r = x.abs().div_(safe).mul_(s).clamp_(max=s)  # rounding can push |x_j|/‖x‖ a hair above 1
+        level = r.floor()
+        # r − level = p ∈ [0, 1); ceil(p − u) = [u < p] (exact sign), all in place (see _round_pow2).
+        r.sub_(level).sub_(u).ceil_()
+        return level.add_(r).mul_(norm / s).copysign_(x)
+
+    def omega(self, d: int) -> float:
+        s = self.levels
+        return min(d / s**2, math.sqrt(d) / s)
+
+    def bits(self, d: int) -> int:
+        return FLOAT_BITS + d * (1 + math.ceil(math.log2(self.levels + 1)))
+
+
+@register
+class NaturalDithering(_Uniforms):
+    """Natural dithering with s = ``levels``: random dithering on the power-of-two grid of ‖x‖.
+
+    Let r_j = |x_j|/‖x‖₂ ∈ [0, 1] and the levels 0 < b = 2^(1−s) < 2^(2−s) < … < 1/2 < 1. Each r_j is
+    rounded stochastically to its two neighbouring levels (up with probability proportional to the
+    distance from the lower one), C(x)_j = ‖x‖ · sign(x_j) · level_j. Unbiased.
+
+    Variance (derived here, per coordinate, in units of ‖x‖²):
+    * r ∈ [a, 2a] with a ≥ b a power of two: (r − a)(2a − r) ≤ r²/8 (as for natural compression);
+    * r ∈ [0, b): r(b − r) ≤ min(b·r, b²/4).
+    Summing, with Σ r_j² = 1 and Σ r_j ≤ √d:
+        E‖C(x) − x‖² ≤ (1/8 + min(√d·2^(1−s), d·2^(−2s))) ‖x‖².
+    Declared: ω = 1/8 + min(√d·2^(1−s), d·2^(2−2s)), the constant recalled from Horváth et al. 2019
+    (Theorem on natural dithering), which is ≥ the bound above (its second branch is 4× larger),
+    hence valid. Monte Carlo (``compsde compressors --dim D`` and the tests) stays below both.
+    The bound is not tight: the 1/8 and the small-r terms cannot both be attained.
+
+    Bits: 32 for the norm + d·(1 + ⌈log₂(s + 1)⌉) (sign and one of s + 1 levels, fixed width).
+    Reference: Horváth et al. 2019, "Natural compression for distributed deep learning".
+    """
+
+    name = "natural-dithering"
+
+    def __init__(self, levels: int = 4) -> None:
+        self.levels = _check_levels(self.name, levels)
+
+    def params(self) -> dict[str, object]:
+        return {"levels": self.levels}
+
+    def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
+        u = self._uniforms(x, rnd)
+        b = 2.0 ** (1 - self.levels)  # smallest nonzero level
+        if b < torch.finfo(x.dtype).tiny:
+            raise ValueError(
+                f"{self.name}: levels={self.levels} puts the smallest level 2^(1−levels) below the smallest "
+                f"normal {x.dtype} ({torch.finfo(x.dtype).tiny:.3g}); use levels ≤ {-math.floor(math.log2(torch.finfo(x.dtype).tiny)) + 1}"
+            )
+        norm = _row_norm(x)
+        safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+        r = x.abs().div_(safe).clamp_(max=1.0)  # r ∈ [0, 1]
+        # One formula for both regions: lo = the power of two below r if that is ≥ b, else 0;
+        # width = hi − lo = max(2^⌊log₂ r⌋, b) (= lo above b, = b below, since b is a power of two).
+        # p = (r − lo)/width is exact (Sterbenz, and division by a power of two); subnormal and zero r
+        # fall in the lower region, where pow2_floor's 0 is the right lo.
+        lo = _pow2_floor(r)
+        width = lo.clamp(min=b)
+        lo.mul_(torch.div(lo, b).clamp_(max=1.0).floor_())  # × [lo ≥ b], exact for powers of two
+        r.sub_(lo).div_(width).sub_(u).ceil_()  # [u < p]
+        return width.mul_(r).add_(lo).mul_(norm).copysign_(x)
+
+    def apply_reference(self, x: Tensor, rnd: Tensor | None) -> Tensor:
+        """Readable reference of ``apply`` (same output for the same draw); used by the tests."""
+        u = self._uniforms(x, rnd)
+        norm = _row_norm(x)
+        safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+        r = (x.abs() / safe).clamp(max=1.0)
+        b = 2.0 ** (1 - self.levels)
+        small = torch.where(u < r / b, torch.full_like(r, b), torch.zeros_like(r))
+        level = torch.where(r < b, small, _round_pow2_reference(r, u))
+        return torch.copysign(level, x) * norm
+
+    def omega(self, d: int) -> float:
+        s = self.levels
+        return 1.0 / 8.0 + min(math.sqrt(d) * 2.0 ** (1 - s), d * 2.0 ** (2 - 2 * s))
+
+    def bits(self, d: int) -> int:
+        return FLOAT_BITS + d * (1 + math.ceil(math.log2(self.levels + 1)))
