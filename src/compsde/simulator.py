@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -110,29 +110,37 @@ def compression_error(inputs: Tensor, messages: Tensor, alive: Tensor) -> float:
     return float((num[ok] / den[ok]).double().mean()) if bool(ok.any()) else math.nan
 
 
-class _Draws:
-    """The per-worker streams of one run (``compsde.streams``) and this step's draws from them."""
+class Draws:
+    """The random streams of a set of workers (``compsde.streams``) and each step's draws from them.
+
+    ``ranks`` are the workers held here: all N in the simulator, one in a process of a distributed
+    run. Worker i draws its noise, then its compressor's randomness, from its own stream every step;
+    the rows of the returned tensors follow ``ranks``.
+    """
 
     def __init__(self, method: Method, noise: Noise, workers: int, repeats: int, d: int, batch: int,
-                 seed: int, dtype: torch.dtype) -> None:
-        self.method, self.noise, self.workers, self.repeats, self.d, self.batch, self.dtype = method, noise, workers, repeats, d, batch, dtype
-        self.gens = worker_generators(seed, workers)
+                 seed: int, dtype: torch.dtype, ranks: Sequence[int] | None = None) -> None:
+        self.method, self.noise, self.repeats, self.d, self.dtype = method, noise, repeats, d, dtype
+        self.ranks = list(range(workers)) if ranks is None else list(ranks)
+        all_gens = worker_generators(seed, workers)
+        self.gens = [all_gens[i] for i in self.ranks]
         self.shared = shared_generator(seed)
-        self.scales = (noise.worker_scales(workers) / math.sqrt(batch)).to(dtype).reshape(workers, 1, 1) if noise.active else None
+        n = len(self.ranks)
+        scales = noise.worker_scales(workers)[self.ranks] / math.sqrt(batch) if noise.active else None
+        self.scales = None if scales is None else scales.to(dtype).reshape(n, 1, 1)
 
     def __call__(self, out: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
-        """(noise (N, R, d) or None, compressor draw) for one step; noise is written into ``out`` if given.
+        """(noise (n, R, d) or None, compressor draw) for one step; noise is written into ``out`` if given.
 
-        Worker i draws its noise, then its compressor's randomness, from its own stream: a loop over
-        workers for the random numbers only (the arithmetic stays vectorised), so each worker's
-        draws are what it would draw alone in its own process.
+        A loop over the held workers for the random numbers only (the arithmetic stays vectorised),
+        so each worker's draws are what it would draw alone in its own process.
         """
-        n, r, d = self.workers, self.repeats, self.d
+        n, r, d = len(self.ranks), self.repeats, self.d
         z = None
-        if self.noise.active:
+        if self.scales is not None:
             z = torch.empty(n, r, d, dtype=self.dtype) if out is None else out
-            for i in range(n):
-                self.noise.standard((r, d), self.gens[i], self.dtype, out=z[i])
+            for j, g in enumerate(self.gens):
+                self.noise.standard((r, d), g, self.dtype, out=z[j])
             z.mul_(self.scales)
         comp = self.method.compressor
         if not comp.randomized:
@@ -141,6 +149,14 @@ class _Draws:
             return z, comp.draw((1, r), d, self.shared, self.dtype)
         parts = [comp.draw((1, r), d, g, self.dtype) for g in self.gens]
         return z, torch.cat(parts)  # type: ignore[arg-type]
+
+    def state(self) -> list[Tensor]:
+        """Generator states (held workers, then the shared stream), for checkpoints."""
+        return [g.get_state() for g in self.gens] + [self.shared.get_state()]
+
+    def load_state(self, states: list[Tensor]) -> None:
+        for g, st in zip(self.gens + [self.shared], states, strict=True):
+            g.set_state(st)
 
 
 def _divergence_limit(problem: Problem, x0: Tensor) -> float:
@@ -171,7 +187,7 @@ def simulate(
     problem.check_workers(workers)
     p = problem.to(dtype)
     d, steps = p.dim, schedule.steps
-    draw = _Draws(method, noise, workers, repeats, d, batch, seed, dtype)
+    draw = Draws(method, noise, workers, repeats, d, batch, seed, dtype)
     x0 = p.x0()
     x = x0.expand(repeats, d).clone()
     memory = method.init_memory(workers, (repeats,), d, dtype)
@@ -225,7 +241,7 @@ def simulate_reference(
     problem.check_workers(workers)
     p = problem.to(dtype)
     d, steps = p.dim, schedule.steps
-    draw = _Draws(method, noise, workers, repeats, d, batch, seed, dtype)
+    draw = Draws(method, noise, workers, repeats, d, batch, seed, dtype)
     x0 = p.x0()
     xs = [x0.clone() for _ in range(repeats)]
     mem = [[torch.zeros(d, dtype=dtype) for _ in range(workers)] for _ in range(repeats)] if method.error_feedback else None
