@@ -1,0 +1,326 @@
+"""Run an experiment: every series through ``compsde.simulator.simulate``, then write the results.
+
+Output directory (every file written to a temporary name in the directory, then ``os.replace``-d,
+so a reader never sees a half-written file):
+
+* ``config.toml``   the fully resolved config (every default filled in): ``compsde run config.toml``
+                    reproduces the run.
+* ``metrics.csv``   one row per logged step and series (step 0 included). Columns:
+                    ``series`` (label), ``group``, ``step``, ``lr`` (η_k used for the step from k),
+                    ``loss_mean`` (mean of f − f* over the repetitions that have not diverged),
+                    ``loss_median``, ``loss_q10``, ``loss_q90`` (over all repetitions, diverged
+                    ones counting as +inf), ``grad_norm`` (mean ‖∇f(x)‖ over live repetitions),
+                    ``dist_mean`` (mean ‖x − x*‖ over live repetitions; empty where x* is unknown),
+                    ``bits`` (cumulative bits sent by each worker), ``compression_error`` (mean
+                    ‖C(v) − v‖²/‖v‖² over workers and live repetitions at that step; empty at step 0),
+                    ``diverged_fraction``. Empty cell = not a number; ``inf`` = +∞.
+* ``summary.json``  ``{"title", "name", "series": [{"label", "group", "method", "compressor",
+                    "final": {...}, "bits_per_worker_per_step", ...}]}`` in config order; non-finite
+                    numbers are written as null so the JSON stays valid.
+* ``*.png``         the plots of ``compsde.plots``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from compsde import config as config_mod
+from compsde.config import Experiment
+from compsde.simulator import DTYPES, Trace, simulate
+
+__all__ = ["METRIC_COLUMNS", "SeriesResult", "default_out_dir", "metrics_from_trace", "quantiles", "run_experiment"]
+
+#: Below this many elements per step (d x repeats x workers) a series is simulated on one thread.
+SINGLE_THREAD_BELOW = 1 << 20
+
+METRIC_COLUMNS = [
+    "series", "group", "step", "lr", "loss_mean", "loss_median", "loss_q10", "loss_q90",
+    "grad_norm", "dist_mean", "bits", "compression_error", "diverged_fraction",
+]
+
+
+def quantiles(values: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
+    """Quantiles along axis 1 of a (T, R) array with linear interpolation, where +inf is a value.
+
+    ``np.quantile``/``torch.quantile`` return NaN when interpolating between two +inf; here two
+    equal neighbours (inf included) give that value, and inf next to a finite value gives inf.
+    NaN entries are treated as +inf. Returns shape (len(qs), T).
+    """
+    v = np.where(np.isnan(values), np.inf, values.astype(np.float64))
+    v = np.sort(v, axis=1)
+    r = v.shape[1]
+    out = np.empty((len(qs), v.shape[0]))
+    for j, q in enumerate(qs):
+        pos = q * (r - 1)
+        lo, hi = int(math.floor(pos)), int(math.ceil(pos))
+        a, b = v[:, lo], v[:, hi]
+        w = pos - lo
+        with np.errstate(invalid="ignore"):
+            mid = a + w * (b - a)
+        out[j] = np.where((a == b) | (w == 0.0), a, np.where(np.isinf(b), b, mid))
+    return out
+
+
+def _finite_mean(values: np.ndarray) -> np.ndarray:
+    """Mean along axis 1 over finite entries (NaN where there is none)."""
+    ok = np.isfinite(values)
+    n = ok.sum(1)
+    s = np.where(ok, values, 0.0).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, s / np.maximum(n, 1), np.nan)
+
+
+@dataclass
+class SeriesResult:
+    """Per-step aggregates of one series (arrays of shape (T,)) and how to show it."""
+
+    index: int
+    label: str
+    group: str
+    method: str
+    compressor: str
+    problem: str
+    color_key: str
+    bits_per_step: int
+    steps: np.ndarray
+    lr: np.ndarray
+    loss_mean: np.ndarray
+    loss_median: np.ndarray
+    loss_q10: np.ndarray
+    loss_q90: np.ndarray
+    grad_norm: np.ndarray
+    dist_mean: np.ndarray | None
+    bits: np.ndarray
+    compression_error: np.ndarray
+    diverged_fraction: np.ndarray
+    first_diverged_step: int | None
+    last_diverged_step: int | None
+    seconds: float
+
+    def row(self, t: int) -> dict[str, Any]:
+        return {
+            "series": self.label, "group": self.group, "step": int(self.steps[t]), "lr": self.lr[t],
+            "loss_mean": self.loss_mean[t], "loss_median": self.loss_median[t],
+            "loss_q10": self.loss_q10[t], "loss_q90": self.loss_q90[t], "grad_norm": self.grad_norm[t],
+            "dist_mean": None if self.dist_mean is None else self.dist_mean[t], "bits": self.bits[t],
+            "compression_error": self.compression_error[t], "diverged_fraction": self.diverged_fraction[t],
+        }
+
+
+def metrics_from_trace(spec: config_mod.SeriesSpec, trace: Trace, seconds: float = 0.0) -> SeriesResult:
+    """Aggregate a Trace's (T, R) measurements into per-step statistics (see module doc)."""
+    loss = trace.loss.double().numpy()
+    q10, q50, q90 = quantiles(loss, (0.1, 0.5, 0.9))
+    steps = trace.steps.numpy()
+    div = trace.diverged_step.numpy()
+    dived = div[div >= 0]
+    return SeriesResult(
+        index=spec.index, label=spec.label, group=spec.group, method=spec.method.name,
+        compressor=spec.config["compressor"], problem=spec.problem.name, color_key=spec.color_key,
+        bits_per_step=int(spec.method.bits_per_step(spec.problem.dim)),
+        steps=steps, lr=np.array([spec.schedule(int(k)) for k in steps], dtype=np.float64),
+        loss_mean=_finite_mean(loss), loss_median=q50, loss_q10=q10, loss_q90=q90,
+        grad_norm=_finite_mean(trace.grad_norm.double().numpy()),
+        dist_mean=None if trace.dist is None else _finite_mean(trace.dist.double().numpy()),
+        bits=trace.bits.double().numpy(), compression_error=trace.compression_error.double().numpy(),
+        diverged_fraction=trace.diverged_fraction().numpy(),
+        first_diverged_step=int(dived.min()) if dived.size else None,
+        last_diverged_step=int(dived.max()) if dived.size else None, seconds=seconds,
+    )
+
+
+# ---- writing -------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, data: bytes | str) -> None:
+    """Write to a temporary file in the same directory, then rename over ``path``."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _csv_cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if math.isnan(v):
+            return ""
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    return v
+
+
+def _json_num(v: Any) -> float | int | None:
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def metrics_csv(results: list[SeriesResult]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in results:
+        for t in range(len(r.steps)):
+            w.writerow({k: _csv_cell(v) for k, v in r.row(t).items()})
+    return buf.getvalue()
+
+
+def summary_dict(exp: Experiment, results: list[SeriesResult]) -> dict[str, Any]:
+    """The summary.json content (non-finite numbers as None → null)."""
+    series = []
+    for r, spec in zip(results, exp.series):
+        s = spec.config
+        final = {
+            "step": int(r.steps[-1]),
+            "loss_mean": _json_num(r.loss_mean[-1]),
+            "loss_median": _json_num(r.loss_median[-1]),
+            "loss_q10": _json_num(r.loss_q10[-1]),
+            "loss_q90": _json_num(r.loss_q90[-1]),
+            "dist_mean": None if r.dist_mean is None else _json_num(r.dist_mean[-1]),
+            "grad_norm": _json_num(r.grad_norm[-1]),
+            "diverged_fraction": _json_num(r.diverged_fraction[-1]),
+        }
+        # Last 10 % of the logged steps: a steadier "where did it settle" than the last iterate alone
+        # (under heavy tails one late jump dominates the final mean).
+        w = max(1, len(r.steps) // 10)
+        with np.errstate(invalid="ignore"):
+            tail = {
+                "from_step": int(r.steps[-w]),
+                "loss_mean": _json_num(np.nanmean(r.loss_mean[-w:]) if np.isfinite(r.loss_mean[-w:]).any() else math.nan),
+                "loss_median": _json_num(np.median(r.loss_median[-w:])),
+            }
+        ce = r.compression_error[np.isfinite(r.compression_error)]
+        series.append({
+            "label": r.label,
+            "group": r.group,
+            "method": r.method,
+            "compressor": r.compressor,
+            "compressor_repr": repr(spec.method.compressor),
+            "normalize": bool(s["normalize"]),
+            "schedule": s["schedule"],
+            "lr": s["lr"],
+            "workers": s["workers"],
+            "batch": s["batch"],
+            "problem": spec.problem.name,
+            "dim": spec.problem.dim,
+            "noise": {"name": spec.noise.name, "scale": list(spec.noise.scale) if isinstance(spec.noise.scale, tuple) else spec.noise.scale, "nu": spec.noise.nu},
+            "final": final,
+            "tail": tail,
+            "bits_per_worker_per_step": r.bits_per_step,
+            "total_bits_per_worker": _json_num(r.bits[-1]),
+            "compression_error_mean": _json_num(ce.mean()) if ce.size else None,
+            "first_diverged_step": r.first_diverged_step,
+            "seconds": round(r.seconds, 3),
+        })
+    return {"title": exp.run["title"], "name": exp.name, "steps": exp.run["steps"],
+            "repeats": exp.run["repeats"], "seed": exp.run["seed"], "series": series}
+
+
+def default_out_dir(name: str) -> Path:
+    """``runs/<name>-<YYYYmmdd-HHMMSS>`` relative to the working directory."""
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# ---- running -------------------------------------------------------------------------------------
+
+
+def _as_experiment(config: Experiment | Mapping[str, Any] | str | Path) -> Experiment:
+    if isinstance(config, Experiment):
+        return config
+    if isinstance(config, Mapping):
+        return config_mod.build(config_mod.resolve(config))
+    return config_mod.load(config)
+
+
+def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path | None = None,
+                   progress: bool = True, plots: bool = True) -> Path:
+    """Run every series of ``config`` and write config.toml, metrics.csv, summary.json and plots.
+
+    Args:
+        config: a built ``Experiment``, a raw config dict, a preset name or a TOML file path.
+        out_dir: output directory (created if needed); default ``runs/<name>-<timestamp>``.
+        progress: show a tqdm progress bar (silent anyway when stderr is not a terminal).
+        plots: write the PNG plots (tests may skip them for speed).
+
+    Returns the output directory. A diverging series never raises: the Trace marks it diverged.
+    """
+    from tqdm.auto import tqdm
+
+    exp = _as_experiment(config)  # validates before anything is written
+    out = Path(out_dir) if out_dir is not None else default_out_dir(exp.name)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output directory {str(out)!r} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    run = exp.run
+    header = f"compsde resolved config ({exp.name}); re-run with: compsde run config.toml"
+    _atomic_write(out / "config.toml", config_mod.dumps(exp.config, header=header))
+
+    results: list[SeriesResult] = []
+    total = run["steps"] * len(exp.series)
+    threads = torch.get_num_threads()
+    with tqdm(total=total, disable=None if progress else True, unit="step", dynamic_ncols=True,
+              leave=True, mininterval=0.2) as bar:
+        for spec in exp.series:
+            bar.set_description(spec.label[:40])
+            t0 = time.perf_counter()
+            # Small tensors gain nothing from intra-op threads, and on a busy machine OpenMP/BLAS
+            # threads spinning at barriers made tiny matmuls 30-50x slower (measured on 2 cores).
+            size = spec.problem.dim * run["repeats"] * spec.workers
+            torch.set_num_threads(1 if size < SINGLE_THREAD_BELOW else threads)
+            try:
+                trace = simulate(
+                    spec.problem, spec.noise, spec.method, spec.schedule,
+                    workers=spec.workers, batch=spec.batch, repeats=run["repeats"], seed=run["seed"],
+                    dtype=DTYPES[run["dtype"]], log_every=run["log_every"], progress=bar.update,
+                )
+            finally:
+                torch.set_num_threads(threads)
+            results.append(metrics_from_trace(spec, trace, time.perf_counter() - t0))
+
+    _atomic_write(out / "metrics.csv", metrics_csv(results))
+    summary = summary_dict(exp, results)
+    _atomic_write(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
+    if plots:
+        from compsde import plots as plots_mod
+
+        title = run["title"] or exp.name
+        made = plots_mod.make_plots(results, title)
+        for name, png in made.items():
+            _atomic_write(out / name, png)
+        # A figure this run does not produce (e.g. diverged.png) must not survive from an earlier
+        # run into the same directory.
+        for name in set(plots_mod.PLOT_FILES) - set(made):
+            (out / name).unlink(missing_ok=True)
+    return out
