@@ -1,10 +1,11 @@
 """N simulated workers × R Monte Carlo repetitions, vectorised: one step is a handful of tensor ops.
 
 State: iterates x of shape (R, d); per-worker tensors (gradients, noise, messages, EF memory) of
-shape (N, R, d). Each step, worker i draws from its own stream (``compsde.streams``), in this order:
+shape (N, R, d). Each step, worker i draws from its own streams (``compsde.streams``):
 
-    1. its noise  Z_i = σ_i T / √B                        (R, d)
-    2. its compressor's randomness compressor.draw(...)  (R, ·)   (shared stream if shared)
+    1. its noise  Z_i = σ_i T / √B from its noise stream                    (R, d)
+    2. its compressor's randomness compressor.draw(...) from its compressor stream (R, ·)
+       (from the shared stream if the compressor shares randomness)
 
 then g = ∇f_i(x) + Z, x ← x − method.step(g, η_k).update. ``simulate_reference`` is the plain
 loop over repetitions and workers on the *same draws*; a test shows both give the same iterates.
@@ -28,7 +29,7 @@ from compsde.methods import Method
 from compsde.noise import Noise
 from compsde.problems import Problem
 from compsde.schedules import Schedule
-from compsde.streams import shared_generator, worker_generators
+from compsde.streams import compressor_generator, noise_generator, shared_generator
 
 DIVERGENCE_FACTOR = 1e6
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -114,16 +115,19 @@ class Draws:
     """The random streams of a set of workers (``compsde.streams``) and each step's draws from them.
 
     ``ranks`` are the workers held here: all N in the simulator, one in a process of a distributed
-    run. Worker i draws its noise, then its compressor's randomness, from its own stream every step;
-    the rows of the returned tensors follow ``ranks``.
+    run. Worker i draws its noise from its noise stream and its compressor's randomness from its
+    compressor stream every step; the rows of the returned tensors follow ``ranks``.
     """
 
     def __init__(self, method: Method, noise: Noise, workers: int, repeats: int, d: int, batch: int,
                  seed: int, dtype: torch.dtype, ranks: Sequence[int] | None = None) -> None:
         self.method, self.noise, self.repeats, self.d, self.dtype = method, noise, repeats, d, dtype
         self.ranks = list(range(workers)) if ranks is None else list(ranks)
-        all_gens = worker_generators(seed, workers)
-        self.gens = [all_gens[i] for i in self.ranks]
+        for i in self.ranks:
+            if not 0 <= i < workers:
+                raise ValueError(f"ranks must be in [0, workers = {workers}), got {i}")
+        self.noise_gens = [noise_generator(seed, i) for i in self.ranks]
+        self.comp_gens = [compressor_generator(seed, i) for i in self.ranks]
         self.shared = shared_generator(seed)
         n = len(self.ranks)
         scales = noise.worker_scales(workers)[self.ranks] / math.sqrt(batch) if noise.active else None
@@ -139,7 +143,7 @@ class Draws:
         z = None
         if self.scales is not None:
             z = torch.empty(n, r, d, dtype=self.dtype) if out is None else out
-            for j, g in enumerate(self.gens):
+            for j, g in enumerate(self.noise_gens):
                 self.noise.standard((r, d), g, self.dtype, out=z[j])
             z.mul_(self.scales)
         comp = self.method.compressor
@@ -147,15 +151,19 @@ class Draws:
             return z, None
         if comp.shared_randomness:
             return z, comp.draw((1, r), d, self.shared, self.dtype)
-        parts = [comp.draw((1, r), d, g, self.dtype) for g in self.gens]
+        parts = [comp.draw((1, r), d, g, self.dtype) for g in self.comp_gens]
         return z, torch.cat(parts)  # type: ignore[arg-type]
 
+    def generators(self) -> list[torch.Generator]:
+        """Every stream held here: noise streams, compressor streams, then the shared one."""
+        return self.noise_gens + self.comp_gens + [self.shared]
+
     def state(self) -> list[Tensor]:
-        """Generator states (held workers, then the shared stream), for checkpoints."""
-        return [g.get_state() for g in self.gens] + [self.shared.get_state()]
+        """Generator states of ``generators()``, for checkpoints."""
+        return [g.get_state() for g in self.generators()]
 
     def load_state(self, states: list[Tensor]) -> None:
-        for g, st in zip(self.gens + [self.shared], states, strict=True):
+        for g, st in zip(self.generators(), states, strict=True):
             g.set_state(st)
 
 

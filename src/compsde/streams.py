@@ -1,11 +1,12 @@
 """Per-worker random streams, derived the same way wherever a worker runs.
 
-Worker i of a run with seed s draws everything it needs — its gradient noise, then its compressor's
-randomness, every step in that order — from its own ``torch.Generator`` seeded with
-``stream_seed(s, i)``. Randomness every worker must agree on (the indices of Rand-k with
-``shared=True``) comes from the shared stream ``stream_seed(s, SHARED)``. The simulator (all
-workers in one process) and a distributed run (one worker per process) therefore draw identical
-numbers, and a worker's draws do not depend on how many other workers there are.
+Worker i of a run with seed s has two streams, each a ``torch.Generator``: its gradient noise comes
+from ``noise_generator(s, i)`` and its compressor's randomness from ``compressor_generator(s, i)``.
+Keeping them apart lets a receiver replay a sender's compressor draws (the indices of Rand-k, which
+therefore never travel) without generating the sender's noise. Randomness every worker must agree
+on (Rand-k with ``shared=True``) comes from ``shared_generator(s)``. The simulator (all workers in
+one process) and a distributed run (one worker per process) draw identical numbers, and a worker's
+draws do not depend on how many other workers there are.
 """
 
 from __future__ import annotations
@@ -30,9 +31,14 @@ def stream_seed(seed: int, stream: int) -> int:
     return _splitmix64(_splitmix64(seed & _MASK) ^ (stream & _MASK)) >> 1
 
 
-def worker_generators(seed: int, workers: int) -> list[torch.Generator]:
-    """The generators of workers 0..workers−1."""
-    return [torch.Generator().manual_seed(stream_seed(seed, i)) for i in range(workers)]
+def noise_generator(seed: int, worker: int) -> torch.Generator:
+    """The stream of worker ``worker``'s gradient noise."""
+    return torch.Generator().manual_seed(stream_seed(seed, 2 * worker))
+
+
+def compressor_generator(seed: int, worker: int) -> torch.Generator:
+    """The stream of worker ``worker``'s compressor randomness (replayable by any receiver)."""
+    return torch.Generator().manual_seed(stream_seed(seed, 2 * worker + 1))
 
 
 def shared_generator(seed: int) -> torch.Generator:
