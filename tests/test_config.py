@@ -9,7 +9,8 @@ import pytest
 from compsde import config
 from compsde.config import apply_overrides, build, dumps, load, load_source, parse_value, resolve
 
-PRESETS = ["cgd-quadratic", "compression-variance", "l0l1-schedules", "noise-resilience", "top1-divergence"]
+PRESETS = ["cgd-quadratic", "compression-variance", "l0l1-schedules", "noise-resilience", "scaling-rules",
+           "sde-heavy-tails", "sde-tracking", "top1-divergence", "weak-order"]
 
 
 def minimal(**series):
@@ -63,7 +64,8 @@ def test_invalid_toml_names_file(tmp_path):
 
 def test_defaults_filled():
     cfg = resolve(minimal())
-    assert cfg["run"] == {"steps": 10, "repeats": 2, "seed": 0, "dtype": "float64", "log_every": 1, "title": ""}
+    assert cfg["run"] == {"steps": 10, "repeats": 2, "seed": 0, "dtype": "float64", "log_every": 1, "title": "",
+                          "paths": 2, "substeps": 1, "increments": "gaussian", "mc_samples": 32}
     assert cfg["problem"] == {"name": "quadratic", "dim": 4, "eig_min": 0.5, "eig_max": 2.0, "rotate": False,
                               "heterogeneity": 0.0, "seed": 0, "x0_scale": 1.0}
     assert cfg["noise"] == {"name": "gaussian", "scale": 1.0, "nu": 3.0}

@@ -1,6 +1,8 @@
-"""Command line: ``compsde run``, ``compsde presets``, ``compsde compressors``.
+"""Command line: ``compsde run``, ``track``, ``scale``, ``presets``, ``compressors``.
 
     compsde run PRESET_OR_CONFIG [--set KEY=VALUE ...] [--out DIR] [--no-progress] [--no-plots]
+    compsde track PRESET_OR_CONFIG [same options]   (each series also as its SDE, overlaid)
+    compsde scale METHOD --from lr=…,batch=…,workers=…[,omega=…] --to KEY=VALUE,… [--json] [--validate]
     compsde presets
     compsde compressors --dim D [--samples S] [--seed S] [--names a,b,...]
     compsde --version
@@ -37,15 +39,28 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run an experiment from a preset or a TOML config",
                        description="Run every [[series]] of a preset or config file and write config.toml, "
                                    "metrics.csv, summary.json and PNG plots into the output directory.")
-    r.add_argument("source", metavar="PRESET_OR_CONFIG", help="a preset name (see `compsde presets`) or a TOML file")
-    r.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", nargs="+", default=[],
-                   help="override a config value with a dotted key: run.steps=50, noise.nu=2, problem.dim=5, "
-                        "series.lr=0.1 (every series), series.2.lr=0.1 (series 2, 0-based); "
-                        "values are TOML (a bare word is a string)")
-    r.add_argument("--out", metavar="DIR", default=None,
-                   help="output directory (default: runs/<preset-or-config-stem>-<timestamp>)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    _experiment_args(r)
+    t = sub.add_parser("track", help="run each series as the optimizer and as its SDE, side by side",
+                       description="Like `run`, and each series is also integrated as its SDE ([run] paths paths "
+                                   "from the same start, [run] substeps Euler-Maruyama steps per optimizer step): "
+                                   "metrics.csv gains the SDE's curves (source = sde), summary.json a `tracking` "
+                                   "entry per series, and tracking.png overlays both.")
+    _experiment_args(t)
+
+    sc = sub.add_parser("scale", help="solve a scaling rule for the hyperparameter you leave free",
+                        description="Keep the invariant of METHOD's scaling rule (dsgd: η/(BN); dcsgd: η(1+ω)/(BN); "
+                                    "dsignsgd: η/(N√B); adam/adamw/rmsprop: the recalled square-root rule, a "
+                                    "hypothesis) while changing some hyperparameters; the one --to leaves out is solved.")
+    sc.add_argument("method", help="dsgd, dcsgd, dsignsgd, adam, adamw or rmsprop")
+    sc.add_argument("--from", dest="frm", required=True, metavar="K=V,...",
+                    help="the current setting, e.g. lr=0.1,batch=32,workers=4,omega=3")
+    sc.add_argument("--to", required=True, metavar="K=V,...",
+                    help="the changed values and the fixed ones (KEY=same keeps the --from value); leave out exactly one")
+    sc.add_argument("--json", action="store_true", help="print one JSON object")
+    sc.add_argument("--validate", action="store_true",
+                    help="run both settings in the simulator and through their SDEs on a quadratic and compare stationary losses")
+    sc.add_argument("--repeats", type=int, default=64, help="runs (and SDE paths) per setting for --validate (default 64)")
+    sc.add_argument("--seed", type=int, default=0, help="seed for --validate (default 0)")
 
     sub.add_parser("presets", help="list the built-in presets")
 
@@ -57,12 +72,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _experiment_args(r: argparse.ArgumentParser) -> None:
+    """The options shared by ``run`` and ``track``."""
+    r.add_argument("source", metavar="PRESET_OR_CONFIG", help="a preset name (see `compsde presets`) or a TOML file")
+    r.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", nargs="+", default=[],
+                   help="override a config value with a dotted key: run.steps=50, noise.nu=2, problem.dim=5, "
+                        "series.lr=0.1 (every series), series.2.lr=0.1 (series 2, 0-based); "
+                        "values are TOML (a bare word is a string)")
+    r.add_argument("--out", metavar="DIR", default=None,
+                   help="output directory (default: runs/<preset-or-config-stem>-<timestamp>)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+
 def _error(msg: str) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return 2
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _cmd_run(args: argparse.Namespace, track: bool = False) -> int:
     from compsde import config, runner
 
     overrides = [item for group in args.overrides for item in group]
@@ -71,10 +99,47 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         return _error(str(e))
     try:
-        out = runner.run_experiment(exp, args.out, progress=not args.no_progress, plots=not args.no_plots)
+        out = runner.run_experiment(exp, args.out, progress=not args.no_progress, plots=not args.no_plots, track=track)
     except (ValueError, OSError) as e:  # e.g. --out names a file, or the disk is full
         return _error(str(e))
     print(f"wrote {out}")
+    if track:
+        import json
+
+        summary = json.loads((out / "summary.json").read_text())
+        for s in summary["series"]:
+            t = s["tracking"]
+            fmt = lambda v: "n/a" if v is None else f"{v:.2%}"  # noqa: E731
+            print(f"  {s['label']}: SDE tracking error max {fmt(t['max_rel_error'])}, mean {fmt(t['mean_rel_error'])}"
+                  f"  [{s['sde']['description']}]")
+        for fit in summary.get("weak_order", []):
+            slope = "n/a" if fit["slope"] is None else f"{fit['slope']:.2f}"
+            print(f"  weak order ({fit['group'] or 'all series'}): fitted slope {slope} over η = {fit['lr']}")
+    return 0
+
+
+def _cmd_scale(args: argparse.Namespace) -> int:
+    import json
+
+    from compsde import scaling
+
+    try:
+        frm = scaling.parse_assignments(args.frm, "--from")
+        if any(v == scaling.KEEP for v in frm.values()):
+            return _error(f"--from takes numbers only ('{scaling.KEEP}' belongs in --to)")
+        sol = scaling.solve(args.method, frm, scaling.parse_assignments(args.to, "--to"))  # type: ignore[arg-type]
+        val = scaling.validate(sol, repeats=args.repeats, seed=args.seed) if args.validate else None
+    except ValueError as e:
+        return _error(str(e))
+    if args.json:
+        out = sol.as_dict()
+        if val is not None:
+            out["validation"] = val.as_dict()
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        print(sol.format())
+        if val is not None:
+            print(val.format())
     return 0
 
 
@@ -110,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return _cmd_run(args)
+    if args.command == "track":
+        return _cmd_run(args, track=True)
+    if args.command == "scale":
+        return _cmd_scale(args)
     if args.command == "presets":
         return _cmd_presets()
     if args.command == "compressors":

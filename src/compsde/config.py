@@ -53,6 +53,7 @@ from compsde.methods import Method
 from compsde.noise import NOISE_NAMES, Noise
 from compsde.problems import Problem
 from compsde.schedules import SCHEDULE_NAMES, Schedule
+from compsde.integrators import INCREMENTS
 from compsde.simulator import DTYPES
 
 __all__ = [
@@ -170,6 +171,12 @@ _RUN: dict[str, _Param] = {
     "dtype": _Param("str", "float64"),
     "log_every": _Param("int", None),  # None: max(1, steps // 200)
     "title": _Param("str", ""),
+    # SDE tracking (compsde track): M paths, integrator substeps per optimizer step, increments,
+    # Monte Carlo samples per step for methods without a closed-form SDE.
+    "paths": _Param("int", None),  # None: = repeats
+    "substeps": _Param("int", 1),
+    "increments": _Param("str", "gaussian"),
+    "mc_samples": _Param("int", 32),
 }
 _NOISE: dict[str, _Param] = {
     "name": _Param("str", "gaussian"),
@@ -188,6 +195,7 @@ _SERIES_BASE: dict[str, _Param] = {
     "normalize": _Param("bool", False),
     "workers": _Param("int", 1),
     "batch": _Param("int", 1),
+    "steps": _Param("int", None),  # None: [run] steps (a series may run longer, e.g. at a smaller η)
     "problem": _Param("table", None),
     "noise": _Param("table", None),
 }
@@ -378,14 +386,19 @@ def _resolve_run(raw: Any) -> dict[str, Any]:
     run = _check_table(raw if raw is not None else {}, "[run]")
     _reject_unknown(run, _RUN, "[run]")
     out = _resolve_fields(run, _RUN, "run")
-    for k in ("steps", "repeats", "log_every"):
+    for k in ("steps", "repeats", "log_every", "paths", "substeps"):
         if k in out and out[k] < 1:
             raise ValueError(f"run.{k} must be an integer ≥ 1, got {out[k]!r}")
+    if out["mc_samples"] < 2:
+        raise ValueError(f"run.mc_samples must be an integer ≥ 2, got {out['mc_samples']!r}")
+    if out["increments"] not in INCREMENTS:
+        raise ValueError(f"run.increments must be one of {', '.join(INCREMENTS)}, got {out['increments']!r}")
     if out["seed"] < 0:
         raise ValueError(f"run.seed must be an integer ≥ 0, got {out['seed']!r}")
     if out["dtype"] not in DTYPES:
         raise ValueError(f"run.dtype must be one of {', '.join(DTYPES)}, got {out['dtype']!r}")
     out.setdefault("log_every", max(1, out["steps"] // 200))
+    out.setdefault("paths", out["repeats"])
     return {k: out[k] for k in _RUN}
 
 
@@ -489,10 +502,14 @@ def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mappi
         if k in s:
             out[k] = _coerce(_SCHEDULE_KEYS[k], f"{where}.{k}", s[k])
         else:
-            out[k] = _SCHEDULE_DEFAULTS[k] if k != "every" else max(1, run["steps"] // 3)
+            out[k] = _SCHEDULE_DEFAULTS[k] if k != "every" else max(1, base.get("steps", run["steps"]) // 3)
     out["normalize"] = base["normalize"]
     out["workers"], out["batch"] = base["workers"], base["batch"]
-    for k in ("workers", "batch"):
+    if base.get("steps") is not None and base["steps"] != run["steps"]:
+        out["steps"] = base["steps"]
+    for k in ("workers", "batch", "steps"):
+        if k not in out:
+            continue
         if out[k] < 1:
             raise ValueError(f"{where}.{k} must be an integer ≥ 1, got {out[k]!r}")
     if "problem" in base:
@@ -605,7 +622,7 @@ def build(config: Mapping[str, Any], name: str = "config") -> Experiment:
             cspec = _compressor_params(s["compressor"])
             cparams = {k: s[k] for k in cspec if k in s}
             method = methods.make(s["method"], s["compressor"], s["normalize"], **cparams)
-            schedule = Schedule(s["schedule"], s["lr"], run["steps"], _schedule_params(s))
+            schedule = Schedule(s["schedule"], s["lr"], s.get("steps", run["steps"]), _schedule_params(s))
             problem.check_workers(s["workers"])
             noise.worker_scales(s["workers"])
             # Build the compressor's dimension-dependent parts now (k ≤ d etc.), not mid-run.

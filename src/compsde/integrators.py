@@ -91,11 +91,11 @@ def integrate(
     observe: Callable[[int, Tensor], None] | None = None,
     observe_every: int = 1,
 ) -> Tensor:
-    """Integrate ``model`` from X_0 = ``x0`` (M, d) to time ``t1`` with step ``dt``; return X_{t1}.
+    """Integrate ``model`` (constant η = ``model.eta``) from X_0 = ``x0`` (M, d) to time ``t1`` with step ``dt``.
 
-    ``dt`` must not exceed the model's η (the SDE is a model of steps of size η) and ``t1/dt`` must
-    be a whole number of steps. ``observe(n, x)`` is called at step n = 0, observe_every, …, and at
-    the last step, with the current paths (do not keep ``x``: it is updated in place).
+    ``dt`` must not exceed η (the SDE is a model of steps of size η) and ``t1/dt`` must be a whole
+    number of steps. ``observe(n, x)`` is called at step n = 0, observe_every, …, and at the last
+    step, with the current paths (do not keep ``x``: it is updated in place). Returns X_{t1}.
     """
     eta = model.eta
     if not (dt > 0 and dt <= eta * (1 + 1e-12)):
@@ -103,21 +103,61 @@ def integrate(
     n_steps = round(t1 / dt)
     if n_steps < 0 or abs(n_steps * dt - t1) > 1e-9 * max(1.0, abs(t1)):
         raise ValueError(f"t1 / dt must be a whole number of steps ≥ 0, got t1 = {t1}, dt = {dt}")
+    return _euler_loop(model, x0, n_steps, lambda n: (dt, eta), generator, solver, observe, observe_every, 1)
+
+
+def integrate_schedule(
+    model: SDEModel,
+    x0: Tensor,
+    *,
+    lr: Callable[[int], float],
+    steps: int,
+    substeps: int = 1,
+    generator: torch.Generator,
+    solver: EulerMaruyama = EulerMaruyama(),
+    observe: Callable[[int, Tensor], None] | None = None,
+    observe_every: int = 1,
+) -> Tensor:
+    """Integrate over the SDE time of ``steps`` optimizer steps with learning rates η_k = ``lr(k)``.
+
+    Optimizer step k covers SDE time η_k and is integrated in ``substeps`` steps dt = η_k/substeps with
+    noise factor sqrt(η_k dt) (science.md §2 with a time-varying η). ``observe(k, x)`` is called at
+    optimizer steps k = 0, observe_every, …, and ``steps``, so the paths can be compared with the
+    optimizer's iterates x_k step for step.
+    """
+    if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:
+        raise ValueError(f"substeps must be an integer ≥ 1, got {substeps!r}")
+
+    def step_sizes(n: int) -> tuple[float, float]:
+        eta = lr(n // substeps)
+        return eta / substeps, eta
+
+    return _euler_loop(model, x0, steps * substeps, step_sizes, generator, solver, observe, observe_every, substeps)
+
+
+def _euler_loop(model: SDEModel, x0: Tensor, n_steps: int, step_sizes: Callable[[int], tuple[float, float]],
+                generator: torch.Generator, solver: EulerMaruyama, observe: Callable[[int, Tensor], None] | None,
+                observe_every: int, per_observed: int) -> Tensor:
+    """X ← X − m dt + sqrt(η dt) S^{1/2} ξ for n_steps steps; (dt, η) = step_sizes(n).
+
+    ``observe`` sees step counts in units of ``per_observed`` integrator steps.
+    """
     if x0.dim() != 2 or x0.shape[1] != model.dim:
         raise ValueError(f"x0 must have shape (M, d = {model.dim}), got {tuple(x0.shape)}")
     x = x0.clone()
     xi = torch.empty(x.shape[0], model.noise_dim, dtype=x.dtype)
-    noise_factor = math.sqrt(eta * dt)
     deterministic = model.noise_type == "none"
+    every = observe_every * per_observed
     if observe is not None:
         observe(0, x)
     for n in range(n_steps):
+        dt, eta = step_sizes(n)
         if deterministic:
             xi.zero_()
         else:
             solver.draw(xi, generator)
         m, s_xi = model.evaluate(x, xi, generator)
-        x.sub_(m, alpha=dt).add_(s_xi, alpha=noise_factor)
-        if observe is not None and ((n + 1) % observe_every == 0 or n + 1 == n_steps):
-            observe(n + 1, x)
+        x.sub_(m, alpha=dt).add_(s_xi, alpha=math.sqrt(eta * dt))
+        if observe is not None and ((n + 1) % every == 0 or n + 1 == n_steps):
+            observe((n + 1) // per_observed, x)
     return x

@@ -30,10 +30,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["PLOT_FILES", "make_plots"]
+__all__ = ["PLOT_FILES", "make_plots", "tracking_figure"]
 
-#: Every file name ``make_plots`` may produce.
-PLOT_FILES = ("loss.png", "loss_vs_bits.png", "final.png", "compression_error.png", "diverged.png")
+#: Every file name ``make_plots`` (and, for ``compsde track``, ``tracking_figure``) may produce.
+PLOT_FILES = ("loss.png", "loss_vs_bits.png", "final.png", "compression_error.png", "diverged.png", "tracking.png")
 
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
             "#bcbd22", "#17becf", "#393b79", "#ad494a"]
@@ -365,3 +365,40 @@ def make_plots(results: Sequence[Any], title: str) -> dict[str, bytes]:
         out["diverged.png"] = _simple_figure(results, title, "diverged_fraction", "diverged fraction",
                                              "fraction of diverged repetitions", log_ok=False)
     return out
+
+
+def tracking_figure(results: Sequence[Any], sdes: Sequence[Any], errors: Sequence[dict[str, float]], title: str) -> bytes:
+    """One panel per series: the optimizer's mean loss and q10–q90 band against its SDE's (dashed);
+    ``errors`` are ``compsde.tracking.tracking_error`` results, one per series."""
+    colors = _colors(results)
+    fig, axes = _grid(len(results), f"{title}: optimizer vs SDE",
+                      "solid: optimizer (mean over runs, band q10–q90); dashed: SDE (mean over paths, hatched band q10–q90)",
+                      sharey=False)
+    for ax, r, q, e in zip(axes, results, sdes, errors):
+        log = _use_log([r.loss_mean, q.loss_mean, r.loss_q10, r.loss_q90])
+        ylim = _limits([r, q], log)
+        top = ylim[1] if ylim else 1.0
+        c = colors[r.color_key]
+        for res, style, hatch in ((r, "-", None), (q, "--", "////")):
+            lo, hi = _clip_band(res.loss_q10, res.loss_q90, top)
+            mean = res.loss_mean
+            if log:
+                lo, hi, mean = _positive(lo), _positive(hi), _positive(mean)
+            if hatch:
+                ax.fill_between(res.steps, lo, hi, facecolor="none", edgecolor=c, hatch=hatch, alpha=0.35, linewidth=0)
+            else:
+                ax.fill_between(res.steps, lo, hi, color=c, alpha=0.15, linewidth=0)
+            ax.plot(res.steps, mean, color="#222222" if hatch else c, linestyle=style, linewidth=1.8 if not hatch else 1.4,
+                    label="SDE" if hatch else "optimizer")
+        if log:
+            ax.set_yscale("log")
+        if ylim:
+            ax.set_ylim(*ylim)
+        ax.grid(True, which="major", alpha=0.3)
+        mx, mn = e["max_rel_error"], e["mean_rel_error"]
+        err = f"max rel. error {mx:.1%}, mean {mn:.1%}" if math.isfinite(mx) else "no finite error"
+        ax.set_title(f"{r.label}\n{err}", fontsize=9.5)
+        ax.set_xlabel("step")
+        ax.set_ylabel(_LOSS_LABEL + (" (log)" if log else ""))
+        ax.legend(fontsize=8, loc="upper right")
+    return _finish(fig)

@@ -46,7 +46,7 @@ __all__ = ["METRIC_COLUMNS", "SeriesResult", "default_out_dir", "metrics_from_tr
 SINGLE_THREAD_BELOW = 1 << 20
 
 METRIC_COLUMNS = [
-    "series", "group", "step", "lr", "loss_mean", "loss_median", "loss_q10", "loss_q90",
+    "series", "source", "group", "step", "lr", "loss_mean", "loss_median", "loss_q10", "loss_q90",
     "grad_norm", "dist_mean", "bits", "compression_error", "diverged_fraction",
 ]
 
@@ -108,10 +108,12 @@ class SeriesResult:
     first_diverged_step: int | None
     last_diverged_step: int | None
     seconds: float
+    #: "optimizer" (the simulated method) or "sde" (its SDE, from ``compsde track``).
+    source: str = "optimizer"
 
     def row(self, t: int) -> dict[str, Any]:
         return {
-            "series": self.label, "group": self.group, "step": int(self.steps[t]), "lr": self.lr[t],
+            "series": self.label, "source": self.source, "group": self.group, "step": int(self.steps[t]), "lr": self.lr[t],
             "loss_mean": self.loss_mean[t], "loss_median": self.loss_median[t],
             "loss_q10": self.loss_q10[t], "loss_q90": self.loss_q90[t], "grad_norm": self.grad_norm[t],
             "dist_mean": None if self.dist_mean is None else self.dist_mean[t], "bits": self.bits[t],
@@ -119,7 +121,8 @@ class SeriesResult:
         }
 
 
-def metrics_from_trace(spec: config_mod.SeriesSpec, trace: Trace, seconds: float = 0.0) -> SeriesResult:
+def metrics_from_trace(spec: config_mod.SeriesSpec, trace: Trace, seconds: float = 0.0,
+                       source: str = "optimizer") -> SeriesResult:
     """Aggregate a Trace's (T, R) measurements into per-step statistics (see module doc)."""
     loss = trace.loss.double().numpy()
     q10, q50, q90 = quantiles(loss, (0.1, 0.5, 0.9))
@@ -137,7 +140,7 @@ def metrics_from_trace(spec: config_mod.SeriesSpec, trace: Trace, seconds: float
         bits=trace.bits.double().numpy(), compression_error=trace.compression_error.double().numpy(),
         diverged_fraction=trace.diverged_fraction().numpy(),
         first_diverged_step=int(dived.min()) if dived.size else None,
-        last_diverged_step=int(dived.max()) if dived.size else None, seconds=seconds,
+        last_diverged_step=int(dived.max()) if dived.size else None, seconds=seconds, source=source,
     )
 
 
@@ -197,21 +200,31 @@ def metrics_csv(results: list[SeriesResult]) -> str:
     return buf.getvalue()
 
 
-def summary_dict(exp: Experiment, results: list[SeriesResult]) -> dict[str, Any]:
-    """The summary.json content (non-finite numbers as None → null)."""
+def _final(r: SeriesResult) -> dict[str, Any]:
+    return {
+        "step": int(r.steps[-1]),
+        "loss_mean": _json_num(r.loss_mean[-1]),
+        "loss_median": _json_num(r.loss_median[-1]),
+        "loss_q10": _json_num(r.loss_q10[-1]),
+        "loss_q90": _json_num(r.loss_q90[-1]),
+        "dist_mean": None if r.dist_mean is None else _json_num(r.dist_mean[-1]),
+        "grad_norm": _json_num(r.grad_norm[-1]),
+        "diverged_fraction": _json_num(r.diverged_fraction[-1]),
+    }
+
+
+def summary_dict(exp: Experiment, results: list[SeriesResult],
+                 tracked: list["Tracked"] | None = None) -> dict[str, Any]:
+    """The summary.json content (non-finite numbers as None → null).
+
+    With ``tracked`` (``compsde track``), each series also gets ``sde`` (the model's description and
+    its final values) and ``tracking`` (``max_rel_error``, ``mean_rel_error`` between the mean-loss
+    curves), and groups whose series differ in η get a ``weak_order`` fit.
+    """
     series = []
     for r, spec in zip(results, exp.series):
         s = spec.config
-        final = {
-            "step": int(r.steps[-1]),
-            "loss_mean": _json_num(r.loss_mean[-1]),
-            "loss_median": _json_num(r.loss_median[-1]),
-            "loss_q10": _json_num(r.loss_q10[-1]),
-            "loss_q90": _json_num(r.loss_q90[-1]),
-            "dist_mean": None if r.dist_mean is None else _json_num(r.dist_mean[-1]),
-            "grad_norm": _json_num(r.grad_norm[-1]),
-            "diverged_fraction": _json_num(r.diverged_fraction[-1]),
-        }
+        final = _final(r)
         # Last 10 % of the logged steps: a steadier "where did it settle" than the last iterate alone
         # (under heavy tails one late jump dominates the final mean).
         w = max(1, len(r.steps) // 10)
@@ -244,8 +257,46 @@ def summary_dict(exp: Experiment, results: list[SeriesResult]) -> dict[str, Any]
             "first_diverged_step": r.first_diverged_step,
             "seconds": round(r.seconds, 3),
         })
-    return {"title": exp.run["title"], "name": exp.name, "steps": exp.run["steps"],
-            "repeats": exp.run["repeats"], "seed": exp.run["seed"], "series": series}
+    out = {"title": exp.run["title"], "name": exp.name, "steps": exp.run["steps"],
+           "repeats": exp.run["repeats"], "seed": exp.run["seed"], "series": series}
+    if tracked is not None:
+        for entry, t in zip(series, tracked):
+            entry["sde"] = {"description": t.model.description, "noise_type": t.model.noise_type,
+                            "paths": exp.run["paths"], "substeps": exp.run["substeps"],
+                            "increments": exp.run["increments"], "final": _final(t.result),
+                            "seconds": round(t.result.seconds, 3)}
+            entry["tracking"] = {k: _json_num(v) for k, v in t.error.items()}
+        out["weak_order"] = weak_order_fits(exp, tracked)
+    return out
+
+
+@dataclass
+class Tracked:
+    """A series' SDE: the aggregated curves, the model, and the tracking error against the optimizer."""
+
+    result: SeriesResult
+    model: Any
+    error: dict[str, float]
+
+
+def weak_order_fits(exp: Experiment, tracked: list[Tracked]) -> list[dict[str, Any]]:
+    """Per group whose series share a method but differ in η: the slope of log(mean tracking error)
+    against log(η), which an order-1 weak approximation makes ≈ 1."""
+    from compsde.tracking import fit_order
+
+    fits = []
+    for group in dict.fromkeys(spec.group for spec in exp.series):
+        members = [(spec, t) for spec, t in zip(exp.series, tracked) if spec.group == group]
+        lrs = [spec.config["lr"] for spec, _ in members]
+        errs = [t.error["mean_rel_error"] for _, t in members]
+        if len(set(lrs)) < 2 or len({spec.method.label() for spec, _ in members}) != 1:
+            continue
+        try:
+            slope = fit_order(lrs, errs)
+        except ValueError:
+            slope = math.nan
+        fits.append({"group": group, "lr": lrs, "mean_rel_error": [_json_num(e) for e in errs], "slope": _json_num(slope)})
+    return fits
 
 
 def default_out_dir(name: str) -> Path:
@@ -254,6 +305,24 @@ def default_out_dir(name: str) -> Path:
 
 
 # ---- running -------------------------------------------------------------------------------------
+
+
+def _track(spec: config_mod.SeriesSpec, run: Mapping[str, Any], trace: Trace,
+           progress: Any) -> Tracked:
+    """Run a series' SDE from the optimizer's start and compare it with the optimizer's trace."""
+    from compsde.tracking import simulate_sde, tracking_error
+
+    t0 = time.perf_counter()
+    try:
+        sde_trace, model = simulate_sde(
+            spec.problem, spec.noise, spec.method, spec.schedule, workers=spec.workers, batch=spec.batch,
+            paths=run["paths"], seed=run["seed"], dtype=DTYPES[run["dtype"]], log_every=run["log_every"],
+            substeps=run["substeps"], increments=run["increments"], mc_samples=run["mc_samples"], progress=progress,
+        )
+    except ValueError as e:
+        raise ValueError(f"series {spec.label!r}: {e}") from None
+    result = metrics_from_trace(spec, sde_trace, time.perf_counter() - t0, source="sde")
+    return Tracked(result, model, tracking_error(trace, sde_trace))
 
 
 def _as_experiment(config: Experiment | Mapping[str, Any] | str | Path) -> Experiment:
@@ -265,8 +334,12 @@ def _as_experiment(config: Experiment | Mapping[str, Any] | str | Path) -> Exper
 
 
 def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path | None = None,
-                   progress: bool = True, plots: bool = True) -> Path:
+                   progress: bool = True, plots: bool = True, track: bool = False) -> Path:
     """Run every series of ``config`` and write config.toml, metrics.csv, summary.json and plots.
+
+    With ``track=True`` (``compsde track``) each series also runs as its SDE (``[run] paths`` paths
+    from the same start, ``compsde.tracking``): metrics.csv gains its curves (``source = sde``),
+    summary.json its ``tracking`` errors, and ``tracking.png`` overlays both.
 
     Args:
         config: a built ``Experiment``, a raw config dict, a preset name or a TOML file path.
@@ -288,7 +361,8 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
     _atomic_write(out / "config.toml", config_mod.dumps(exp.config, header=header))
 
     results: list[SeriesResult] = []
-    total = run["steps"] * len(exp.series)
+    tracked: list[Tracked] = []
+    total = sum(spec.schedule.steps for spec in exp.series) * (2 if track else 1)
     threads = torch.get_num_threads()
     with tqdm(total=total, disable=None if progress else True, unit="step", dynamic_ncols=True,
               leave=True, mininterval=0.2) as bar:
@@ -305,18 +379,23 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
                     workers=spec.workers, batch=spec.batch, repeats=run["repeats"], seed=run["seed"],
                     dtype=DTYPES[run["dtype"]], log_every=run["log_every"], progress=bar.update,
                 )
+                results.append(metrics_from_trace(spec, trace, time.perf_counter() - t0))
+                if track:
+                    tracked.append(_track(spec, run, trace, bar.update))
             finally:
                 torch.set_num_threads(threads)
-            results.append(metrics_from_trace(spec, trace, time.perf_counter() - t0))
 
-    _atomic_write(out / "metrics.csv", metrics_csv(results))
-    summary = summary_dict(exp, results)
+    _atomic_write(out / "metrics.csv", metrics_csv(results + [t.result for t in tracked]))
+    summary = summary_dict(exp, results, tracked if track else None)
     _atomic_write(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
     if plots:
         from compsde import plots as plots_mod
 
         title = run["title"] or exp.name
         made = plots_mod.make_plots(results, title)
+        if track:
+            made["tracking.png"] = plots_mod.tracking_figure(
+                results, [t.result for t in tracked], [t.error for t in tracked], title)
         for name, png in made.items():
             _atomic_write(out / name, png)
         # A figure this run does not produce (e.g. diverged.png) must not survive from an earlier

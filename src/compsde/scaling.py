@@ -90,10 +90,13 @@ class Solution:
         return self.rule.value(self.to)
 
     def as_dict(self) -> dict[str, Any]:
+        def whole(d: dict[str, float]) -> dict[str, float | int]:
+            return {k: int(v) if k in INTEGER else v for k, v in d.items()}
+
         out: dict[str, Any] = {
             "method": self.rule.method,
-            "from": self.frm,
-            "to": self.to,
+            "from": whole(self.frm),
+            "to": whole(self.to),
             "solved": self.solved,
             "invariant": {
                 "formula": self.rule.formula,

@@ -1,0 +1,94 @@
+"""`compsde track` and `compsde scale`: the optimizer against its SDE, end to end, and the scaling CLI."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from compsde import methods, problems
+from compsde.cli import main
+from compsde.noise import Noise
+from compsde.schedules import Schedule
+from compsde.simulator import simulate
+from compsde.tracking import fit_order, simulate_sde, tracking_error
+
+
+def test_sde_trace_is_logged_like_the_optimizer_and_tracks_it():
+    prob = problems.make("quadratic", dim=10)
+    m = methods.make("dcsgd", compressor="rand-k", k=3)
+    sched = Schedule("cosine", 0.05, 120)  # a decaying schedule: the SDE follows t_k = Σ η_j
+    opt = simulate(prob, Noise("gaussian", 1.0), m, sched, workers=4, repeats=512, log_every=20)
+    sde, model = simulate_sde(prob, Noise("gaussian", 1.0), m, sched, workers=4, paths=512, log_every=20)
+    assert torch.equal(opt.steps, sde.steps) and sde.loss.shape == (7, 512)
+    assert model.noise_type == "diagonal-lowrank"
+    err = tracking_error(opt, sde)
+    # 512 runs and paths: the mean loss has a relative SE of ~2 % per point; bias O(η) is smaller.
+    assert err["mean_rel_error"] < 0.05 and err["max_rel_error"] < 0.12
+
+
+def test_fit_order_and_its_errors():
+    assert fit_order([0.2, 0.1, 0.05], [0.4, 0.2, 0.1]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="distinct learning rates"):
+        fit_order([0.1, 0.1], [0.2, 0.3])
+
+
+def _read(out):
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return rows, json.loads((out / "summary.json").read_text())
+
+
+def test_track_sde_tracking_preset_end_to_end(tmp_path, capsys):
+    out = tmp_path / "tr"
+    rc = main(["track", "sde-tracking", "--set", "run.steps=80", "run.repeats=128", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    rows, summary = _read(out)
+    assert {r["source"] for r in rows} == {"optimizer", "sde"}
+    assert len([r for r in rows if r["source"] == "sde"]) == len([r for r in rows if r["source"] == "optimizer"])
+    assert (out / "tracking.png").stat().st_size > 10_000
+    for s in summary["series"]:
+        assert set(s["tracking"]) == {"max_rel_error", "mean_rel_error"}
+        assert "closed form" in s["sde"]["description"]
+        # 128 runs vs 128 paths over 80 steps: mean-loss SE ≈ 3-4 % per point; 12 % mean bound.
+        assert s["tracking"]["mean_rel_error"] < 0.12
+    assert "SDE tracking error" in capsys.readouterr().out
+
+
+def test_weak_order_preset_fits_a_slope_near_one(tmp_path):
+    out = tmp_path / "wo"
+    assert main(["track", "weak-order", "--set", "run.repeats=1024", "--out", str(out), "--no-progress", "--no-plots"]) == 0
+    _, summary = _read(out)
+    (fit,) = summary["weak_order"]
+    # The exact biases are ∝ η (slope 1.0); with 1024 runs/paths the MC error moves the fit by < 0.2.
+    assert fit["slope"] == pytest.approx(1.0, abs=0.25)
+    assert fit["lr"] == [0.2, 0.1, 0.05]
+
+
+def test_heavy_tails_track_for_dsignsgd_and_refuse_dsgd(tmp_path, capsys):
+    out = tmp_path / "ht"
+    assert main(["track", "sde-heavy-tails", "--set", "run.steps=60", "run.repeats=64", "--out", str(out), "--no-progress", "--no-plots"]) == 0
+    _, summary = _read(out)
+    assert all(math.isfinite(s["tracking"]["mean_rel_error"]) and s["tracking"]["mean_rel_error"] < 0.15 for s in summary["series"])
+    rc = main(["track", "sde-heavy-tails", "--set", "run.steps=5", "series.method=dsgd", "--out", str(tmp_path / "x"), "--no-progress"])
+    assert rc == 2
+    assert "infinite variance" in capsys.readouterr().err
+
+
+def test_scale_cli_text_json_validate_and_errors(capsys):
+    assert main(["scale", "dsignsgd", "--from", "lr=0.1,batch=8,workers=2", "--to", "lr=0.2,workers=same"]) == 0
+    text = capsys.readouterr().out
+    assert "batch" in text and "32" in text and "← solved" in text
+    assert main(["scale", "dcsgd", "--from", "lr=0.05,batch=1,workers=2,omega=0", "--to", "omega=3,lr=same,workers=same",
+                 "--json", "--validate", "--repeats", "16"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["to"] == {"lr": 0.05, "batch": 4, "workers": 2, "omega": 3.0}
+    assert obj["invariant"]["from"] == pytest.approx(obj["invariant"]["to"])
+    assert set(obj["validation"]["ratio_to_over_from"]) == {"optimizer", "sde", "theory"}
+    assert main(["scale", "dsgd", "--from", "lr=0.1,batch=8,workers=1", "--to", "lr=0.2"]) == 2
+    assert "under-determined" in capsys.readouterr().err
+    assert main(["scale", "dsgd", "--from", "lr=0.1,batch=8,workers=1", "--to", "lr=0.2,batch=16,workers=1"]) == 2
+    assert "over-determined" in capsys.readouterr().err
+    assert main(["scale", "dsgd", "--from", "lr=same,batch=8,workers=1", "--to", "lr=0.2,workers=1"]) == 2
+    assert "--from takes numbers only" in capsys.readouterr().err
