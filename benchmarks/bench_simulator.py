@@ -94,8 +94,10 @@ def bench(label: str, *, workers: int, repeats: int, dim: int, dtype: torch.dtyp
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer steps and repeats (a smoke run)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (default 1: on a shared 2-core machine a second thread makes timings erratic)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     q = args.quick
     specs = [
         ("dsgd", {}),
