@@ -679,3 +679,9 @@ def test_compressor_table_lists_everything_and_agrees() -> None:
         assert n in text
     with pytest.raises(ValueError, match="dim"):
         compressor_table(dim=0)
+
+
+def test_shared_inner_cannot_compose_with_a_randomized_outer() -> None:
+    with pytest.raises(ValueError, match="shared=True"):
+        make("rand-k+natural", k=2, shared=True)
+    assert make("rand-k+identity", k=2, shared=True).summable

@@ -102,3 +102,13 @@ def test_to_dtype_keeps_values():
     assert p.hessian.dtype == torch.float32
     assert p.loss(torch.ones(3)).dtype == torch.float32
     assert math.isfinite(float(p.loss(torch.ones(3))))
+
+
+def test_data_file_sets_the_dimension_and_samples_is_synthetic_only(tmp_path):
+    f = tmp_path / "wide.libsvm"
+    f.write_text("".join(f"{1 if i % 2 else -1} {i % 40 + 1}:1.0 {(7 * i) % 40 + 1}:0.5\n" for i in range(80)))
+    p = problems.make("logistic-regression", dataset=str(f))
+    assert p.dim == 40 and p.a.shape == (80, 40)
+    assert problems.make("linear-regression").a.shape == (200, 10)  # synthetic defaults
+    with pytest.raises(ValueError, match="samples applies to synthetic data only"):
+        problems.make("linear-regression", dataset=str(f), samples=10)

@@ -102,8 +102,10 @@ def test_top1_divergence_recorded(preset_runs):
 def test_compression_variance_orders_compressors(preset_runs):
     summary = _strict_json(preset_runs["compression-variance"] / "summary.json")
     err = {s["compressor"]: s["compression_error_mean"] for s in summary["series"]}
-    # Top-k (biased) < unscaled Rand-k = 1 - k/d = 0.8 < scaled Rand-k = d/k - 1 = 4.
-    assert err["top-k"] < 0.8
+    # Unscaled Rand-k = 1 - k/d = 0.8 in expectation, scaled Rand-k = d/k - 1 = 4. Top-k's error is at most
+    # 0.8 for every vector (equality only for equal magnitudes); on the quadratic's graded gradients it keeps
+    # far more of the norm (0.38 at the preset's size), so a random choice of k would fail this bound.
+    assert err["top-k"] < 0.65
     assert err["rand-k-unscaled"] == pytest.approx(0.8, abs=0.05)
     assert err["rand-k"] == pytest.approx(4.0, rel=0.15)
     assert (preset_runs["compression-variance"] / "compression_error.png").exists()

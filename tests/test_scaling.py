@@ -102,3 +102,9 @@ def test_validate_runs_both_settings_and_the_rule_holds(method, frm, to):
     for row in val.rows:
         assert row["optimizer"] == pytest.approx(row["theory"], rel=0.15)
     assert set(val.as_dict()["ratio_to_over_from"]) == {"optimizer", "sde", "theory"}
+
+
+def test_square_root_rule_refuses_a_batch_factor_that_breaks_beta():
+    # κ = 16 takes 1 − β1 = 0.1 to 1.6: β1 = −0.6 is not a momentum; the solver must say so.
+    with pytest.raises(ValueError, match="κ = 16 is too large"):
+        solve("adam", {"lr": 1e-3, "batch": 64, "beta1": 0.9, "beta2": 0.999}, {"batch": 1024})

@@ -187,3 +187,13 @@ def test_integrate_rejects_bad_steps():
         integrate(ou, torch.zeros(2, 1), t1=1.0, dt=0.03, generator=g)
     with pytest.raises(ValueError, match="increments must be one of"):
         EulerMaruyama("uniform")
+
+
+def test_normalised_methods_have_an_sde_under_any_noise():
+    # ‖U‖ = 1 for a normalised step: mean and covariance exist even for Cauchy noise.
+    prob = problems.make("l0l1-cosh", dim=3)
+    m = methods.make("dsgd", normalize=True)
+    model = sde.from_method(prob, Noise("student-t", 1.0, 1.0), m, workers=2, batch=1, lr=0.1, mc_samples=64)
+    assert model.noise_type == "sampled"
+    cov = model.covariance(torch.ones(2, 3, dtype=torch.float64), torch.Generator().manual_seed(0))
+    assert bool(torch.isfinite(cov).all()) and float(torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1).max()) <= 1.0 + 1e-12

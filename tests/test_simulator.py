@@ -132,3 +132,21 @@ def test_schedules_values():
     assert Schedule("cosine", 1.0, 10)(0) == 1.0 and Schedule("cosine", 1.0, 10)(10) == pytest.approx(0.0)
     assert Schedule("step", 1.0, 9, {"gamma": 0.5, "every": 3})(7) == 0.25
     assert Schedule("poly", 1.0, 10, {"power": 1.0})(3) == 0.25
+
+
+@pytest.mark.parametrize(
+    "name, params, match",
+    [
+        ("cosine", {"final_ratio": 5.0}, "final_ratio must be a number in \\[0, 1\\], got 5.0"),
+        ("step", {"gamma": 3.0}, "gamma must be a number in \\(0, 1\\], got 3.0"),
+        ("step", {"every": 0.5}, "every must be an integer ≥ 1, got 0.5"),
+    ],
+)
+def test_schedule_parameter_ranges(name, params, match):
+    with pytest.raises(ValueError, match=match):
+        Schedule(name, 0.1, 10, params)
+
+
+def test_infinite_noise_scale_is_rejected():
+    with pytest.raises(ValueError, match="finite number"):
+        Noise("gaussian", math.inf)

@@ -214,7 +214,7 @@ def _compressor_params(name: str) -> dict[str, _Param]:
     """Parameters of compressor ``name`` (a composition 'a+b' takes the union of its parts)."""
     out: dict[str, _Param] = {}
     for part in (p.strip() for p in name.split("+")):
-        cls = compressors._lookup(part)  # raises ValueError listing the valid names
+        cls = compressors.compressor_class(part)  # raises ValueError listing the valid names
         for k, v in _signature_params(cls).items():
             out.setdefault(k, v)
     return out
@@ -223,7 +223,7 @@ def _compressor_params(name: str) -> dict[str, _Param]:
 def _problem_class(name: Any, where: str) -> type[Problem]:
     if not isinstance(name, str) or name not in problems.names():
         raise ValueError(f"{where}.name: unknown problem {name!r}; valid names: {', '.join(problems.names())}")
-    return problems._REGISTRY[name]
+    return problems.problem_class(name)
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -468,7 +468,7 @@ def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mappi
     method = s["method"]
     if not isinstance(method, str) or method not in methods.METHOD_NAMES:
         raise ValueError(f"{where}.method: unknown method {method!r}; valid methods: {', '.join(methods.METHOD_NAMES)}")
-    implied = methods._SPECS[method].compressor
+    implied = methods.implied_compressor(method)
     comp = s.get("compressor", implied)
     if comp is None:
         raise ValueError(f"{where}: method {method!r} needs a compressor; valid compressors: {', '.join(compressors.names())}")
@@ -480,7 +480,7 @@ def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mappi
     sched = s.get("schedule", "constant")
     if not isinstance(sched, str) or sched not in SCHEDULE_NAMES:
         raise ValueError(f"{where}.schedule must be one of {', '.join(SCHEDULE_NAMES)}, got {sched!r}")
-    sched_keys = list(schedules._PARAMS[sched])
+    sched_keys = list(schedules.SCHEDULE_PARAMS[sched])
 
     valid = [*_SERIES_BASE, *cspec, *sched_keys]
     for k, v in s.items():
@@ -595,7 +595,7 @@ class Experiment:
 
 
 def _schedule_params(s: Mapping[str, Any]) -> dict[str, float]:
-    return {k: s[k] for k in schedules._PARAMS[s["schedule"]]}
+    return {k: s[k] for k in schedules.SCHEDULE_PARAMS[s["schedule"]]}
 
 
 def build(config: Mapping[str, Any], name: str = "config") -> Experiment:

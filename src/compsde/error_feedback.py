@@ -15,11 +15,12 @@ from torch import Tensor
 from compsde.compressors import Compressor
 
 
-def ef_step(compressor: Compressor, memory: Tensor, scaled_grads: Tensor, rnd: Tensor | None) -> tuple[Tensor, Tensor]:
-    """One EF round for a stack of workers: returns (messages m, new memory e), same shapes as ``memory``.
+def ef_step(compressor: Compressor, memory: Tensor, scaled_grads: Tensor, rnd: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """One EF round for a stack of workers: returns (compressed input p, messages m, new memory e),
+    all of the shape of ``memory``.
 
     ``scaled_grads`` is η g (the step already multiplied in, as EF compresses the step, not the gradient).
     """
     p = memory + scaled_grads
     m = compressor.apply(p, rnd)
-    return m, p - m
+    return p, m, p - m

@@ -45,6 +45,13 @@ _SPECS: dict[str, _Spec] = {
 METHOD_NAMES = tuple(_SPECS)
 
 
+def implied_compressor(name: str) -> str | None:
+    """The compressor a method implies (``identity`` for dsgd, ``sign`` for dsignsgd*), or None if it takes any."""
+    if name not in _SPECS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHOD_NAMES)}")
+    return _SPECS[name].compressor
+
+
 class StepResult(NamedTuple):
     """What one step produced: x ← x − update."""
 
@@ -79,8 +86,7 @@ class Method:
         """
         if self.error_feedback:
             assert memory is not None
-            inputs = memory + lr * grads
-            messages, memory = ef_step(self.compressor, memory, lr * grads, rnd)
+            inputs, messages, memory = ef_step(self.compressor, memory, lr * grads, rnd)
             return StepResult(aggregate(messages, self.aggregation), inputs, messages, memory)
         messages = self.compressor.apply(grads, rnd)
         direction = aggregate(messages, self.aggregation)

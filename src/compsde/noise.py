@@ -57,8 +57,8 @@ class Noise:
         scales = self.scale if isinstance(self.scale, (tuple, list)) else (self.scale,)
         if isinstance(self.scale, list):
             object.__setattr__(self, "scale", tuple(self.scale))
-        if not scales or any(not isinstance(s, (int, float)) or isinstance(s, bool) or not s >= 0 for s in scales):
-            raise ValueError(f"noise scale must be a number ≥ 0 or a list of them (one per worker), got {self.scale!r}")
+        if not scales or any(not isinstance(s, (int, float)) or isinstance(s, bool) or not 0 <= s < math.inf for s in scales):
+            raise ValueError(f"noise scale must be a finite number ≥ 0 or a list of them (one per worker), got {self.scale!r}")
         if self.name == "student-t" and not (isinstance(self.nu, (int, float)) and self.nu > 0 and math.isfinite(self.nu)):
             raise ValueError(f"noise nu (Student-t degrees of freedom) must be a finite number > 0, got {self.nu!r}")
 

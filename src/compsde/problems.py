@@ -114,13 +114,18 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
+def problem_class(name: str) -> type[Problem]:
+    """The registered class of a problem name (ValueError listing the valid names otherwise)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown problem {name!r}; valid names: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
 def make(name: str, **params: Any) -> Problem:
     """Build a problem by name; unknown names or parameters raise a ValueError listing the valid ones."""
     import inspect
 
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown problem {name!r}; valid names: {', '.join(_REGISTRY)}")
-    cls = _REGISTRY[name]
+    cls = problem_class(name)
     valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     bad = sorted(set(params) - set(valid))
     if bad:
@@ -173,13 +178,25 @@ class Quadratic(Problem):
 
 
 class _DataProblem(Problem):
-    """Shared parts of the regression problems: a data matrix A (m, d) and targets b (m,)."""
+    """Shared parts of the regression problems: a data matrix A (m, d) and targets b (m,).
+
+    Data: ``dataset = "synthetic"`` (``samples`` × ``dim`` Gaussian features, defaults 200 × 10) or the
+    path of a LIBSVM file, whose number of features gives d unless ``dim`` is set.
+    """
 
     a: Tensor
     b: Tensor
 
-    def default_x0(self) -> Tensor:
-        return torch.zeros(self.dim, dtype=torch.float64) if self.x0_scale == 0 else torch.ones(self.dim, dtype=torch.float64)
+    def _setup(self, dim: int | None, samples: int | None, dataset: str, heterogeneity: float, seed: int,
+               x0_scale: float, classification: bool) -> None:
+        _check_common(self.name, 10 if dim is None else dim, heterogeneity, x0_scale)
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+            raise ValueError(f"{self.name}: samples must be an integer ≥ 1, got {samples!r}")
+        if dataset != "synthetic" and samples is not None:
+            raise ValueError(f"{self.name}: samples applies to synthetic data only; a file ({dataset!r}) has its own")
+        self.heterogeneity, self.seed, self.x0_scale = float(heterogeneity), seed, float(x0_scale)
+        self.a, self.b = _load(dataset, 200 if samples is None else samples, dim, seed, classification)
+        self.dim = self.a.shape[1]
 
 
 def synthetic_regression(samples: int, dim: int, seed: int, classification: bool) -> tuple[Tensor, Tensor]:
@@ -193,9 +210,9 @@ def synthetic_regression(samples: int, dim: int, seed: int, classification: bool
     return a, a @ w + 0.1 * eps
 
 
-def _load(dataset: str, samples: int, dim: int, seed: int, classification: bool) -> tuple[Tensor, Tensor]:
+def _load(dataset: str, samples: int, dim: int | None, seed: int, classification: bool) -> tuple[Tensor, Tensor]:
     if dataset == "synthetic":
-        return synthetic_regression(samples, dim, seed, classification)
+        return synthetic_regression(samples, 10 if dim is None else dim, seed, classification)
     from compsde.datasets import load_libsvm
 
     path = Path(dataset)
@@ -213,14 +230,9 @@ class LinearRegression(_DataProblem):
 
     name = "linear-regression"
 
-    def __init__(self, dim: int = 10, samples: int = 200, dataset: str = "synthetic", heterogeneity: float = 0.0,
-                 seed: int = 0, x0_scale: float = 1.0) -> None:
-        _check_common(self.name, dim, heterogeneity, x0_scale)
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"linear-regression: samples must be an integer ≥ 1, got {samples!r}")
-        self.dim, self.heterogeneity, self.seed, self.x0_scale = dim, float(heterogeneity), seed, float(x0_scale)
-        self.a, self.b = _load(dataset, samples, dim, seed, classification=False)
-        self.dim = self.a.shape[1]
+    def __init__(self, dim: int | None = None, samples: int | None = None, dataset: str = "synthetic",
+                 heterogeneity: float = 0.0, seed: int = 0, x0_scale: float = 1.0) -> None:
+        self._setup(dim, samples, dataset, heterogeneity, seed, x0_scale, classification=False)
         self.x_opt = torch.linalg.lstsq(self.a, self.b.unsqueeze(-1)).solution.squeeze(-1)
         self.f_opt = float(self.loss(self.x_opt))
 
@@ -241,15 +253,12 @@ class LogisticRegression(_DataProblem):
 
     name = "logistic-regression"
 
-    def __init__(self, dim: int = 10, samples: int = 200, dataset: str = "synthetic", l2: float = 1e-3,
-                 heterogeneity: float = 0.0, seed: int = 0, x0_scale: float = 1.0) -> None:
-        _check_common(self.name, dim, heterogeneity, x0_scale)
+    def __init__(self, dim: int | None = None, samples: int | None = None, dataset: str = "synthetic",
+                 l2: float = 1e-3, heterogeneity: float = 0.0, seed: int = 0, x0_scale: float = 1.0) -> None:
         if not (isinstance(l2, (int, float)) and l2 >= 0):
             raise ValueError(f"logistic-regression: l2 must be a number ≥ 0, got {l2!r}")
-        self.dim, self.heterogeneity, self.seed, self.x0_scale = dim, float(heterogeneity), seed, float(x0_scale)
         self.l2 = float(l2)
-        self.a, self.b = _load(dataset, samples, dim, seed, classification=True)
-        self.dim = self.a.shape[1]
+        self._setup(dim, samples, dataset, heterogeneity, seed, x0_scale, classification=True)
         self.ya = self.b.unsqueeze(-1) * self.a  # rows y_j a_j
         self.x_opt = self._newton()
         self.f_opt = float(self.loss(self.x_opt))

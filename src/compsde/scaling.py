@@ -213,6 +213,10 @@ def solve(method: str, frm: dict[str, float], to: dict[str, float | str]) -> Sol
                 new[key] = fixed[key]
             elif key in frm:
                 new[key] = transform(frm[key], kappa)
+                try:
+                    _check_value("the rule", key, new[key])
+                except ValueError as e:
+                    raise ValueError(f"{e} (κ = {kappa:g} is too large for this rule: 1 − β → κ(1 − β) must stay below 1)") from None
     ordered = {k: new[k] for k in list(frm) + [k for k in new if k not in frm]}
     return Solution(rule, dict(frm), ordered, solved, exact, rounded)
 
@@ -261,16 +265,17 @@ class Validation:
         return {"settings": self.rows, "ratio_to_over_from": {k: self.ratio(k) for k in ("optimizer", "sde", "theory")}}
 
     def format(self) -> str:
-        head = f"{'setting':<9}{'method':<30}{'optimizer':>12}{'SDE':>12}{'theory':>12}"
+        head = f"{'setting':<9}{'method':<30}{'ω':>7}{'optimizer':>12}{'SDE':>12}{'theory':>12}"
         lines = ["stationary loss E f(x) on the validation quadratic (mean over runs and the second half of the run):", head]
         for r in self.rows:
-            lines.append(f"{r['setting']:<9}{r['label']:<30}{r['optimizer']:>12.5g}{r['sde']:>12.5g}{r['theory']:>12.5g}")
-        lines.append(f"{'ratio to/from':<39}{self.ratio('optimizer'):>12.4f}{self.ratio('sde'):>12.4f}{self.ratio('theory'):>12.4f}")
+            lines.append(f"{r['setting']:<9}{r['label']:<30}{r['omega']:>7.3g}{r['optimizer']:>12.5g}{r['sde']:>12.5g}{r['theory']:>12.5g}")
+        lines.append(f"{'ratio to/from':<46}{self.ratio('optimizer'):>12.4f}{self.ratio('sde'):>12.4f}{self.ratio('theory'):>12.4f}")
         return "\n".join(lines)
 
 
 def _method_for(method: str, hp: dict[str, float], dim: int) -> tuple[Any, float]:
-    """The simulated method realising ``hp``; for dcsgd, scaled Rand-k with k = d/(1 + ω) (ω as realised)."""
+    """The simulated method realising ``hp``; for dcsgd, scaled Rand-k with k = round(d/(1 + ω)), whose
+    ω = d/k − 1 may differ from the requested one (it is reported, and the theory column uses it)."""
     from compsde import methods
 
     if method == "dcsgd":

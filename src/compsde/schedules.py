@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 SCHEDULE_NAMES = ("constant", "cosine", "step", "poly")
-_PARAMS = {"constant": (), "cosine": ("final_ratio",), "step": ("gamma", "every"), "poly": ("power",)}
+#: The keys each schedule takes.
+SCHEDULE_PARAMS: dict[str, tuple[str, ...]] = {"constant": (), "cosine": ("final_ratio",), "step": ("gamma", "every"), "poly": ("power",)}
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,19 @@ class Schedule:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULE_NAMES)}, got {self.name!r}")
         if not (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        bad = sorted(set(self.params) - set(_PARAMS[self.name]))
+        bad = sorted(set(self.params) - set(SCHEDULE_PARAMS[self.name]))
         if bad:
-            raise ValueError(f"schedule {self.name!r} does not take {', '.join(bad)}; valid: {', '.join(_PARAMS[self.name]) or 'none'}")
+            raise ValueError(f"schedule {self.name!r} does not take {', '.join(bad)}; valid: {', '.join(SCHEDULE_PARAMS[self.name]) or 'none'}")
+        valid = {
+            "final_ratio": (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
+            "gamma": (lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
+            "every": (lambda v: float(v).is_integer() and v >= 1, "an integer ≥ 1"),
+            "power": (lambda v: 0.0 < v and math.isfinite(v), "a finite number > 0"),
+        }
         for k, v in self.params.items():
-            if not (isinstance(v, (int, float)) and v > 0) and not (k == "final_ratio" and v == 0):
-                raise ValueError(f"schedule {self.name!r}: {k} must be a number > 0, got {v!r}")
+            ok, what = valid[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
+                raise ValueError(f"schedule {self.name!r}: {k} must be {what}, got {v!r}")
 
     def __call__(self, k: int) -> float:
         eta, p = float(self.lr), self.params

@@ -229,7 +229,9 @@ class MonteCarloSDE(SDEModel):
             raise ValueError("method 'ef' has no first-order SDE of this form: its update depends on the error memory, not only on x")
         if self.samples < 2:
             raise ValueError(f"samples (Monte Carlo draws per SDE step) must be ≥ 2, got {self.samples}")
-        if self.method.compressor.name != "sign":  # only sign messages stay bounded under any noise
+        # A normalised step (‖U‖ = 1) or sign messages keep the update bounded under any noise, so
+        # its mean and covariance exist for every ν; otherwise the update needs finite noise variance.
+        if not (self.method.normalize or self.method.compressor.name == "sign"):
             _worker_setup(self.problem, self.noise, self.workers, self.batch)  # raises if Var T = ∞
         self.problem.check_workers(self.workers)
         self.dim = self.problem.dim

@@ -34,11 +34,12 @@ def names() -> list[str]:
 
 def param_names(name: str) -> list[str]:
     """The keyword parameters the compressor ``name`` accepts."""
-    cls = _lookup(name)
+    cls = compressor_class(name)
     return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
 
-def _lookup(name: str) -> type[Compressor]:
+def compressor_class(name: str) -> type[Compressor]:
+    """The registered class of a single (non-composed) compressor name."""
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -53,7 +54,7 @@ def make(name: str, **params: object) -> Compressor:
     params = {k: v for k, v in params.items() if v is not None}
     parts = [p.strip() for p in name.split("+")]
     if len(parts) == 1:
-        cls = _lookup(parts[0])
+        cls = compressor_class(parts[0])
         valid = param_names(parts[0])
         bad = sorted(set(params) - set(valid))
         if bad:
@@ -66,7 +67,7 @@ def make(name: str, **params: object) -> Compressor:
     for part in parts:
         valid = set(param_names(part))
         accepted |= valid
-        built.append(_lookup(part)(**{k: v for k, v in params.items() if k in valid}))
+        built.append(compressor_class(part)(**{k: v for k, v in params.items() if k in valid}))
     bad = sorted(set(params) - accepted)
     if bad:
         raise ValueError(f"compressor {name!r} does not take {', '.join(bad)}; valid parameters: {', '.join(sorted(accepted)) or 'none'}")
@@ -79,4 +80,4 @@ def make(name: str, **params: object) -> Compressor:
 # Importing the families registers them (order = listing order).
 from compsde.compressors import sparsifiers, signs, quantizers  # noqa: E402,F401  (isort: skip)
 
-__all__ = ["Compressor", "FLOAT_BITS", "index_bits", "make", "names", "param_names", "register"]
+__all__ = ["Compressor", "FLOAT_BITS", "compressor_class", "index_bits", "make", "names", "param_names", "register"]

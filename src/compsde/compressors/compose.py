@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from compsde.compressors import _REGISTRY, names
+from compsde.compressors import compressor_class, names
 from compsde.compressors.base import Compressor
 from compsde.compressors.sparsifiers import Identity, RandKUnscaled, Sparsifier, TopK
 
@@ -51,13 +51,20 @@ class Compose(Compressor):
 
     def __init__(self, inner: Compressor, outer: Compressor) -> None:
         if not isinstance(inner, Sparsifier):
-            valid = [n for n in names() if issubclass(_REGISTRY[n], Sparsifier)]
+            valid = [n for n in names() if issubclass(compressor_class(n), Sparsifier)]
             raise ValueError(
                 f"cannot compose with inner={inner!r}: the inner (left) part of a composition must be a "
                 f"sparsifier whose kept values are what it sends; valid inner compressors: {', '.join(valid)}"
             )
         if not isinstance(outer, Compressor):
             raise ValueError(f"outer must be a Compressor, got {outer!r}")
+        if inner.shared_randomness and outer.randomized and not outer.shared_randomness:
+            # One draw holds both parts, so it cannot be shared for the inner and independent for the
+            # outer; and per-worker random rounding would make the payloads unsummable anyway.
+            raise ValueError(
+                f"cannot compose {inner!r} (shared=True) with the randomized {outer.name!r}: use shared=False, "
+                "or a deterministic outer compressor"
+            )
         self.inner = inner
         self.outer = outer
         self.randomized = inner.randomized or outer.randomized  # type: ignore[misc]

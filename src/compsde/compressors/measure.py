@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from compsde.compressors import make, names, param_names
+from compsde.compressors import make, param_names
+from compsde.compressors import names as registered_names  # `names` is a parameter below
 from compsde.compressors.base import Compressor
 
 __all__ = ["DEFAULT_EXTRA", "TOL_SE", "compare", "compressor_table", "default_compressor", "format_table", "measure", "reference_vectors"]
@@ -210,7 +211,7 @@ def compressor_table(dim: int, samples: int = 2000, seed: int = 0, names: list[s
     """
     if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
         raise ValueError(f"dim must be an integer ≥ 1, got {dim!r}")
-    todo = list(names) if names is not None else [*_registered(), *DEFAULT_EXTRA]
+    todo = list(names) if names is not None else [*registered_names(), *DEFAULT_EXTRA]
     return [compare(default_compressor(name, dim), dim, samples, seed) for name in todo]
 
 
@@ -246,10 +247,6 @@ def compare(c: Compressor, dim: int, samples: int = 2000, seed: int = 0) -> dict
     row["violations"] = _check(row)
     row["ok"] = not row["violations"]
     return row
-
-
-def _registered() -> list[str]:
-    return names()
 
 
 def _fmt(v: float | None) -> str:

@@ -52,12 +52,6 @@ class Sign(Compressor):
     def bits(self, d: int) -> int:
         return d
 
-    def b1(self, d: int) -> None:
-        return None
-
-    def b2(self, d: int) -> None:
-        return None
-
 
 @register
 class ScaledSign(Compressor):
