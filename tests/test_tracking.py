@@ -74,6 +74,7 @@ def test_heavy_tails_track_for_dsignsgd_and_refuse_dsgd(tmp_path, capsys):
     rc = main(["track", "sde-heavy-tails", "--set", "run.steps=5", "series.method=dsgd", "--out", str(tmp_path / "x"), "--no-progress"])
     assert rc == 2
     assert "infinite variance" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before anything was written
 
 
 def test_scale_cli_text_json_validate_and_errors(capsys):

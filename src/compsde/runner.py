@@ -307,20 +307,32 @@ def default_out_dir(name: str) -> Path:
 # ---- running -------------------------------------------------------------------------------------
 
 
-def _track(spec: config_mod.SeriesSpec, run: Mapping[str, Any], trace: Trace,
+def _sde_models(exp: Experiment) -> list[Any]:
+    """Every series' SDE model (``compsde.tracking.sde_model``); ValueError naming the series otherwise."""
+    from compsde.tracking import sde_model
+
+    models = []
+    for spec in exp.series:
+        try:
+            models.append(sde_model(spec.problem, spec.noise, spec.method, spec.schedule, workers=spec.workers,
+                                    batch=spec.batch, mc_samples=exp.run["mc_samples"]))
+        except ValueError as e:
+            raise ValueError(f"series {spec.label!r}: {e}") from None
+    return models
+
+
+def _track(spec: config_mod.SeriesSpec, run: Mapping[str, Any], trace: Trace, model: Any,
            progress: Any) -> Tracked:
     """Run a series' SDE from the optimizer's start and compare it with the optimizer's trace."""
     from compsde.tracking import simulate_sde, tracking_error
 
     t0 = time.perf_counter()
-    try:
-        sde_trace, model = simulate_sde(
-            spec.problem, spec.noise, spec.method, spec.schedule, workers=spec.workers, batch=spec.batch,
-            paths=run["paths"], seed=run["seed"], dtype=DTYPES[run["dtype"]], log_every=run["log_every"],
-            substeps=run["substeps"], increments=run["increments"], mc_samples=run["mc_samples"], progress=progress,
-        )
-    except ValueError as e:
-        raise ValueError(f"series {spec.label!r}: {e}") from None
+    sde_trace, model = simulate_sde(
+        spec.problem, spec.noise, spec.method, spec.schedule, workers=spec.workers, batch=spec.batch,
+        paths=run["paths"], seed=run["seed"], dtype=DTYPES[run["dtype"]], log_every=run["log_every"],
+        substeps=run["substeps"], increments=run["increments"], mc_samples=run["mc_samples"], progress=progress,
+        model=model,
+    )
     result = metrics_from_trace(spec, sde_trace, time.perf_counter() - t0, source="sde")
     return Tracked(result, model, tracking_error(trace, sde_trace))
 
@@ -352,6 +364,7 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
     from tqdm.auto import tqdm
 
     exp = _as_experiment(config)  # validates before anything is written
+    models = _sde_models(exp) if track else []  # a method without an SDE is refused before anything is written
     out = Path(out_dir) if out_dir is not None else default_out_dir(exp.name)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output directory {str(out)!r} exists and is not a directory")
@@ -381,7 +394,7 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
                 )
                 results.append(metrics_from_trace(spec, trace, time.perf_counter() - t0))
                 if track:
-                    tracked.append(_track(spec, run, trace, bar.update))
+                    tracked.append(_track(spec, run, trace, models[spec.index], bar.update))
             finally:
                 torch.set_num_threads(threads)
 

@@ -45,14 +45,17 @@ def simulate_sde(
     increments: str = "gaussian",
     mc_samples: int = 32,
     progress: Callable[[int], None] | None = None,
+    model: sde_mod.SDEModel | None = None,
 ) -> tuple[Trace, sde_mod.SDEModel]:
     """Integrate the method's SDE for ``schedule.steps`` optimizer steps on M = ``paths`` paths.
 
     Returns the ``Trace`` (loss, grad norm, distance at the logged steps; bits as the optimizer's;
-    compression error NaN) and the model used (its ``description`` says how it was built). A path
-    that becomes non-finite or runs away is marked diverged, as in the simulator.
+    compression error NaN) and the model used (its ``description`` says how it was built; pass
+    ``model`` to reuse one built by ``sde_model``). A path that becomes non-finite or runs away is
+    marked diverged, as in the simulator.
     """
-    model = sde_mod.from_method(problem, noise, method, workers=workers, batch=batch, lr=schedule.lr, mc_samples=mc_samples)
+    if model is None:
+        model = sde_model(problem, noise, method, schedule, workers=workers, batch=batch, mc_samples=mc_samples)
     p = problem.to(dtype)
     x0 = p.x0()
     rec = _Recorder(p, schedule.steps, log_every, paths, method.bits_per_step(p.dim))
@@ -76,6 +79,12 @@ def simulate_sde(
     x = integrate_schedule(model, x0.expand(paths, p.dim).contiguous(), lr=schedule, steps=schedule.steps,
                            substeps=substeps, generator=gen, solver=EulerMaruyama(increments), observe=observe)
     return rec.trace(x), model
+
+
+def sde_model(problem: Problem, noise: Noise, method: Method, schedule: Schedule, *, workers: int, batch: int,
+              mc_samples: int = 32) -> sde_mod.SDEModel:
+    """The SDE model ``simulate_sde`` integrates (ValueError if the method has none, e.g. DSGD under ν ≤ 2)."""
+    return sde_mod.from_method(problem, noise, method, workers=workers, batch=batch, lr=schedule.lr, mc_samples=mc_samples)
 
 
 def mean_loss(trace: Trace) -> np.ndarray:
