@@ -20,3 +20,13 @@ def aggregate(messages: Tensor, how: str = "mean") -> Tensor:
     if how == "majority":
         return torch.sign(messages.sum(0))
     raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {how!r}")
+
+
+def aggregate_sum(total: Tensor, workers: int, how: str = "mean") -> Tensor:
+    """The same aggregate from the sum Σ_i m_i of the N = ``workers`` messages (both rules are
+    functions of it), for callers that accumulate the sum over chunks of workers."""
+    if how == "mean":
+        return total / workers
+    if how == "majority":
+        return torch.sign(total)
+    raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {how!r}")

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from compsde import compressors
-from compsde.aggregation import aggregate
+from compsde.aggregation import aggregate, aggregate_sum
 from compsde.compressors import Compressor
 from compsde.error_feedback import ef_step
 from compsde.schedules import normalized
@@ -74,6 +74,23 @@ class Method:
     def init_memory(self, workers: int, batch_shape: tuple[int, ...], d: int, dtype: torch.dtype) -> Tensor | None:
         """Error-feedback memory e_i = 0 (None for methods without EF)."""
         return torch.zeros(workers, *batch_shape, d, dtype=dtype) if self.error_feedback else None
+
+    def compress(self, grads: Tensor, lr: float, memory: Tensor | None, rnd: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The workers' half of a step for a stack of workers (any subset): (inputs v, messages
+        C(v), new EF memory). v = g, or e + η g with error feedback."""
+        if self.error_feedback:
+            assert memory is not None
+            return ef_step(self.compressor, memory, lr * grads, rnd)
+        return grads, self.compressor.apply(grads, rnd), memory
+
+    def finish(self, total: Tensor, workers: int, lr: float) -> Tensor:
+        """The server's half: the update (x ← x − update) from the sum Σ_i m_i of all N messages."""
+        direction = aggregate_sum(total, workers, self.aggregation)
+        if self.error_feedback:
+            return direction  # η is inside the messages
+        if self.normalize:
+            direction = normalized(direction)
+        return lr * direction
 
     def step(self, grads: Tensor, lr: float, memory: Tensor | None, rnd: Tensor | None) -> StepResult:
         """One round: workers compress (with ``rnd`` from ``compressor.draw``), the server aggregates.
