@@ -150,3 +150,36 @@ def test_schedule_parameter_ranges(name, params, match):
 def test_infinite_noise_scale_is_rejected():
     with pytest.raises(ValueError, match="finite number"):
         Noise("gaussian", math.inf)
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 18, 16])  # one chunk, and one worker per chunk
+def test_diverging_runs_stay_frozen_and_chunks_match_the_reference(monkeypatch, chunk_elements):
+    # η = 1.5 on eigenvalues up to 2: |1 − 1.5 h| > 1 for h > 4/3, so every run diverges, at a step that
+    # depends on its noise; 400 steps would overflow to inf/NaN if a frozen run kept moving.
+    import compsde.simulator as sim
+
+    monkeypatch.setattr(sim, "CHUNK_ELEMENTS", chunk_elements)
+    prob = problems.make("quadratic", dim=3, heterogeneity=0.5)
+    m = methods.make("ef", compressor="top-k", k=1)
+    kw = dict(workers=3, repeats=4, seed=2, log_every=100)
+    fast = sim.simulate(prob, Noise("gaussian", 0.3), m, Schedule("constant", 1.5, 400), **kw)
+    ref = sim.simulate_reference(prob, Noise("gaussian", 0.3), m, Schedule("constant", 1.5, 400), **kw)
+    assert bool((fast.diverged_step > 0).all())
+    assert torch.equal(fast.diverged_step, ref.diverged_step)
+    torch.testing.assert_close(fast.x, ref.x)
+    torch.testing.assert_close(fast.x, prob.x0().expand(4, 3))  # frozen at the start
+
+
+def test_chunked_step_equals_the_reference_loop(monkeypatch):
+    import compsde.simulator as sim
+
+    monkeypatch.setattr(sim, "CHUNK_ELEMENTS", 2 * 4 * 6)  # two workers per chunk, five workers
+    prob = problems.make("quadratic", dim=6, rotate=True, heterogeneity=1.0)
+    for name, params in [("dcsgd", {"compressor": "rand-k", "k": 2, "shared": True}), ("dsignsgd-majority", {}),
+                         ("ef", {"compressor": "top-k", "k": 2})]:
+        m = methods.make(name, **params)
+        kw = dict(workers=5, batch=2, repeats=4, seed=3, log_every=5)
+        fast = sim.simulate(prob, Noise("student-t", 0.5, 3.0), m, Schedule("constant", 0.1, 10), **kw)
+        ref = sim.simulate_reference(prob, Noise("student-t", 0.5, 3.0), m, Schedule("constant", 0.1, 10), **kw)
+        torch.testing.assert_close(fast.x, ref.x, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(fast.compression_error, ref.compression_error, rtol=1e-9, atol=1e-12, equal_nan=True)

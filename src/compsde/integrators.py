@@ -123,7 +123,8 @@ def integrate_schedule(
     Optimizer step k covers SDE time η_k and is integrated in ``substeps`` steps dt = η_k/substeps with
     noise factor sqrt(η_k dt) (science.md §2 with a time-varying η). ``observe(k, x)`` is called at
     optimizer steps k = 0, observe_every, …, and ``steps``, so the paths can be compared with the
-    optimizer's iterates x_k step for step.
+    optimizer's iterates x_k step for step; it may modify ``x`` in place (e.g. to freeze paths that
+    diverged).
     """
     if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:
         raise ValueError(f"substeps must be an integer ≥ 1, got {substeps!r}")

@@ -57,14 +57,17 @@ class Problem:
         """Starting point: the problem's default scaled by ``x0_scale``."""
         return (self.x0_scale * self.default_x0()).to(self.dtype)
 
-    def worker_grads(self, x: Tensor, workers: int) -> Tensor:
-        """∇f_i(x) for i < workers: shape (workers, *x.shape)."""
+    def worker_grads(self, x: Tensor, workers: int, lo: int = 0, hi: int | None = None) -> Tensor:
+        """∇f_i(x) for lo ≤ i < hi (default: all ``workers``): shape (hi − lo, *x.shape).
+
+        Homogeneous workers get an expanded view of one gradient (no copy)."""
         self.check_workers(workers)
+        hi = workers if hi is None else hi
         g = self.grad(x)
         if self.heterogeneity == 0.0:
-            return g.expand(workers, *g.shape)
-        b = self.tilts(workers).to(x.dtype)
-        return g.unsqueeze(0) - b.reshape(workers, *([1] * (x.dim() - 1)), self.dim)
+            return g.expand(hi - lo, *g.shape)
+        b = self.tilts(workers)[lo:hi].to(x.dtype)
+        return g.unsqueeze(0) - b.reshape(hi - lo, *([1] * (x.dim() - 1)), self.dim)
 
     def tilts(self, workers: int) -> Tensor:
         """The heterogeneity shifts b_i (shape (workers, d)), centred so that Σ_i b_i = 0."""
@@ -304,11 +307,11 @@ class Top1Counterexample(Problem):
         self.x_opt = torch.zeros(3, dtype=torch.float64)
         self.f_opt = 0.0
 
-    def worker_grads(self, x: Tensor, workers: int) -> Tensor:
+    def worker_grads(self, x: Tensor, workers: int, lo: int = 0, hi: int | None = None) -> Tensor:
         self.check_workers(workers)
         inner = x @ self.avec.T  # (..., 3): ⟨a_i, x⟩
         g = 2.0 * inner.unsqueeze(-1) * self.avec.reshape(*([1] * (x.dim() - 1)), 3, 3) + 0.5 * x.unsqueeze(-2)
-        return g.movedim(-2, 0)  # (3, ..., d)
+        return g.movedim(-2, 0)[lo:hi]  # (hi − lo, ..., d)
 
     def loss(self, x: Tensor) -> Tensor:
         return ((x @ self.avec.T) ** 2).mean(-1) + 0.25 * (x * x).sum(-1)

@@ -32,6 +32,8 @@ from compsde.schedules import Schedule
 from compsde.streams import compressor_generator, noise_generator, shared_generator
 
 DIVERGENCE_FACTOR = 1e6
+#: Numbers (workers × repetitions × d) per chunk of workers in one simulator step (see ``simulate``).
+CHUNK_ELEMENTS = 1 << 18
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -71,16 +73,23 @@ def logged_steps(steps: int, log_every: int) -> list[int]:
 class _Recorder:
     """Collects the measurements at logged steps (shared by the fast and the reference loop)."""
 
-    def __init__(self, problem: Problem, steps: int, log_every: int, repeats: int, bits_per_step: int) -> None:
+    def __init__(self, problem: Problem, steps: int, log_every: int, repeats: int, bits_per_step: int,
+                 measure: bool = True) -> None:
         self.problem, self.bits_per_step = problem, bits_per_step
         self.when = logged_steps(steps, log_every)
-        self.rows: list[tuple[Tensor, Tensor, Tensor | None, float]] = []
+        self.rows: list[tuple[Tensor, Tensor, Tensor | None, float] | None] = []
         self.diverged_step = torch.full((repeats,), -1, dtype=torch.long)
+        # measure=False: only keep the schedule of logged steps and the divergence record (the
+        # ranks of a distributed run other than the one that reports).
+        self.measure = measure
 
     def due(self, k: int) -> bool:
         return len(self.rows) < len(self.when) and self.when[len(self.rows)] == k
 
     def record(self, k: int, x: Tensor, comp_err: float) -> None:
+        if not self.measure:
+            self.rows.append(None)
+            return
         p = self.problem
         alive = self.diverged_step < 0
         loss = p.suboptimality(x).double().where(alive, math.inf)
@@ -89,6 +98,8 @@ class _Recorder:
         self.rows.append((loss, gn, dist, comp_err))
 
     def trace(self, x: Tensor) -> Trace:
+        if not self.measure:
+            raise RuntimeError("this recorder does not measure (measure=False): it has no trace")
         steps = torch.tensor(self.when[: len(self.rows)], dtype=torch.long)
         dist = None if self.rows[0][2] is None else torch.stack([r[2] for r in self.rows])  # type: ignore[misc]
         return Trace(
@@ -105,10 +116,16 @@ class _Recorder:
 
 def compression_error(inputs: Tensor, messages: Tensor, alive: Tensor) -> float:
     """Mean over workers and live repetitions of ‖C(v) − v‖² / ‖v‖² (rows with v = 0 skipped)."""
+    total, count = _compression_error_sum(inputs, messages, alive)
+    return total / count if count else math.nan
+
+
+def _compression_error_sum(inputs: Tensor, messages: Tensor, alive: Tensor) -> tuple[float, int]:
+    """Sum and count of ‖C(v) − v‖² / ‖v‖² over workers and live repetitions (for chunked means)."""
     num = (messages - inputs).pow(2).sum(-1)
     den = inputs.pow(2).sum(-1)
     ok = (den > 0) & alive.reshape(1, -1).expand_as(den)
-    return float((num[ok] / den[ok]).double().mean()) if bool(ok.any()) else math.nan
+    return float((num[ok] / den[ok]).double().sum()), int(ok.sum())
 
 
 class Draws:
@@ -133,25 +150,31 @@ class Draws:
         scales = noise.worker_scales(workers)[self.ranks] / math.sqrt(batch) if noise.active else None
         self.scales = None if scales is None else scales.to(dtype).reshape(n, 1, 1)
 
-    def __call__(self, out: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
-        """(noise (n, R, d) or None, compressor draw) for one step; noise is written into ``out`` if given.
+    def __call__(self, out: Tensor | None = None, lo: int = 0, hi: int | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """(noise (n, R, d) or None, compressor draw) of the held workers [lo, hi) for one step; the
+        noise is written into ``out`` if given.
 
-        A loop over the held workers for the random numbers only (the arithmetic stays vectorised),
-        so each worker's draws are what it would draw alone in its own process.
+        Call it once per step for all held workers, or for consecutive chunks starting at lo = 0 (the
+        randomness shared by all workers is drawn with the first chunk and reused by the others).
+        A loop over the workers for the random numbers only (the arithmetic stays vectorised), so
+        each worker's draws are what it would draw alone in its own process.
         """
-        n, r, d = len(self.ranks), self.repeats, self.d
+        hi = len(self.ranks) if hi is None else hi
+        r, d = self.repeats, self.d
         z = None
         if self.scales is not None:
-            z = torch.empty(n, r, d, dtype=self.dtype) if out is None else out
-            for j, g in enumerate(self.noise_gens):
-                self.noise.standard((r, d), g, self.dtype, out=z[j])
-            z.mul_(self.scales)
+            z = torch.empty(hi - lo, r, d, dtype=self.dtype) if out is None else out
+            for j in range(lo, hi):
+                self.noise.standard((r, d), self.noise_gens[j], self.dtype, out=z[j - lo])
+            z.mul_(self.scales[lo:hi])
         comp = self.method.compressor
         if not comp.randomized:
             return z, None
         if comp.shared_randomness:
-            return z, comp.draw((1, r), d, self.shared, self.dtype)
-        parts = [comp.draw((1, r), d, g, self.dtype) for g in self.comp_gens]
+            if lo == 0:
+                self._shared_draw = comp.draw((1, r), d, self.shared, self.dtype)
+            return z, self._shared_draw
+        parts = [comp.draw((1, r), d, g, self.dtype) for g in self.comp_gens[lo:hi]]
         return z, torch.cat(parts)  # type: ignore[arg-type]
 
     def generators(self) -> list[torch.Generator]:
@@ -170,6 +193,26 @@ class Draws:
 def _divergence_limit(problem: Problem, x0: Tensor) -> float:
     ref = problem.x_opt if problem.x_opt is not None else torch.zeros_like(x0)
     return DIVERGENCE_FACTOR * (1.0 + float((x0.double() - ref.double()).norm()))
+
+
+def _freeze_diverged(x: Tensor, x0: Tensor, limit: float, alive: Tensor, diverged_step: Tensor, step: int,
+                     memory: Tensor | None) -> None:
+    """The divergence rule (module doc), in place: repetitions of x (R, d) that just became
+    non-finite or left the ball of radius ``limit`` around x0 are marked diverged at ``step``,
+    removed from ``alive``, reset to x0, and their EF memory (..., R, d) set to 0.
+
+    Shared by ``simulate`` and the distributed worker (``compsde.distributed.worker``), where every
+    rank applies it to its replica of x and its own memory.
+    """
+    bad = ~torch.isfinite(x).all(-1) | ((x - x0).norm(dim=-1) > limit)
+    newly = bad & alive
+    if bool(newly.any()):
+        diverged_step[newly] = step
+        alive &= ~newly
+    if not bool(alive.all()):  # every step: a frozen repetition must not move again
+        x[~alive] = x0
+        if memory is not None:
+            memory[..., ~alive, :] = 0
 
 
 def simulate(
@@ -204,27 +247,37 @@ def simulate(
     comp_err = math.nan
     rec.record(0, x, comp_err)
     alive = torch.ones(repeats, dtype=torch.bool)
-    # One (N, R, d) buffer reused for noise + gradients every step (no per-step page faults).
-    buf = torch.empty(workers, repeats, d, dtype=dtype) if noise.active else None
+    # Workers are processed in chunks of ≈ CHUNK_ELEMENTS numbers: one chunk (fully vectorised) at
+    # the seeds' Monte Carlo sizes, cache-sized slices when N·R·d is large (a pass over a 10⁷-element
+    # temporary costs page faults and memory traffic that a loop over slices avoids). One noise
+    # buffer of chunk size is reused every step.
+    chunk = max(1, min(workers, CHUNK_ELEMENTS // (repeats * d)))
+    buf = torch.empty(chunk, repeats, d, dtype=dtype) if noise.active else None
     for k in range(steps):
-        z, rnd = draw(buf)
-        g = p.worker_grads(x, workers) if z is None else z.add_(p.worker_grads(x, workers))
-        out = method.step(g, schedule(k), memory, rnd)
-        x = x - out.update
-        memory = out.memory
-        if rec.due(k + 1):
-            comp_err = compression_error(out.inputs, out.messages, alive)
-        # Divergence check: cheap (one norm per repetition), done every step so the step is exact.
-        bad = ~torch.isfinite(x).all(-1) | ((x - x0).norm(dim=-1) > limit)
-        newly = bad & alive
-        if bool(newly.any()):
-            rec.diverged_step[newly] = k + 1
-            alive &= ~newly
-            x[~alive] = x0
+        lr = schedule(k)
+        log = rec.due(k + 1)
+        total: Tensor | None = None
+        err_sum, err_count = 0.0, 0
+        for lo in range(0, workers, chunk):
+            hi = min(workers, lo + chunk)
+            z, rnd = draw(None if buf is None else buf[: hi - lo], lo, hi)
+            grads = p.worker_grads(x, workers, lo, hi)
+            g = grads if z is None else z.add_(grads)
+            mem = None if memory is None else memory[lo:hi]
+            inputs, messages, new_mem = method.compress(g, lr, mem, rnd)
             if memory is not None:
-                memory[:, ~alive] = 0
-        if rec.due(k + 1):
-            rec.record(k + 1, x, comp_err)
+                memory[lo:hi] = new_mem
+            part = messages.sum(0)
+            total = part if total is None else total.add_(part)
+            if log:
+                s, c = _compression_error_sum(inputs, messages, alive)
+                err_sum, err_count = err_sum + s, err_count + c
+        assert total is not None
+        x = x - method.finish(total, workers, lr)
+        # Divergence check: cheap (one norm per repetition), done every step so the step is exact.
+        _freeze_diverged(x, x0, limit, alive, rec.diverged_step, k + 1, memory)
+        if log:
+            rec.record(k + 1, x, err_sum / err_count if err_count else math.nan)
         if progress is not None:
             progress(1)
     return rec.trace(x)

@@ -22,7 +22,10 @@ from compsde.methods import Method
 from compsde.noise import Noise
 from compsde.problems import Problem
 from compsde.schedules import Schedule
-from compsde.simulator import Trace, _divergence_limit, _Recorder
+from compsde.simulator import Trace
+from compsde.simulator import _divergence_limit as divergence_limit
+from compsde.simulator import _freeze_diverged as freeze_diverged
+from compsde.simulator import _Recorder as Recorder
 from compsde.streams import stream_seed
 
 #: Stream index of the SDE's Brownian motion (distinct from every worker's streams).
@@ -58,18 +61,13 @@ def simulate_sde(
         model = sde_model(problem, noise, method, schedule, workers=workers, batch=batch, mc_samples=mc_samples)
     p = problem.to(dtype)
     x0 = p.x0()
-    rec = _Recorder(p, schedule.steps, log_every, paths, method.bits_per_step(p.dim))
-    limit = _divergence_limit(p, x0)
+    rec = Recorder(p, schedule.steps, log_every, paths, method.bits_per_step(p.dim))
+    limit = divergence_limit(p, x0)
     alive = torch.ones(paths, dtype=torch.bool)
 
     def observe(k: int, x: Tensor) -> None:
         if k > 0:
-            bad = ~torch.isfinite(x).all(-1) | ((x - x0).norm(dim=-1) > limit)
-            newly = bad & alive
-            if bool(newly.any()):
-                rec.diverged_step[newly] = k
-                alive.logical_and_(~newly)
-                x[~alive] = x0  # frozen at the start, reported as diverged
+            freeze_diverged(x, x0, limit, alive, rec.diverged_step, k, None)  # the simulator's rule, in place
             if progress is not None:
                 progress(1)
         if rec.due(k):
