@@ -93,14 +93,20 @@ def _worker_setup(problem: Problem, noise: Noise, workers: int, batch: int) -> T
 
 
 @dataclass
-class DSGDSDE(SDEModel):
-    """DSGD (and DCSGD with the identity): m = ∇f, S = (1/N²) Σ σ_i² v/B · I."""
+class _MethodSDE(SDEModel):
+    """The configuration every model of a distributed method is built from."""
 
     problem: Problem
     noise: Noise
     workers: int
     batch: int
     eta: float
+
+
+@dataclass
+class DSGDSDE(_MethodSDE):
+    """DSGD (and DCSGD with the identity): m = ∇f, S = (1/N²) Σ σ_i² v/B · I."""
+
     noise_type: str = field(default="diagonal", init=False)
 
     def __post_init__(self) -> None:
@@ -116,7 +122,7 @@ class DSGDSDE(SDEModel):
 
 
 @dataclass
-class RandKSDE(SDEModel):
+class RandKSDE(_MethodSDE):
     """DCSGD with scaled Rand-k, exact compression covariance: S = diag(D) − U Uᵀ (see module doc).
 
     S^{1/2} ξ is applied as D^{1/2} (I − V Vᵀ)^{1/2} ξ with V = D^{−1/2} U (d × r, r = 1 for
@@ -124,11 +130,6 @@ class RandKSDE(SDEModel):
     step, no d × d matrix.
     """
 
-    problem: Problem
-    noise: Noise
-    workers: int
-    batch: int
-    eta: float
     k: int
     noise_type: str = field(default="diagonal-lowrank", init=False)
 
@@ -173,14 +174,9 @@ class RandKSDE(SDEModel):
 
 
 @dataclass
-class DSignSGDSDE(SDEModel):
+class DSignSGDSDE(_MethodSDE):
     """DSignSGD (mean of signs): m = (1/N) Σ s_i, S = (1/N²) Σ diag(1 − s_i²), s_i = 2F(√B g_i/σ_i) − 1."""
 
-    problem: Problem
-    noise: Noise
-    workers: int
-    batch: int
-    eta: float
     noise_type: str = field(default="diagonal", init=False)
 
     def __post_init__(self) -> None:
@@ -207,7 +203,7 @@ class DSignSGDSDE(SDEModel):
 
 
 @dataclass
-class MonteCarloSDE(SDEModel):
+class MonteCarloSDE(_MethodSDE):
     """Any memoryless method: m and S estimated at each point from K samples of the update.
 
     With U_1..U_K the sampled updates (each: fresh noise and compressor draws, the method's own
@@ -215,12 +211,7 @@ class MonteCarloSDE(SDEModel):
     covariance. Cost per step O(K N M d); the estimate adds O(1/√K) error to the diffusion.
     """
 
-    problem: Problem
-    noise: Noise
     method: Method
-    workers: int
-    batch: int
-    eta: float
     samples: int = 32
     noise_type: str = field(default="sampled", init=False)
 
@@ -270,7 +261,7 @@ def from_method(problem: Problem, noise: Noise, method: Method, *, workers: int,
                 mc_samples: int = 32) -> SDEModel:
     """The SDE model of a configured method: a closed form where one exists, else Monte Carlo."""
     if method.normalize:
-        return MonteCarloSDE(problem, noise, method, workers, batch, lr, mc_samples)
+        return MonteCarloSDE(problem, noise, workers, batch, lr, method, mc_samples)
     comp = method.compressor
     if method.name in ("dsgd", "dcsgd") and isinstance(comp, Identity):
         return DSGDSDE(problem, noise, workers, batch, lr)
@@ -278,4 +269,4 @@ def from_method(problem: Problem, noise: Noise, method: Method, *, workers: int,
         return RandKSDE(problem, noise, workers, batch, lr, comp.support(problem.dim))
     if method.name == "dsignsgd":
         return DSignSGDSDE(problem, noise, workers, batch, lr)
-    return MonteCarloSDE(problem, noise, method, workers, batch, lr, mc_samples)
+    return MonteCarloSDE(problem, noise, workers, batch, lr, method, mc_samples)
