@@ -160,8 +160,22 @@ def _row_norm(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x, dim=-1, keepdim=True)
 
 
+class _Dithering(_Uniforms):
+    """Shared parts of the norm-scaled dithering quantizers: ``levels`` and the wire format, the
+    ℓ2 norm as one float plus, per coordinate, a sign bit and one of levels + 1 codes (fixed width)."""
+
+    def __init__(self, levels: int = 4) -> None:
+        self.levels = _check_levels(self.name, levels)
+
+    def params(self) -> dict[str, object]:
+        return {"levels": self.levels}
+
+    def bits(self, d: int) -> int:
+        return FLOAT_BITS + d * (1 + math.ceil(math.log2(self.levels + 1)))
+
+
 @register
-class QSGD(_Uniforms):
+class QSGD(_Dithering):
     """QSGD / random dithering with s = ``levels`` levels on the ℓ2 norm (Alistarh et al. 2017).
 
     C(x)_j = ‖x‖ · sign(x_j) · ξ_j/s, where ξ_j ∈ {l, l + 1}, l = ⌊s|x_j|/‖x‖⌋, and ξ_j = l + 1 with
@@ -176,11 +190,6 @@ class QSGD(_Uniforms):
 
     name = "qsgd"
 
-    def __init__(self, levels: int = 4) -> None:
-        self.levels = _check_levels(self.name, levels)
-
-    def params(self) -> dict[str, object]:
-        return {"levels": self.levels}
 
     def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         u = self._uniforms(x, rnd)
@@ -197,12 +206,10 @@ class QSGD(_Uniforms):
         s = self.levels
         return min(d / s**2, math.sqrt(d) / s)
 
-    def bits(self, d: int) -> int:
-        return FLOAT_BITS + d * (1 + math.ceil(math.log2(self.levels + 1)))
 
 
 @register
-class NaturalDithering(_Uniforms):
+class NaturalDithering(_Dithering):
     """Natural dithering with s = ``levels``: random dithering on the power-of-two grid of ‖x‖.
 
     Let r_j = |x_j|/‖x‖₂ ∈ [0, 1] and the levels 0 < b = 2^(1−s) < 2^(2−s) < … < 1/2 < 1. Each r_j is
@@ -225,11 +232,6 @@ class NaturalDithering(_Uniforms):
 
     name = "natural-dithering"
 
-    def __init__(self, levels: int = 4) -> None:
-        self.levels = _check_levels(self.name, levels)
-
-    def params(self) -> dict[str, object]:
-        return {"levels": self.levels}
 
     def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         u = self._uniforms(x, rnd)
@@ -267,5 +269,3 @@ class NaturalDithering(_Uniforms):
         s = self.levels
         return 1.0 / 8.0 + min(math.sqrt(d) * 2.0 ** (1 - s), d * 2.0 ** (2 - 2 * s))
 
-    def bits(self, d: int) -> int:
-        return FLOAT_BITS + d * (1 + math.ceil(math.log2(self.levels + 1)))
