@@ -1,6 +1,7 @@
 """Command line: ``compsde run``, ``track``, ``scale``, ``presets``, ``compressors``.
 
     compsde run PRESET_OR_CONFIG [--set KEY=VALUE ...] [--out DIR] [--no-progress] [--no-plots]
+                [--backend {sim,torch}] [--workers N] [--timeout S] [--checkpoint-every K] [--resume DIR_OR_FILE]
     compsde track PRESET_OR_CONFIG [same options]   (each series also as its SDE, overlaid)
     compsde scale METHOD --from lr=…,batch=…,workers=…[,omega=…] --to KEY=VALUE,… [--json] [--validate]
     compsde presets
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Run every [[series]] of a preset or config file and write config.toml, "
                                    "metrics.csv, summary.json and PNG plots into the output directory.")
     _experiment_args(r)
+    _backend_args(r)
     t = sub.add_parser("track", help="run each series as the optimizer and as its SDE, side by side",
                        description="Like `run`, and each series is also integrated as its SDE ([run] paths paths "
                                    "from the same start, [run] substeps Euler-Maruyama steps per optimizer step): "
@@ -85,6 +87,27 @@ def _experiment_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
+def _backend_args(r: argparse.ArgumentParser) -> None:
+    """``run`` only: the torch.distributed backend (``compsde.distributed``)."""
+    r.add_argument("--backend", choices=("sim", "torch"), default="sim",
+                   help="sim: all workers simulated in this process (default); torch: one process per worker on "
+                        "torch.distributed (gloo), started here, or joining the group when run under torchrun")
+    r.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="torch backend: number of processes (default and required value: the largest series workers)")
+    r.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="torch backend: seconds a collective may wait before a dead or hung rank fails the run (default 60)")
+    r.add_argument("--checkpoint-every", type=int, default=None, metavar="K",
+                   help="torch backend: write OUT/checkpoint.pt (atomically) every K steps")
+    r.add_argument("--resume", default=None, metavar="DIR_OR_FILE",
+                   help="torch backend: continue from a checkpoint (its directory is the default --out)")
+
+
+def _cmd_run_torch(args: argparse.Namespace, exp: object) -> int:
+    from compsde.distributed import backend
+
+    return backend.cli_run(exp, args)  # type: ignore[arg-type]
+
+
 def _error(msg: str) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return 2
@@ -98,6 +121,13 @@ def _cmd_run(args: argparse.Namespace, track: bool = False) -> int:
         exp = config.load(args.source, overrides)
     except (ValueError, OSError) as e:
         return _error(str(e))
+    if getattr(args, "backend", "sim") == "torch":
+        return _cmd_run_torch(args, exp)
+    given = [f for f, v in (("--workers", getattr(args, "workers", None)), ("--timeout", getattr(args, "timeout", None)),
+                            ("--checkpoint-every", getattr(args, "checkpoint_every", None)),
+                            ("--resume", getattr(args, "resume", None))) if v is not None]
+    if given:
+        return _error(f"{', '.join(given)} only apply to --backend torch")
     try:
         out = runner.run_experiment(exp, args.out, progress=not args.no_progress, plots=not args.no_plots, track=track)
     except (ValueError, OSError) as e:  # e.g. --out names a file, or the disk is full
@@ -158,8 +188,8 @@ def _cmd_compressors(args: argparse.Namespace) -> int:
 
     if args.dim < 1:
         return _error(f"--dim must be an integer ≥ 1, got {args.dim}")
-    if args.samples < 1:
-        return _error(f"--samples must be an integer ≥ 1, got {args.samples}")
+    if args.samples < 2:
+        return _error(f"--samples must be an integer ≥ 2 (a variance needs two draws), got {args.samples}")
     names = [n.strip() for n in args.names.split(",") if n.strip()] if args.names else None
     try:
         rows = measure.compressor_table(args.dim, samples=args.samples, seed=args.seed, names=names)

@@ -1,0 +1,484 @@
+"""``compsde run CONFIG --backend torch``: every series on torch.distributed, one worker per process.
+
+``run(config, out_dir, workers=N)``:
+
+* inside a launched group (``RANK``/``WORLD_SIZE`` set, e.g. by ``torchrun``) it joins that group and
+  runs as its rank;
+* otherwise it starts N local gloo processes (``compsde.distributed.launch.spawn``), each running this
+  module on a job file, and waits for them.
+
+The world size is the largest ``workers`` of the config's series. A series with fewer workers N runs
+on ranks 0..N−1 (a subgroup made with ``dist.new_group``); the other ranks wait for it through the
+store. (A process group has a fixed size, and the alternative — one launch per worker count — would
+not work under torchrun, which starts one group.)
+
+At start every rank all-gathers a digest of the resolved config, the library version, the world size
+and the checkpoint options; if they differ, every rank stops (exit status 2) naming the ranks that
+differ from rank 0. Rank 0 writes the same files as the simulator backend (config.toml, metrics.csv,
+summary.json, plots) with, per series, ``wire_bytes_per_worker_per_step`` next to
+``bits_per_worker_per_step``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.distributed as dist
+
+from compsde import config as config_mod
+from compsde.config import Experiment
+from compsde.distributed import checkpoint as ckpt_mod
+from compsde.distributed.launch import (
+    COMM_FAILURE, EXIT_CONFIG, EXIT_PEER, Context, LaunchError, in_launched_env, init_from_env, peer_report,
+    set_threads, spawn,
+)
+from compsde.distributed.worker import SeriesOutcome, SeriesState, run_series
+from compsde.simulator import Trace
+
+__all__ = ["DEFAULT_TIMEOUT", "RunResult", "run", "world_size"]
+
+DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass
+class RunResult:
+    """Where the outputs went and, on the reporting process, what each series produced."""
+
+    out_dir: Path | None
+    outcomes: list[SeriesOutcome] | None
+
+    @property
+    def traces(self) -> list[Trace]:
+        if self.outcomes is None:
+            raise ValueError("this process is not the reporting rank: it holds no traces")
+        return [o.trace for o in self.outcomes]  # type: ignore[misc]
+
+
+class ConfigMismatch(LaunchError):
+    pass
+
+
+class PeerFailure(LaunchError):
+    pass
+
+
+def world_size(exp: Experiment, workers: int | None) -> int:
+    """The group size for ``exp``: the largest series ``workers``; ``workers`` (``--workers``) must equal it."""
+    need = max(s.workers for s in exp.series)
+    if workers is not None and workers != need:
+        per = ", ".join(f"{s.index} ({s.label!r}): {s.workers}" for s in exp.series)
+        raise ValueError(
+            f"--workers {workers} does not match the config: the torch backend runs one process per worker and "
+            f"needs as many processes as the largest series has workers ({need}; series workers: {per}). "
+            f"Pass --workers {need}, or change the series with --set series.workers={workers}"
+        )
+    return need
+
+
+def _as_experiment(config: Experiment | Mapping[str, Any] | str | Path) -> Experiment:
+    if isinstance(config, Experiment):
+        return config
+    return config_mod.load(config)
+
+
+def _default_out(exp: Experiment, out_dir: str | Path | None, resume: str | Path | None) -> Path:
+    if out_dir is not None:
+        return Path(out_dir)
+    if resume is not None:
+        return ckpt_mod.path_for(resume).parent
+    from compsde.runner import default_out_dir
+
+    return default_out_dir(exp.name)
+
+
+def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path | None = None, *,
+        workers: int | None = None, timeout: float = DEFAULT_TIMEOUT, checkpoint_every: int | None = None,
+        resume: str | Path | None = None, progress: bool = True, plots: bool = True) -> RunResult:
+    """Run every series of ``config`` on torch.distributed and write the simulator's output files.
+
+    Args:
+        config: a built ``Experiment``, a raw config dict, a preset name or a TOML path.
+        out_dir: output directory (default ``runs/<name>-<timestamp>``, or the checkpoint's directory
+            when resuming).
+        workers: the number of processes (default: the largest series ``workers``, which it must equal).
+        timeout: seconds any collective may wait before the run fails (a dead or hung rank).
+        checkpoint_every: write ``checkpoint.pt`` into the output directory every that many steps.
+        resume: a checkpoint file or a directory holding one; the run continues from it.
+
+    Returns a ``RunResult``: on the launching process (or rank 0 when joined) with every series'
+    outcome (``trace``, wire bytes); ``outcomes`` is None on the other ranks. Raises ``LaunchError``
+    (naming the ranks) if a rank fails, ``ValueError`` on bad input.
+    """
+    exp = _as_experiment(config)
+    world = world_size(exp, workers)
+    _check_options(timeout, checkpoint_every)
+    out = _default_out(exp, out_dir, resume)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output directory {str(out)!r} exists and is not a directory")
+    if resume is not None:  # fail early, in this process, on a bad path or another configuration
+        _check_resumable(ckpt_mod.load(resume), exp, world, resume)
+    options = {"timeout": float(timeout), "checkpoint_every": checkpoint_every,
+               "resume": None if resume is None else str(resume), "progress": progress, "plots": plots}
+    if in_launched_env():
+        return _rank_main(exp, out, world, options)
+    import tempfile
+
+    job = Path(tempfile.mkdtemp(prefix="compsde-dist-"))
+    try:
+        torch.save({"config": exp.config, "name": exp.name, "out": str(out), "world": world, "options": options},
+                   job / "job.pt")
+        spawn(world, ["-m", "compsde.distributed._child", str(job / "job.pt")], timeout=float(timeout), jobdir=job)
+        res = torch.load(job / "result.pt", map_location="cpu", weights_only=True)
+        return RunResult(out, [_outcome_from_dict(o) for o in res["outcomes"]])
+    finally:
+        shutil.rmtree(job, ignore_errors=True)
+
+
+def _check_resumable(ck: dict[str, Any], exp: Experiment, world: int, where: Any) -> None:
+    if ck["config_digest"] != ckpt_mod.config_digest(exp.config, world):
+        raise ConfigMismatch(
+            f"--resume {str(where)!r}: the checkpoint was written for another configuration "
+            "(resolved config, library version or number of workers differ)", EXIT_CONFIG)
+
+
+def _check_options(timeout: float, checkpoint_every: int | None) -> None:
+    if not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0 and math.isfinite(timeout)):
+        raise ValueError(f"--timeout must be a number of seconds > 0, got {timeout!r}")
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1):
+        raise ValueError(f"--checkpoint-every must be an integer ≥ 1 (steps), got {checkpoint_every!r}")
+
+
+# ---- one rank ------------------------------------------------------------------------------------
+
+
+def _rank_main(exp: Experiment, out: Path, world: int, options: dict[str, Any],
+               result_path: Path | None = None) -> RunResult:
+    """Run as one rank of the group in the environment; rank 0 writes the outputs."""
+    set_threads()
+    ctx = init_from_env(options["timeout"])
+    where = ["start"]  # what this rank is doing, for the failure message
+    try:
+        if ctx.world != world:
+            raise ConfigMismatch(
+                f"rank {ctx.rank}: the process group has {ctx.world} ranks but the config needs {world} "
+                f"(the largest series workers); start {world} processes", EXIT_CONFIG)
+        digest = ckpt_mod.config_digest(exp.config, world)
+        _check_same_config(ctx, {"config": digest, "checkpoint_every": options["checkpoint_every"],
+                                 "resume": options["resume"] is not None})
+        outcomes = _run_all(exp, out, ctx, options, digest, lambda w: where.__setitem__(0, w))
+        if ctx.rank == 0:
+            _write_outputs(exp, out, outcomes, plots=options["plots"], world=ctx.world)
+            if result_path is not None:
+                torch.save({"outcomes": [_outcome_to_dict(o) for o in outcomes]}, result_path)
+        dist.barrier()
+        if ctx.owned:
+            dist.destroy_process_group()
+        return RunResult(out if ctx.rank == 0 else None, outcomes if ctx.rank == 0 else None)
+    except PeerFailure:
+        ctx.mark_failed(f"{COMM_FAILURE} (waiting)")  # a victim, not a cause
+        raise
+    except LaunchError as e:
+        ctx.mark_failed(str(e)[:400])
+        raise
+    except Exception as e:
+        if _is_comm_error(e):
+            at = next((n for n in getattr(e, "__notes__", []) if n.startswith("at step")), f"in {where[0]}")
+            who = peer_report(ctx, at, wait=min(2.0, options["timeout"] / 2))
+            raise PeerFailure(f"rank {ctx.rank}: communication failed {at}: {who}. "
+                              f"({_first_line(e)})", EXIT_PEER) from e
+        at = next((n for n in getattr(e, "__notes__", []) if n.startswith("at step")), f"in {where[0]}")
+        ctx.mark_failed(f"{_first_line(e)}, {at}"[:400])
+        raise
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _is_comm_error(e: BaseException) -> bool:
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    msg = str(e)
+    return isinstance(e, RuntimeError) and any(
+        s in msg for s in ("gloo", "Gloo", "Connection closed", "Connection reset", "Timed out", "timed out", "Socket"))
+
+
+def _check_same_config(ctx: Context, mine: dict[str, Any]) -> None:
+    every: list[Any] = [None] * ctx.world
+    dist.all_gather_object(every, mine)
+    bad = [r for r in range(ctx.world) if every[r] != every[0]]
+    if bad:
+        keys = sorted({k for r in bad for k in mine if every[r].get(k) != every[0].get(k)})
+        raise ConfigMismatch(
+            f"rank {ctx.rank}: the configuration differs across ranks: rank{'s' if len(bad) > 1 else ''} "
+            f"{', '.join(map(str, bad))} differ{'' if len(bad) > 1 else 's'} from rank 0 in {', '.join(keys)} "
+            "(every rank must run the same resolved config, library version and checkpoint options)", EXIT_CONFIG)
+
+
+def _run_all(exp: Experiment, out: Path, ctx: Context, options: dict[str, Any], digest: str,
+             set_where) -> list[SeriesOutcome]:
+    rank, run_cfg = ctx.rank, exp.run
+    # Subgroups for series with fewer workers than the world: every rank must create them, in order.
+    groups: dict[int, dist.ProcessGroup | None] = {ctx.world: None}
+    for n in sorted({s.workers for s in exp.series}):
+        if n < ctx.world:
+            groups[n] = dist.new_group(list(range(n)))
+
+    # Resume: rank 0 reads the checkpoint; everyone learns where to start.
+    ck = None
+    completed: list[SeriesOutcome] = []
+    header = [0, None]  # first series to run, its resume step (None = from 0)
+    if options["resume"] is not None and rank == 0:
+        ck = ckpt_mod.load(options["resume"])
+        _check_resumable(ck, exp, ctx.world, options["resume"])
+        completed = [_outcome_from_dict(o) for o in ck["completed"]]
+        cur = ck["current"]
+        header = [len(completed), None if cur is None else int(cur["state"]["step"])]
+        if cur is not None and int(cur["series"]) != len(completed):
+            raise ValueError(f"--resume: inconsistent checkpoint (current series {cur['series']}, "
+                             f"{len(completed)} completed)")
+    if options["resume"] is not None:
+        obj = [header]
+        dist.broadcast_object_list(obj, src=0)
+        header = obj[0]
+
+    ckpt_path = out / ckpt_mod.FILE
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        from compsde.runner import _atomic_write
+
+        text = config_mod.dumps(exp.config, header=f"compsde resolved config ({exp.name}); re-run with: "
+                                                     f"compsde run config.toml --backend torch --workers {ctx.world}")
+        _atomic_write(out / "config.toml", text)
+
+    bar = None
+    if rank == 0 and options["progress"]:
+        from tqdm.auto import tqdm
+
+        total = sum(s.schedule.steps for s in exp.series[header[0]:])
+        bar = tqdm(total=total, unit="step", dynamic_ncols=True, leave=True, mininterval=0.2, disable=None)
+    try:
+        for i, spec in enumerate(exp.series):
+            if i < header[0]:
+                continue
+            n = spec.workers
+            if rank >= n:
+                set_where(f"series {i} (idle: waiting for ranks 0..{n - 1})")
+                _wait_idle(ctx, i)
+                continue
+            group = groups[n]
+            if bar is not None:
+                bar.set_description(spec.label[:40])
+            state = None
+            if i == header[0] and header[1] is not None:
+                state = _scatter_state(ck, rank, n, group)
+            set_where(f"series {i} ({spec.label!r})")
+
+            def save(shared_fn, own_fn, i=i, n=n, group=group):
+                _checkpoint(ctx, ckpt_path, digest, completed, i, n, group, shared_fn, own_fn)
+
+            outcome = run_series(
+                spec, run_cfg, rank=rank, group=group, index=i, resume=state,
+                checkpoint=save if options["checkpoint_every"] else None,
+                checkpoint_every=options["checkpoint_every"],
+                progress=None if bar is None else bar.update,
+            )
+            if rank == 0:
+                completed.append(outcome)
+                if options["checkpoint_every"]:
+                    _save(ckpt_path, digest, ctx.world, completed, None)
+                if ctx.store is not None and n < ctx.world:
+                    ctx.store.set(f"compsde/series/{i}/done", "1")
+    finally:
+        if bar is not None:
+            bar.close()
+    return completed
+
+
+def _wait_idle(ctx: Context, i: int) -> None:
+    """A rank outside series i's group waits (without a collective, so without a timeout) until rank 0
+    marks the series done, or stops if some rank reports a failure."""
+    import time
+
+    if ctx.store is None:
+        raise LaunchError("series with fewer workers than processes need the rendezvous store", EXIT_CONFIG)
+    key = f"compsde/series/{i}/done"
+    while not ctx.store.check([key]):
+        failed = ctx.failed_ranks()
+        if failed:
+            raise PeerFailure(f"rank {ctx.rank}: stopping, rank{'s' if len(failed) > 1 else ''} "
+                              f"{', '.join(map(str, failed))} reported a failure while this rank waited for series {i}",
+                              EXIT_PEER)
+        time.sleep(0.05)
+
+
+def _scatter_state(ck: dict[str, Any] | None, rank: int, n: int, group) -> SeriesState:
+    """Rank 0 hands every rank of the series its part of the checkpointed state."""
+    if rank == 0:
+        assert ck is not None
+        st = dict(ck["current"]["state"])
+        per_rank = st.pop("ranks")
+        shared = SeriesState(**st, ranks=[])
+        msgs = [(shared, per_rank[r]) for r in range(n)]
+    else:
+        msgs = None
+    recv: list[Any] = [None]
+    dist.scatter_object_list(recv, msgs, src=0, group=group)
+    shared, own = recv[0]
+    ranks: list[Any] = [None] * n
+    ranks[rank] = own
+    return dataclasses.replace(shared, ranks=ranks)
+
+
+def _checkpoint(ctx: Context, path: Path, digest: str, completed: list[SeriesOutcome], i: int, n: int, group,
+                shared_fn, own_fn) -> None:
+    own = own_fn()
+    gathered: list[Any] | None = [None] * n if ctx.rank == 0 else None
+    dist.gather_object(own, gathered, dst=0, group=group)
+    if ctx.rank == 0:
+        st = shared_fn()
+        st.ranks = gathered  # type: ignore[assignment]
+        _save(path, digest, ctx.world, completed, {"series": i, "state": dataclasses.asdict(st)})
+
+
+def _save(path: Path, digest: str, world: int, completed: list[SeriesOutcome], current: dict[str, Any] | None) -> None:
+    ckpt_mod.save(path, {
+        "format": ckpt_mod.FORMAT, "compsde_version": ckpt_mod._version(), "config_digest": digest, "world": world,
+        "completed": [_outcome_to_dict(o) for o in completed], "current": current,
+    })
+
+
+def _outcome_to_dict(o: SeriesOutcome) -> dict[str, Any]:
+    d = {f.name: getattr(o, f.name) for f in dataclasses.fields(o)}
+    d["trace"] = None if o.trace is None else ckpt_mod.trace_to_dict(o.trace)
+    return d
+
+
+def _outcome_from_dict(d: dict[str, Any]) -> SeriesOutcome:
+    d = dict(d)
+    d["trace"] = None if d["trace"] is None else ckpt_mod.trace_from_dict(d["trace"])
+    return SeriesOutcome(**d)
+
+
+# ---- outputs -------------------------------------------------------------------------------------
+
+
+def _write_outputs(exp: Experiment, out: Path, outcomes: list[SeriesOutcome], *, plots: bool, world: int) -> None:
+    """The simulator backend's files (same writers), plus the measured wire bytes per series."""
+    from compsde import runner
+
+    results = [runner.metrics_from_trace(spec, o.trace, o.seconds) for spec, o in zip(exp.series, outcomes)]  # type: ignore[arg-type]
+    runner._atomic_write(out / "metrics.csv", runner.metrics_csv(results))
+    summary = runner.summary_dict(exp, results)
+    for s, o, spec in zip(summary["series"], outcomes, exp.series):
+        extra = {
+            # Per worker, step and repetition: comparable with bits_per_worker_per_step / 8.
+            "wire_bytes_per_worker_per_step": o.wire_bytes_per_step_per_repeat,
+            # Everything one worker handed to the step's collective (all repeats, alignment padding).
+            "wire_bytes_per_worker_per_step_all_repeats": o.wire_bytes_per_step,
+            "collective": o.collective,
+        }
+        items = list(s.items())
+        pos = next((j + 1 for j, (k, _) in enumerate(items) if k == "bits_per_worker_per_step"), len(items))
+        s.clear()
+        s.update(items[:pos] + list(extra.items()) + items[pos:])
+    summary["backend"] = {"name": "torch", "dist_backend": "gloo", "world_size": world}
+    runner._atomic_write(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
+    if plots:
+        from compsde import plots as plots_mod
+
+        title = exp.run["title"] or exp.name
+        made = plots_mod.make_plots(results, title)
+        for name, png in made.items():
+            runner._atomic_write(out / name, png)
+        for name in set(plots_mod.PLOT_FILES) - set(made):
+            (out / name).unlink(missing_ok=True)
+
+
+# ---- command line and child entry -----------------------------------------------------------------
+
+
+def cli_run(exp: Experiment, args: Any) -> int:
+    """``compsde run ... --backend torch``: run, print where the outputs went, return the exit status.
+
+    Under torchrun a failed rank leaves with ``os._exit`` after printing its message: after a failed
+    collective, gloo's teardown at interpreter exit can block or abort.
+    """
+    joined = in_launched_env()
+    try:
+        res = run(exp, args.out, workers=args.workers,
+                  timeout=DEFAULT_TIMEOUT if args.timeout is None else args.timeout,
+                  checkpoint_every=args.checkpoint_every, resume=args.resume,
+                  progress=not args.no_progress, plots=not args.no_plots)
+    except LaunchError as e:
+        _say(f"error: {e}")
+        return _leave(e.status) if joined else e.status
+    except (ValueError, OSError) as e:
+        _say(f"error: {e}")
+        return _leave(EXIT_CONFIG) if joined else EXIT_CONFIG
+    except Exception:
+        if not joined:
+            raise
+        traceback.print_exc()
+        return _leave(1)
+    if res.out_dir is not None:
+        print(f"wrote {res.out_dir}")
+    return 0
+
+
+def _say(line: str) -> None:
+    """One line on stderr in one write: the ranks share the terminal, and a print's text and newline
+    can otherwise interleave with another rank's."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _leave(code: int) -> int:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if dist.is_initialized():
+        os._exit(code)
+    return code
+
+
+
+
+def rank_entry(exp: Experiment, out: Path, world: int, options: dict[str, Any], result_path: Path | None = None) -> int:
+    """Run ``_rank_main`` and turn failures into an exit status and a one-line message on stderr."""
+    rank = os.environ.get("RANK", "?")
+    try:
+        _rank_main(exp, out, world, options, result_path)
+        return 0
+    except LaunchError as e:
+        _say(f"compsde: {e}")
+        return e.status
+    except ValueError as e:
+        _say(f"compsde rank {rank}: error: {e}")
+        return EXIT_CONFIG
+    except Exception:
+        print(f"compsde rank {rank}: crashed:", file=sys.stderr, flush=True)
+        traceback.print_exc()
+        return 1
+
+
+def _child_main(jobfile: str) -> int:
+    job = torch.load(jobfile, map_location="cpu", weights_only=True)
+    exp = config_mod.build(job["config"], job["name"])
+    code = rank_entry(exp, Path(job["out"]), int(job["world"]), job["options"], Path(jobfile).parent / "result.pt")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: after a failed collective, gloo's destructors can block or abort.
+    os._exit(code)
+

@@ -1,0 +1,271 @@
+"""Process groups: join one that ``torchrun`` describes, or start N local gloo processes.
+
+* **Join** (``RANK`` and ``WORLD_SIZE`` set, as ``torchrun`` does): rendezvous through
+  ``COMPSDE_INIT_METHOD`` if set (e.g. ``file:///shared/dir/store``), else ``env://``
+  (``MASTER_ADDR``/``MASTER_PORT``, or torchrun's agent store), then
+  ``init_process_group("gloo", timeout=...)``. Multi-node runs need nothing else.
+* **Launch** (no such variables): ``spawn`` starts N child processes of this Python, each with
+  ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and a fresh ``FileStore`` in a new temporary directory as its
+  rendezvous — no TCP port is chosen at all (gloo binds ephemeral ports and exchanges them through
+  the store), so parallel runs cannot collide. Children are bound to loopback
+  (``GLOO_SOCKET_IFNAME=lo``, unless set) and one thread each (``OMP_NUM_THREADS=1``, unless set).
+
+Failures: a child that dies (signal or non-zero exit) or hangs makes the parent stop the others and
+report which rank failed; the children themselves fail fast because every collective has the
+user's ``timeout``, and a rank whose collective fails writes ``compsde/failed/<rank>`` into the store
+and names the ranks that did not (``peer_report``), which is what identifies the rank under
+``torchrun`` too.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "EXIT_CONFIG", "EXIT_PEER", "Context", "LaunchError", "describe_exit", "in_launched_env", "init_from_env",
+    "peer_report", "spawn",
+]
+
+#: Exit status of a rank whose collective failed because a peer died or hung.
+EXIT_PEER = 3
+#: Exit status of a rank that refused to start (configuration differs across ranks, bad input).
+EXIT_CONFIG = 2
+
+INIT_METHOD_ENV = "COMPSDE_INIT_METHOD"
+#: Prefix of the failure note of a rank whose collective failed (a victim, not a cause).
+COMM_FAILURE = "lost contact"
+
+
+class LaunchError(RuntimeError):
+    """A distributed run failed; the message names the ranks involved."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Context:
+    """This process's place in the group."""
+
+    rank: int
+    world: int
+    store: dist.Store | None
+    timeout: float
+    #: whether this process group was created here (and is destroyed at the end) or was already there
+    owned: bool = True
+
+    def mark_failed(self, where: str) -> None:
+        """Tell the other ranks (through the store) that this rank saw a failure."""
+        if self.store is None:
+            return
+        try:
+            self.store.set(f"compsde/failed/{self.rank}", where)
+        except Exception:  # the store may be gone with the rank that hosted it
+            pass
+
+    def failure_reasons(self) -> dict[int, str]:
+        """Rank → what it wrote when it failed, for the ranks that reported a failure."""
+        out: dict[int, str] = {}
+        if self.store is None:
+            return out
+        for j in self.failed_ranks():
+            try:
+                out[j] = self.store.get(f"compsde/failed/{j}").decode("utf-8", "replace")
+            except Exception:
+                out[j] = "unknown"
+        return out
+
+    def failed_ranks(self) -> list[int]:
+        """Ranks that reported a failure (through the store)."""
+        if self.store is None:
+            return []
+        out = []
+        for j in range(self.world):
+            try:
+                if self.store.check([f"compsde/failed/{j}"]):
+                    out.append(j)
+            except Exception:
+                return out
+        return out
+
+
+def in_launched_env() -> bool:
+    """Whether this process is one rank of a group: started by torchrun or ``spawn`` (``RANK`` and
+    ``WORLD_SIZE`` set), or with a default process group already initialised."""
+    return ("RANK" in os.environ and "WORLD_SIZE" in os.environ) or (dist.is_available() and dist.is_initialized())
+
+
+def init_from_env(timeout: float) -> Context:
+    """Join the process group described by the environment (``RANK``, ``WORLD_SIZE``, and
+    ``COMPSDE_INIT_METHOD`` or ``MASTER_ADDR``/``MASTER_PORT``); gloo, with ``timeout`` seconds on
+    every collective. Reuses an already initialised default group."""
+    if dist.is_initialized():
+        return Context(dist.get_rank(), dist.get_world_size(), _default_store(), timeout, owned=False)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    init = os.environ.get(INIT_METHOD_ENV, "env://")
+    if init == "env://" and "MASTER_ADDR" not in os.environ:
+        raise LaunchError(f"RANK and WORLD_SIZE are set but neither MASTER_ADDR nor {INIT_METHOD_ENV} is: "
+                          "start the ranks with torchrun, or without those variables to launch them locally",
+                          EXIT_CONFIG)
+    if _loopback(init):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    td = datetime.timedelta(seconds=timeout)
+    store, rank, world = next(dist.rendezvous(init, rank=rank, world_size=world, timeout=td))
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=td)
+    return Context(rank, world, store, timeout)
+
+
+def _loopback(init: str) -> bool:
+    if init.startswith("file://"):
+        return True
+    addr = os.environ.get("MASTER_ADDR", "")
+    return addr in ("127.0.0.1", "localhost", "::1")
+
+
+def _default_store() -> dist.Store | None:
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        return _get_default_store()
+    except Exception:
+        return None
+
+
+def peer_report(ctx: Context, where: str, wait: float = 1.0) -> str:
+    """After a failed collective: record the failure, give the others ``wait`` seconds to do the
+    same, and name the ranks that did not (the dead or hung ones)."""
+    ctx.mark_failed(f"{COMM_FAILURE} {where}")
+    if ctx.store is None:
+        return "the failing rank is unknown (no store)"
+    time.sleep(wait)
+    reasons = ctx.failure_reasons()
+    silent = [j for j in range(ctx.world) if j not in reasons]
+    crashed = [f"rank {j} failed ({r})" for j, r in sorted(reasons.items()) if not r.startswith(COMM_FAILURE)]
+    parts = crashed
+    if silent:
+        parts.append(f"rank{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} did not respond (died or hung)")
+    return "; ".join(parts) if parts else "every rank lost contact (cause unknown)"
+
+
+# ---- local launch --------------------------------------------------------------------------------
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    if code == EXIT_PEER:
+        return "stopped: lost contact with another rank"
+    if code == EXIT_CONFIG:
+        return "refused to start (exit status 2)"
+    return f"exited with status {code}"
+
+
+def spawn(workers: int, argv: Sequence[str], *, timeout: float, env: dict[str, str] | None = None,
+          jobdir: str | Path | None = None, grace: float | None = None, poll: float = 0.05) -> Path:
+    """Start ``workers`` processes running ``python <argv>`` as ranks of one fresh gloo group and wait.
+
+    Returns the job directory (a new temporary directory unless ``jobdir`` is given; it holds the
+    FileStore and whatever the children write there). Raises ``LaunchError`` naming the failed ranks
+    if any child fails: after the first failure, the others get ``grace`` seconds to stop on their own
+    (default min(timeout, 10) + 2: once one rank has left, every other rank's next collective fails at
+    once, and those already waiting on a hung rank time out within about the same time as the first),
+    then the rest are terminated and reported as hung.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be an integer ≥ 1, got {workers}")
+    job = Path(jobdir) if jobdir is not None else Path(tempfile.mkdtemp(prefix="compsde-dist-"))
+    job.mkdir(parents=True, exist_ok=True)
+    store = job / "store"
+    if store.exists():
+        raise ValueError(f"the rendezvous file {store} exists: a FileStore must be fresh")
+    base = dict(os.environ if env is None else env)
+    base.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    base.setdefault("OMP_NUM_THREADS", "1")
+    base[INIT_METHOD_ENV] = f"file://{store}"
+    base["WORLD_SIZE"] = str(workers)
+    base["LOCAL_WORLD_SIZE"] = str(workers)
+    for k in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_USE_AGENT_STORE", "GROUP_RANK"):
+        base.pop(k, None)
+    procs: list[subprocess.Popen] = []
+    try:
+        for r in range(workers):
+            e = dict(base, RANK=str(r), LOCAL_RANK=str(r))
+            procs.append(subprocess.Popen([sys.executable, *argv], env=e))
+        _watch(procs, min(timeout, 10.0) + 2.0 if grace is None else grace, poll)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                _stop(p)
+    return job
+
+
+def _watch(procs: list[subprocess.Popen], grace: float, poll: float) -> None:
+    first: tuple[int, int, float] | None = None  # (rank, code, time)
+    while True:
+        codes = [p.poll() for p in procs]
+        if first is None:
+            for r, c in enumerate(codes):
+                if c is not None and c != 0:
+                    first = (r, c, time.monotonic())
+                    break
+        if all(c is not None for c in codes):
+            break
+        if first is not None and time.monotonic() - first[2] > grace:
+            break
+        time.sleep(poll)
+    if first is None:
+        return
+    hung = [r for r, p in enumerate(procs) if p.poll() is None]
+    for r in hung:
+        _stop(procs[r])
+    codes = [p.returncode for p in procs]
+    raise LaunchError(_failure_message(codes, hung, grace, first[0]),
+                      EXIT_CONFIG if all(c in (0, EXIT_CONFIG) for c in codes) else 1)
+
+
+def _failure_message(codes: list[int | None], hung: list[int], grace: float, first: int) -> str:
+    """Name the culprits first: ranks that died or crashed, then ranks that hung; then the ranks that
+    only stopped because of them."""
+    culprits = [r for r, c in enumerate(codes) if r not in hung and c not in (0, EXIT_PEER, EXIT_CONFIG)]
+    parts = [f"rank {r} {describe_exit(codes[r])}" for r in culprits]
+    parts += [f"rank {r} hung (still running {grace:.0f} s after rank {first} failed; terminated)" for r in hung]
+    victims = [r for r, c in enumerate(codes) if c == EXIT_PEER and r not in hung]
+    config = [r for r, c in enumerate(codes) if c == EXIT_CONFIG]
+    if config:
+        parts.append(f"rank{'s' if len(config) > 1 else ''} {', '.join(map(str, config))} refused to start")
+    if victims:
+        parts.append(f"rank{'s' if len(victims) > 1 else ''} {', '.join(map(str, victims))} stopped because of it")
+    return "distributed run failed: " + "; ".join(parts)
+
+
+def _stop(p: subprocess.Popen) -> None:
+    p.terminate()
+    try:
+        p.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def set_threads() -> None:
+    """One intra-op thread per rank (environment.md: ranks on few cores oversubscribe otherwise)."""
+    if os.environ.get("OMP_NUM_THREADS") == "1":
+        torch.set_num_threads(1)
