@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +40,8 @@ from compsde import config as config_mod
 from compsde.config import Experiment
 from compsde.simulator import DTYPES, Trace, simulate
 
-__all__ = ["METRIC_COLUMNS", "SeriesResult", "default_out_dir", "metrics_from_trace", "quantiles", "run_experiment"]
+__all__ = ["METRIC_COLUMNS", "SeriesResult", "atomic_write", "default_out_dir", "metrics_from_trace", "quantiles", "run_experiment",
+           "write_results"]
 
 #: Below this many elements per step (d x repeats x workers) a series is simulated on one thread.
 SINGLE_THREAD_BELOW = 1 << 20
@@ -147,7 +148,7 @@ def metrics_from_trace(spec: config_mod.SeriesSpec, trace: Trace, seconds: float
 # ---- writing -------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes | str) -> None:
+def atomic_write(path: Path, data: bytes | str) -> None:
     """Write to a temporary file in the same directory, then rename over ``path``."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -371,7 +372,7 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
     out.mkdir(parents=True, exist_ok=True)
     run = exp.run
     header = f"compsde resolved config ({exp.name}); re-run with: compsde run config.toml"
-    _atomic_write(out / "config.toml", config_mod.dumps(exp.config, header=header))
+    atomic_write(out / "config.toml", config_mod.dumps(exp.config, header=header))
 
     results: list[SeriesResult] = []
     tracked: list[Tracked] = []
@@ -398,21 +399,34 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
             finally:
                 torch.set_num_threads(threads)
 
-    _atomic_write(out / "metrics.csv", metrics_csv(results + [t.result for t in tracked]))
-    summary = summary_dict(exp, results, tracked if track else None)
-    _atomic_write(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
+    def tracking_png(title: str) -> dict[str, bytes]:
+        from compsde import plots as plots_mod
+
+        return {"tracking.png": plots_mod.tracking_figure(results, [t.result for t in tracked], [t.error for t in tracked], title)}
+
+    write_results(out, exp, results, summary_dict(exp, results, tracked if track else None), plots=plots,
+                  extra_rows=[t.result for t in tracked], extra_figures=tracking_png if track else None)
+    return out
+
+
+def write_results(out: Path, exp: Experiment, results: list[SeriesResult], summary: Mapping[str, Any], *,
+                  plots: bool, extra_rows: Sequence[SeriesResult] = (),
+                  extra_figures: Callable[[str], dict[str, bytes]] | None = None) -> None:
+    """Write metrics.csv (``results`` then ``extra_rows``), summary.json and the plots, each atomically.
+
+    Shared by every backend. A figure this run does not produce (e.g. diverged.png) is removed, so none
+    survives from an earlier run into the same directory.
+    """
+    atomic_write(out / "metrics.csv", metrics_csv(list(results) + list(extra_rows)))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
     if plots:
         from compsde import plots as plots_mod
 
-        title = run["title"] or exp.name
+        title = exp.run["title"] or exp.name
         made = plots_mod.make_plots(results, title)
-        if track:
-            made["tracking.png"] = plots_mod.tracking_figure(
-                results, [t.result for t in tracked], [t.error for t in tracked], title)
+        if extra_figures is not None:
+            made.update(extra_figures(title))
         for name, png in made.items():
-            _atomic_write(out / name, png)
-        # A figure this run does not produce (e.g. diverged.png) must not survive from an earlier
-        # run into the same directory.
+            atomic_write(out / name, png)
         for name in set(plots_mod.PLOT_FILES) - set(made):
             (out / name).unlink(missing_ok=True)
-    return out

@@ -70,7 +70,7 @@ def logged_steps(steps: int, log_every: int) -> list[int]:
     return out
 
 
-class _Recorder:
+class Recorder:
     """Collects the measurements at logged steps (shared by the fast and the reference loop)."""
 
     def __init__(self, problem: Problem, steps: int, log_every: int, repeats: int, bits_per_step: int,
@@ -116,11 +116,11 @@ class _Recorder:
 
 def compression_error(inputs: Tensor, messages: Tensor, alive: Tensor) -> float:
     """Mean over workers and live repetitions of ‖C(v) − v‖² / ‖v‖² (rows with v = 0 skipped)."""
-    total, count = _compression_error_sum(inputs, messages, alive)
+    total, count = compression_error_sum(inputs, messages, alive)
     return total / count if count else math.nan
 
 
-def _compression_error_sum(inputs: Tensor, messages: Tensor, alive: Tensor) -> tuple[float, int]:
+def compression_error_sum(inputs: Tensor, messages: Tensor, alive: Tensor) -> tuple[float, int]:
     """Sum and count of ‖C(v) − v‖² / ‖v‖² over workers and live repetitions (for chunked means)."""
     num = (messages - inputs).pow(2).sum(-1)
     den = inputs.pow(2).sum(-1)
@@ -190,12 +190,12 @@ class Draws:
             g.set_state(st)
 
 
-def _divergence_limit(problem: Problem, x0: Tensor) -> float:
+def divergence_limit(problem: Problem, x0: Tensor) -> float:
     ref = problem.x_opt if problem.x_opt is not None else torch.zeros_like(x0)
     return DIVERGENCE_FACTOR * (1.0 + float((x0.double() - ref.double()).norm()))
 
 
-def _freeze_diverged(x: Tensor, x0: Tensor, limit: float, alive: Tensor, diverged_step: Tensor, step: int,
+def freeze_diverged(x: Tensor, x0: Tensor, limit: float, alive: Tensor, diverged_step: Tensor, step: int,
                      memory: Tensor | None) -> None:
     """The divergence rule (module doc), in place: repetitions of x (R, d) that just became
     non-finite or left the ball of radius ``limit`` around x0 are marked diverged at ``step``,
@@ -242,8 +242,8 @@ def simulate(
     x0 = p.x0()
     x = x0.expand(repeats, d).clone()
     memory = method.init_memory(workers, (repeats,), d, dtype)
-    rec = _Recorder(p, steps, log_every, repeats, method.bits_per_step(d))
-    limit = _divergence_limit(p, x0)
+    rec = Recorder(p, steps, log_every, repeats, method.bits_per_step(d))
+    limit = divergence_limit(p, x0)
     comp_err = math.nan
     rec.record(0, x, comp_err)
     alive = torch.ones(repeats, dtype=torch.bool)
@@ -270,12 +270,12 @@ def simulate(
             part = messages.sum(0)
             total = part if total is None else total.add_(part)
             if log:
-                s, c = _compression_error_sum(inputs, messages, alive)
+                s, c = compression_error_sum(inputs, messages, alive)
                 err_sum, err_count = err_sum + s, err_count + c
         assert total is not None
         x = x - method.finish(total, workers, lr)
         # Divergence check: cheap (one norm per repetition), done every step so the step is exact.
-        _freeze_diverged(x, x0, limit, alive, rec.diverged_step, k + 1, memory)
+        freeze_diverged(x, x0, limit, alive, rec.diverged_step, k + 1, memory)
         if log:
             rec.record(k + 1, x, err_sum / err_count if err_count else math.nan)
         if progress is not None:
@@ -306,8 +306,8 @@ def simulate_reference(
     x0 = p.x0()
     xs = [x0.clone() for _ in range(repeats)]
     mem = [[torch.zeros(d, dtype=dtype) for _ in range(workers)] for _ in range(repeats)] if method.error_feedback else None
-    rec = _Recorder(p, steps, log_every, repeats, method.bits_per_step(d))
-    limit = _divergence_limit(p, x0)
+    rec = Recorder(p, steps, log_every, repeats, method.bits_per_step(d))
+    limit = divergence_limit(p, x0)
     rec.record(0, torch.stack(xs), math.nan)
     comp_err = math.nan
     for k in range(steps):

@@ -22,10 +22,7 @@ from compsde.methods import Method
 from compsde.noise import Noise
 from compsde.problems import Problem
 from compsde.schedules import Schedule
-from compsde.simulator import Trace
-from compsde.simulator import _divergence_limit as divergence_limit
-from compsde.simulator import _freeze_diverged as freeze_diverged
-from compsde.simulator import _Recorder as Recorder
+from compsde.simulator import Recorder, Trace, divergence_limit, freeze_diverged
 from compsde.streams import stream_seed
 
 #: Stream index of the SDE's Brownian motion (distinct from every worker's streams).

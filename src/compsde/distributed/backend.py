@@ -257,11 +257,11 @@ def _run_all(exp: Experiment, out: Path, ctx: Context, options: dict[str, Any], 
     ckpt_path = out / ckpt_mod.FILE
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        from compsde.runner import _atomic_write
+        from compsde.runner import atomic_write
 
         text = config_mod.dumps(exp.config, header=f"compsde resolved config ({exp.name}); re-run with: "
                                                      f"compsde run config.toml --backend torch --workers {ctx.world}")
-        _atomic_write(out / "config.toml", text)
+        atomic_write(out / "config.toml", text)
 
     bar = None
     if rank == 0 and options["progress"]:
@@ -380,7 +380,6 @@ def _write_outputs(exp: Experiment, out: Path, outcomes: list[SeriesOutcome], *,
     from compsde import runner
 
     results = [runner.metrics_from_trace(spec, o.trace, o.seconds) for spec, o in zip(exp.series, outcomes)]  # type: ignore[arg-type]
-    runner._atomic_write(out / "metrics.csv", runner.metrics_csv(results))
     summary = runner.summary_dict(exp, results)
     for s, o, spec in zip(summary["series"], outcomes, exp.series):
         extra = {
@@ -395,16 +394,7 @@ def _write_outputs(exp: Experiment, out: Path, outcomes: list[SeriesOutcome], *,
         s.clear()
         s.update(items[:pos] + list(extra.items()) + items[pos:])
     summary["backend"] = {"name": "torch", "dist_backend": "gloo", "world_size": world}
-    runner._atomic_write(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
-    if plots:
-        from compsde import plots as plots_mod
-
-        title = exp.run["title"] or exp.name
-        made = plots_mod.make_plots(results, title)
-        for name, png in made.items():
-            runner._atomic_write(out / name, png)
-        for name in set(plots_mod.PLOT_FILES) - set(made):
-            (out / name).unlink(missing_ok=True)
+    runner.write_results(out, exp, results, summary, plots=plots)
 
 
 # ---- command line and child entry -----------------------------------------------------------------

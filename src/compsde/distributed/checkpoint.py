@@ -59,13 +59,13 @@ def path_for(where: str | Path) -> Path:
 
 def save(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` with ``torch.save`` atomically (the runner's temporary-file-then-rename)."""
-    from compsde.runner import _atomic_write
+    from compsde.runner import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(payload, buf)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def load(where: str | Path) -> dict[str, Any]:

@@ -11,9 +11,9 @@ Every rank holds the same replicated iterates x (R, d). At step k worker i = ``r
     4. exchanges the payloads (``compsde.distributed.collectives.Exchange``) into Σ_i m_i, the sum of
        the N decompressed messages, and steps x ← x − ``method.finish(Σ_i m_i, N, η)`` (mean or
        majority vote, normalised if asked), the server's half of the simulator's step;
-    5. applies the simulator's divergence rule (``simulator._freeze_diverged``) to its replica.
+    5. applies the simulator's divergence rule (``simulator.freeze_diverged``) to its replica.
 
-The global rank 0 records the ``Trace`` with the simulator's ``_Recorder``; the others keep only the
+The global rank 0 records the ``Trace`` with the simulator's ``Recorder``; the others keep only the
 divergence record. Rank 0 is in every series' group (a series with N workers runs on ranks 0..N−1).
 """
 
@@ -35,7 +35,7 @@ from compsde.config import SeriesSpec
 from compsde.distributed.collectives import Exchange, Replay
 from compsde.distributed.wire import codec_for
 from compsde.simulator import (
-    DTYPES, Draws, Trace, _compression_error_sum, _divergence_limit, _freeze_diverged, _Recorder,
+    DTYPES, Draws, Trace, compression_error_sum, divergence_limit, freeze_diverged, Recorder,
 )
 
 __all__ = ["SeriesOutcome", "SeriesState", "run_series", "FAULT_ENV"]
@@ -139,8 +139,8 @@ def run_series(
     x0 = p.x0()
     x = x0.expand(repeats, d).clone()
     memory = method.init_memory(1, (repeats,), d, dtype)
-    rec = _Recorder(p, steps, run["log_every"], repeats, method.bits_per_step(d), measure=reporter)
-    limit = _divergence_limit(p, x0)
+    rec = Recorder(p, steps, run["log_every"], repeats, method.bits_per_step(d), measure=reporter)
+    limit = divergence_limit(p, x0)
     alive = torch.ones(repeats, dtype=torch.bool)
     comp_err = math.nan
     start = 0
@@ -201,7 +201,7 @@ def run_series(
             x = x - method.finish(total, n, lr)  # the server's half, as in the simulator
             if log:
                 comp_err = _compression_error(inputs, message, alive, group)
-            _freeze_diverged(x, x0, limit, alive, rec.diverged_step, k + 1, memory)
+            freeze_diverged(x, x0, limit, alive, rec.diverged_step, k + 1, memory)
             if log:
                 rec.record(k + 1, x, comp_err)
             if progress is not None:
@@ -227,10 +227,10 @@ def run_series(
 
 def _compression_error(inputs: Tensor, message: Tensor | None, alive: Tensor, group: dist.ProcessGroup | None) -> float:
     """``simulator.compression_error`` over all workers: each rank's sum and count of
-    ‖C(v) − v‖²/‖v‖² (``_compression_error_sum``), added over the ranks by one all-reduce."""
+    ‖C(v) − v‖²/‖v‖² (``compression_error_sum``), added over the ranks by one all-reduce."""
     if message is None:
         raise RuntimeError("the message is needed for the compression error")
-    s, c = _compression_error_sum(inputs.unsqueeze(0), message.unsqueeze(0), alive)
+    s, c = compression_error_sum(inputs.unsqueeze(0), message.unsqueeze(0), alive)
     t = torch.tensor([s, float(c)], dtype=torch.float64)
     dist.all_reduce(t, group=group)
     return float(t[0] / t[1]) if t[1] > 0 else math.nan
