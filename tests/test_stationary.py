@@ -15,7 +15,6 @@ The loss is averaged over R repetitions and over time after a burn-in of 10 rela
 import math
 
 import pytest
-import torch
 
 from compsde import methods, problems
 from compsde.noise import Noise

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
 SCHEDULE_NAMES = ("constant", "cosine", "step", "poly")

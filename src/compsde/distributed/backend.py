@@ -22,7 +22,6 @@ summary.json, plots) with, per series, ``wire_bytes_per_worker_per_step`` next t
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
