@@ -69,11 +69,8 @@ class Compressor:
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if x.dim() < 1:
             raise ValueError(f"x must have at least one dimension (..., d), got shape {tuple(x.shape)}")
-        if self.randomized and generator is None:
-            raise ValueError(
-                f"compressor {self.name!r} is randomized: pass generator=torch.Generator() "
-                "(no global random state is used)"
-            )
+        if self.randomized:
+            require_generator(self.name, generator)
         rnd = self.draw(tuple(x.shape[:-1]), x.shape[-1], generator, x.dtype)
         return self.apply(x, rnd)
 
@@ -143,6 +140,30 @@ class Compressor:
     def params(self) -> dict[str, object]:
         """The parameters this compressor was built with (for configs and reports)."""
         return {}
+
+
+def require_generator(name: str, generator: torch.Generator | None) -> torch.Generator:
+    """The generator a randomized compressor draws from; a clear error if none was passed."""
+    if generator is None:
+        raise ValueError(
+            f"compressor {name!r} is randomized: pass generator=torch.Generator() (no global random state is used)"
+        )
+    return generator
+
+
+def check_draw_batch(name: str, x: Tensor, rnd: Tensor) -> tuple[int, ...]:
+    """Check that the draw's leading dims broadcast to x's leading dims (and not beyond); return x's."""
+    xb = tuple(x.shape[:-1])
+    try:
+        out = tuple(torch.broadcast_shapes(xb, tuple(rnd.shape[:-1])))
+    except RuntimeError:
+        out = None
+    if out != xb:
+        raise ValueError(
+            f"{name}: the draw's leading dims {tuple(rnd.shape[:-1])} do not broadcast to the input's "
+            f"leading dims {xb} (a draw of batch shape (1, ...) is shared by all workers)"
+        )
+    return xb
 
 
 def resolve_k(name: str, k: int | None, ratio: float | None, d: int) -> int:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from compsde.compressors import register
-from compsde.compressors.base import FLOAT_BITS, Compressor
+from compsde.compressors.base import FLOAT_BITS, Compressor, check_draw_batch, require_generator
 
 __all__ = ["Natural", "NaturalDithering", "QSGD"]
 
@@ -49,10 +49,7 @@ class _Uniforms(Compressor):
         generator: torch.Generator | None,
         dtype: torch.dtype = torch.float64,
     ) -> Tensor:
-        if generator is None:
-            raise ValueError(
-                f"compressor {self.name!r} is randomized: pass generator=torch.Generator() (no global random state is used)"
-            )
+        require_generator(self.name, generator)
         if not dtype.is_floating_point:
             dtype = torch.float64
         # uniform_ on an empty tensor: the same distribution as torch.rand, ~1.5× faster on CPU here.
@@ -63,13 +60,7 @@ class _Uniforms(Compressor):
             raise ValueError(f"{self.name}: apply needs the uniforms from draw(); got rnd=None")
         if rnd.shape[-1] != x.shape[-1]:
             raise ValueError(f"{self.name}: the draw has rows of length {rnd.shape[-1]}, the input {x.shape[-1]}")
-        xb = tuple(x.shape[:-1])
-        try:
-            ok = tuple(torch.broadcast_shapes(xb, tuple(rnd.shape[:-1]))) == xb
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(f"{self.name}: the draw's leading dims {tuple(rnd.shape[:-1])} do not broadcast to the input's {xb}")
+        check_draw_batch(self.name, x, rnd)
         # Compose stores draws as float64; casting back to x's dtype is exact for a float32 draw.
         return rnd.to(device=x.device, dtype=x.dtype)
 

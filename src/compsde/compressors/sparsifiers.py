@@ -29,32 +29,17 @@ import torch
 from torch import Tensor
 
 from compsde.compressors import register
-from compsde.compressors.base import FLOAT_BITS, Compressor, check_k_ratio, index_bits, resolve_k
+from compsde.compressors.base import (
+    FLOAT_BITS,
+    Compressor,
+    check_draw_batch,
+    check_k_ratio,
+    index_bits,
+    require_generator,
+    resolve_k,
+)
 
 __all__ = ["Identity", "RandK", "RandKUnscaled", "Sparsifier", "TopK", "rand_k_indices", "top_k_indices"]
-
-
-def _require_generator(name: str, generator: torch.Generator | None) -> torch.Generator:
-    if generator is None:
-        raise ValueError(
-            f"compressor {name!r} is randomized: pass generator=torch.Generator() (no global random state is used)"
-        )
-    return generator
-
-
-def _broadcast_batch(name: str, x: Tensor, rnd: Tensor) -> tuple[int, ...]:
-    """Check that rnd's leading dims broadcast to x's leading dims (and not beyond), return them."""
-    xb = tuple(x.shape[:-1])
-    try:
-        out = tuple(torch.broadcast_shapes(xb, tuple(rnd.shape[:-1])))
-    except RuntimeError:
-        out = None
-    if out != xb:
-        raise ValueError(
-            f"{name}: the draw's leading dims {tuple(rnd.shape[:-1])} do not broadcast to the input's "
-            f"leading dims {xb} (a draw of batch shape (1, ...) is shared by all workers)"
-        )
-    return xb
 
 
 class Sparsifier(Compressor):
@@ -217,7 +202,7 @@ class _RandKBase(Sparsifier):
         every worker uses the same indices (the remaining dims, e.g. Monte Carlo repetitions, still
         get independent draws); pass a batch shape whose first entry is the worker axis.
         """
-        g = _require_generator(self.name, generator)
+        g = require_generator(self.name, generator)
         k = self.support(d)
         if self.shared and len(batch_shape) > 0:
             batch_shape = (1, *batch_shape[1:])
@@ -231,7 +216,7 @@ class _RandKBase(Sparsifier):
         idx = rnd.to(device=x.device, dtype=torch.int64)  # Compose may hand indices over as float64
         if idx.shape[-1] != k:
             raise ValueError(f"{self.name}: the draw has {idx.shape[-1]} indices per row, expected k = {k} for d = {d}")
-        xb = _broadcast_batch(self.name, x, idx)
+        xb = check_draw_batch(self.name, x, idx)
         return idx.expand(*xb, k)
 
     def index_bits(self, d: int) -> int:
