@@ -169,25 +169,49 @@ def _rand_k_num_draws(d: int, k: int) -> int:
     return min(int(math.ceil(mean + 5.0 * sd)) + 8, 4 * d)
 
 
-class _RandKBase(Sparsifier):
-    randomized = True
+class _KSparsifier(Sparsifier):
+    """A sparsifier keeping k coordinates, k given as a count ``k`` or a fraction ``ratio`` of d."""
 
-    def __init__(self, k: int | None = None, ratio: float | None = None, shared: bool = False) -> None:
+    def __init__(self, k: int | None = None, ratio: float | None = None) -> None:
         check_k_ratio(self.name, k, ratio)
-        if not isinstance(shared, bool):
-            raise ValueError(f"{self.name}: shared must be True or False, got {shared!r}")
         self.k = k
         self.ratio = ratio
-        self.shared = shared
 
     def params(self) -> dict[str, object]:
-        out: dict[str, object] = {"k": self.k} if self.k is not None else {"ratio": self.ratio}
-        if self.shared:
-            out["shared"] = True
-        return out
+        return {"k": self.k} if self.k is not None else {"ratio": self.ratio}
 
     def support(self, d: int) -> int:
         return resolve_k(self.name, self.k, self.ratio, d)
+
+
+class _UnscaledProjection(_KSparsifier):
+    """Constants of an unscaled projection T_S with E‖T_S x‖² ≥ (k/d)‖x‖² (derivations in the subclasses):
+    B3(d/k), B1(k/d, 1), B2(k/d, 1), since ⟨T_S x, x⟩ = ‖T_S x‖²."""
+
+    def delta(self, d: int) -> float:
+        return d / self.support(d)
+
+    def b1(self, d: int) -> tuple[float, float]:
+        return self.support(d) / d, 1.0
+
+    def b2(self, d: int) -> tuple[float, float]:
+        return self.support(d) / d, 1.0
+
+
+class _RandKBase(_KSparsifier):
+    randomized = True
+
+    def __init__(self, k: int | None = None, ratio: float | None = None, shared: bool = False) -> None:
+        super().__init__(k, ratio)
+        if not isinstance(shared, bool):
+            raise ValueError(f"{self.name}: shared must be True or False, got {shared!r}")
+        self.shared = shared
+
+    def params(self) -> dict[str, object]:
+        out = super().params()
+        if self.shared:
+            out["shared"] = True
+        return out
 
     def draw(
         self,
@@ -261,7 +285,7 @@ class RandK(_RandKBase):
 
 
 @register
-class RandKUnscaled(_RandKBase):
+class RandKUnscaled(_RandKBase, _UnscaledProjection):
     """Random-k sparsification without scaling: C(x) = T_S x with S a uniform k-subset. Biased.
 
     E C(x) = (k/d) x and E‖C(x)‖² = ⟨E C(x), x⟩ = (k/d)‖x‖², so
@@ -274,14 +298,6 @@ class RandKUnscaled(_RandKBase):
 
     name = "rand-k-unscaled"
 
-    def delta(self, d: int) -> float:
-        return d / self.support(d)
-
-    def b1(self, d: int) -> tuple[float, float]:
-        return self.support(d) / d, 1.0
-
-    def b2(self, d: int) -> tuple[float, float]:
-        return self.support(d) / d, 1.0
 
 
 # ---- top-k -------------------------------------------------------------------------------------
@@ -411,7 +427,7 @@ def top_k_indices(x: Tensor, k: int) -> Tensor:
 
 
 @register
-class TopK(Sparsifier):
+class TopK(_UnscaledProjection):
     """Top-k sparsification: C(x) = T_S x with S the k coordinates of largest |x_j|. Deterministic.
 
     Ties at the k-th magnitude are broken towards the lowest index, so C is a function of x.
@@ -425,28 +441,9 @@ class TopK(Sparsifier):
 
     name = "top-k"
 
-    def __init__(self, k: int | None = None, ratio: float | None = None) -> None:
-        check_k_ratio(self.name, k, ratio)
-        self.k = k
-        self.ratio = ratio
-
-    def params(self) -> dict[str, object]:
-        return {"k": self.k} if self.k is not None else {"ratio": self.ratio}
-
-    def support(self, d: int) -> int:
-        return resolve_k(self.name, self.k, self.ratio, d)
-
     def indices(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         return top_k_indices(x, self.support(x.shape[-1]))
 
     def index_bits(self, d: int) -> int:
         return self.support(d) * index_bits(d)
 
-    def delta(self, d: int) -> float:
-        return d / self.support(d)
-
-    def b1(self, d: int) -> tuple[float, float]:
-        return self.support(d) / d, 1.0
-
-    def b2(self, d: int) -> tuple[float, float]:
-        return self.support(d) / d, 1.0
