@@ -692,15 +692,16 @@ class SparseCodec(Codec):
                 return torch.zeros(rows, k, dtype=torch.int64)
             return unpack_uint(parts["index"], rows * k, torch.int64).view(rows, k)
         # Indices are a function of the draw only (rand-k): the shape of x is all they need from it.
+        # (The draw may come from a CPU generator while the values live on a GPU: callers move them.)
         return self.compressor.indices(torch.zeros(()).expand(rows, d), rnd)  # type: ignore[attr-defined]
 
     def decode(self, parts, rnd, rows, d, dtype):
         vals = parts["values"]
-        idx = self.indices(parts, rnd, rows, d)
+        idx = self.indices(parts, rnd, rows, d).to(vals.device)
         return torch.zeros(vals.shape[0], d, dtype=dtype, device=vals.device).scatter_(-1, idx, vals)
 
     def decode_sum(self, summed, rnd, d):
-        idx = self.indices({}, rnd, summed.shape[0], d)
+        idx = self.indices({}, rnd, summed.shape[0], d).to(summed.device)
         return torch.zeros(summed.shape[0], d, dtype=summed.dtype, device=summed.device).scatter_(-1, idx, summed)
 
     def total(self, views, rnds, rows, d, dtype, *, exact=True, out=None):
@@ -718,7 +719,7 @@ class SparseCodec(Codec):
         vals = views["values"]
         acc = out.zero_() if out is not None else torch.zeros(rows, d, dtype=dtype, device=vals.device)
         for j in range(vals.shape[0]):
-            idx = self.indices({k: v[j] for k, v in views.items()}, rnds[j], rows, d)
+            idx = self.indices({k: v[j] for k, v in views.items()}, rnds[j], rows, d).to(vals.device)
             acc.scatter_add_(-1, idx, vals[j] / divide if divide != 1 else vals[j])
         return acc
 
@@ -785,7 +786,7 @@ class ComposeCodec(Codec):
         k = self._k(d)
         oparts = {name[2:]: v for name, v in parts.items() if name.startswith("o.")}
         vals = self.outer.decode(oparts, ro, rows, k, dtype)
-        idx = self.inner.indices(parts, ri, rows, d)
+        idx = self.inner.indices(parts, ri, rows, d).to(vals.device)
         return torch.zeros(rows, d, dtype=dtype, device=vals.device).scatter_(-1, idx, vals)
 
     def decode_sum(self, summed, rnd, d):
