@@ -114,12 +114,6 @@ class Recorder:
         )
 
 
-def compression_error(inputs: Tensor, messages: Tensor, alive: Tensor) -> float:
-    """Mean over workers and live repetitions of ‖C(v) − v‖² / ‖v‖² (rows with v = 0 skipped)."""
-    total, count = compression_error_sum(inputs, messages, alive)
-    return total / count if count else math.nan
-
-
 def compression_error_sum(inputs: Tensor, messages: Tensor, alive: Tensor) -> tuple[float, int]:
     """Sum and count of ‖C(v) − v‖² / ‖v‖² over workers and live repetitions (for chunked means)."""
     num = (messages - inputs).pow(2).sum(-1)

@@ -226,7 +226,7 @@ def run_series(
 
 
 def _compression_error(inputs: Tensor, message: Tensor | None, alive: Tensor, group: dist.ProcessGroup | None) -> float:
-    """``simulator.compression_error`` over all workers: each rank's sum and count of
+    """The simulator's compression error (mean ‖C(v) − v‖²/‖v‖²) over all workers: each rank's sum and count of
     ‖C(v) − v‖²/‖v‖² (``compression_error_sum``), added over the ranks by one all-reduce."""
     if message is None:
         raise RuntimeError("the message is needed for the compression error")
