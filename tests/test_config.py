@@ -6,8 +6,8 @@ import tomllib
 
 import pytest
 
-from compsde import config
-from compsde.config import apply_overrides, build, dumps, load, load_source, parse_value, resolve
+from compsde.experiments import config
+from compsde.experiments.config import apply_overrides, build, dumps, load, load_source, parse_value, resolve
 
 PRESETS = ["cgd-quadratic", "compression-variance", "l0l1-schedules", "noise-resilience", "scaling-rules",
            "sde-heavy-tails", "sde-tracking", "top1-divergence", "weak-order"]
@@ -195,7 +195,7 @@ def test_bad_method_compressor_combination_fails_at_build():
 
 def test_implied_compressor_may_be_named():
     cfg = resolve(minimal(method="dsignsgd", compressor="sign"))
-    assert build(cfg).series[0].method.compressor.name == "sign"
+    assert build(cfg).series[0].algorithm.compressor.name == "sign"
 
 
 def test_fixed_workers_checked_at_build():

@@ -22,11 +22,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from compsde import config
-from compsde.distributed import run as run_torch
+from compsde.core.tensors import DTYPES
 from compsde.distributed import checkpoint as ckpt_mod
-from compsde.simulator import DTYPES, simulate
-from test_simulator import CASES as SIM_CASES
+from compsde.experiments import config
+from compsde.experiments.torch_backend import run as run_torch
+from compsde.objectives import Oracle
+from compsde.sim import simulate
+from cases import CASES as SIM_CASES
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
@@ -92,8 +94,8 @@ def _config(series: list[dict], *, steps: int = 10, dtype: str = "float64", repe
 def _assert_matches_simulator(exp, traces, tol: float) -> None:
     run = exp.run
     for spec, tr in zip(exp.series, traces):
-        ref = simulate(spec.problem, spec.noise, spec.method, spec.schedule, workers=spec.workers, batch=spec.batch,
-                       repeats=run["repeats"], seed=run["seed"], dtype=DTYPES[run["dtype"]], log_every=run["log_every"])
+        ref = simulate(spec.oracle.to(DTYPES[run["dtype"]]), spec.algorithm, spec.schedule, repeats=run["repeats"],
+                       seed=run["seed"], log_every=run["log_every"])
         # Same streams, same arithmetic, same aggregation: equal in practice; the tolerance only
         # allows for the all-reduce summing the summable payloads in another order.
         torch.testing.assert_close(tr.x, ref.x, rtol=tol, atol=tol, msg=lambda m: f"{spec.label}: {m}")
@@ -175,7 +177,7 @@ def test_wire_bytes_are_measured_per_step_and_sign_costs_d_over_8(tmp_path):
            "problem": {"name": "quadratic", "dim": d}, "noise": {"name": "gaussian", "scale": 0.1}, "series": series}
     exp = config.build(config.resolve(cfg), "bytes")
     res = run_torch(exp, tmp_path / "out", timeout=30, progress=False, plots=False)
-    got = {repr(s.method.compressor): o for s, o in zip(exp.series, res.outcomes)}
+    got = {repr(s.algorithm.compressor): o for s, o in zip(exp.series, res.outcomes)}
     sign = got["sign()"]
     assert sign.collective == "all_gather"
     assert sign.timings["calls"] == 3  # measured on every step
@@ -187,8 +189,8 @@ def test_wire_bytes_are_measured_per_step_and_sign_costs_d_over_8(tmp_path):
     shared = got["rand-k(ratio=0.01, shared=True)"]
     assert shared.collective == "all_reduce" and shared.wire_bytes_per_step == 4 * k
     for spec in exp.series:  # float32 runs send what the compressor declares, up to byte padding
-        o = got[repr(spec.method.compressor)]
-        declared = spec.method.compressor.bits(d) / 8
+        o = got[repr(spec.algorithm.compressor)]
+        declared = spec.algorithm.compressor.bits(d) / 8
         assert declared <= o.wire_bytes_per_step <= declared + 40, (spec.label, declared, o.wire_bytes_per_step)
 
 
@@ -254,8 +256,10 @@ def test_resumed_run_ends_with_the_same_iterates(tmp_path):
     cut = _cli([*base, "--out", str(tmp_path / "cut"), "--checkpoint-every", "5"], COMPSDE_TEST_FAULT="kill:1@8/1")
     assert cut.returncode != 0 and "rank 1 killed" in cut.stderr, cut.stderr
     ck = ckpt_mod.load(tmp_path / "cut")
-    assert ck["current"]["series"] == 1 and ck["current"]["state"]["step"] == 5
-    assert ck["current"]["state"]["ranks"][1]["replay"] is not None  # the replayed stream's state
+    assert ck["current"]["series"] == 1 and ck["current"]["step"] == 5
+    # rank 1 holds every worker's compressor stream (it replays rank 0's rand-k indices): 2 noise +
+    # compressor streams of its own and rank 0's + the shared one
+    assert len(ck["current"]["ranks"][1]["loop"]["streams"]) == 4
     assert not [p for p in (tmp_path / "cut").iterdir() if p.name.endswith(".tmp")]  # atomic writes
     # Also a checkpoint taken mid-series with EF memory: resume from that one in another copy.
     res = _cli(["run", str(cfg), "--backend", "torch", "--no-progress", "--no-plots", "--resume", str(tmp_path / "cut"),
@@ -282,8 +286,8 @@ def test_resume_mid_series_with_error_feedback_memory(tmp_path):
     cut = _cli([*base, "--out", str(tmp_path / "cut")], COMPSDE_TEST_FAULT="kill:0@6")
     assert cut.returncode != 0
     ck = ckpt_mod.load(tmp_path / "cut")
-    st = ck["current"]["state"]
-    assert st["step"] == 4 and all(r["memory"].abs().sum() > 0 for r in st["ranks"])  # EF memory saved per rank
+    cur = ck["current"]
+    assert cur["step"] == 4 and all(r["loop"]["state"]["ef"].abs().sum() > 0 for r in cur["ranks"])  # EF memory per rank
     assert _cli(["run", str(cfg), "--backend", "torch", "--no-progress", "--no-plots", "--checkpoint-every", "4",
                  "--resume", str(tmp_path / "cut" / "checkpoint.pt")]).returncode == 0
     a, b = ckpt_mod.load(tmp_path / "full"), ckpt_mod.load(tmp_path / "cut")
@@ -317,8 +321,8 @@ def test_cli_joins_the_group_under_torchrun(tmp_path):
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     exp = config.load(cfg)
     spec = exp.series[0]
-    ref = simulate(spec.problem, spec.noise, spec.method, spec.schedule, workers=2, repeats=exp.run["repeats"],
-                   seed=exp.run["seed"], log_every=exp.run["log_every"])
+    ref = simulate(spec.oracle, spec.algorithm, spec.schedule, repeats=exp.run["repeats"], seed=exp.run["seed"],
+                   log_every=exp.run["log_every"])
     assert math.isclose(summary["series"][0]["final"]["loss_mean"], float(ref.loss[-1].mean()), rel_tol=1e-12)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import stats
 
-from compsde.noise import Noise
+from compsde.objectives import Noise
 
 NUS = [1, 2, 3, 8, 64]
 

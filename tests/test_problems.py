@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from compsde import problems
-from compsde.datasets import load_libsvm
+from compsde.objectives import problems
+from compsde.objectives.datasets import load_libsvm
 
 SPECS = [
     ("quadratic", {"dim": 6}),

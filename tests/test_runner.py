@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from compsde import cli, config, runner
-from compsde.runner import METRIC_COLUMNS, quantiles, run_experiment
+from compsde.experiments import cli, config, runner
+from compsde.experiments.runner import METRIC_COLUMNS, quantiles, run_experiment
 
 PRESETS = sorted(config.preset_names())  # the exact list is checked in test_config
 # Small sizes; top1-divergence needs ~170 steps at its learning rate to pass the divergence limit.
@@ -148,6 +148,7 @@ def test_means_exclude_diverged_repetitions():
         loss=torch.tensor([[1.0, 2.0, 3.0], [1.0, math.inf, 3.0], [math.inf, math.inf, math.inf]], dtype=torch.float64),
         grad_norm=torch.tensor([[1.0, 1.0, 1.0], [2.0, math.nan, 4.0], [math.nan] * 3], dtype=torch.float64),
         dist=None, bits=torch.tensor([0.0, 64.0, 128.0], dtype=torch.float64),
+        bytes=torch.tensor([0.0, 8.0, 16.0], dtype=torch.float64), rounds=torch.tensor([0, 1, 2]),
         compression_error=torch.tensor([math.nan, 0.0, 0.0], dtype=torch.float64),
         diverged_step=torch.tensor([2, 1, 2]), x=torch.zeros(3, 2, dtype=torch.float64),
     )

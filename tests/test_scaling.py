@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from compsde.scaling import RULES, parse_assignments, solve
+from compsde.sde.scaling import RULES, parse_assignments, solve
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_parse_assignments():
     ],
 )
 def test_validate_runs_both_settings_and_the_rule_holds(method, frm, to):
-    from compsde.scaling import validate
+    from compsde.sde.scaling import validate
 
     val = validate(solve(method, frm, to), repeats=32)
     # The rule is first order in η: the exact discrete stationary losses differ by O(η h (1 + ω/N)) ≈ 6 %

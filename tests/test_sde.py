@@ -9,21 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from compsde import methods, problems, sde
-from compsde.integrators import EulerMaruyama, integrate
-from compsde.noise import Noise
+from compsde import algorithms, sde
+from compsde.objectives import Noise, Oracle, problems
+from compsde.sde import models
+from compsde.sde.integrators import EulerMaruyama, integrate
 
 
-def update_moments(problem, noise, method, x, workers, batch, samples, seed=0):
+def update_moments(problem, noise, algo, x, workers, batch, samples, seed=0):
     """Monte Carlo mean and covariance of one update U (per unit step) at each point of x (M, d)."""
     gen = torch.Generator().manual_seed(seed)
     grads = problem.worker_grads(x, workers)  # (N, M, d)
     g = grads.unsqueeze(1).expand(workers, samples, *x.shape)
     if noise.active:
         g = g + noise.sample(workers, (samples, x.shape[0]), x.shape[1], batch, gen)
-    comp = method.compressor
+    comp = algo.compressor
     rnd = comp.draw((1 if comp.shared_randomness else workers, samples, x.shape[0]), x.shape[1], gen, torch.float64)
-    u = method.step(g, 1.0, None, rnd).update  # (K, M, d)
+    u = algo.unit_update(g, rnd)  # (K, M, d)
     mean = u.mean(0)
     dev = u - mean
     cov = torch.einsum("kmi,kmj->mij", dev, dev) / (samples - 1)
@@ -46,8 +47,8 @@ CASES = [
 def test_drift_and_diffusion_match_monte_carlo_moments(method, params, noise, noise_type, hetero):
     d, n, b, k = 4, 3, 2, 40_000
     prob = problems.make("quadratic", dim=d, rotate=True, heterogeneity=hetero, seed=1)
-    m = methods.make(method, **params)
-    model = sde.from_method(prob, noise, m, workers=n, batch=b, lr=0.1, mc_samples=4000)
+    m = algorithms.make(method, **params)
+    model = models.from_algorithm(Oracle(prob, noise, workers=n, batch=b), m, 0.1, mc_samples=4000)
     assert model.noise_type == noise_type
     x = torch.randn(3, d, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     gen = torch.Generator().manual_seed(3)
@@ -71,7 +72,7 @@ def test_drift_and_diffusion_match_monte_carlo_moments(method, params, noise, no
 
 def test_rand_k_diffusion_is_a_square_root_of_diag_minus_lowrank():
     prob = problems.make("quadratic", dim=6, heterogeneity=2.0)
-    model = sde.from_method(prob, Noise("gaussian", 0.3), methods.make("dcsgd", compressor="rand-k", k=2), workers=4, batch=1, lr=0.1)
+    model = models.from_algorithm(Oracle(prob, Noise("gaussian", 0.3), workers=4, batch=1), algorithms.make("dcsgd", compressor="rand-k", k=2), 0.1)
     x = torch.randn(2, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     _, diag, u = model._factors(x)
     dense = torch.diag_embed(diag) - u @ u.transpose(-1, -2)
@@ -81,22 +82,22 @@ def test_rand_k_diffusion_is_a_square_root_of_diag_minus_lowrank():
 def test_heavy_tails_refused_for_dsgd_but_not_for_dsignsgd():
     prob = problems.make("quadratic", dim=3)
     with pytest.raises(ValueError, match="infinite variance"):
-        sde.from_method(prob, Noise("student-t", 1.0, 2.0), methods.make("dsgd"), workers=2, batch=1, lr=0.1)
+        models.from_algorithm(Oracle(prob, Noise("student-t", 1.0, 2.0), workers=2, batch=1), algorithms.make("dsgd"), 0.1)
     with pytest.raises(ValueError, match="infinite variance"):
-        sde.from_method(prob, Noise("student-t", 1.0, 1.0), methods.make("dcsgd", compressor="natural"), workers=2, batch=1, lr=0.1)
-    model = sde.from_method(prob, Noise("student-t", 1.0, 1.0), methods.make("dsignsgd"), workers=2, batch=1, lr=0.1)
+        models.from_algorithm(Oracle(prob, Noise("student-t", 1.0, 1.0), workers=2, batch=1), algorithms.make("dcsgd", compressor="natural"), 0.1)
+    model = models.from_algorithm(Oracle(prob, Noise("student-t", 1.0, 1.0), workers=2, batch=1), algorithms.make("dsignsgd"), 0.1)
     assert "closed form" in model.description
-    with pytest.raises(ValueError, match="error memory"):
-        sde.from_method(prob, Noise("gaussian", 1.0), methods.make("ef", compressor="top-k", k=1), workers=2, batch=1, lr=0.1)
+    with pytest.raises(ValueError, match="error feedback"):
+        models.from_algorithm(Oracle(prob, Noise("gaussian", 1.0), workers=2, batch=1), algorithms.make("ef", compressor="top-k", k=1), 0.1)
 
 
-class OU(sde.SDEModel):
+class OU(models.SDEModel):
     """dX = −θ X dt + sqrt(η) σ dW in dimension d (known solution)."""
 
     noise_type = "diagonal"
     description = "Ornstein–Uhlenbeck"
 
-    def __init__(self, theta, sigma, eta, d=1):
+    def __init__(self, theta, sigma, eta, d=1):  # no oracle: a model is its drift and diffusion
         self.theta, self.sigma, self.eta, self.dim, self.noise_dim = theta, sigma, eta, d, d
 
     def evaluate(self, x, xi, generator=None):
@@ -153,11 +154,11 @@ def test_euler_maruyama_matches_torchsde_euler():
 
 
 def test_sde_stationary_loss_matches_closed_forms():
-    # science.md §3 on f = ½ Σ h_j x_j², d = 10, s = 1: the OU limit of DSGD's SDE has
+    # docs/theory.md §3 on f = ½ Σ h_j x_j², d = 10, s = 1: the OU limit of DSGD's SDE has
     # E f = η d s²/(4NB); EM with step dt has exactly Σ_j η s²/(2NB(2 − h_j dt)).
     d, n, b, eta, dt = 10, 2, 2, 0.1, 0.025
     prob = problems.make("quadratic", dim=d, x0_scale=0.0)
-    model = sde.from_method(prob, Noise("gaussian", 1.0), methods.make("dsgd"), workers=n, batch=b, lr=eta)
+    model = models.from_algorithm(Oracle(prob, Noise("gaussian", 1.0), workers=n, batch=b), algorithms.make("dsgd"), eta)
     losses = []
     integrate(model, torch.zeros(4000, d, dtype=torch.float64), t1=40.0, dt=dt, generator=torch.Generator().manual_seed(0),
               observe=lambda i, x: losses.append(float(prob.loss(x).mean())) if i * dt >= 10.0 else None, observe_every=40)
@@ -170,7 +171,7 @@ def test_sde_stationary_loss_matches_closed_forms():
 
     # DSignSGD's SDE: sqrt(π/2) η d s / (4 N √B) for Gaussian noise (linearised; small η).
     eta = 0.01
-    model = sde.from_method(prob, Noise("gaussian", 1.0), methods.make("dsignsgd"), workers=n, batch=b, lr=eta)
+    model = models.from_algorithm(Oracle(prob, Noise("gaussian", 1.0), workers=n, batch=b), algorithms.make("dsignsgd"), eta)
     losses = []
     integrate(model, torch.zeros(4000, d, dtype=torch.float64), t1=60.0, dt=eta, generator=torch.Generator().manual_seed(1),
               observe=lambda i, x: losses.append(float(prob.loss(x).mean())) if i * eta >= 20.0 else None, observe_every=100)
@@ -192,8 +193,8 @@ def test_integrate_rejects_bad_steps():
 def test_normalised_methods_have_an_sde_under_any_noise():
     # ‖U‖ = 1 for a normalised step: mean and covariance exist even for Cauchy noise.
     prob = problems.make("l0l1-cosh", dim=3)
-    m = methods.make("dsgd", normalize=True)
-    model = sde.from_method(prob, Noise("student-t", 1.0, 1.0), m, workers=2, batch=1, lr=0.1, mc_samples=64)
+    m = algorithms.make("dsgd", normalize=True)
+    model = models.from_algorithm(Oracle(prob, Noise("student-t", 1.0, 1.0), workers=2, batch=1), m, 0.1, mc_samples=64)
     assert model.noise_type == "sampled"
     cov = model.covariance(torch.ones(2, 3, dtype=torch.float64), torch.Generator().manual_seed(0))
     assert bool(torch.isfinite(cov).all()) and float(torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1).max()) <= 1.0 + 1e-12

@@ -16,16 +16,16 @@ import math
 
 import pytest
 
-from compsde import methods, problems
-from compsde.noise import Noise
-from compsde.schedules import Schedule
-from compsde.simulator import simulate
+from compsde import algorithms
+from compsde.objectives import Oracle, problems
+from compsde.objectives import Noise
+from compsde.algorithms.schedules import Schedule
+from compsde.sim import simulate
 
 
 def stationary_mean(method, noise, *, eta, workers, batch, dim=20, repeats=256, burn=600, steps=1600):
     prob = problems.make("quadratic", dim=dim, x0_scale=0.0)
-    tr = simulate(prob, noise, method, Schedule("constant", eta, steps), workers=workers, batch=batch,
-                  repeats=repeats, seed=0, log_every=10)
+    tr = simulate(Oracle(prob, noise, workers=workers, batch=batch), method, Schedule("constant", eta, steps), repeats=repeats, seed=0, log_every=10)
     keep = tr.steps >= burn
     return float(tr.loss[keep].mean()), prob
 
@@ -33,7 +33,7 @@ def stationary_mean(method, noise, *, eta, workers, batch, dim=20, repeats=256, 
 @pytest.mark.parametrize("compressor, k", [("identity", None), ("rand-k", 5)])
 def test_dsgd_and_dcsgd_stationary_loss_exact(compressor, k):
     eta, n, b, s = 0.05, 4, 2, 1.0
-    m = methods.make("dsgd") if compressor == "identity" else methods.make("dcsgd", compressor=compressor, k=k)
+    m = algorithms.make("dsgd") if compressor == "identity" else algorithms.make("dcsgd", compressor=compressor, k=k)
     got, prob = stationary_mean(m, Noise("gaussian", s), eta=eta, workers=n, batch=b)
     omega = 0.0 if k is None else 20 / k - 1
     h = prob.eigs
@@ -52,7 +52,7 @@ def test_dsignsgd_stationary_loss_linear_in_noise(nu):
     eta, n, b, s = 0.002, 4, 1, 1.0
     noise = Noise("gaussian", s) if nu is None else Noise("student-t", s, nu)
     two_f0 = 2 * noise.density_at_zero()
-    got, _ = stationary_mean(methods.make("dsignsgd"), noise, eta=eta, workers=n, batch=b, steps=3000, burn=1500)
+    got, _ = stationary_mean(algorithms.make("dsignsgd"), noise, eta=eta, workers=n, batch=b, steps=3000, burn=1500)
     theory = eta * 20 * s / (4 * n * math.sqrt(b) * two_f0)
     # Linearisation error: the stationary spread σ_x ≈ sqrt(η s/(N h 2f(0))) is ~5% of s/h here, so the
     # drift's curvature correction is a few %; the sampling error is < 1%. Allow 10%.
@@ -62,10 +62,10 @@ def test_dsignsgd_stationary_loss_linear_in_noise(nu):
 def test_dcsgd_scaling_rule_recovers_dsgd():
     # science.md §3: DCSGD with ω = 3 matches DSGD(η, B, N) when B N grows by (1 + ω) = 4.
     eta, s = 0.02, 1.0
-    base, _ = stationary_mean(methods.make("dsgd"), Noise("gaussian", s), eta=eta, workers=2, batch=1)
-    rule, _ = stationary_mean(methods.make("dcsgd", compressor="rand-k", k=5), Noise("gaussian", s),
+    base, _ = stationary_mean(algorithms.make("dsgd"), Noise("gaussian", s), eta=eta, workers=2, batch=1)
+    rule, _ = stationary_mean(algorithms.make("dcsgd", compressor="rand-k", k=5), Noise("gaussian", s),
                               eta=eta, workers=4, batch=2)
-    plain, _ = stationary_mean(methods.make("dcsgd", compressor="rand-k", k=5), Noise("gaussian", s),
+    plain, _ = stationary_mean(algorithms.make("dcsgd", compressor="rand-k", k=5), Noise("gaussian", s),
                                eta=eta, workers=2, batch=1)
     assert rule == pytest.approx(base, rel=0.05)
     assert plain == pytest.approx(4 * base, rel=0.08)

@@ -7,20 +7,21 @@ import math
 import pytest
 import torch
 
-from compsde import methods, problems
-from compsde.cli import main
-from compsde.noise import Noise
-from compsde.schedules import Schedule
-from compsde.simulator import simulate
-from compsde.tracking import fit_order, simulate_sde, tracking_error
+from compsde import algorithms
+from compsde.objectives import Oracle, problems
+from compsde.experiments.cli import main
+from compsde.objectives import Noise
+from compsde.algorithms.schedules import Schedule
+from compsde.sim import simulate
+from compsde.sde.tracking import fit_order, simulate_sde, tracking_error
 
 
 def test_sde_trace_is_logged_like_the_optimizer_and_tracks_it():
     prob = problems.make("quadratic", dim=10)
-    m = methods.make("dcsgd", compressor="rand-k", k=3)
+    m = algorithms.make("dcsgd", compressor="rand-k", k=3)
     sched = Schedule("cosine", 0.05, 120)  # a decaying schedule: the SDE follows t_k = Σ η_j
-    opt = simulate(prob, Noise("gaussian", 1.0), m, sched, workers=4, repeats=512, log_every=20)
-    sde, model = simulate_sde(prob, Noise("gaussian", 1.0), m, sched, workers=4, paths=512, log_every=20)
+    opt = simulate(Oracle(prob, Noise("gaussian", 1.0), workers=4), m, sched, repeats=512, log_every=20)
+    sde, model = simulate_sde(Oracle(prob, Noise("gaussian", 1.0), workers=4), m, sched, paths=512, log_every=20)
     assert torch.equal(opt.steps, sde.steps) and sde.loss.shape == (7, 512)
     assert model.noise_type == "diagonal-lowrank"
     err = tracking_error(opt, sde)

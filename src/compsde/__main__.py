@@ -2,6 +2,6 @@
 
 import sys
 
-from compsde.cli import main
+from compsde.experiments.cli import main
 
 sys.exit(main())

@@ -12,7 +12,8 @@ from __future__ import annotations
 import inspect
 from typing import TypeVar
 
-from compsde.compressors.base import FLOAT_BITS, Compressor, index_bits
+from compsde.compressors.base import FLOAT_BITS, Compressor, Field, Payload, index_bits
+from compsde.core.checks import describe
 
 _REGISTRY: dict[str, type[Compressor]] = {}
 
@@ -51,6 +52,8 @@ def make(name: str, **params: object) -> Compressor:
 
     Parameters set to ``None`` are ignored, so a config can pass every optional key it has.
     """
+    if not isinstance(name, str):
+        raise ValueError(f"compressor name must be a string such as 'rand-k' or 'top-k+natural', got {describe(name)}")
     params = {k: v for k, v in params.items() if v is not None}
     parts = [p.strip() for p in name.split("+")]
     if len(parts) == 1:
@@ -80,4 +83,5 @@ def make(name: str, **params: object) -> Compressor:
 # Importing the families registers them (order = listing order).
 from compsde.compressors import sparsifiers, signs, quantizers  # noqa: E402,F401  (isort: skip)
 
-__all__ = ["Compressor", "FLOAT_BITS", "compressor_class", "index_bits", "make", "names", "param_names", "register"]
+__all__ = ["Compressor", "FLOAT_BITS", "Field", "Payload", "compressor_class", "index_bits", "make", "names", "param_names",
+           "register"]

@@ -1,16 +1,24 @@
 """The compressor interface: an operator C on rows of a tensor, with its theory declared as data.
 
 A compressor maps x of shape (..., d) to C(x) of the same shape, compressing every row (the last
-dimension) independently and returning the *decompressed* vector, i.e. what the receiver
-reconstructs. Randomness is split from the arithmetic so that the simulator, the reference loop and
-(later) real distributed workers can share one draw:
+dimension) independently. It does so in two halves, the sender's and the receiver's:
 
     rnd = C.draw(batch_shape, d, generator, dtype)   # all randomness, from the generator only
-    y = C.apply(x, rnd)                              # deterministic given rnd
+    p = C.encode(x, rnd)                             # the payload: what travels (a ``Payload``)
+    y = C.decode(p, rnd)                             # what the receiver reconstructs
+    y = C.apply(x, rnd)                              # = decode(encode(x, rnd), rnd), bit for bit
 
-``C(x, generator)`` does both. ``rnd`` is a tensor whose leading dimensions broadcast against
+``C(x, generator)`` draws and applies. ``rnd`` is a tensor whose leading dimensions broadcast against
 ``x.shape[:-1]`` (so one draw of batch shape (1, R) can be shared by N workers), or ``None`` for a
-deterministic compressor.
+deterministic compressor. The receiver decodes with the sender's draw: a payload omits whatever the
+draw determines (Rand-k's indices), and the receiver replays the sender's stream instead.
+
+A payload is a set of named fields (``fields(d, dtype)`` declares them per row: float values, single
+bits, or unsigned integers of a given width); the wire format (``compsde.distributed.wire``) only
+serialises them — bit-packing the bits, packing the integers into ``width``-bit planes — and never
+re-derives a compressor's arithmetic. ``apply`` may be a faster path than decode ∘ encode; a
+conformance test checks that both agree bit for bit, special values (±0, subnormals, ±inf, NaN)
+included.
 
 Theory is declared per dimension d (classes from Richtárik et al. / science.md §4):
 
@@ -28,13 +36,61 @@ B3(δ) ⇒ B1(1/(4δ²), 2), B2(1/(2δ), 2)); a compressor with tighter constant
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
+from compsde.core.tensors import accumulate
+
 #: Bits of one uncompressed value on the wire (float32).
 FLOAT_BITS = 32
+#: Field kinds of a payload (see ``Field``).
+FIELD_KINDS = ("float", "bits", "uint")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a payload, per row of the input: ``count`` entries of one kind.
+
+    * ``float``: values in the run's dtype;
+    * ``bits``:  booleans, one bit each on the wire;
+    * ``uint``:  integers in [0, 2^width), ``width`` bits each on the wire.
+    """
+
+    name: str
+    kind: str
+    count: int
+    width: int = 0
+
+    def wire_bits(self, dtype: torch.dtype) -> int:
+        """Bits of this field for one row on the wire (before byte alignment)."""
+        if self.kind == "float":
+            return self.count * 8 * torch.empty((), dtype=dtype).element_size()
+        if self.kind == "bits":
+            return self.count
+        return self.count * self.width
+
+
+@dataclass
+class Payload:
+    """What one encode produced: ``fields`` (name → tensor of shape (*batch, count); bool for ``bits``,
+    an integer dtype for ``uint``, the run's dtype for ``float``), the row length ``d`` and the dtype of
+    the decoded rows."""
+
+    fields: dict[str, Tensor]
+    d: int
+    dtype: torch.dtype
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        t = next(iter(self.fields.values()))
+        return tuple(t.shape[:-1])
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.fields.values())).device
 
 
 def index_bits(d: int) -> int:
@@ -51,6 +107,10 @@ class Compressor:
     #: Needs random numbers (``draw`` returns a tensor).
     randomized: ClassVar[bool] = False
 
+    #: decode of a block of coordinates needs only that block of each per-coordinate field (and the
+    #: per-row fields): the wire can then decode and aggregate block by block, in cache.
+    elementwise: ClassVar[bool] = False
+
     # ---- randomness and arithmetic -------------------------------------------------------
     def draw(
         self,
@@ -62,9 +122,44 @@ class Compressor:
         """All random numbers one call needs for inputs of shape (*batch_shape, d)."""
         return None
 
-    def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
-        """Compress and decompress every row of ``x`` (shape (..., d)) using the draw ``rnd``."""
+    def fields(self, d: int, dtype: torch.dtype) -> list[Field]:
+        """The payload's fields for one row of length d (their sizes on the wire follow from them)."""
         raise NotImplementedError
+
+    def encode(self, x: Tensor, rnd: Tensor | None) -> Payload:
+        """The payload of every row of ``x`` (shape (..., d)) using the draw ``rnd``."""
+        raise NotImplementedError
+
+    def decode(self, payload: Payload, rnd: Tensor | None) -> Tensor:
+        """The decompressed rows (shape (*batch, d), the payload's dtype) from a payload and the draw
+        that encoded it."""
+        raise NotImplementedError
+
+    def decode_needs_draw(self, d: int) -> bool:
+        """Whether ``decode`` needs the sender's draw (the payload omits what the draw determines, as
+        Rand-k's indices), so a receiver must replay the sender's stream."""
+        return False
+
+    def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
+        """Compress and decompress every row of ``x`` (shape (..., d)) using the draw ``rnd``:
+        ``decode(encode(x, rnd), rnd)`` (subclasses may override with a faster, equal path)."""
+        return self.decode(self.encode(x, rnd), rnd)
+
+    def decode_sum(self, payloads: Iterable[Payload], rnds: Sequence[Tensor | None]) -> Tensor:
+        """Σ_i decode(payload_i, rnd_i), accumulated in worker order (``compsde.core.tensors.accumulate``)
+        without holding more than one decoded message at a time. A compressor may count instead
+        (sign: the votes), as long as the result is the same bits."""
+        total = None
+        for p, r in zip(payloads, rnds):
+            total = accumulate(total, self.decode(p, r))
+        if total is None:
+            raise ValueError("decode_sum needs at least one payload")
+        return total
+
+    def decode_add(self, payload: Payload, rnd: Tensor | None, out: Tensor) -> Tensor:
+        """``out += decode(payload, rnd)`` in place (a sparsifier adds its k values without a dense
+        temporary; the result may then differ from the dense sum in the sign of zero entries)."""
+        return out.add_(self.decode(payload, rnd))
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if x.dim() < 1:
@@ -125,7 +220,9 @@ class Compressor:
     # ---- communication -------------------------------------------------------------------
     @property
     def summable(self) -> bool:
-        """Payloads of different workers can be summed in compressed form (all-reduce works)."""
+        """Payloads of different workers can be summed field by field and decoded once
+        (decode is linear in the payload and the fields' layout does not depend on x): an
+        all-reduce of payloads then gives the sum of the messages."""
         return False
 
     @property

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from compsde.compressors import compressor_class, names
-from compsde.compressors.base import Compressor
+from compsde.compressors.base import Compressor, Field, Payload
 from compsde.compressors.sparsifiers import Identity, RandKUnscaled, Sparsifier, TopK
 
 __all__ = ["Compose"]
@@ -100,23 +100,51 @@ class Compose(Compressor):
         shape = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
         return torch.cat([p.to(torch.float64).expand(*shape, p.shape[-1]) for p in parts], dim=-1)
 
+    def _split(self, rnd: Tensor | None, d: int) -> tuple[Tensor | None, Tensor | None]:
+        """The inner's and the outer's parts of a draw."""
+        if rnd is None:
+            if self.randomized:
+                raise ValueError(f"{self.name}: needs the draw from draw(); got rnd=None")
+            return None, None
+        a = self._inner_size(d)
+        return (rnd[..., :a] if a else None), (rnd[..., a:] if self.outer.randomized else None)
+
+    def decode_needs_draw(self, d: int) -> bool:
+        return self.inner.decode_needs_draw(d) or self.outer.decode_needs_draw(self.inner.support(d))
+
+    def fields(self, d: int, dtype: torch.dtype) -> list[Field]:
+        k = self.inner.support(d)
+        out = [Field(f"o.{f.name}", f.kind, f.count, f.width) for f in self.outer.fields(k, dtype)]
+        return out + [f for f in self.inner.fields(d, dtype) if f.name == "indices"]
+
+    def encode(self, x: Tensor, rnd: Tensor | None) -> Payload:
+        d = x.shape[-1]
+        ri, ro = self._split(rnd, d)
+        idx = self.inner.indices(x, ri)
+        vals = x if idx is None else self.inner.kept_values(x, idx)
+        fields = {f"o.{k}": v for k, v in self.outer.encode(vals, ro).fields.items()}
+        if idx is not None and self.inner.sends_indices(d):
+            fields["indices"] = idx
+        return Payload(fields, d, x.dtype)
+
+    def decode(self, payload: Payload, rnd: Tensor | None) -> Tensor:
+        d = payload.d
+        ri, ro = self._split(rnd, d)
+        k = self.inner.support(d)
+        outer = Payload({n[2:]: v for n, v in payload.fields.items() if n.startswith("o.")}, k, payload.dtype)
+        vals = self.outer.decode(outer, ro)
+        if isinstance(self.inner, Identity):
+            return vals
+        idx = self.inner.payload_indices(Payload(payload.fields, d, payload.dtype), ri)
+        return torch.zeros(*vals.shape[:-1], d, dtype=vals.dtype, device=vals.device).scatter_(-1, idx, vals)
+
     def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         d = x.shape[-1]
-        a = self._inner_size(d)
-        ri = ro = None
-        if rnd is not None:
-            ri = rnd[..., :a] if a else None
-            ro = rnd[..., a:] if self.outer.randomized else None
-        elif self.randomized:
-            raise ValueError(f"{self.name}: apply needs the draw from draw(); got rnd=None")
+        ri, ro = self._split(rnd, d)
         idx = self.inner.indices(x, ri)
         if idx is None:  # identity inner: the outer sees the whole row
             return self.outer.apply(x, ro)
-        s = self.inner.scale(d)
-        vals = x.gather(-1, idx)
-        if s != 1.0:
-            vals = vals * s
-        return torch.zeros_like(x).scatter_(-1, idx, self.outer.apply(vals, ro))
+        return torch.zeros_like(x).scatter_(-1, idx, self.outer.apply(self.inner.kept_values(x, idx), ro))
 
     # ---- declared theory -----------------------------------------------------------------
     def support(self, d: int) -> int:

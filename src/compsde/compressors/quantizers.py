@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from compsde.compressors import register
-from compsde.compressors.base import FLOAT_BITS, Compressor, check_draw_batch, require_generator
+from compsde.compressors.base import FLOAT_BITS, Compressor, Field, Payload, check_draw_batch, require_generator
 
 __all__ = ["Natural", "NaturalDithering", "QSGD"]
 
@@ -69,15 +69,21 @@ def _round_pow2_reference(x: Tensor, u: Tensor) -> Tensor:
     """Reference: round x stochastically to ±2^⌊log₂|x|⌋ or twice that (0 stays 0), unbiased, exact.
 
     frexp gives |x| = m·2^e with m ∈ [0.5, 1): lo = 2^(e−1) = |x|/(2m) (a correctly rounded
-    division whose exact result is representable, so exact, also for subnormals), and the
-    probability of rounding up p = (|x| − lo)/lo = 2m − 1 (exact: 2m ∈ [1, 2)). Up iff u < p.
+    division whose exact result is representable, so exact), and the probability of rounding up
+    p = (|x| − lo)/lo = 2m − 1 (exact: 2m ∈ [1, 2)). Up iff u < p.
+
+    Below the smallest normal number t (|x| < t, subnormal x) the grid is {0, t}: up to ±t with
+    probability |x|/t (exact: a division by a power of two), so every output is 0, ±inf or a normal
+    power of two, which an exponent field holds exactly (see ``Natural``).
     """
     a = x.abs()
+    tiny = torch.finfo(x.dtype).tiny
     m, _ = torch.frexp(a)
     pos = a > 0
     m = torch.where(pos, m, torch.full_like(m, 0.5))  # frexp(0) = (0, 0): avoid 0/0 below
     lo = a / (2.0 * m)
     out = torch.where(u < 2.0 * m - 1.0, 2.0 * lo, lo)
+    out = torch.where(a < tiny, torch.where(u < a / tiny, torch.full_like(a, tiny), torch.zeros_like(a)), out)
     return torch.copysign(torch.where(pos, out, torch.zeros_like(out)), x)
 
 
@@ -85,12 +91,28 @@ def _round_pow2_reference(x: Tensor, u: Tensor) -> Tensor:
 _INT_OF_WIDTH = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
+def _float_layout(dtype: torch.dtype) -> tuple[torch.dtype, int, int, int]:
+    """(integer view dtype, mantissa bits, exponent bits, exponent bias) of an IEEE floating dtype."""
+    fi = torch.finfo(dtype)
+    nmant = -round(math.log2(fi.eps))
+    nbits = 8 * torch.empty((), dtype=dtype).element_size()
+    nexp = nbits - 1 - nmant
+    return _INT_OF_WIDTH[nbits // 8], nmant, nexp, (1 << (nexp - 1)) - 1
+
+
 def _pow2_floor(a: Tensor) -> Tensor:
     """±2^⌊log₂|a|⌋ for normal a (sign kept), ±0 for zeros and subnormals: the float with its
     mantissa bits cleared. The sign and exponent are the top bits, so the mask is −2^(mantissa bits)
     in two's complement, for every IEEE dtype (float16/32/64, bfloat16)."""
-    nmant = -round(math.log2(torch.finfo(a.dtype).eps))
-    return (a.contiguous().view(_INT_OF_WIDTH[a.element_size()]) & -(1 << nmant)).view(a.dtype)
+    it, nmant, _, _ = _float_layout(a.dtype)
+    return (a.contiguous().view(it) & -(1 << nmant)).view(a.dtype)
+
+
+def _exponent_field(v: Tensor) -> Tensor:
+    """The biased exponent field of every value of ``v`` (in the integer dtype of v's width): 0 for ±0,
+    the all-ones code for ±inf and NaN."""
+    it, nmant, nexp, _ = _float_layout(v.dtype)
+    return (v.contiguous().view(it) >> nmant) & ((1 << nexp) - 1)
 
 
 def _round_pow2(x: Tensor, u: Tensor) -> Tensor:
@@ -117,6 +139,17 @@ def _round_pow2(x: Tensor, u: Tensor) -> Tensor:
     return out
 
 
+def _uint_dtype(width: int) -> torch.dtype:
+    """The smallest torch integer dtype holding unsigned values of ``width`` bits."""
+    return torch.uint8 if width <= 8 else torch.int16 if width <= 15 else torch.int32 if width <= 31 else torch.int64
+
+
+def _signed(values: Tensor, negative: Tensor) -> Tensor:
+    """``values`` (≥ 0 or NaN) with the sign bit set where ``negative``: copysign(values, x) for the
+    x whose sign bits ``negative`` holds, bit for bit."""
+    return values.copysign_(torch.where(negative, -1.0, 1.0).to(values.dtype))
+
+
 @register
 class Natural(_Uniforms):
     """Natural compression C_nat: each x_j rounded stochastically to ±2^⌊log₂|x_j|⌋ or ±2^⌈log₂|x_j|⌉.
@@ -127,18 +160,39 @@ class Natural(_Uniforms):
     |x_j| is 4/3 times a power of two), zeros stay zero.
 
     Bits: 9 per coordinate — the sign and an 8-bit exponent (the float32 exponent field; its zero
-    code encodes 0). Float32 values ≥ 2¹²⁷ can round up to inf, and subnormal powers of two do not
-    fit the 8-bit exponent; both are outside the range of gradients this is meant for.
+    code encodes 0). Payload: ``exponent`` (the exponent field of the rounded value: 8 bits for
+    float32, 11 for float64) and ``negative`` (its sign bit). Values below the smallest normal number
+    t (1.2·10⁻³⁸ in float32) round to 0 or ±t (unbiased, see ``_round_pow2_reference``), so every
+    output fits the exponent field; ω = 1/8 holds for vectors whose nonzero entries are ≥ t in
+    magnitude, and such tiny entries add at most t²/4 of absolute variance each. Float32 values ≥ 2¹²⁷
+    can round up to inf (exponent code 255).
     Reference: Horváth et al. 2019, "Natural compression for distributed deep learning".
     """
 
     name = "natural"
+    elementwise = True
 
     def __init__(self) -> None:
         pass
 
     def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         return _round_pow2(x, self._uniforms(x, rnd))
+
+    def fields(self, d: int, dtype: torch.dtype) -> list[Field]:
+        return [Field("exponent", "uint", d, _float_layout(dtype)[2]), Field("negative", "bits", d)]
+
+    def encode(self, x: Tensor, rnd: Tensor | None) -> Payload:
+        y = self.apply(x, rnd)
+        nexp = _float_layout(y.dtype)[2]
+        return Payload({"exponent": _exponent_field(y).to(_uint_dtype(nexp)), "negative": torch.signbit(y)},
+                       x.shape[-1], x.dtype)
+
+    def decode(self, payload: Payload, rnd: Tensor | None) -> Tensor:
+        it, nmant, _, _ = _float_layout(payload.dtype)
+        nbits = 8 * torch.empty((), dtype=payload.dtype).element_size()
+        e = payload.fields["exponent"].to(it) << nmant
+        s = payload.fields["negative"].to(it).neg_().bitwise_and_(-(1 << (nbits - 1)))
+        return e.bitwise_or_(s).view(payload.dtype)
 
     def omega(self, d: int) -> float:
         return 1.0 / 8.0
@@ -152,8 +206,12 @@ def _row_norm(x: Tensor) -> Tensor:
 
 
 class _Dithering(_Uniforms):
-    """Shared parts of the norm-scaled dithering quantizers: ``levels`` and the wire format, the
-    ℓ2 norm as one float plus, per coordinate, a sign bit and one of levels + 1 codes (fixed width)."""
+    """Shared parts of the norm-scaled dithering quantizers: ``levels`` and the payload, the ℓ2 norm
+    as one float (``norm``) plus, per coordinate, the index of its level (``level``, one of
+    levels + 1 codes, fixed width) and its sign (``negative``). A subclass computes the level index
+    (``_levels``, as apply does) and the value of each index (``level_values``)."""
+
+    elementwise = True
 
     def __init__(self, levels: int = 4) -> None:
         self.levels = _check_levels(self.name, levels)
@@ -161,8 +219,39 @@ class _Dithering(_Uniforms):
     def params(self) -> dict[str, object]:
         return {"levels": self.levels}
 
+    def width(self) -> int:
+        """Bits of one level index: ⌈log₂(levels + 1)⌉."""
+        return max(1, math.ceil(math.log2(self.levels + 1)))
+
     def bits(self, d: int) -> int:
-        return FLOAT_BITS + d * (1 + math.ceil(math.log2(self.levels + 1)))
+        return FLOAT_BITS + d * (1 + self.width())
+
+    def fields(self, d: int, dtype: torch.dtype) -> list[Field]:
+        return [Field("norm", "float", 1), Field("level", "uint", d, self.width()), Field("negative", "bits", d)]
+
+    def _levels(self, x: Tensor, u: Tensor, norm: Tensor) -> Tensor:
+        """The level index of every coordinate (float holding whole numbers), as ``apply`` rounds."""
+        raise NotImplementedError
+
+    def level_values(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """The value of each level index 0..levels, as a fraction of the norm."""
+        raise NotImplementedError
+
+    def scale(self, norm: Tensor) -> Tensor:
+        """The factor the level values are multiplied by (as ``apply`` computes it)."""
+        return norm
+
+    def encode(self, x: Tensor, rnd: Tensor | None) -> Payload:
+        norm = _row_norm(x)
+        idx = self._levels(x, self._uniforms(x, rnd), norm).nan_to_num_(nan=0.0).clamp_(0, self.levels)
+        return Payload({"norm": norm, "level": idx.to(_uint_dtype(self.width())), "negative": torch.signbit(x)},
+                       x.shape[-1], x.dtype)
+
+    def decode(self, payload: Payload, rnd: Tensor | None) -> Tensor:
+        f = payload.fields
+        table = self.level_values(payload.dtype, payload.device)
+        vals = table[f["level"].long()].mul_(self.scale(f["norm"]))
+        return _signed(vals, f["negative"])
 
 
 @register
@@ -182,16 +271,24 @@ class QSGD(_Dithering):
     name = "qsgd"
 
 
-    def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
-        u = self._uniforms(x, rnd)
+    def _levels(self, x: Tensor, u: Tensor, norm: Tensor) -> Tensor:
         s = float(self.levels)
-        norm = _row_norm(x)
         safe = torch.where(norm > 0, norm, torch.ones_like(norm))  # (rows, 1): cheap
         r = x.abs().div_(safe).mul_(s).clamp_(max=s)  # rounding can push |x_j|/‖x‖ a hair above 1
         level = r.floor()
         # r − level = p ∈ [0, 1); ceil(p − u) = [u < p] (exact sign), all in place (see _round_pow2).
         r.sub_(level).sub_(u).ceil_()
-        return level.add_(r).mul_(norm / s).copysign_(x)
+        return level.add_(r)
+
+    def level_values(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        return torch.arange(self.levels + 1, dtype=dtype, device=device)
+
+    def scale(self, norm: Tensor) -> Tensor:
+        return norm / float(self.levels)
+
+    def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
+        norm = _row_norm(x)
+        return self._levels(x, self._uniforms(x, rnd), norm).mul_(self.scale(norm)).copysign_(x)
 
     def omega(self, d: int) -> float:
         s = self.levels
@@ -224,15 +321,14 @@ class NaturalDithering(_Dithering):
     name = "natural-dithering"
 
 
-    def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
-        u = self._uniforms(x, rnd)
+    def _level_fractions(self, x: Tensor, u: Tensor, norm: Tensor) -> Tensor:
+        """The level L_j ∈ {0, 2^(1−s), …, 1/2, 1} of every coordinate (a fraction of the norm)."""
         b = 2.0 ** (1 - self.levels)  # smallest nonzero level
         if b < torch.finfo(x.dtype).tiny:
             raise ValueError(
                 f"{self.name}: levels={self.levels} puts the smallest level 2^(1−levels) below the smallest "
                 f"normal {x.dtype} ({torch.finfo(x.dtype).tiny:.3g}); use levels ≤ {-math.floor(math.log2(torch.finfo(x.dtype).tiny)) + 1}"
             )
-        norm = _row_norm(x)
         safe = torch.where(norm > 0, norm, torch.ones_like(norm))
         r = x.abs().div_(safe).clamp_(max=1.0)  # r ∈ [0, 1]
         # One formula for both regions: lo = the power of two below r if that is ≥ b, else 0;
@@ -243,7 +339,22 @@ class NaturalDithering(_Dithering):
         width = lo.clamp(min=b)
         lo.mul_(torch.div(lo, b).clamp_(max=1.0).floor_())  # × [lo ≥ b], exact for powers of two
         r.sub_(lo).div_(width).sub_(u).ceil_()  # [u < p]
-        return width.mul_(r).add_(lo).mul_(norm).copysign_(x)
+        return width.mul_(r).add_(lo)
+
+    def _levels(self, x: Tensor, u: Tensor, norm: Tensor) -> Tensor:
+        # L = 2^(i − s) for index i ≥ 1 and L = 0 for i = 0: read i off L's exponent field
+        # (bias − s + i); 0's field is 0, which the clamp maps to index 0 (bias ≥ s for valid levels).
+        frac = self._level_fractions(x, u, norm).nan_to_num_(nan=0.0)  # NaN (a non-finite row): index 0
+        _, _, _, bias = _float_layout(frac.dtype)
+        return (_exponent_field(frac) - (bias - self.levels)).clamp_(0, self.levels).to(frac.dtype)
+
+    def level_values(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        s = self.levels
+        return torch.tensor([0.0] + [2.0 ** (i - s) for i in range(1, s + 1)], dtype=dtype, device=device)
+
+    def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
+        norm = _row_norm(x)
+        return self._level_fractions(x, self._uniforms(x, rnd), norm).mul_(norm).copysign_(x)
 
     def apply_reference(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         """Readable reference of ``apply`` (same output for the same draw); used by the tests."""

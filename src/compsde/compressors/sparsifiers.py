@@ -14,9 +14,9 @@ Declared constants (derivations in each class). For a projection T_S, ⟨T_S x, 
 ‖x − T_S x‖² = ‖x‖² − ‖T_S x‖², which is why the B1/B2 ``β`` of every unscaled sparsifier is 1 and
 its contraction follows from a lower bound on ‖T_S x‖².
 
-Wire format: the k kept values as float32 (32k bits); indices cost ⌈log₂ d⌉ bits each for top-k
-(they depend on the data) and nothing for rand-k, whose indices the receiver regenerates from the
-shared seed of the generator (see ``RandK``). Every sparsifier declares ``support(d) = k`` and
+Payload: the k kept values (``values``, already scaled) and, for top-k, their indices (``indices``,
+⌈log₂ d⌉ bits each: they depend on the data); rand-k sends no indices, the receiver regenerates them
+from the sender's draw (see ``RandK``). Every sparsifier declares ``support(d) = k`` and
 ``index_bits(d)``, which ``Compose`` uses to compress the kept values further.
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -32,6 +33,8 @@ from compsde.compressors import register
 from compsde.compressors.base import (
     FLOAT_BITS,
     Compressor,
+    Field,
+    Payload,
     check_draw_batch,
     check_k_ratio,
     index_bits,
@@ -59,14 +62,66 @@ class Sparsifier(Compressor):
         """The factor s applied to the kept values."""
         return 1.0
 
+    def sends_indices(self, d: int) -> bool:
+        """Whether the payload carries the indices (they depend on the data, not only on the draw)."""
+        return self.index_bits(d) > 0
+
+    def decode_needs_draw(self, d: int) -> bool:
+        return self.randomized and not self.sends_indices(d)
+
+    def fields(self, d: int, dtype: torch.dtype) -> list[Field]:
+        k = self.support(d)
+        out = [Field("values", "float", k)]
+        if self.sends_indices(d):
+            out.append(Field("indices", "uint", k, index_bits(d)))
+        return out
+
+    def kept_values(self, x: Tensor, idx: Tensor) -> Tensor:
+        """s · x_S: the values a sparsifier sends for the kept indices ``idx``."""
+        vals = x.gather(-1, idx)
+        s = self.scale(x.shape[-1])
+        return vals * s if s != 1.0 else vals
+
+    def encode(self, x: Tensor, rnd: Tensor | None) -> Payload:
+        d = x.shape[-1]
+        idx = self.indices(x, rnd)
+        fields = {"values": self.kept_values(x, idx)}
+        if self.sends_indices(d):
+            fields["indices"] = idx
+        return Payload(fields, d, x.dtype)
+
+    def payload_indices(self, payload: Payload, rnd: Tensor | None) -> Tensor:
+        """The kept indices of a payload: sent (top-k) or regenerated from the sender's draw (rand-k)."""
+        if "indices" in payload.fields:
+            return payload.fields["indices"].long()
+        shape = (*payload.batch_shape, payload.d)
+        return self.indices(torch.zeros((), device=payload.device).expand(shape), rnd).to(payload.device)
+
+    def decode(self, payload: Payload, rnd: Tensor | None) -> Tensor:
+        vals = payload.fields["values"]
+        idx = self.payload_indices(payload, rnd)
+        return torch.zeros(*vals.shape[:-1], payload.d, dtype=vals.dtype, device=vals.device).scatter_(-1, idx, vals)
+
+    def decode_add(self, payload: Payload, rnd: Tensor | None, out: Tensor) -> Tensor:
+        return out.scatter_add_(-1, self.payload_indices(payload, rnd), payload.fields["values"])
+
+    def decode_sum(self, payloads: Iterable[Payload], rnds: Sequence[Tensor | None]) -> Tensor:
+        """Σ_i decode(payload_i): each worker's k values added at their indices (no dense message per
+        worker). Equal to the dense sum in worker order except, possibly, the sign of zero entries."""
+        total = None
+        for p, r in zip(payloads, rnds):
+            if total is None:
+                total = torch.zeros(*p.batch_shape, p.d, dtype=p.dtype, device=p.device)
+            self.decode_add(p, r, total)
+        if total is None:
+            raise ValueError("decode_sum needs at least one payload")
+        return total
+
     def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         idx = self.indices(x, rnd)
         if idx is None:
             return x.clone()
-        s = self.scale(x.shape[-1])
-        vals = x.gather(-1, idx)
-        if s != 1.0:
-            vals = vals * s
+        vals = self.kept_values(x, idx)
         # A fresh zero tensor rather than x * mask: the output must not alias the input, and
         # scatter touches only k entries after the O(d) zero fill.
         return torch.zeros_like(x).scatter_(-1, idx, vals)
@@ -91,6 +146,18 @@ class Identity(Sparsifier):
     def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         """Returns ``x`` itself: the only compressor whose output aliases its input (no copy)."""
         return x
+
+    def fields(self, d: int, dtype: torch.dtype) -> list[Field]:
+        return [Field("values", "float", d)]
+
+    def encode(self, x: Tensor, rnd: Tensor | None) -> Payload:
+        return Payload({"values": x}, x.shape[-1], x.dtype)
+
+    def decode(self, payload: Payload, rnd: Tensor | None) -> Tensor:
+        return payload.fields["values"]
+
+    def decode_add(self, payload: Payload, rnd: Tensor | None, out: Tensor) -> Tensor:
+        return out.add_(payload.fields["values"])
 
     def omega(self, d: int) -> float:
         return 0.0

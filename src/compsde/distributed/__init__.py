@@ -1,16 +1,16 @@
-"""Real distributed runs on torch.distributed (gloo on CPU), one worker per process.
+"""Real distributed runs on torch.distributed (gloo on CPU, NCCL on CUDA), one worker per process.
 
-* ``run(config, out_dir, workers=N)`` — the torch backend of ``compsde run CONFIG --backend torch
-  --workers N``: starts N local gloo processes, or joins the group ``torchrun`` describes, and
-  produces the simulator's iterates and output files (``compsde.distributed.backend``).
-* ``comm_hook(compressor, ...)`` — a DDP communication hook for your own PyTorch models
-  (``compsde.distributed.comm_hook``).
-* ``wire`` (the formats on the wire, one codec per compressor family), ``collectives`` (all-reduce
-  for summable payloads, all-gather otherwise, bytes counted), ``worker`` (one process's loop),
-  ``launch`` (process groups), ``checkpoint`` (atomic checkpoints with EF memory and generator states).
+* ``collectives`` — the exchange of a step over collectives (all-reduce for summable payloads,
+  all-gather of serialised payloads otherwise), bytes counted per event;
+* ``worker`` — one process's part of a series: the simulator's loop with ``held = [rank]``;
+* ``launch`` — join a torchrun group or start N local processes, failure reporting;
+* ``checkpoint`` — atomic checkpoints of every rank's state;
+* ``comm_hook`` — a DDP communication hook for your own PyTorch models.
+
+``compsde run CONFIG --backend torch`` (``compsde.experiments.torch_backend``) runs a whole experiment
+this way and writes the simulator's files.
 """
 
-from compsde.distributed.backend import RunResult, run
 from compsde.distributed.comm_hook import CompressionState, comm_hook
 
-__all__ = ["CompressionState", "RunResult", "comm_hook", "run"]
+__all__ = ["CompressionState", "comm_hook"]

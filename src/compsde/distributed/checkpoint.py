@@ -1,52 +1,41 @@
 """Checkpoints of a distributed run: written atomically, enough to finish with the same iterates.
 
 One file, ``checkpoint.pt`` in the output directory, written by rank 0 (the other ranks send it their
-part with a gather, so no shared file system is needed) to a temporary name in the same directory,
-flushed and ``os.replace``-d: a reader sees the previous checkpoint or the new one, never half of one.
+part with a gather, so no shared file system is needed) to a temporary name in the same directory and
+``os.replace``-d: a reader sees the previous checkpoint or the new one, never half of one.
 
 Contents (plain containers and tensors, so ``torch.load(weights_only=True)`` reads it)::
 
     format, compsde_version, config_digest (resolved config + library version + world size), world,
     completed: one entry per finished series (its Trace, wire bytes, timings),
-    current:   None, or {series, state}: the step reached, x, alive, diverged_step, the recorder's rows,
-               the last compression error, elapsed seconds, wire-byte counters, and per rank its
-               error-feedback memory and the states of all its generators (noise and compressor
-               streams from ``Draws.state()``, the shared stream, the replayed streams of the others).
+    current:   None, or {series, step, ranks}: per rank its part, {"loop": Loop.state_dict(), "seconds"}:
+               the step reached, the algorithm state (iterates, error-feedback memory, momentum, ...),
+               every generator state (noise, compressor, shared, replayed streams), the recorder's rows
+               and divergence record, and the communication counters.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from compsde import config as config_mod
-from compsde.simulator import Trace
+from compsde.core.files import atomic_write
+from compsde.sim.recorder import Trace
 
-__all__ = ["FILE", "FORMAT", "config_digest", "load", "path_for", "save", "trace_from_dict", "trace_to_dict"]
+__all__ = ["FILE", "FORMAT", "library_version", "load", "path_for", "save", "trace_from_dict", "trace_to_dict"]
 
-FORMAT = 1
+FORMAT = 2
 FILE = "checkpoint.pt"
 
 
-def _version() -> str:
-    from importlib import metadata
+def library_version() -> str:
+    from compsde import __version__
 
-    try:
-        return metadata.version("compsde")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def config_digest(config: dict[str, Any], world: int) -> str:
-    """SHA-256 of the resolved config's TOML text, the library version and the world size."""
-    text = config_mod.dumps(config) + json.dumps({"version": _version(), "world": world}, sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return __version__
 
 
 def path_for(where: str | Path) -> Path:
@@ -58,9 +47,7 @@ def path_for(where: str | Path) -> Path:
 
 
 def save(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` with ``torch.save`` atomically (the runner's temporary-file-then-rename)."""
-    from compsde.runner import atomic_write
-
+    """Write ``payload`` with ``torch.save`` atomically (a temporary file, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()

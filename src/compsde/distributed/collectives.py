@@ -1,29 +1,32 @@
-"""The exchange of one step: payloads → collective → sum of the messages, with the bytes counted.
+"""The exchange of one step over torch.distributed: payloads → collective → Σ_i m_i, bytes counted.
 
-The collective follows from the compressor's declared properties (``compsde.distributed.wire``):
-``summable`` payloads (identity, shared rand-k) go through ``all_reduce``; every other payload is a
-fixed-size byte buffer per worker, concatenated by one all-gather (``all_gather_single``, the 2.13
-name of ``all_gather_into_tensor``). ``wire_bytes`` counts the bytes of the tensors actually handed
-to the collective (the input of this worker), per call.
+The collective follows from the compressor's declared properties: ``summable`` payloads (identity,
+shared rand-k) are all-reduced as values and decoded once; every other payload is serialised into a
+fixed-size byte buffer per worker (``compsde.compressors.wire``) and concatenated by one all-gather
+(``all_gather_single``, the 2.13 name of ``all_gather_into_tensor``), then decoded worker by worker
+into the sum, in worker order (the simulator's order: same bits). Each exchange is a communication
+event: the bytes of the tensors actually handed to the collective are counted when it happens.
 
-Receivers that need a sender's draw (rand-k with independent indices: the indices never travel)
-replay that sender's compressor stream with ``Replay``.
+Receivers that need a sender's draw to decode (rand-k with independent indices: the indices never
+travel) replay that sender's compressor stream: the loop holds every worker's compressor stream
+(``replay``) and hands the exchange each one's draw.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from compsde.compressors import Compressor
-from compsde.distributed.wire import Codec, Layout
-from compsde.streams import compressor_generator
+from compsde.algorithms import Algorithm, WorkersOut
+from compsde.compressors import Payload
+from compsde.compressors.wire import Layout, decode_sum
+from compsde.sim.exchange import Exchange
 
-__all__ = ["Exchange", "Replay", "all_gather_bytes"]
+__all__ = ["CollectiveExchange", "all_gather_bytes"]
 
 
 def all_gather_bytes(out: Tensor, inp: Tensor, group: dist.ProcessGroup | None = None, async_op: bool = False):
@@ -32,97 +35,91 @@ def all_gather_bytes(out: Tensor, inp: Tensor, group: dist.ProcessGroup | None =
     return fn(out, inp, group=group, async_op=async_op)
 
 
-class Replay:
-    """The compressor draws of the other workers, regenerated from their compressor streams.
+def flat_floats(payload: Payload) -> Tensor:
+    """The float fields of a summable payload as one flat tensor (the all-reduce buffer)."""
+    return torch.cat([t.reshape(-1) for t in payload.fields.values()])
 
-    Worker j's draw at a step is ``compressor.draw((1, rows), d, compressor_generator(seed, j))``,
-    which is what ``compsde.simulator.Draws`` makes worker j draw; replaying it costs one draw per
-    sender and step, and saves sending the indices.
+
+def unflat_floats(flat: Tensor, like: Payload) -> Payload:
+    """Inverse of ``flat_floats`` on the layout of ``like``."""
+    out, off = {}, 0
+    for name, t in like.fields.items():
+        out[name] = flat[off: off + t.numel()].view(t.shape)
+        off += t.numel()
+    return Payload(out, like.d, like.dtype)
+
+
+class CollectiveExchange(Exchange):
+    """One worker's side of a step's communication, for a fixed algorithm, shape and process group.
+
+    ``total`` returns Σ_i m_i (rows, d), identical on every worker: sum mode → decode(all_reduce(payload));
+    gather mode → ``decode_sum`` over the all-gathered buffers.
     """
 
-    def __init__(self, compressor: Compressor, seed: int, workers: int, own: int, rows: int, d: int,
-                 dtype: torch.dtype) -> None:
-        self.compressor, self.own, self.rows, self.d, self.dtype = compressor, own, rows, d, dtype
-        self.gens = {j: compressor_generator(seed, j) for j in range(workers) if j != own}
+    needs_payload = True
 
-    def __call__(self, own_rnd: Tensor | None) -> list[Tensor | None]:
-        """Every worker's draw for this step (``own_rnd`` for this worker), each (rows, ·)."""
-        out: list[Tensor | None] = []
-        for j in range(len(self.gens) + 1):
-            if j == self.own:
-                out.append(own_rnd)
-            else:
-                r = self.compressor.draw((1, self.rows), self.d, self.gens[j], self.dtype)
-                out.append(None if r is None else r[0])
-        return out
-
-    def state(self) -> dict[int, Tensor]:
-        return {j: g.get_state() for j, g in self.gens.items()}
-
-    def load_state(self, states: dict[int, Tensor]) -> None:
-        for j, st in states.items():
-            self.gens[int(j)].set_state(st)
-
-
-class Exchange:
-    """One worker's side of a step's communication for a fixed codec, shape and process group.
-
-    ``__call__(parts, rnds)`` returns the sum of the workers' messages (rows, d), identical on every
-    worker: sum mode → ``decode_sum(all_reduce(payload))``; gather mode → ``codec.total`` over the
-    all-gathered buffers.
-    """
-
-    def __init__(self, codec: Codec, *, rows: int, d: int, dtype: torch.dtype, workers: int,
-                 group: dist.ProcessGroup | None = None, exact: bool = True,
-                 device: torch.device | str = "cpu") -> None:
-        self.codec, self.rows, self.d, self.dtype, self.workers = codec, rows, d, dtype, workers
-        self.group, self.exact = group, exact
-        if codec.summable:
-            self.layout = None
-            self.send = torch.empty(codec.sum_shape(rows, d), dtype=dtype, device=device)
-        else:
-            self.layout = Layout(codec.fields(rows, d, dtype))
+    def __init__(self, algorithm: Algorithm, rows: int, d: int, dtype: torch.dtype, *, workers: int, rank: int,
+                 group: dist.ProcessGroup | None = None, device: torch.device | str = "cpu") -> None:
+        super().__init__(algorithm, rows, d, dtype)
+        comp = algorithm.compressor
+        self.workers, self.rank, self.group = workers, rank, group
+        self.summable = comp.summable
+        self.layout = None if self.summable else Layout(comp.fields(d, dtype), rows, d, dtype)
+        #: decoding another worker's payload needs its draw, which this process replays
+        self.replay = (not self.summable and comp.randomized and not comp.shared_randomness
+                       and comp.decode_needs_draw(d))
+        if self.layout is not None:
             self.send = torch.empty(self.layout.nbytes, dtype=torch.uint8, device=device)
             self.recv = torch.empty(workers, self.layout.nbytes, dtype=torch.uint8, device=device)
-        #: bytes of the tensors this worker handed to collectives, and how many calls.
-        self.wire_bytes = 0
-        self.calls = 0
-        #: seconds spent inside the collective (communicate) and decoding + aggregating.
+        self._payload: Payload | None = None
+        self._rnd: Tensor | None = None
+        #: seconds inside the collectives, and decoding + summing
         self.t_comm = 0.0
         self.t_aggregate = 0.0
 
     @property
-    def bytes_per_call(self) -> int:
-        """Bytes one worker hands to the collective per step (all rows)."""
-        return self.send.numel() * self.send.element_size()
+    def collective(self) -> str:
+        return "all_reduce" if self.summable else "all_gather"
 
-    def __call__(self, parts: dict[str, Tensor], rnds: Sequence[Tensor | None],
-                 common_rnd: Tensor | None = None) -> Tensor:
-        """Exchange this worker's payload and return Σ_i m_i (rows, d), the sum of all workers'
-        decompressed messages, which ``Method.finish`` turns into the update as in the simulator.
+    def put(self, out: WorkersOut, workers: Sequence[int], rnd: Tensor | None) -> None:
+        if out.payload is None:
+            raise RuntimeError("the collective exchange needs the workers' payloads (encode=True)")
+        self._payload, self._rnd = out.payload, None if rnd is None else rnd[0]
 
-        ``rnds``: every worker's draw (gather mode, for codecs that need them); ``common_rnd``: the
-        draw all workers share (sum mode: shared rand-k's indices).
-        """
+    def total(self, draws: Callable[[int], Tensor | None]) -> Tensor:
+        payload, own = self._payload, self._rnd
+        if payload is None:
+            raise RuntimeError("total() before put(): no payload this step")
+        payload = Payload({k: v[0] for k, v in payload.fields.items()}, payload.d, payload.dtype)  # this worker's
+        comp = self.algorithm.compressor
         t0 = time.perf_counter()
         if self.layout is None:
-            self.send.copy_(parts["sum"])
-            dist.all_reduce(self.send, group=self.group)
-            self._count(self.send)
+            send = flat_floats(payload)  # a copy: the all-reduce works in place
+            dist.all_reduce(send, group=self.group)
+            sent = send.numel() * send.element_size()
             t1 = time.perf_counter()
-            out = self.codec.decode_sum(self.send, common_rnd, self.d)
+            out = comp.decode(unflat_floats(send, payload), own)
         else:
-            self.layout.pack(parts, out=self.send)
+            self.layout.pack(payload, out=self.send)
             all_gather_bytes(self.recv.view(-1), self.send, group=self.group)
-            self._count(self.send)
+            sent = self.send.numel()
             t1 = time.perf_counter()
-            views = self.layout.unpack(self.recv)
-            out = self.codec.total(views, rnds, self.rows, self.d, self.dtype, exact=self.exact)
-        t2 = time.perf_counter()
+            if self.replay:
+                rnds: list[Any] = [own if j == self.rank else _row0(draws(j)) for j in range(self.workers)]
+            else:
+                rnds = [own] * self.workers  # a shared draw, or none needed to decode
+            out = decode_sum(comp, self.layout, self.recv, rnds)
         self.t_comm += t1 - t0
-        self.t_aggregate += t2 - t1
+        self.t_aggregate += time.perf_counter() - t1
+        self.log.record(self.bits_per_round, sent / self.rows)
+        self._payload = None
         return out
 
-    def _count(self, t: Tensor) -> None:
-        self.wire_bytes += t.numel() * t.element_size()
-        self.calls += 1
+    def combine(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t, group=self.group)
+        return t.tolist()
+
+
+def _row0(rnd: Tensor | None) -> Tensor | None:
+    return None if rnd is None else rnd[0]

@@ -4,7 +4,7 @@ Euler–Maruyama for dX = −m(X) dt + sqrt(η) S(X)^{1/2} dW with step dt ≤ �
 
     X_{n+1} = X_n − m(X_n) dt + sqrt(η dt) S(X_n)^{1/2} ξ_n,    ξ_n ~ N(0, I)
 
-(science.md §2: with dt = η one step has the mean and covariance of one optimizer step; for dt < η
+(docs/theory.md §2: with dt = η one step has the mean and covariance of one optimizer step; for dt < η
 the noise factor is sqrt(η dt), not sqrt(dt) or sqrt(η)). Weak order 1, strong order ½.
 
 ``increments="rademacher"`` draws ξ with independent ±1 entries instead (the simplified weak Euler
@@ -24,7 +24,8 @@ from typing import Callable, ClassVar
 import torch
 from torch import Tensor
 
-from compsde.sde import SDEModel
+from compsde.core.checks import check_choice, check_int, check_number
+from compsde.sde.models import SDEModel
 
 INCREMENTS = ("gaussian", "rademacher")
 
@@ -67,8 +68,7 @@ class EulerMaruyama:
     weak_order: ClassVar[float] = 1.0
 
     def __post_init__(self) -> None:
-        if self.increments not in INCREMENTS:
-            raise ValueError(f"increments must be one of {', '.join(INCREMENTS)}, got {self.increments!r}")
+        check_choice("increments", self.increments, INCREMENTS)
 
     @property
     def strong_order(self) -> float | None:
@@ -76,7 +76,10 @@ class EulerMaruyama:
         return 0.5 if self.increments == "gaussian" else None
 
     def draw(self, out: Tensor, generator: torch.Generator) -> Tensor:
-        """Fill ``out`` with this step's standardised increments ξ."""
+        """Fill ``out`` with this step's standardised increments ξ (drawn on the generator's device and
+        copied to ``out``'s, so a CUDA integration draws a CPU integration's numbers)."""
+        if out.device != generator.device:
+            return out.copy_(self.draw(torch.empty(out.shape, dtype=out.dtype, device=generator.device), generator))
         return out.normal_(generator=generator) if self.increments == "gaussian" else rademacher_(out, generator)
 
 
@@ -98,11 +101,14 @@ def integrate(
     step, with the current paths (do not keep ``x``: it is updated in place). Returns X_{t1}.
     """
     eta = model.eta
-    if not (dt > 0 and dt <= eta * (1 + 1e-12)):
+    check_number("t1", t1, min=0.0)
+    check_number("dt", dt, min=0.0, min_open=True)
+    if not dt <= eta * (1 + 1e-12):
         raise ValueError(f"dt must be in (0, η = {eta}], got dt = {dt}")
     n_steps = round(t1 / dt)
-    if n_steps < 0 or abs(n_steps * dt - t1) > 1e-9 * max(1.0, abs(t1)):
+    if abs(n_steps * dt - t1) > 1e-9 * max(1.0, abs(t1)):
         raise ValueError(f"t1 / dt must be a whole number of steps ≥ 0, got t1 = {t1}, dt = {dt}")
+    check_int("t1 / dt (integrator steps)", n_steps, min=0)
     return _euler_loop(model, x0, n_steps, lambda n: (dt, eta), generator, solver, observe, observe_every, 1)
 
 
@@ -126,8 +132,8 @@ def integrate_schedule(
     optimizer's iterates x_k step for step; it may modify ``x`` in place (e.g. to freeze paths that
     diverged).
     """
-    if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:
-        raise ValueError(f"substeps must be an integer ≥ 1, got {substeps!r}")
+    check_int("substeps", substeps, min=1)
+    check_int("steps", steps, min=0)
 
     def step_sizes(n: int) -> tuple[float, float]:
         eta = lr(n // substeps)
@@ -146,7 +152,7 @@ def _euler_loop(model: SDEModel, x0: Tensor, n_steps: int, step_sizes: Callable[
     if x0.dim() != 2 or x0.shape[1] != model.dim:
         raise ValueError(f"x0 must have shape (M, d = {model.dim}), got {tuple(x0.shape)}")
     x = x0.clone()
-    xi = torch.empty(x.shape[0], model.noise_dim, dtype=x.dtype)
+    xi = torch.empty(x.shape[0], model.noise_dim, dtype=x.dtype, device=x.device)
     deterministic = model.noise_type == "none"
     every = observe_every * per_observed
     if observe is not None:

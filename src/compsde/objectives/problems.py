@@ -22,9 +22,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from compsde.core.checks import check_bool, check_int, check_number, check_seed, describe
+from compsde.core.tensors import check_memory
+
 
 class Problem:
-    """Base class. Tensors are float64 at construction; ``to(dtype)`` gives a cast copy."""
+    """Base class. Tensors are float64 on the CPU at construction; ``to(dtype, device)`` gives a cast copy."""
 
     name: ClassVar[str] = ""
     #: Number of workers the problem is defined for (None: any N).
@@ -58,15 +61,14 @@ class Problem:
         return (self.x0_scale * self.default_x0()).to(self.dtype)
 
     def worker_grads(self, x: Tensor, workers: int, lo: int = 0, hi: int | None = None) -> Tensor:
-        """∇f_i(x) for lo ≤ i < hi (default: all ``workers``): shape (hi − lo, *x.shape).
-
-        Homogeneous workers get an expanded view of one gradient (no copy)."""
+        """∇f_i(x) for lo ≤ i < hi (default: all ``workers``) at one iterate x (..., d): shape
+        (hi − lo, ..., d). Homogeneous workers get an expanded view of one gradient (no copy)."""
         self.check_workers(workers)
         hi = workers if hi is None else hi
         g = self.grad(x)
         if self.heterogeneity == 0.0:
             return g.expand(hi - lo, *g.shape)
-        b = self.tilts(workers)[lo:hi].to(x.dtype)
+        b = self.tilts(workers)[lo:hi].to(device=x.device, dtype=x.dtype)
         return g.unsqueeze(0) - b.reshape(hi - lo, *([1] * (x.dim() - 1)), self.dim)
 
     def tilts(self, workers: int) -> Tensor:
@@ -74,20 +76,21 @@ class Problem:
         return _tilts(self.seed, workers, self.dim, float(self.heterogeneity))
 
     def check_workers(self, workers: int) -> None:
+        check_int("workers", workers, min=1)
         if self.fixed_workers is not None and workers != self.fixed_workers:
             raise ValueError(f"problem {self.name!r} is defined for workers = {self.fixed_workers}, got workers = {workers}")
-        if workers < 1:
-            raise ValueError(f"workers must be an integer ≥ 1, got {workers}")
 
     def suboptimality(self, x: Tensor) -> Tensor:
         """f(x) − f*."""
         return self.loss(x) - self.f_opt
 
-    def to(self, dtype: torch.dtype) -> "Problem":
-        """A shallow copy whose tensors have the given dtype."""
+    def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> "Problem":
+        """A shallow copy whose floating tensors have the given dtype and live on ``device``."""
         new = object.__new__(type(self))
         for k, v in vars(self).items():
-            setattr(new, k, v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() else v)
+            if isinstance(v, Tensor):
+                v = v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
+            setattr(new, k, v)
         new.dtype = dtype
         return new
 
@@ -99,7 +102,7 @@ class Problem:
 def _tilts(seed: int, workers: int, dim: int, zeta: float) -> Tensor:
     if workers == 1:
         return torch.zeros(1, dim, dtype=torch.float64)
-    gen = torch.Generator().manual_seed(10_007 * seed + workers)
+    gen = torch.Generator().manual_seed((10_007 * seed + workers) % (1 << 64))
     b = torch.randn(workers, dim, generator=gen, dtype=torch.float64)
     b = b - b.mean(0, keepdim=True)
     return zeta * b / math.sqrt(dim)
@@ -119,8 +122,8 @@ def names() -> list[str]:
 
 def problem_class(name: str) -> type[Problem]:
     """The registered class of a problem name (ValueError listing the valid names otherwise)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown problem {name!r}; valid names: {', '.join(_REGISTRY)}")
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown problem {describe(name)}; valid names: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
 
 
@@ -136,29 +139,34 @@ def make(name: str, **params: Any) -> Problem:
     return cls(**params)
 
 
-def _check_common(name: str, dim: int, heterogeneity: float, x0_scale: float) -> None:
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"problem {name!r}: dim must be an integer ≥ 1, got {dim!r}")
-    if not (isinstance(heterogeneity, (int, float)) and heterogeneity >= 0):
-        raise ValueError(f"problem {name!r}: heterogeneity must be a number ≥ 0, got {heterogeneity!r}")
-    if not (isinstance(x0_scale, (int, float)) and math.isfinite(x0_scale)):
-        raise ValueError(f"problem {name!r}: x0_scale must be a finite number, got {x0_scale!r}")
+def _check_common(name: str, dim: int, heterogeneity: float, x0_scale: float, seed: int = 0) -> None:
+    check_int(f"problem {name!r}: dim", dim, min=1)
+    check_number(f"problem {name!r}: heterogeneity", heterogeneity, min=0.0)
+    check_number(f"problem {name!r}: x0_scale", x0_scale)
+    check_seed(f"problem {name!r}: seed", seed)
 
 
 @register
 class Quadratic(Problem):
     """f(x) = ½ xᵀ H x with H = Q diag(h) Qᵀ, h evenly spaced in [eig_min, eig_max].
 
-    Q = I (``rotate=False``, diagonal) or a random orthogonal matrix. x* = 0, f* = 0, start x⁰ = 1.
+    Q = I (``rotate=False``, diagonal: ``hessian`` is None and ``eigs`` holds h) or a random orthogonal
+    matrix (``hessian`` = Q diag(h) Qᵀ). x* = 0, f* = 0, start x⁰ = 1.
     """
 
     name = "quadratic"
 
     def __init__(self, dim: int = 10, eig_min: float = 0.5, eig_max: float = 2.0, rotate: bool = False,
                  heterogeneity: float = 0.0, seed: int = 0, x0_scale: float = 1.0) -> None:
-        _check_common(self.name, dim, heterogeneity, x0_scale)
-        if not (0 <= eig_min <= eig_max):
+        _check_common(self.name, dim, heterogeneity, x0_scale, seed)
+        check_number("quadratic: eig_min", eig_min, min=0.0)
+        check_number("quadratic: eig_max", eig_max, min=0.0)
+        check_bool("quadratic: rotate", rotate)
+        if not eig_min <= eig_max:
             raise ValueError(f"quadratic: need 0 ≤ eig_min ≤ eig_max, got eig_min={eig_min!r}, eig_max={eig_max!r}")
+        if rotate:  # Q, R, the Hessian and the QR workspace: about four d × d float64 matrices
+            check_memory(4 * 8 * dim * dim, f"quadratic with rotate = true and dim = {dim}",
+                         "reduce dim or use rotate = false (a diagonal Hessian needs O(d) memory)")
         self.dim, self.heterogeneity, self.seed, self.x0_scale = dim, float(heterogeneity), seed, float(x0_scale)
         self.eig_min, self.eig_max, self.rotate = float(eig_min), float(eig_max), bool(rotate)
         self.eigs = torch.linspace(eig_min, eig_max, dim, dtype=torch.float64) if dim > 1 else torch.tensor([eig_max], dtype=torch.float64)
@@ -169,7 +177,7 @@ class Quadratic(Problem):
             self.hessian = (self.q * self.eigs) @ self.q.T
         else:
             self.q = None
-            self.hessian = torch.diag(self.eigs)
+            self.hessian = None  # diagonal: use ``eigs`` (a dense d × d matrix is never built)
         self.x_opt = torch.zeros(dim, dtype=torch.float64)
         self.f_opt = 0.0
 
@@ -192,9 +200,14 @@ class _DataProblem(Problem):
 
     def _setup(self, dim: int | None, samples: int | None, dataset: str, heterogeneity: float, seed: int,
                x0_scale: float, classification: bool) -> None:
-        _check_common(self.name, 10 if dim is None else dim, heterogeneity, x0_scale)
-        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
-            raise ValueError(f"{self.name}: samples must be an integer ≥ 1, got {samples!r}")
+        _check_common(self.name, 10 if dim is None else dim, heterogeneity, x0_scale, seed)
+        if samples is not None:
+            check_int(f"{self.name}: samples", samples, min=1)
+        if not isinstance(dataset, str) or not dataset:
+            raise ValueError(f"{self.name}: dataset must be 'synthetic' or the path of a LIBSVM file, got {describe(dataset)}")
+        if dataset == "synthetic":
+            m, d = 200 if samples is None else samples, 10 if dim is None else dim
+            check_memory(3 * 8 * m * d, f"{self.name} with samples = {m} and dim = {d}", "reduce samples or dim")
         if dataset != "synthetic" and samples is not None:
             raise ValueError(f"{self.name}: samples applies to synthetic data only; a file ({dataset!r}) has its own")
         self.heterogeneity, self.seed, self.x0_scale = float(heterogeneity), seed, float(x0_scale)
@@ -216,14 +229,18 @@ def synthetic_regression(samples: int, dim: int, seed: int, classification: bool
 def _load(dataset: str, samples: int, dim: int | None, seed: int, classification: bool) -> tuple[Tensor, Tensor]:
     if dataset == "synthetic":
         return synthetic_regression(samples, 10 if dim is None else dim, seed, classification)
-    from compsde.datasets import load_libsvm
+    from compsde.objectives.datasets import load_libsvm
 
     path = Path(dataset)
     if not path.is_file():
         raise ValueError(f"dataset must be 'synthetic' or the path of a LIBSVM-format file, got {dataset!r} (no such file)")
     a, b = load_libsvm(path, n_features=dim)
     if classification:
-        b = torch.where(b > b.min(), 1.0, -1.0).to(torch.float64) if set(b.unique().tolist()) != {-1.0, 1.0} else b
+        values = sorted(set(b.unique().tolist()))
+        if len(values) != 2:
+            raise ValueError(f"{path}: logistic regression needs labels with exactly two values, found {len(values)}: "
+                             f"{', '.join(f'{v:g}' for v in values[:5])}{' ...' if len(values) > 5 else ''}")
+        b = torch.where(b == values[1], 1.0, -1.0).to(torch.float64)
     return a, b
 
 
@@ -258,8 +275,7 @@ class LogisticRegression(_DataProblem):
 
     def __init__(self, dim: int | None = None, samples: int | None = None, dataset: str = "synthetic",
                  l2: float = 1e-3, heterogeneity: float = 0.0, seed: int = 0, x0_scale: float = 1.0) -> None:
-        if not (isinstance(l2, (int, float)) and l2 >= 0):
-            raise ValueError(f"logistic-regression: l2 must be a number ≥ 0, got {l2!r}")
+        check_number("logistic-regression: l2", l2, min=0.0)
         self.l2 = float(l2)
         self._setup(dim, samples, dataset, heterogeneity, seed, x0_scale, classification=True)
         self.ya = self.b.unsqueeze(-1) * self.a  # rows y_j a_j
@@ -299,8 +315,8 @@ class Top1Counterexample(Problem):
     fixed_workers = 3
 
     def __init__(self, dim: int = 3, x0_scale: float = 1.0) -> None:
-        if dim != 3:
-            raise ValueError(f"top1-counterexample is defined for dim = 3 only, got dim = {dim!r}")
+        if isinstance(dim, bool) or dim != 3:
+            raise ValueError(f"top1-counterexample is defined for dim = 3 only, got dim = {describe(dim)}")
         _check_common(self.name, dim, 0.0, x0_scale)
         self.dim, self.x0_scale = 3, float(x0_scale)
         self.avec = torch.tensor([[-3.0, 2.0, 2.0], [2.0, -3.0, 2.0], [2.0, 2.0, -3.0]], dtype=torch.float64)
@@ -333,9 +349,8 @@ class L0L1Cosh(Problem):
 
     def __init__(self, dim: int = 10, sharpness: float = 1.0, heterogeneity: float = 0.0, seed: int = 0,
                  x0_scale: float = 1.0) -> None:
-        _check_common(self.name, dim, heterogeneity, x0_scale)
-        if not (isinstance(sharpness, (int, float)) and sharpness > 0):
-            raise ValueError(f"l0l1-cosh: sharpness must be a number > 0, got {sharpness!r}")
+        _check_common(self.name, dim, heterogeneity, x0_scale, seed)
+        check_number("l0l1-cosh: sharpness", sharpness, min=0.0, min_open=True)
         self.dim, self.heterogeneity, self.seed, self.x0_scale = dim, float(heterogeneity), seed, float(x0_scale)
         self.sharpness = float(sharpness)
         self.x_opt = torch.zeros(dim, dtype=torch.float64)

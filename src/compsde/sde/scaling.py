@@ -1,4 +1,4 @@
-"""Scaling rules: which hyperparameter changes keep a method's performance, from its SDE (science.md §3).
+"""Scaling rules: which hyperparameter changes keep a method's performance, from its SDE (docs/theory.md §3).
 
 Each rule is an invariant of the hyperparameters. On a quadratic, the stationary loss of the SDE is
 proportional to it, and (for the noise-dominated regime the seeds study) so is the whole loss curve
@@ -23,6 +23,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from compsde.core.checks import MAX_INT64
+
 KEEP = "same"
 
 
@@ -43,10 +45,14 @@ class Rule:
         return tuple(self.exponents)
 
     def value(self, hp: dict[str, float]) -> float:
+        """The invariant's value (inf where it leaves the range of floats)."""
         v = 1.0
-        for key, power in self.exponents.items():
-            base = 1.0 + hp[key] if key == "omega" else hp[key]
-            v *= base**power
+        try:
+            for key, power in self.exponents.items():
+                base = 1.0 + hp[key] if key == "omega" else hp[key]
+                v *= base**power
+        except OverflowError:
+            return math.inf
         return v
 
 
@@ -58,11 +64,11 @@ _SQRT_RULE_EXTRA: dict[str, Callable[[float, float], float]] = {
 }
 
 RULES: dict[str, Rule] = {
-    "dsgd": Rule("dsgd", "η/(B·N)", {"lr": 1.0, "batch": -1.0, "workers": -1.0}, "science.md §3 [derived]"),
-    "dcsgd": Rule("dcsgd", "η(1+ω)/(B·N)", {"lr": 1.0, "omega": 1.0, "batch": -1.0, "workers": -1.0}, "science.md §3 [derived], seed 000"),
-    "dsignsgd": Rule("dsignsgd", "η/(N·√B)", {"lr": 1.0, "batch": -0.5, "workers": -1.0}, "science.md §3 [derived], seed 000"),
+    "dsgd": Rule("dsgd", "η/(B·N)", {"lr": 1.0, "batch": -1.0, "workers": -1.0}, "docs/theory.md §3 [derived]"),
+    "dcsgd": Rule("dcsgd", "η(1+ω)/(B·N)", {"lr": 1.0, "omega": 1.0, "batch": -1.0, "workers": -1.0}, "docs/theory.md §3 [derived], seed 000"),
+    "dsignsgd": Rule("dsignsgd", "η/(N·√B)", {"lr": 1.0, "batch": -0.5, "workers": -1.0}, "docs/theory.md §3 [derived], seed 000"),
     **{
-        name: Rule(name, "η/√B (square-root rule)", {"lr": 1.0, "batch": -0.5}, "science.md §3 [recalled]: a hypothesis to test, not a derived rule",
+        name: Rule(name, "η/√B (square-root rule)", {"lr": 1.0, "batch": -0.5}, "docs/theory.md §3 [recalled]: a hypothesis to test, not a derived rule",
                    hypothesis=True, extra=_SQRT_RULE_EXTRA)
         for name in ("adam", "adamw", "rmsprop")
     },
@@ -192,17 +198,27 @@ def solve(method: str, frm: dict[str, float], to: dict[str, float | str]) -> Sol
             f"under-determined: --to leaves {', '.join(free)} free; give all but one of them "
             f"(use KEY={KEEP} to keep a value of --from)"
         )
-    target = rule.value(frm)
     solved = free[0]
     new = {k: v for k, v in fixed.items() if k in rule.exponents}
     # I = Π base_k^p_k  ⇒  base_solved = (target / Π_{k≠solved} base_k^p_k)^(1/p_solved)
+    target = rule.value(frm)
     rest = rule.value({**new, solved: 0.0 if solved == "omega" else 1.0})
-    base = (target / rest) ** (1.0 / rule.exponents[solved])
+    try:
+        base = (target / rest) ** (1.0 / rule.exponents[solved])
+    except (OverflowError, ZeroDivisionError):
+        base = math.inf
+    if not (math.isfinite(base) and math.isfinite(target) and math.isfinite(rest) and rest > 0):
+        raise ValueError(f"the rule's solution for {solved} leaves the range of numbers (invariant {rule.formula} = "
+                         f"{target:.4g} from --from): the change you asked for is too extreme for this rule")
     exact = base - 1.0 if solved == "omega" else base
     if solved == "omega" and exact < 0:
         raise ValueError(f"no compressor fits: the rule needs ω = {exact:.4g} < 0 (more noise reduction than uncompressed DSGD)")
+    if not exact > 0 and solved != "omega":
+        raise ValueError(f"the rule needs {solved} = {exact!r}, which underflows to 0: the change you asked for is too extreme")
     value, rounded = exact, False
     if solved in INTEGER:
+        if exact > MAX_INT64:
+            raise ValueError(f"the rule needs {solved} = {exact:.4g}, more than any run can have")
         value = float(max(1, round(exact)))
         rounded = not math.isclose(value, exact, rel_tol=1e-9)
     new[solved] = value
@@ -237,7 +253,7 @@ def _check_value(arg: str, key: str, v: float) -> None:
 
 
 def stationary_loss_theory(method: str, hp: dict[str, float], *, dim: int, scale: float) -> float:
-    """The first-order SDE's stationary loss on f = ½ Σ h_j x_j² with Gaussian noise of scale s (science.md §3).
+    """The first-order SDE's stationary loss on f = ½ Σ h_j x_j² with Gaussian noise of scale s (docs/theory.md §3).
 
     dsgd: η d s²/(4NB); dcsgd (Rand-k): (1 + ω) η d s²/(4NB); dsignsgd: sqrt(π/2) η d s/(4N√B).
     Independent of the spectrum h (to first order in η).
@@ -273,18 +289,22 @@ class Validation:
         return "\n".join(lines)
 
 
-def _method_for(method: str, hp: dict[str, float], dim: int) -> tuple[Any, float]:
-    """The simulated method realising ``hp``; for dcsgd, scaled Rand-k with k = round(d/(1 + ω)), whose
+def _algorithm_for(method: str, hp: dict[str, float], dim: int) -> tuple[Any, float]:
+    """The simulated algorithm realising ``hp``; for dcsgd, scaled Rand-k with k = round(d/(1 + ω)), whose
     ω = d/k − 1 may differ from the requested one (it is reported, and the theory column uses it)."""
-    from compsde import methods
+    from compsde import algorithms
 
     if method == "dcsgd":
         k = max(1, min(dim, round(dim / (1.0 + hp["omega"]))))
-        m = methods.make("dsgd") if k == dim else methods.make("dcsgd", compressor="rand-k", k=k)
-        return m, dim / k - 1.0
+        a = algorithms.make("dsgd") if k == dim else algorithms.make("dcsgd", compressor="rand-k", k=k)
+        return a, dim / k - 1.0
     if method in ("dsgd", "dsignsgd"):
-        return methods.make(method), 0.0
+        return algorithms.make(method), 0.0
     raise ValueError(f"--validate runs dsgd, dcsgd and dsignsgd; {method!r} (a hypothesis rule) needs a model-training experiment")
+
+
+#: --validate refuses settings whose two runs would take longer than this (estimated).
+MAX_VALIDATE_SECONDS = 3600.0
 
 
 def validate(sol: Solution, *, dim: int = 20, scale: float = 1.0, repeats: int = 64, paths: int | None = None,
@@ -293,39 +313,65 @@ def validate(sol: Solution, *, dim: int = 20, scale: float = 1.0, repeats: int =
     of scale ``scale``) in the simulator and through their SDEs; report the stationary losses.
 
     Each run lasts 2 × ``relax_times`` relaxation times 1/(η h_min · drift gain) of the slowest
-    coordinate and averages the loss over its second half.
+    coordinate and averages the loss over its second half. Settings whose runs would take longer than
+    ``MAX_VALIDATE_SECONDS`` (estimated from the steps and sizes) are refused with the estimate.
     """
     import torch
 
-    from compsde import problems, sde
-    from compsde.integrators import integrate
-    from compsde.noise import Noise
-    from compsde.schedules import Schedule
-    from compsde.simulator import simulate
+    from compsde.algorithms.schedules import Schedule
+    from compsde.core.checks import check_int
+    from compsde.core.streams import SDE, generator
+    from compsde.objectives import Noise, Oracle, problems
+    from compsde.sde import models
+    from compsde.sde.integrators import integrate
+    from compsde.sim.simulator import simulate
 
+    check_int("repeats", repeats, min=1, max=1 << 20)
     prob = problems.make("quadratic", dim=dim, x0_scale=0.0)
     noise = Noise("gaussian", scale)
-    rows: list[dict[str, Any]] = []
+    plans = []
     for setting, hp in (("from", sol.frm), ("to", sol.to)):
-        method, omega = _method_for(sol.rule.method, hp, dim)
+        algo, omega = _algorithm_for(sol.rule.method, hp, dim)
         eta, b, n = float(hp["lr"]), int(hp["batch"]), int(hp["workers"])
         # relaxation: dsgd/dcsgd contract at rate η h; dsignsgd's linearised drift gain is sqrt(2/π)√B h/s
         gain = math.sqrt(2 / math.pi) * math.sqrt(b) / scale if sol.rule.method == "dsignsgd" else 1.0
-        steps = max(200, math.ceil(2 * relax_times / (eta * prob.eig_min * gain)))
+        steps_f = 2 * relax_times / (eta * prob.eig_min * gain)
+        # about 30 ns per number drawn or moved, plus ~50 µs of fixed cost per step (measured here)
+        seconds = max(200.0, steps_f) * (3e-8 * n * repeats * dim + 5e-5) * 2
+        plans.append((setting, hp, algo, omega, eta, b, n, steps_f, seconds))
+    total = sum(p[-1] for p in plans)
+    if not math.isfinite(total) or total > MAX_VALIDATE_SECONDS:
+        worst = max(plans, key=lambda p: p[-1])
+        raise ValueError(
+            f"--validate would take about {_duration(total)} (the {worst[0]!r} setting needs {worst[7]:.3g} steps of "
+            f"{worst[6]} worker(s) at lr = {worst[4]:g}); the limit is {_duration(MAX_VALIDATE_SECONDS)} — "
+            "choose a setting with a larger learning rate, or check the rule without --validate")
+    rows: list[dict[str, Any]] = []
+    for setting, hp, algo, omega, eta, b, n, steps_f, _ in plans:
+        steps = max(200, math.ceil(steps_f))
         log_every = max(1, steps // 200)
-        tr = simulate(prob, noise, method, Schedule("constant", eta, steps), workers=n, batch=b, repeats=repeats,
-                      seed=seed, log_every=log_every)
+        oracle = Oracle(prob, noise, workers=n, batch=b)
+        tr = simulate(oracle, algo, Schedule("constant", eta, steps), repeats=repeats, seed=seed, log_every=log_every)
         keep = tr.steps >= steps // 2
         opt = float(tr.loss[keep].mean())
-        model = sde.from_method(prob, noise, method, workers=n, batch=b, lr=eta)
+        model = models.from_algorithm(oracle, algo, eta)
         acc: list[float] = []
         integrate(model, torch.zeros(paths or repeats, dim, dtype=torch.float64), t1=steps * eta, dt=eta,
-                  generator=torch.Generator().manual_seed(seed + 1),
+                  generator=generator(seed, SDE),
                   observe=lambda i, x: acc.append(float(prob.loss(x).mean())) if i >= steps // 2 else None,
                   observe_every=log_every)
         theory_hp = {**hp, "omega": omega}
-        rows.append({"setting": setting, "label": method.label(), "lr": eta, "batch": b, "workers": n, "omega": omega,
+        rows.append({"setting": setting, "label": algo.label(), "lr": eta, "batch": b, "workers": n, "omega": omega,
                      "steps": steps, "optimizer": opt, "sde": sum(acc) / len(acc),
                      "theory": stationary_loss_theory(sol.rule.method if sol.rule.method != "dcsgd" or omega > 0 else "dsgd",
                                                       theory_hp, dim=dim, scale=scale)})
     return Validation(rows)
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "forever"
+    for unit, size in (("years", 3.15e7), ("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"

@@ -1,8 +1,8 @@
 """The optimizer and its SDE side by side: the SDE's measurements in the simulator's ``Trace`` form.
 
-``simulate_sde`` integrates the SDE model of a configured method (``compsde.sde.from_method``) over
+``simulate_sde`` integrates the SDE model of a configured algorithm (``compsde.sde.models.from_algorithm``) over
 the SDE time of the optimizer's run, t_k = Σ_{j<k} η_j, from the same start, and records the same
-quantities at the same logged steps as ``compsde.simulator.simulate`` (M paths instead of R
+quantities at the same logged steps as ``compsde.sim.simulate`` (M paths instead of R
 repetitions). ``tracking_error`` compares the two mean-loss curves; ``fit_order`` fits the slope of
 the tracking error against η (≈ 1 for an order-1 weak approximation).
 """
@@ -16,70 +16,68 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from compsde import sde as sde_mod
-from compsde.integrators import EulerMaruyama, integrate_schedule
-from compsde.methods import Method
-from compsde.noise import Noise
-from compsde.problems import Problem
-from compsde.schedules import Schedule
-from compsde.simulator import Recorder, Trace, divergence_limit, freeze_diverged
-from compsde.streams import stream_seed
-
-#: Stream index of the SDE's Brownian motion (distinct from every worker's streams).
-SDE_STREAM = -2
+from compsde.algorithms import Algorithm
+from compsde.algorithms.schedules import Schedule
+from compsde.core.checks import check_int, check_seed
+from compsde.core.streams import SDE, generator
+from compsde.core.tensors import check_memory
+from compsde.objectives.oracle import Oracle
+from compsde.sde import models
+from compsde.sde.integrators import EulerMaruyama, integrate_schedule
+from compsde.sim.recorder import Recorder, Trace
+from compsde.sim.simulator import check_run
 
 
 def simulate_sde(
-    problem: Problem,
-    noise: Noise,
-    method: Method,
+    oracle: Oracle,
+    algorithm: Algorithm,
     schedule: Schedule,
     *,
-    workers: int,
-    batch: int = 1,
     paths: int = 1,
     seed: int = 0,
-    dtype: torch.dtype = torch.float64,
     log_every: int = 1,
     substeps: int = 1,
     increments: str = "gaussian",
-    mc_samples: int = 32,
+    mc_samples: int = models.MonteCarloSDE.DEFAULT_SAMPLES,
     progress: Callable[[int], None] | None = None,
-    model: sde_mod.SDEModel | None = None,
-) -> tuple[Trace, sde_mod.SDEModel]:
-    """Integrate the method's SDE for ``schedule.steps`` optimizer steps on M = ``paths`` paths.
+    model: models.SDEModel | None = None,
+) -> tuple[Trace, models.SDEModel]:
+    """Integrate the algorithm's SDE for ``schedule.steps`` optimizer steps on M = ``paths`` paths,
+    in ``oracle.dtype`` on ``oracle.device``.
 
-    Returns the ``Trace`` (loss, grad norm, distance at the logged steps; bits as the optimizer's;
-    compression error NaN) and the model used (its ``description`` says how it was built; pass
-    ``model`` to reuse one built by ``sde_model``). A path that becomes non-finite or runs away is
-    marked diverged, as in the simulator.
+    Returns the ``Trace`` (loss, grad norm, distance at the logged steps; the optimizer's declared
+    bits and bytes per step; compression error NaN) and the model used (its ``description`` says how
+    it was built; pass ``model`` to reuse one built by ``from_algorithm``). A path that becomes
+    non-finite or runs away is marked diverged, as in the simulator.
     """
+    check_run(oracle, algorithm, schedule, repeats=paths, seed=seed, log_every=log_every)
+    check_int("substeps", substeps, min=1)
     if model is None:
-        model = sde_model(problem, noise, method, schedule, workers=workers, batch=batch, mc_samples=mc_samples)
-    p = problem.to(dtype)
-    x0 = p.x0()
-    rec = Recorder(p, schedule.steps, log_every, paths, method.bits_per_step(p.dim))
-    limit = divergence_limit(p, x0)
-    alive = torch.ones(paths, dtype=torch.bool)
+        model = models.from_algorithm(oracle, algorithm, schedule.lr, mc_samples=mc_samples)
+    d = oracle.dim
+    check_memory(torch.empty((), dtype=oracle.dtype).element_size() * paths * d * (6 + model.noise_dim / max(d, 1)),
+                 f"an SDE integration with {paths} paths × d = {d}", "reduce paths", oracle.device)
+    x0 = oracle.x0()
+    rec = Recorder(oracle, schedule.steps, log_every, paths, x0)
+    bits = float(algorithm.bits(d))
+    from compsde.compressors.wire import wire_bytes
+
+    nbytes = wire_bytes(algorithm.compressor, paths, d, oracle.dtype) / paths
 
     def observe(k: int, x: Tensor) -> None:
         if k > 0:
-            freeze_diverged(x, x0, limit, alive, rec.diverged_step, k, None)  # the simulator's rule, in place
+            rec.check(x, k)
             if progress is not None:
                 progress(1)
         if rec.due(k):
-            rec.record(k, x, math.nan)
+            rec.record(k, x, math.nan, (k * bits, k * nbytes, k))
+        if k > 0:
+            rec.freeze({"params": x})  # the simulator's rule, in place
 
-    gen = torch.Generator().manual_seed(stream_seed(seed, SDE_STREAM))
-    x = integrate_schedule(model, x0.expand(paths, p.dim).contiguous(), lr=schedule, steps=schedule.steps,
+    gen = generator(seed, SDE)
+    x = integrate_schedule(model, x0.expand(paths, d).contiguous(), lr=schedule, steps=schedule.steps,
                            substeps=substeps, generator=gen, solver=EulerMaruyama(increments), observe=observe)
     return rec.trace(x), model
-
-
-def sde_model(problem: Problem, noise: Noise, method: Method, schedule: Schedule, *, workers: int, batch: int,
-              mc_samples: int = 32) -> sde_mod.SDEModel:
-    """The SDE model ``simulate_sde`` integrates (ValueError if the method has none, e.g. DSGD under ν ≤ 2)."""
-    return sde_mod.from_method(problem, noise, method, workers=workers, batch=batch, lr=schedule.lr, mc_samples=mc_samples)
 
 
 def mean_loss(trace: Trace) -> np.ndarray:

@@ -48,13 +48,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from compsde import compressors, methods, problems, schedules
-from compsde.methods import Method
-from compsde.noise import NOISE_NAMES, Noise
-from compsde.problems import Problem
-from compsde.schedules import SCHEDULE_NAMES, Schedule
-from compsde.integrators import INCREMENTS
-from compsde.simulator import DTYPES
+from compsde import algorithms, compressors
+from compsde.algorithms import Algorithm, schedules
+from compsde.algorithms.schedules import SCHEDULE_NAMES, Schedule
+from compsde.core.tensors import DTYPES
+from compsde.objectives import Oracle, problems
+from compsde.objectives.noise import NOISE_NAMES, Noise
+from compsde.objectives.problems import Problem
+from compsde.sde.integrators import INCREMENTS
 
 __all__ = [
     "Experiment",
@@ -193,6 +194,8 @@ _SERIES_BASE: dict[str, _Param] = {
     "lr": _Param("float", inspect.Parameter.empty),
     "schedule": _Param("str", "constant"),
     "normalize": _Param("bool", False),
+    "worker": _Param("table", None),  # transforms on the workers' side: momentum, nesterov, weight_decay
+    "server": _Param("table", None),  # ... and on the server's side
     "workers": _Param("int", 1),
     "batch": _Param("int", 1),
     "steps": _Param("int", None),  # None: [run] steps (a series may run longer, e.g. at a smaller η)
@@ -230,7 +233,7 @@ def _problem_class(name: Any, where: str) -> type[Problem]:
 
 
 def _presets_dir() -> Any:
-    return resources.files("compsde").joinpath("presets")
+    return resources.files("compsde.experiments").joinpath("presets")
 
 
 def preset_names() -> list[str]:
@@ -438,7 +441,7 @@ def _merge_problem(top: Mapping[str, Any], override: Mapping[str, Any], where: s
 
 
 def _method_display(name: str) -> str:
-    return {"dsgd": "DSGD", "dcsgd": "DCSGD", "dsignsgd": "DSignSGD", "dsignsgd-majority": "DSignSGD-vote", "ef": "EF"}.get(name, name)
+    return algorithms.display_name(name)
 
 
 def _derive_label(s: Mapping[str, Any], implied: str | None, cparams: Mapping[str, Any],
@@ -464,11 +467,11 @@ def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mappi
     where = f"series.{i}"
     s = _check_table(raw, f"[[series]] {i}")
     if "method" not in s:
-        raise ValueError(f"{where}: missing required key 'method'; valid methods: {', '.join(methods.METHOD_NAMES)}")
+        raise ValueError(f"{where}: missing required key 'method'; valid methods: {', '.join(algorithms.ALGORITHM_NAMES)}")
     method = s["method"]
-    if not isinstance(method, str) or method not in methods.METHOD_NAMES:
-        raise ValueError(f"{where}.method: unknown method {method!r}; valid methods: {', '.join(methods.METHOD_NAMES)}")
-    implied = methods.implied_compressor(method)
+    if not isinstance(method, str) or method not in algorithms.ALGORITHM_NAMES:
+        raise ValueError(f"{where}.method: unknown method {method!r}; valid methods: {', '.join(algorithms.ALGORITHM_NAMES)}")
+    implied = algorithms.implied_compressor(method)
     comp = s.get("compressor", implied)
     if comp is None:
         raise ValueError(f"{where}: method {method!r} needs a compressor; valid compressors: {', '.join(compressors.names())}")
@@ -504,6 +507,14 @@ def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mappi
         else:
             out[k] = _SCHEDULE_DEFAULTS[k] if k != "every" else max(1, base.get("steps", run["steps"]) // 3)
     out["normalize"] = base["normalize"]
+    for side in ("worker", "server"):
+        if side in base:
+            table = base[side]
+            bad = sorted(set(table) - set(algorithms.TRANSFORM_KEYS))
+            if bad:
+                raise ValueError(f"{where}.{side}: unknown key {bad[0]!r} (value {table[bad[0]]!r}); valid keys: {', '.join(algorithms.TRANSFORM_KEYS)}")
+            if table:
+                out[side] = dict(table)
     out["workers"], out["batch"] = base["workers"], base["batch"]
     if base.get("steps") is not None and base["steps"] != run["steps"]:
         out["steps"] = base["steps"]
@@ -560,18 +571,31 @@ def resolve(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class SeriesSpec:
-    """One curve: everything ``compsde.simulator.simulate`` needs, plus how to show it."""
+    """One curve: the oracle, the algorithm and the schedule a run needs, plus how to show it."""
 
     index: int
     label: str
     group: str
-    problem: Problem
-    noise: Noise
-    method: Method
+    oracle: Oracle  # float64 on the CPU; the runner casts it to the run's dtype and device
+    algorithm: Algorithm
     schedule: Schedule
-    workers: int
-    batch: int
     config: dict[str, Any]  # the resolved [[series]] table
+
+    @property
+    def problem(self) -> Problem:
+        return self.oracle.problem
+
+    @property
+    def noise(self) -> Noise:
+        return self.oracle.noise
+
+    @property
+    def workers(self) -> int:
+        return self.oracle.workers
+
+    @property
+    def batch(self) -> int:
+        return self.oracle.batch
 
     @property
     def color_key(self) -> str:
@@ -621,16 +645,15 @@ def build(config: Mapping[str, Any], name: str = "config") -> Experiment:
             noise = Noise(ndict["name"], scale, ndict["nu"])
             cspec = _compressor_params(s["compressor"])
             cparams = {k: s[k] for k in cspec if k in s}
-            method = methods.make(s["method"], s["compressor"], s["normalize"], **cparams)
+            algorithm = algorithms.make(s["method"], s["compressor"], normalize=s["normalize"],
+                                        worker=s.get("worker"), server=s.get("server"), **cparams)
             schedule = Schedule(s["schedule"], s["lr"], s.get("steps", run["steps"]), _schedule_params(s))
-            problem.check_workers(s["workers"])
-            noise.worker_scales(s["workers"])
+            oracle = Oracle(problem, noise, workers=s["workers"], batch=s["batch"])
             # Build the compressor's dimension-dependent parts now (k ≤ d etc.), not mid-run.
-            method.bits_per_step(problem.dim)
+            algorithm.bits(problem.dim)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{where}: {e}") from None
-        out.series.append(SeriesSpec(i, s["label"], s["group"], problem, noise, method, schedule,
-                                     s["workers"], s["batch"], s))
+        out.series.append(SeriesSpec(i, s["label"], s["group"], oracle, algorithm, schedule, s))
     return out
 
 

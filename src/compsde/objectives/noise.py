@@ -23,6 +23,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from compsde.core.checks import check_choice, check_number, describe
+
 NOISE_NAMES = ("none", "gaussian", "student-t")
 
 
@@ -52,15 +54,14 @@ class Noise:
     nu: float = 3.0
 
     def __post_init__(self) -> None:
-        if self.name not in NOISE_NAMES:
-            raise ValueError(f"noise name must be one of {', '.join(NOISE_NAMES)}, got {self.name!r}")
-        scales = self.scale if isinstance(self.scale, (tuple, list)) else (self.scale,)
+        check_choice("noise name", self.name, NOISE_NAMES)
         if isinstance(self.scale, list):
             object.__setattr__(self, "scale", tuple(self.scale))
-        if not scales or any(not isinstance(s, (int, float)) or isinstance(s, bool) or not 0 <= s < math.inf for s in scales):
-            raise ValueError(f"noise scale must be a finite number ≥ 0 or a list of them (one per worker), got {self.scale!r}")
-        if self.name == "student-t" and not (isinstance(self.nu, (int, float)) and self.nu > 0 and math.isfinite(self.nu)):
-            raise ValueError(f"noise nu (Student-t degrees of freedom) must be a finite number > 0, got {self.nu!r}")
+        scales = self.scale if isinstance(self.scale, tuple) else (self.scale,)
+        if not scales or any(isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s < math.inf for s in scales):
+            raise ValueError(f"noise scale must be a finite number ≥ 0 or a list of them (one per worker), got {describe(self.scale)}")
+        if self.name == "student-t":
+            check_number("noise nu (Student-t degrees of freedom)", self.nu, min=0.0, min_open=True)
 
     @property
     def active(self) -> bool:
@@ -83,15 +84,16 @@ class Noise:
 
     def standard(self, shape: Sequence[int], generator: torch.Generator, dtype: torch.dtype,
                  out: Tensor | None = None) -> Tensor:
-        """I.i.d. standardised draws T of the given shape (written into ``out`` if given)."""
-        z = torch.empty(tuple(shape), dtype=dtype) if out is None else out
+        """I.i.d. standardised draws T of the given shape (written into ``out`` if given), on the
+        generator's device."""
+        z = torch.empty(tuple(shape), dtype=dtype, device=generator.device) if out is None else out
         if self.name == "none":
             return z.zero_()
         z.normal_(generator=generator)
         if self.name == "student-t":
             # T = Z / sqrt(V/ν), V ~ χ²_ν = 2·Gamma(ν/2). torch's gamma sampler takes the generator
             # (private API, but the only one that does; it is exact for every shape parameter).
-            half = torch.full(tuple(shape), self.nu / 2.0, dtype=dtype)
+            half = torch.full(tuple(z.shape), self.nu / 2.0, dtype=dtype, device=z.device)
             v = torch._standard_gamma(half, generator=generator)
             z.mul_(v.mul_(2.0 / self.nu).rsqrt_())
         return z
@@ -131,7 +133,7 @@ class Noise:
         if self.name == "gaussian":
             return torch.erf(z / math.sqrt(2.0))
         if self.name == "student-t":
-            table = _sign_mean_table(float(self.nu)).to(z.dtype)
+            table = _sign_mean_table(float(self.nu)).to(device=z.device, dtype=z.dtype)
             u = torch.atan(z) * (2.0 / math.pi)  # in [−1, 1]
             pos = (u + 1.0) * ((table.numel() - 1) / 2.0)
             i0 = pos.floor().clamp(0, table.numel() - 2)

@@ -22,6 +22,7 @@ summary.json, plots) with, per series, ``wire_bytes_per_worker_per_step`` next t
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import os
 import shutil
@@ -34,15 +35,16 @@ from typing import Any, Mapping
 import torch
 import torch.distributed as dist
 
-from compsde import config as config_mod
-from compsde.config import Experiment
+from compsde.core.tensors import resolve_dtype
 from compsde.distributed import checkpoint as ckpt_mod
 from compsde.distributed.launch import (
     COMM_FAILURE, EXIT_CONFIG, EXIT_PEER, Context, LaunchError, in_launched_env, init_from_env, peer_report,
     set_threads, spawn,
 )
-from compsde.distributed.worker import SeriesOutcome, SeriesState, run_series
-from compsde.simulator import Trace
+from compsde.distributed.worker import SeriesOutcome, run_series
+from compsde.experiments import config as config_mod
+from compsde.experiments.config import Experiment
+from compsde.sim.recorder import Trace
 
 __all__ = ["DEFAULT_TIMEOUT", "RunResult", "run", "world_size"]
 
@@ -95,7 +97,7 @@ def _default_out(exp: Experiment, out_dir: str | Path | None, resume: str | Path
         return Path(out_dir)
     if resume is not None:
         return ckpt_mod.path_for(resume).parent
-    from compsde.runner import default_out_dir
+    from compsde.experiments.runner import default_out_dir
 
     return default_out_dir(exp.name)
 
@@ -136,7 +138,7 @@ def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path
     try:
         torch.save({"config": exp.config, "name": exp.name, "out": str(out), "world": world, "options": options},
                    job / "job.pt")
-        spawn(world, ["-m", "compsde.distributed._child", str(job / "job.pt")], timeout=float(timeout), jobdir=job)
+        spawn(world, ["-m", "compsde.experiments._torch_child", str(job / "job.pt")], timeout=float(timeout), jobdir=job)
         res = torch.load(job / "result.pt", map_location="cpu", weights_only=True)
         return RunResult(out, [_outcome_from_dict(o) for o in res["outcomes"]])
     finally:
@@ -144,7 +146,7 @@ def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path
 
 
 def _check_resumable(ck: dict[str, Any], exp: Experiment, world: int, where: Any) -> None:
-    if ck["config_digest"] != ckpt_mod.config_digest(exp.config, world):
+    if ck["config_digest"] != config_digest(exp.config, world):
         raise ConfigMismatch(
             f"--resume {str(where)!r}: the checkpoint was written for another configuration "
             "(resolved config, library version or number of workers differ)", EXIT_CONFIG)
@@ -172,7 +174,7 @@ def _rank_main(exp: Experiment, out: Path, world: int, options: dict[str, Any],
             raise ConfigMismatch(
                 f"rank {ctx.rank}: the process group has {ctx.world} ranks but the config needs {world} "
                 f"(the largest series workers); start {world} processes", EXIT_CONFIG)
-        digest = ckpt_mod.config_digest(exp.config, world)
+        digest = config_digest(exp.config, world)
         _check_same_config(ctx, {"config": digest, "checkpoint_every": options["checkpoint_every"],
                                  "resume": options["resume"] is not None})
         outcomes = _run_all(exp, out, ctx, options, digest, lambda w: where.__setitem__(0, w))
@@ -233,7 +235,8 @@ def _run_all(exp: Experiment, out: Path, ctx: Context, options: dict[str, Any], 
     groups: dict[int, dist.ProcessGroup | None] = {ctx.world: None}
     for n in sorted({s.workers for s in exp.series}):
         if n < ctx.world:
-            groups[n] = dist.new_group(list(range(n)))
+            # The user's timeout, like the default group's (new_group's own default is 30 minutes).
+            groups[n] = dist.new_group(list(range(n)), timeout=datetime.timedelta(seconds=options["timeout"]))
 
     # Resume: rank 0 reads the checkpoint; everyone learns where to start.
     ck = None
@@ -244,7 +247,7 @@ def _run_all(exp: Experiment, out: Path, ctx: Context, options: dict[str, Any], 
         _check_resumable(ck, exp, ctx.world, options["resume"])
         completed = [_outcome_from_dict(o) for o in ck["completed"]]
         cur = ck["current"]
-        header = [len(completed), None if cur is None else int(cur["state"]["step"])]
+        header = [len(completed), None if cur is None else int(cur["step"])]
         if cur is not None and int(cur["series"]) != len(completed):
             raise ValueError(f"--resume: inconsistent checkpoint (current series {cur['series']}, "
                              f"{len(completed)} completed)")
@@ -256,7 +259,7 @@ def _run_all(exp: Experiment, out: Path, ctx: Context, options: dict[str, Any], 
     ckpt_path = out / ckpt_mod.FILE
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        from compsde.runner import atomic_write
+        from compsde.core.files import atomic_write
 
         text = config_mod.dumps(exp.config, header=f"compsde resolved config ({exp.name}); re-run with: "
                                                      f"compsde run config.toml --backend torch --workers {ctx.world}")
@@ -285,11 +288,13 @@ def _run_all(exp: Experiment, out: Path, ctx: Context, options: dict[str, Any], 
                 state = _scatter_state(ck, rank, n, group)
             set_where(f"series {i} ({spec.label!r})")
 
-            def save(shared_fn, own_fn, i=i, n=n, group=group):
-                _checkpoint(ctx, ckpt_path, digest, completed, i, n, group, shared_fn, own_fn)
+            def save(part, i=i, n=n, group=group):
+                _checkpoint(ctx, ckpt_path, digest, completed, i, n, group, part)
 
             outcome = run_series(
-                spec, run_cfg, rank=rank, group=group, index=i, resume=state,
+                spec.oracle.to(resolve_dtype(run_cfg["dtype"])), spec.algorithm, spec.schedule,
+                repeats=run_cfg["repeats"], seed=run_cfg["seed"], log_every=run_cfg["log_every"],
+                rank=rank, group=group, index=i, label=spec.label, resume=state,
                 checkpoint=save if options["checkpoint_every"] else None,
                 checkpoint_every=options["checkpoint_every"],
                 progress=None if bar is None else bar.update,
@@ -323,38 +328,35 @@ def _wait_idle(ctx: Context, i: int) -> None:
         time.sleep(0.05)
 
 
-def _scatter_state(ck: dict[str, Any] | None, rank: int, n: int, group) -> SeriesState:
+def _scatter_state(ck: dict[str, Any] | None, rank: int, n: int, group) -> dict[str, Any]:
     """Rank 0 hands every rank of the series its part of the checkpointed state."""
-    if rank == 0:
-        assert ck is not None
-        st = dict(ck["current"]["state"])
-        per_rank = st.pop("ranks")
-        shared = SeriesState(**st, ranks=[])
-        msgs = [(shared, per_rank[r]) for r in range(n)]
-    else:
-        msgs = None
+    msgs = list(ck["current"]["ranks"]) if rank == 0 and ck is not None else None
     recv: list[Any] = [None]
     dist.scatter_object_list(recv, msgs, src=0, group=group)
-    shared, own = recv[0]
-    ranks: list[Any] = [None] * n
-    ranks[rank] = own
-    return dataclasses.replace(shared, ranks=ranks)
+    return recv[0]
 
 
 def _checkpoint(ctx: Context, path: Path, digest: str, completed: list[SeriesOutcome], i: int, n: int, group,
-                shared_fn, own_fn) -> None:
-    own = own_fn()
+                part: dict[str, Any]) -> None:
+    """Gather every rank's part (its loop state) on rank 0, which writes the checkpoint."""
     gathered: list[Any] | None = [None] * n if ctx.rank == 0 else None
-    dist.gather_object(own, gathered, dst=0, group=group)
+    dist.gather_object(part, gathered, dst=0, group=group)
     if ctx.rank == 0:
-        st = shared_fn()
-        st.ranks = gathered  # type: ignore[assignment]
-        _save(path, digest, ctx.world, completed, {"series": i, "state": dataclasses.asdict(st)})
+        _save(path, digest, ctx.world, completed, {"series": i, "step": int(part["loop"]["k"]), "ranks": gathered})
+
+
+def config_digest(config: dict[str, Any], world: int) -> str:
+    """SHA-256 of the resolved config's TOML text, the library version and the world size."""
+    import hashlib
+    import json
+
+    text = config_mod.dumps(config) + json.dumps({"version": ckpt_mod.library_version(), "world": world}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _save(path: Path, digest: str, world: int, completed: list[SeriesOutcome], current: dict[str, Any] | None) -> None:
     ckpt_mod.save(path, {
-        "format": ckpt_mod.FORMAT, "compsde_version": ckpt_mod._version(), "config_digest": digest, "world": world,
+        "format": ckpt_mod.FORMAT, "compsde_version": ckpt_mod.library_version(), "config_digest": digest, "world": world,
         "completed": [_outcome_to_dict(o) for o in completed], "current": current,
     })
 
@@ -376,7 +378,7 @@ def _outcome_from_dict(d: dict[str, Any]) -> SeriesOutcome:
 
 def _write_outputs(exp: Experiment, out: Path, outcomes: list[SeriesOutcome], *, plots: bool, world: int) -> None:
     """The simulator backend's files (same writers), plus the measured wire bytes per series."""
-    from compsde import runner
+    from compsde.experiments import runner
 
     results = [runner.metrics_from_trace(spec, o.trace, o.seconds) for spec, o in zip(exp.series, outcomes)]  # type: ignore[arg-type]
     summary = runner.summary_dict(exp, results)

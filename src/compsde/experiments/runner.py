@@ -26,8 +26,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +34,14 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from compsde import config as config_mod
-from compsde.config import Experiment
-from compsde.simulator import DTYPES, Trace, simulate
+from compsde.core.files import atomic_write
+from compsde.core.tensors import DTYPES
+from compsde.experiments import config as config_mod
+from compsde.experiments.config import Experiment
+from compsde.sim.recorder import Trace
+from compsde.sim.simulator import simulate
 
-__all__ = ["METRIC_COLUMNS", "SeriesResult", "atomic_write", "default_out_dir", "metrics_from_trace", "quantiles", "run_experiment",
+__all__ = ["METRIC_COLUMNS", "SeriesResult", "default_out_dir", "metrics_from_trace", "quantiles", "run_experiment",
            "write_results"]
 
 #: Below this many elements per step (d x repeats x workers) a series is simulated on one thread.
@@ -131,9 +132,9 @@ def metrics_from_trace(spec: config_mod.SeriesSpec, trace: Trace, seconds: float
     div = trace.diverged_step.numpy()
     dived = div[div >= 0]
     return SeriesResult(
-        index=spec.index, label=spec.label, group=spec.group, method=spec.method.name,
+        index=spec.index, label=spec.label, group=spec.group, method=spec.algorithm.name,
         compressor=spec.config["compressor"], problem=spec.problem.name, color_key=spec.color_key,
-        bits_per_step=int(spec.method.bits_per_step(spec.problem.dim)),
+        bits_per_step=int(spec.algorithm.bits(spec.problem.dim)),
         steps=steps, lr=np.array([spec.schedule(int(k)) for k in steps], dtype=np.float64),
         loss_mean=_finite_mean(loss), loss_median=q50, loss_q10=q10, loss_q90=q90,
         grad_norm=_finite_mean(trace.grad_norm.double().numpy()),
@@ -146,29 +147,6 @@ def metrics_from_trace(spec: config_mod.SeriesSpec, trace: Trace, seconds: float
 
 
 # ---- writing -------------------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a temporary file in the same directory, then rename over ``path``."""
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _csv_cell(v: Any) -> Any:
@@ -241,7 +219,7 @@ def summary_dict(exp: Experiment, results: list[SeriesResult],
             "group": r.group,
             "method": r.method,
             "compressor": r.compressor,
-            "compressor_repr": repr(spec.method.compressor),
+            "compressor_repr": repr(spec.algorithm.compressor),
             "normalize": bool(s["normalize"]),
             "schedule": s["schedule"],
             "lr": s["lr"],
@@ -283,14 +261,14 @@ class Tracked:
 def weak_order_fits(exp: Experiment, tracked: list[Tracked]) -> list[dict[str, Any]]:
     """Per group whose series share a method but differ in η: the slope of log(mean tracking error)
     against log(η), which an order-1 weak approximation makes ≈ 1."""
-    from compsde.tracking import fit_order
+    from compsde.sde.tracking import fit_order
 
     fits = []
     for group in dict.fromkeys(spec.group for spec in exp.series):
         members = [(spec, t) for spec, t in zip(exp.series, tracked) if spec.group == group]
         lrs = [spec.config["lr"] for spec, _ in members]
         errs = [t.error["mean_rel_error"] for _, t in members]
-        if len(set(lrs)) < 2 or len({spec.method.label() for spec, _ in members}) != 1:
+        if len(set(lrs)) < 2 or len({spec.algorithm.label() for spec, _ in members}) != 1:
             continue
         try:
             slope = fit_order(lrs, errs)
@@ -309,14 +287,13 @@ def default_out_dir(name: str) -> Path:
 
 
 def _sde_models(exp: Experiment) -> list[Any]:
-    """Every series' SDE model (``compsde.tracking.sde_model``); ValueError naming the series otherwise."""
-    from compsde.tracking import sde_model
+    """Every series' SDE model (``compsde.sde.models.from_algorithm``); ValueError naming the series otherwise."""
+    from compsde.sde.models import from_algorithm
 
     models = []
     for spec in exp.series:
         try:
-            models.append(sde_model(spec.problem, spec.noise, spec.method, spec.schedule, workers=spec.workers,
-                                    batch=spec.batch, mc_samples=exp.run["mc_samples"]))
+            models.append(from_algorithm(spec.oracle, spec.algorithm, spec.schedule.lr, mc_samples=exp.run["mc_samples"]))
         except ValueError as e:
             raise ValueError(f"series {spec.label!r}: {e}") from None
     return models
@@ -325,12 +302,12 @@ def _sde_models(exp: Experiment) -> list[Any]:
 def _track(spec: config_mod.SeriesSpec, run: Mapping[str, Any], trace: Trace, model: Any,
            progress: Any) -> Tracked:
     """Run a series' SDE from the optimizer's start and compare it with the optimizer's trace."""
-    from compsde.tracking import simulate_sde, tracking_error
+    from compsde.sde.tracking import simulate_sde, tracking_error
 
     t0 = time.perf_counter()
     sde_trace, model = simulate_sde(
-        spec.problem, spec.noise, spec.method, spec.schedule, workers=spec.workers, batch=spec.batch,
-        paths=run["paths"], seed=run["seed"], dtype=DTYPES[run["dtype"]], log_every=run["log_every"],
+        spec.oracle.to(DTYPES[run["dtype"]]), spec.algorithm, spec.schedule,
+        paths=run["paths"], seed=run["seed"], log_every=run["log_every"],
         substeps=run["substeps"], increments=run["increments"], mc_samples=run["mc_samples"], progress=progress,
         model=model,
     )
@@ -389,9 +366,8 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
             torch.set_num_threads(1 if size < SINGLE_THREAD_BELOW else threads)
             try:
                 trace = simulate(
-                    spec.problem, spec.noise, spec.method, spec.schedule,
-                    workers=spec.workers, batch=spec.batch, repeats=run["repeats"], seed=run["seed"],
-                    dtype=DTYPES[run["dtype"]], log_every=run["log_every"], progress=bar.update,
+                    spec.oracle.to(DTYPES[run["dtype"]]), spec.algorithm, spec.schedule,
+                    repeats=run["repeats"], seed=run["seed"], log_every=run["log_every"], progress=bar.update,
                 )
                 results.append(metrics_from_trace(spec, trace, time.perf_counter() - t0))
                 if track:
@@ -400,7 +376,7 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
                 torch.set_num_threads(threads)
 
     def tracking_png(title: str) -> dict[str, bytes]:
-        from compsde import plots as plots_mod
+        from compsde.experiments import plots as plots_mod
 
         return {"tracking.png": plots_mod.tracking_figure(results, [t.result for t in tracked], [t.error for t in tracked], title)}
 
@@ -420,7 +396,7 @@ def write_results(out: Path, exp: Experiment, results: list[SeriesResult], summa
     atomic_write(out / "metrics.csv", metrics_csv(list(results) + list(extra_rows)))
     atomic_write(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
     if plots:
-        from compsde import plots as plots_mod
+        from compsde.experiments import plots as plots_mod
 
         title = exp.run["title"] or exp.name
         made = plots_mod.make_plots(results, title)

@@ -103,9 +103,9 @@ def _backend_args(r: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run_torch(args: argparse.Namespace, exp: object) -> int:
-    from compsde.distributed import backend
+    from compsde.experiments import torch_backend
 
-    return backend.cli_run(exp, args)  # type: ignore[arg-type]
+    return torch_backend.cli_run(exp, args)  # type: ignore[arg-type]
 
 
 def _error(msg: str) -> int:
@@ -114,7 +114,7 @@ def _error(msg: str) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, track: bool = False) -> int:
-    from compsde import config, runner
+    from compsde.experiments import config, runner
 
     overrides = [item for group in args.overrides for item in group]
     try:
@@ -151,7 +151,7 @@ def _cmd_run(args: argparse.Namespace, track: bool = False) -> int:
 def _cmd_scale(args: argparse.Namespace) -> int:
     import json
 
-    from compsde import scaling
+    from compsde.sde import scaling
 
     try:
         frm = scaling.parse_assignments(args.frm, "--from")
@@ -174,7 +174,7 @@ def _cmd_scale(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets() -> int:
-    from compsde import config
+    from compsde.experiments import config
 
     items = config.presets()
     width = max((len(n) for n in items), default=0)

@@ -1,0 +1,39 @@
+"""How the server turns the N workers' messages m_i into one direction.
+
+The messages are summed in worker order, m_0 + m_1 + … + m_{N−1} (``compsde.core.tensors.accumulate``),
+wherever they are summed — the simulator over its stack of workers, a distributed receiver as it decodes each
+rank's payload — so both give the same bits. The direction is a function of that sum:
+
+* ``mean``:     (1/N) Σ_i m_i — DSGD, DCSGD, DSignSGD (mean of signs), error feedback.
+* ``majority``: sign(Σ_i m_i) — majority vote over the workers' signs (Bernstein et al., 2019);
+  a tie (possible for even N) gives 0 for that coordinate, i.e. no move.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from compsde.core.checks import check_choice
+from compsde.core.tensors import accumulate
+
+__all__ = ["AGGREGATIONS", "aggregate_sum", "sum_messages"]
+
+AGGREGATIONS = ("mean", "majority")
+
+
+def sum_messages(messages: Tensor, total: Tensor | None = None) -> Tensor:
+    """Σ_i m_i of a stack (n, ..., d) of messages, added to ``total`` (if given) in worker order."""
+    for j in range(messages.shape[0]):
+        total = accumulate(total, messages[j])
+    if total is None:
+        raise ValueError("sum_messages needs at least one message")
+    return total
+
+
+def aggregate_sum(total: Tensor, workers: int, how: str = "mean") -> Tensor:
+    """The aggregate of the N = ``workers`` messages from their sum Σ_i m_i."""
+    check_choice("aggregation", how, AGGREGATIONS)
+    if how == "mean":
+        return total / workers
+    return torch.sign(total)

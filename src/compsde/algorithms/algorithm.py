@@ -1,0 +1,169 @@
+"""A distributed algorithm: worker transform → (error feedback) → compress → exchange → aggregate →
+server transform → step. One step, whatever carries the messages.
+
+With N workers holding stochastic gradients g_i and learning rate η_k, one step is
+
+    u_i = T_w(g_i)                          worker transform (identity, momentum, weight decay, …)
+    v_i = u_i            or  e_i + η_k u_i  (error feedback: the worker compresses its step plus what
+                                             compression dropped before, e_i ← v_i − C_i(v_i))
+    m_i = C_i(v_i)                          compression: the payload of v_i travels, m_i is decoded
+    s   = m_0 + m_1 + … + m_{N−1}           the exchange: sum of the decoded messages, in worker order
+    a   = s / N  or  sign(s)                aggregation: mean, or majority vote
+    d   = T_s(a)                            server transform (identity, normalize, momentum, …)
+    x  ← x − η_k d   or  x − d              (error feedback: η_k is already inside the messages)
+
+``Algorithm.workers_step`` is the workers' half (for any stack of workers: all N in the simulator,
+one in a process of a distributed run, one gradient bucket in the DDP hook) and ``direction`` /
+``apply_update`` the server's half; the simulator, the torch.distributed worker and the DDP hook call
+these and differ only in the exchange (an in-process sum over the stacked workers, or collectives of
+payloads) and in where gradients come from (``compsde.objectives``). State is plain data
+(``init``): the iterate, the workers' transform states and error-feedback memories (leading worker
+axis), the server's transform state — all of it checkpointed.
+
+Recipes (``compsde.algorithms.make``): ``dsgd`` (identity compressor), ``dcsgd`` (any compressor),
+``dsignsgd`` (sign, mean), ``dsignsgd-majority`` (sign, majority vote), ``ef`` (error feedback
+around any compressor; Karimireddy et al. 2019, Stich & Karimireddy 2019). Each takes worker- and
+server-side momentum, Nesterov momentum and decoupled weight decay, and ``normalize`` (the step
+η_k d/‖d‖, for (L0, L1)-smooth problems; Zhang et al. 2020).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+from compsde.algorithms.aggregation import AGGREGATIONS, aggregate_sum
+from compsde.compressors import Compressor, Payload
+from compsde.core.checks import check_bool, check_choice
+from compsde.core.streams import Streams
+from compsde.optim import Transform, identity
+
+__all__ = ["Algorithm", "WorkersOut"]
+
+
+class WorkersOut(NamedTuple):
+    """What the workers' half of a step produced for a stack of n workers."""
+
+    inputs: Tensor  # v_i, what each worker compressed, (n, ..., d)
+    messages: Tensor  # m_i = C_i(v_i), decoded, (n, ..., d)
+    payload: Payload | None  # the encoded messages (when asked for: they travel)
+    state: dict[str, Any]  # the workers' new state {"worker", "ef"}
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """A configured distributed algorithm (see module doc). Build one with ``compsde.algorithms.make``."""
+
+    name: str
+    compressor: Compressor
+    aggregation: str = "mean"
+    error_feedback: bool = False
+    worker: Transform = field(default_factory=identity)
+    server: Transform = field(default_factory=identity)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.compressor, Compressor):
+            raise ValueError(f"compressor must be a Compressor (compsde.compressors.make(...)), got {self.compressor!r}")
+        check_choice("aggregation", self.aggregation, AGGREGATIONS)
+        check_bool("error_feedback", self.error_feedback)
+        for side in ("worker", "server"):
+            if not isinstance(getattr(self, side), Transform):
+                raise ValueError(f"{side} must be a compsde.optim.Transform, got {getattr(self, side)!r}")
+        if self.error_feedback and "normalize" in self.server.names:
+            raise ValueError("normalize is not defined with error feedback (the step size is inside the compressed messages)")
+
+    # ---- properties ---------------------------------------------------------------------------
+    @property
+    def memoryless(self) -> bool:
+        """The step depends on the current iterate only (no error feedback, no transform state)."""
+        return not (self.error_feedback or self.worker.stateful or self.server.stateful)
+
+    @property
+    def plain(self) -> bool:
+        """No transforms and no error feedback: g_i → C_i(g_i) → aggregate → η_k · aggregate."""
+        return not (self.error_feedback or self.worker.names or self.server.names)
+
+    def bits(self, d: int) -> int:
+        """Bits one worker sends per communication for a vector of length d (uplink)."""
+        return self.compressor.bits(d)
+
+    def label(self) -> str:
+        out = f"{self.name}[{self.compressor!r}]"
+        if self.worker.names:
+            out += f" worker: {self.worker.describe()}"
+        if self.server.names:
+            out += f" server: {self.server.describe()}"
+        return out
+
+    # ---- state --------------------------------------------------------------------------------
+    def init(self, params: Tensor, workers: int) -> dict[str, Any]:
+        """The state at the iterate ``params`` (R, d) for a stack of ``workers`` workers held here."""
+        stacked = params.expand(workers, *params.shape)
+        ef = torch.zeros(stacked.shape, dtype=params.dtype, device=params.device) if self.error_feedback else None
+        return {"params": params.clone(), "worker": self.worker.init(stacked), "ef": ef,
+                "server": self.server.init(params)}
+
+    # ---- the step -----------------------------------------------------------------------------
+    def draw(self, streams: Streams, workers: Sequence[int], rows: int, d: int, dtype: torch.dtype) -> Tensor | None:
+        """The compressor's random draws of one step for ``workers`` (n, rows, ·), each from its own
+        stream; a compressor with shared randomness gets one draw (1, rows, ·) from the shared stream
+        (call it once per step)."""
+        c = self.compressor
+        if not c.randomized:
+            return None
+        if c.shared_randomness:
+            return c.draw((1, rows), d, streams.shared, dtype)
+        return streams.draw("compressor", workers, lambda g: c.draw((1, rows), d, g, dtype)[0])
+
+    def workers_step(self, grads: Tensor, state: dict[str, Any], params: Tensor | None, lr: float,
+                     rnd: Tensor | None, *, encode: bool = False) -> WorkersOut:
+        """The workers' half for a stack of workers.
+
+        Args:
+            grads: their stochastic gradients g_i, (n, ..., d).
+            state: their slice of the state, ``{"worker": ..., "ef": ...}``.
+            params: the iterate x (for transforms that use it, e.g. weight decay).
+            lr: η_k (used here only with error feedback).
+            rnd: the compressor's draws for these workers (``draw``), leading axis n or 1.
+            encode: also return the payload (what travels on a real network).
+        """
+        u, wstate = self.worker.update(grads, state["worker"], params)
+        ef = state["ef"]
+        if self.error_feedback:
+            if ef is None:
+                raise ValueError("error feedback needs its memory in the state (Algorithm.init)")
+            u = ef + lr * u  # v = e + η u
+        payload = self.compressor.encode(u, rnd) if encode else None
+        messages = self.compressor.apply(u, rnd) if payload is None else self.compressor.decode(payload, rnd)
+        if self.error_feedback:
+            ef = u - messages  # e ← v − C(v): stays on its worker
+        return WorkersOut(u, messages, payload, {"worker": wstate, "ef": ef})
+
+    def direction(self, total: Tensor, workers: int, server_state: Any, params: Tensor | None) -> tuple[Tensor, Any]:
+        """The server's direction d = T_s(aggregate(Σ_i m_i)) from the sum of all N messages."""
+        return self.server.update(aggregate_sum(total, workers, self.aggregation), server_state, params)
+
+    def apply_update(self, params: Tensor, direction: Tensor, lr: float) -> Tensor:
+        """x ← x − η_k d (x − d with error feedback, whose messages already hold η_k)."""
+        return params - (direction if self.error_feedback else lr * direction)
+
+    def server_step(self, total: Tensor, workers: int, state: dict[str, Any], lr: float) -> dict[str, Any]:
+        """The server's half: ``state`` with the new iterate and server state."""
+        d, sstate = self.direction(total, workers, state["server"], state["params"])
+        return {**state, "params": self.apply_update(state["params"], d, lr), "server": sstate}
+
+    def unit_update(self, grads: Tensor, rnd: Tensor | None) -> Tensor:
+        """The update per unit step size, U = (x_k − x_{k+1})/η, of a memoryless algorithm for
+        independent samples of all N workers' gradients ``grads`` (N, ..., d); used by Monte Carlo
+        SDE models. The messages are summed in worker order, as in every exchange."""
+        if not self.memoryless:
+            raise ValueError(f"{self.label()} carries state from step to step: its update is not a function of x alone")
+        from compsde.algorithms.aggregation import sum_messages
+
+        n = grads.shape[0]
+        out = self.workers_step(grads, {"worker": None, "ef": None}, None, 1.0, rnd)
+        d, _ = self.direction(sum_messages(out.messages), n, None, None)
+        return 1.0 * d

@@ -1,0 +1,199 @@
+"""The wire format of payloads: fields ↔ one byte buffer per worker, and the sum of decoded messages.
+
+A compressor declares its payload's fields per row (``Compressor.fields``: float values, bits, or
+unsigned integers of a given width); this module serialises them and never re-derives a compressor's
+arithmetic. Per field, for ``rows`` rows (the R Monte Carlo repetitions of a run, or one gradient
+bucket):
+
+* ``float``  the values in the run's dtype, as they are;
+* ``bits``   packed 8 per byte, little bit order, all rows in one stream (no padding between rows);
+* ``uint``   width 8: one byte each; other widths: ``width`` bit planes, each packed like ``bits``.
+
+Fields are laid out largest element size first (every field starts aligned) and a worker's buffer is
+padded to a multiple of ``ALIGN`` bytes, so the fields of every worker in an all-gathered buffer can
+be viewed in place. ``Layout.nbytes`` is what one worker hands to an all-gather; the simulator counts
+the same number for its in-process exchange, so both report the same bytes.
+
+``decode_sum`` turns n workers' buffers into Σ_i m_i, accumulating in worker order (never an
+(n, rows, d) tensor), which is the simulator's order, so a distributed run reproduces it bit for bit.
+For one-row payloads of an elementwise compressor it works one block of ``BLOCK`` coordinates at a
+time, so the unpacked fields of a block stay in cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from compsde.compressors.base import Compressor, Field, Payload
+
+__all__ = ["ALIGN", "BLOCK", "Layout", "decode_sum", "pack_bits", "pack_uint", "unpack_bits", "unpack_uint", "wire_bytes"]
+
+ALIGN = 8
+#: Coordinates per block in the blocked decode (see module doc): a block's temporaries stay in the
+#: core's cache (2 MB L2 here). Measured at d = 10⁷, 4 ranks on 2 cores: 11 ms blocked vs 19 ms unblocked.
+BLOCK = 1 << 18
+
+
+# ---- bit packing ---------------------------------------------------------------------------------
+
+
+def pack_bits(bits: Tensor) -> Tensor:
+    """(n,) bool (or 0/non-0 uint8) → (⌈n/8⌉,) uint8; entry 8b + j is bit j of byte b.
+
+    On CPU this is ``np.packbits`` (~1 ms per 10⁷ bits here); elsewhere a torch fallback.
+    """
+    bits = bits.reshape(-1)
+    if bits.device.type == "cpu":
+        return torch.from_numpy(np.packbits(bits.contiguous().numpy(), bitorder="little"))
+    n = bits.shape[0]
+    b = torch.nn.functional.pad(bits.to(torch.uint8), (0, (-n) % 8)).view(-1, 8)
+    w = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=bits.device)
+    return (b * w).sum(-1).to(torch.uint8)  # distinct powers of two: the sum is a bitwise or
+
+
+def unpack_bits(packed: Tensor, n: int) -> Tensor:
+    """Inverse of ``pack_bits``: (⌈n/8⌉,) uint8 → (n,) bool."""
+    if packed.device.type == "cpu":
+        return torch.from_numpy(np.unpackbits(packed.contiguous().numpy(), count=n, bitorder="little")).view(torch.bool)
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    return ((packed.unsqueeze(-1) >> shifts) & 1).reshape(-1)[:n].bool()
+
+
+def pack_uint(values: Tensor, width: int) -> Tensor:
+    """Integers in [0, 2^width) → ``width`` bit planes, (width, ⌈n/8⌉) uint8."""
+    v = values.reshape(-1).long()
+    n = v.shape[0]
+    out = torch.empty(width, (n + 7) // 8, dtype=torch.uint8, device=values.device)
+    for j in range(width):
+        out[j] = pack_bits((v >> j) & 1)
+    return out
+
+
+def unpack_uint(planes: Tensor, n: int) -> Tensor:
+    """Inverse of ``pack_uint``: (width, ⌈n/8⌉) uint8 → (n,) int64."""
+    width = planes.shape[0]
+    if planes.device.type == "cpu" and width <= 8:
+        # A Horner scheme of byte adds (acc ← 2·acc + plane), which numpy vectorises (its uint8 shifts
+        # are ~20× slower).
+        p = planes.contiguous().numpy()
+        acc = np.unpackbits(p[width - 1], count=n, bitorder="little")
+        for j in range(width - 2, -1, -1):
+            np.add(acc, acc, out=acc)
+            np.add(acc, np.unpackbits(p[j], count=n, bitorder="little"), out=acc)
+        return torch.from_numpy(acc).long()
+    out = torch.zeros(n, dtype=torch.int64, device=planes.device)
+    for j in range(width):
+        out |= unpack_bits(planes[j], n).long() << j
+    return out
+
+
+# ---- layouts -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Slot:
+    field: Field
+    offset: int
+    nbytes: int
+    itemsize: int
+
+
+class Layout:
+    """The byte layout of one worker's payload for ``rows`` rows of length d in ``dtype``."""
+
+    def __init__(self, fields: Sequence[Field], rows: int, d: int, dtype: torch.dtype) -> None:
+        self.fields, self.rows, self.d, self.dtype = list(fields), rows, d, dtype
+        fsize = torch.empty((), dtype=dtype).element_size()
+        sized = []
+        for f in self.fields:
+            n = rows * f.count
+            if f.kind == "float":
+                sized.append((f, n * fsize, fsize))
+            elif f.kind == "bits" or (f.kind == "uint" and f.width != 8):
+                planes = 1 if f.kind == "bits" else f.width
+                sized.append((f, planes * ((n + 7) // 8), 1))
+            else:  # uint of width 8: one byte each
+                sized.append((f, n, 1))
+        sized.sort(key=lambda s: -s[2])  # stable: equal sizes keep their order
+        self.slots: list[_Slot] = []
+        off = 0
+        for f, nb, item in sized:
+            self.slots.append(_Slot(f, off, nb, item))
+            off += nb
+        self.payload_bytes = off  # what the fields need
+        self.nbytes = off + (-off) % ALIGN  # what one worker hands to the all-gather
+
+    def pack(self, payload: Payload, out: Tensor | None = None) -> Tensor:
+        """The payload as a (nbytes,) uint8 buffer (``out`` if given); the padding is zeroed."""
+        if out is None:
+            out = torch.empty(self.nbytes, dtype=torch.uint8, device=payload.device)
+        for s in self.slots:
+            f, src = s.field, payload.fields[s.field.name]
+            dst = out[s.offset: s.offset + s.nbytes]
+            if f.kind == "float":
+                dst.view(self.dtype).copy_(src.reshape(-1))
+            elif f.kind == "bits":
+                dst.copy_(pack_bits(src))
+            elif f.width == 8:
+                dst.copy_(src.reshape(-1))
+            else:
+                dst.view(f.width, -1).copy_(pack_uint(src, f.width))
+        if self.nbytes > self.payload_bytes:
+            out[self.payload_bytes:].zero_()
+        return out
+
+    def unpack(self, buf: Tensor, lo: int = 0, hi: int | None = None) -> Payload:
+        """The payload in one worker's (nbytes,) buffer; with ``lo``/``hi`` (one-row layouts, lo a
+        multiple of 8) only coordinates [lo, hi) of the per-coordinate fields, the per-row fields whole."""
+        hi = self.d if hi is None else hi
+        part = (lo, hi) != (0, self.d)
+        out: dict[str, Tensor] = {}
+        for s in self.slots:
+            f = s.field
+            raw = buf[s.offset: s.offset + s.nbytes]
+            n = self.rows * f.count
+            a, b = (lo, hi) if (part and f.count == self.d) else (0, n)
+            if f.kind == "float":
+                t = raw.view(self.dtype)[a:b]
+            elif f.kind == "bits":
+                t = unpack_bits(raw[a // 8: (b + 7) // 8], b - a)
+            elif f.width == 8:
+                t = raw[a:b]
+            else:
+                t = unpack_uint(raw.view(f.width, -1)[:, a // 8: (b + 7) // 8], b - a)
+            out[f.name] = t.view(self.rows, -1) if not part else t.view(1, -1)
+        return Payload(out, hi - lo if part else self.d, self.dtype)
+
+
+def wire_bytes(compressor: Compressor, rows: int, d: int, dtype: torch.dtype) -> int:
+    """Bytes one worker hands to the collective for ``rows`` rows of length d: the payload's float
+    values for an all-reduce (summable payloads), else its all-gather buffer (alignment included)."""
+    layout = Layout(compressor.fields(d, dtype), rows, d, dtype)
+    return layout.payload_bytes if compressor.summable else layout.nbytes
+
+
+def decode_sum(compressor: Compressor, layout: Layout, buffers: Tensor, rnds: Sequence[Tensor | None],
+               out: Tensor | None = None) -> Tensor:
+    """Σ_i decode(payload_i) (rows, d) from n workers' buffers (n, nbytes), in worker order.
+
+    ``rnds[i]`` is worker i's draw (replayed by the receiver when the payload omits what the draw
+    determines). One-row payloads of an elementwise compressor are decoded block by block.
+    """
+    n, rows, d = buffers.shape[0], layout.rows, layout.d
+    if out is None:
+        out = torch.empty(rows, d, dtype=layout.dtype, device=buffers.device)
+    if rows == 1 and compressor.elementwise and d > BLOCK:
+        flat = out.view(-1)
+        for lo in range(0, d, BLOCK):
+            hi = min(d, lo + BLOCK)
+            payloads = [layout.unpack(buffers[j], lo, hi) for j in range(n)]
+            flat[lo:hi].copy_(compressor.decode_sum(payloads, [None] * n).view(-1))
+        return out
+    payloads = (layout.unpack(buffers[j]) for j in range(n))
+    return out.copy_(compressor.decode_sum(payloads, rnds))

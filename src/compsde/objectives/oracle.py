@@ -1,0 +1,149 @@
+"""Gradient oracles: where a worker's stochastic gradient comes from.
+
+The simulator, the distributed worker, the SDE models and the scaling-rule checks talk to an oracle
+only. ``Oracle`` is a problem (exact per-worker gradients ∇f_i, the loss f − f*) with an additive
+noise model,
+
+    g_i(x) = ∇f_i(x) + σ_i T / √B,     T with independent standard coordinates (``compsde.objectives.noise``),
+
+drawn per worker from that worker's noise stream (``compsde.core.streams``), so worker i's gradient is
+the same whether it is simulated with the others or runs alone in its own process.
+
+A step draws each held worker's noise once (``sample``) and evaluates gradients with it (``grads``);
+an algorithm that evaluates the gradient twice in a step (SAM, extragradient) calls ``grads`` again
+with the same sample — the same minibatch, in the language of a model with data.
+
+For SDE models the oracle also states the law of its noise: the exact gradients (``mean_grads``),
+the per-worker variances σ_i² Var(T)/B (``noise_variances``) and E sign(g_i) (``sign_means``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from compsde.core.checks import check_int, describe
+from compsde.core.streams import Streams
+from compsde.objectives.noise import Noise
+from compsde.objectives.problems import Problem
+
+__all__ = ["Oracle"]
+
+
+class Oracle:
+    """N workers' stochastic gradients on ``problem`` with additive ``noise`` at batch size ``batch``.
+
+    Tensors follow ``dtype`` and ``device`` (``to``); the random numbers come from CPU generators and
+    are moved to the device, so a CUDA run draws the same numbers as a CPU run.
+    """
+
+    def __init__(self, problem: Problem, noise: Noise | None = None, *, workers: int, batch: int = 1,
+                 dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> None:
+        if not isinstance(problem, Problem):
+            raise ValueError(f"problem must be a compsde Problem (compsde.objectives.problems.make(...)), got {describe(problem)}")
+        noise = Noise("none") if noise is None else noise
+        if not isinstance(noise, Noise):
+            raise ValueError(f"noise must be a compsde Noise, got {describe(noise)}")
+        self.workers = check_int("workers", workers, min=1)
+        self.batch = check_int("batch", batch, min=1)
+        problem.check_workers(workers)
+        noise.worker_scales(workers)  # a per-worker scale list must have one entry per worker
+        self.noise = noise
+        self.base_problem = problem
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.problem = problem.to(dtype, self.device) if (dtype != problem.dtype or self.device.type != "cpu") else problem
+        #: σ_i/√B per worker (float64, CPU), None without noise.
+        self.scales = noise.worker_scales(workers) / math.sqrt(batch) if noise.active else None
+
+    def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> "Oracle":
+        """The same oracle with tensors of ``dtype`` on ``device``."""
+        return Oracle(self.base_problem, self.noise, workers=self.workers, batch=self.batch, dtype=dtype, device=device)
+
+    # ---- the problem ----------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.problem.dim
+
+    @property
+    def name(self) -> str:
+        return self.problem.name
+
+    def x0(self) -> Tensor:
+        """The starting point (d,)."""
+        return self.problem.x0()
+
+    def loss(self, x: Tensor) -> Tensor:
+        """f(x) − f* for x (..., d)."""
+        return self.problem.suboptimality(x)
+
+    def grad(self, x: Tensor) -> Tensor:
+        """∇f(x), the exact gradient of the global objective."""
+        return self.problem.grad(x)
+
+    def distance(self, x: Tensor) -> Tensor | None:
+        """‖x − x*‖ (None where x* is unknown)."""
+        opt = self.problem.x_opt
+        return None if opt is None else (x - opt).norm(dim=-1)
+
+    def reference_point(self) -> Tensor:
+        """x* where known, else 0: the centre of the divergence rule."""
+        opt = self.problem.x_opt
+        return torch.zeros_like(self.x0()) if opt is None else opt
+
+    # ---- stochastic gradients -------------------------------------------------------------------
+    def sample(self, streams: Streams, workers: Sequence[int], rows: int, out: Tensor | None = None) -> Tensor | None:
+        """This step's noise σ_i T/√B of ``workers`` (n, rows, d), each from its own noise stream, written
+        into ``out`` if given (a buffer reused every step: fresh large tensors pay page faults);
+        None without noise."""
+        if self.scales is None:
+            return None
+        n, d = len(workers), self.dim
+        cpu = self.device.type == "cpu"
+        z = out if (out is not None and cpu) else torch.empty(n, rows, d, dtype=self.dtype)
+        streams.draw("noise", workers, lambda g, o: self.noise.standard((rows, d), g, self.dtype, out=o), out=z)
+        z.mul_(self.scales[list(workers)].to(self.dtype).reshape(n, 1, 1))
+        if not cpu:
+            z = out.copy_(z) if out is not None else z.to(self.device)
+        return z
+
+    def grads(self, x: Tensor, lo: int, hi: int, sample: Tensor | None) -> Tensor:
+        """g_i(x) = ∇f_i(x) + z_i for workers lo ≤ i < hi at x (R, d); the sample (if any) is
+        overwritten with the result."""
+        g = self.problem.worker_grads(x, self.workers, lo, hi)
+        return g if sample is None else sample.add_(g)
+
+    # ---- the law of the noise (for SDE models) --------------------------------------------------
+    def mean_grads(self, x: Tensor) -> Tensor:
+        """∇f_i(x) of every worker, (N, ..., d)."""
+        return self.problem.worker_grads(x, self.workers)
+
+    def noise_variances(self) -> Tensor:
+        """σ_i² Var(T)/B per worker (float64, (N,)); refuses noise of infinite variance."""
+        var = self.noise.variance() if self.noise.active else 0.0
+        if math.isinf(var):
+            raise ValueError(
+                f"this SDE needs finite gradient-noise variance; Student-t noise with nu = {self.noise.nu} has infinite "
+                "variance (nu ≤ 2), so DSGD/DCSGD have no diffusion limit there — use dsignsgd, whose SDE stays "
+                "bounded for every nu"
+            )
+        if not self.noise.active:
+            return torch.zeros(self.workers, dtype=torch.float64)
+        return self.noise.worker_scales(self.workers) ** 2 * var / self.batch
+
+    def sign_means(self, x: Tensor) -> Tensor:
+        """E sign(g_i(x)) = 2F(√B ∇f_i/σ_i) − 1 per coordinate, (N, ..., d), F the CDF of T (sign(0) = +1)."""
+        gi = self.mean_grads(x)
+        sign = torch.where(gi >= 0, 1.0, -1.0).to(x.dtype)
+        if not self.noise.active:
+            return sign
+        shape = (self.workers,) + (1,) * (gi.dim() - 1)
+        sig = self.noise.worker_scales(self.workers).to(device=x.device, dtype=x.dtype).reshape(shape)
+        z = math.sqrt(self.batch) * gi / sig.clamp_min(torch.finfo(x.dtype).tiny)
+        return torch.where(sig > 0, self.noise.sign_mean(z), sign)
+
+    def describe(self) -> str:
+        return f"{self.problem.describe()}, {self.noise.name} noise, N = {self.workers}, B = {self.batch}"

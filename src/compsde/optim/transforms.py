@@ -1,0 +1,139 @@
+"""Gradient transformations with state, in the style of optax.
+
+A ``Transform`` is a pair of functions
+
+    state = t.init(params)
+    updates, state = t.update(grads, state, params)
+
+with the state plain data (dicts of tensors and numbers, see ``compsde.core.trees``), so checkpoints
+save it and a stack of workers is just a state with a leading worker axis. ``chain(a, b, ...)``
+applies them in order. Every transform works on rows of any leading shape: (R, d) for one worker's
+R Monte Carlo repetitions, (N, R, d) for a stack of N workers.
+
+The learning rate is *not* a transform here: an algorithm multiplies the final direction by η_k
+(``compsde.algorithms``), before compression for error feedback and after aggregation otherwise, so
+the same transform serves on the workers' side (before compression) and on the server's side (after
+aggregation), and an SDE model can take the direction per unit step.
+
+Transforms:
+
+* ``identity()``                       u = g.
+* ``momentum(beta, nesterov=False)``   heavy ball m ← β m + g, u = m; Nesterov u = g + β m
+                                        (torch.optim.SGD with dampening 0; Polyak 1964, Nesterov 1983,
+                                        Sutskever et al. 2013).
+* ``add_decayed_weights(lam)``         u = g + λ x: decoupled weight decay when chained after the
+                                        other transforms (Loshchilov & Hutter 2019), x ← x − η(u + λx).
+* ``normalize()``                      u = g / ‖g‖ per row (rows with g = 0 stay 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from compsde.core.checks import check_bool, check_number
+
+__all__ = ["Transform", "add_decayed_weights", "chain", "identity", "momentum", "normalize"]
+
+
+@dataclass(frozen=True)
+class Transform:
+    """``init(params) -> state`` and ``update(grads, state, params) -> (updates, state)``.
+
+    ``name`` and ``params`` describe it (labels, reports, SDE registry); ``stateful`` says whether its
+    state carries anything over from one step to the next (a method whose transforms are all
+    stateless is memoryless: its step depends on the current iterate only).
+    """
+
+    name: str
+    init: Callable[[Tensor], Any]
+    update: Callable[[Tensor, Any, Tensor | None], tuple[Tensor, Any]]
+    params: dict[str, Any] = field(default_factory=dict)
+    stateful: bool = False
+    #: needs the parameters in ``update`` (weight decay); a DDP hook without them refuses it.
+    uses_params: bool = False
+    #: the parts of a chain (empty for a single transform).
+    parts: tuple["Transform", ...] = ()
+
+    def describe(self) -> str:
+        if self.parts:
+            return " → ".join(p.describe() for p in self.parts) or "identity"
+        args = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.name}({args})" if args else self.name
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names of the transforms applied, in order (a chain flattened; identity omitted)."""
+        if self.parts:
+            return tuple(n for p in self.parts for n in p.names)
+        return () if self.name == "identity" else (self.name,)
+
+
+def identity() -> Transform:
+    return Transform("identity", lambda params: None, lambda g, state, params: (g, state))
+
+
+def chain(*transforms: Transform) -> Transform:
+    """Apply ``transforms`` in order; the state is the tuple of their states. Nested chains and
+    identities are flattened away, so ``chain()`` is the identity."""
+    parts: list[Transform] = []
+    for t in transforms:
+        if not isinstance(t, Transform):
+            raise ValueError(f"chain takes Transforms, got {t!r}")
+        parts.extend(t.parts if t.parts else ([] if t.name == "identity" else [t]))
+    if not parts:
+        return identity()
+    if len(parts) == 1:
+        return parts[0]
+
+    def init(params: Tensor) -> tuple[Any, ...]:
+        return tuple(t.init(params) for t in parts)
+
+    def update(g: Tensor, state: tuple[Any, ...], params: Tensor | None) -> tuple[Tensor, tuple[Any, ...]]:
+        new = []
+        for t, s in zip(parts, state, strict=True):
+            g, s = t.update(g, s, params)
+            new.append(s)
+        return g, tuple(new)
+
+    return Transform("chain", init, update, stateful=any(t.stateful for t in parts),
+                     uses_params=any(t.uses_params for t in parts), parts=tuple(parts))
+
+
+def momentum(beta: float, nesterov: bool = False) -> Transform:
+    """Heavy-ball momentum m ← β m + g with u = m, or Nesterov's u = g + β m (m starts at 0)."""
+    beta = check_number("momentum", beta, min=0.0, max=1.0, max_open=True)
+    nesterov = check_bool("nesterov", nesterov)
+
+    def init(params: Tensor) -> dict[str, Tensor]:
+        return {"momentum": torch.zeros(params.shape, dtype=params.dtype, device=params.device)}
+
+    def update(g: Tensor, state: dict[str, Tensor], params: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        m = state["momentum"].mul(beta).add_(g)
+        return (g + beta * m if nesterov else m), {"momentum": m}
+
+    return Transform("nesterov" if nesterov else "momentum", init, update, {"beta": beta}, stateful=True)
+
+
+def add_decayed_weights(weight_decay: float) -> Transform:
+    """u = g + λ x (decoupled weight decay when it comes after the other transforms of a chain)."""
+    lam = check_number("weight_decay", weight_decay, min=0.0)
+
+    def update(g: Tensor, state: None, params: Tensor | None) -> tuple[Tensor, None]:
+        if params is None:
+            raise ValueError("weight_decay needs the parameters, and none were given to this update")
+        return g + lam * params, state
+
+    return Transform("weight_decay", lambda params: None, update, {"weight_decay": lam}, uses_params=True)
+
+
+def normalize(eps: float = 1e-30) -> Transform:
+    """u = g / ‖g‖ along the last dimension; rows with ‖g‖ = 0 stay 0."""
+
+    def update(g: Tensor, state: None, params: Tensor | None) -> tuple[Tensor, None]:
+        return g / g.norm(dim=-1, keepdim=True).clamp_min(eps), state
+
+    return Transform("normalize", lambda params: None, update)

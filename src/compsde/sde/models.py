@@ -1,0 +1,275 @@
+"""SDE models of the distributed algorithms, built by the first-order recipe (docs/theory.md §2).
+
+For an update x_{k+1} = x_k − η U(x_k, ζ_k) with mean m(x) = E U and covariance S(x) = Cov U, the
+order-1 weak approximation is the Itô SDE
+
+    dX_t = −m(X_t) dt + sqrt(η S(X_t)) dW_t,    t = kη.
+
+A model is data: ``evaluate(x, xi, generator)`` returns m(x) and S(x)^{1/2} ξ for a batch of points
+x (M, d) and standard normals ξ (M, noise_dim) supplied by the integrator (``compsde.sde.integrators``,
+a separate axis). A model talks to the gradient oracle only (``compsde.objectives.Oracle``: the
+workers' exact gradients and the law of their noise).
+
+Closed forms (g_i = ∇f_i(x), noise σ_i T/√B with Var T = v, N workers):
+
+* DSGD:   m = (1/N) Σ g_i,  S = (1/N²) Σ_i σ_i² v / B · I                                   (diagonal)
+* DCSGD, scaled Rand-k (ω = d/k − 1, c = (d − k)/(k(d − 1))), independent draws per worker:
+          m = (1/N) Σ g_i,
+          S = (1/N²) Σ_i [σ_i² v/B · I + ω diag(g_i² + σ_i² v/B) + c diag(g_i²) − c g_i g_iᵀ]
+            = diag(D) − U Uᵀ with U = (√c / N) [g_1 … g_N]                        (diagonal − low rank)
+* DSignSGD (mean of signs): E sign(g_ij + σ_i T/√B) = 2F(√B g_ij/σ_i) − 1 =: s_ij
+          m = (1/N) Σ_i s_i,  S = (1/N²) Σ_i diag(1 − s_i²)                                  (diagonal)
+  with F the CDF of T: erf for Gaussian noise, 2F_ν − 1 for Student-t, so m and S stay bounded for
+  every ν, Cauchy included (seeds 000/001).
+
+Any other memoryless algorithm (another compressor, majority vote, normalised steps): ``MonteCarloSDE``
+estimates m and S at the current point from K samples of the algorithm's own update, and says so in
+its description. DSGD/DCSGD need finite noise variance: for Student-t with ν ≤ 2 their SDE does not
+exist (S is infinite), which is exactly why they break under heavy tails; building one raises an
+error. An algorithm that carries state from step to step (error feedback, momentum) has no SDE of
+this form.
+
+Which model an algorithm gets is decided by the registry ``MODELS``: each model class says which
+algorithms it ``applies`` to, checked in order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from compsde.algorithms import Algorithm
+from compsde.compressors.signs import Sign
+from compsde.compressors.sparsifiers import Identity, RandK
+from compsde.core.checks import check_int, check_number, describe
+from compsde.objectives.oracle import Oracle
+
+__all__ = ["DSGDSDE", "DSignSGDSDE", "MODELS", "MonteCarloSDE", "RandKSDE", "SDEModel", "from_algorithm"]
+
+
+class SDEModel:
+    """Base class: dX = −m(X) dt + sqrt(η) S(X)^{1/2} dW with W of dimension ``noise_dim``.
+
+    Subclasses set ``noise_type`` ("none", "diagonal", "diagonal-lowrank" or "sampled") and
+    ``description``, and implement ``evaluate`` and ``applies``.
+    """
+
+    noise_type: str = "diagonal"
+    description: str = ""
+
+    def __init__(self, oracle: Oracle, algorithm: Algorithm, eta: float) -> None:
+        self.oracle, self.algorithm = oracle, algorithm
+        self.eta = check_number("lr", eta, min=0.0, min_open=True)
+        self.dim = self.noise_dim = oracle.dim
+        self.workers = oracle.workers
+
+    @classmethod
+    def applies(cls, algorithm: Algorithm) -> bool:
+        """Whether this model is the SDE of ``algorithm``."""
+        raise NotImplementedError
+
+    def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Return (m(x), S(x)^{1/2} ξ), both of shape (M, d), for x (M, d) and ξ (M, noise_dim).
+
+        ``xi`` is this step's scratch draw: a model may scale it in place and return it (the
+        integrator draws a fresh ξ every step), which saves one pass over (M, d).
+        """
+        raise NotImplementedError
+
+    def oracle_as(self, x: Tensor) -> Oracle:
+        """The model's oracle with tensors of x's dtype and device (cast once and cached): float32 paths
+        must not be promoted to float64 by float64 problem data on every step."""
+        cache: dict[tuple[torch.dtype, torch.device], Oracle] = self.__dict__.setdefault("_cast", {})
+        key = (x.dtype, x.device)
+        if key not in cache:
+            o = self.oracle
+            cache[key] = o if (o.dtype, o.device) == key else o.to(x.dtype, x.device)
+        return cache[key]
+
+    def drift(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """m(x) (the SDE's drift is −m)."""
+        return self.evaluate(x, torch.zeros(x.shape[0], self.noise_dim, dtype=x.dtype, device=x.device), generator)[0]
+
+    def covariance(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """S(x) as dense (M, d, d) matrices (for tests and small d): A Aᵀ with A = S^{1/2} columns."""
+        eye = torch.eye(self.noise_dim, dtype=x.dtype, device=x.device)
+        cols = [self.evaluate(x, eye[j].expand(x.shape[0], -1).clone(), generator)[1] for j in range(self.noise_dim)]
+        a = torch.stack(cols, -1)  # (M, d, noise_dim)
+        return a @ a.transpose(-1, -2)
+
+
+class DSGDSDE(SDEModel):
+    """DSGD (and DCSGD with the identity): m = ∇f, S = (1/N²) Σ σ_i² v/B · I."""
+
+    @classmethod
+    def applies(cls, algorithm: Algorithm) -> bool:
+        return algorithm.plain and algorithm.aggregation == "mean" and isinstance(algorithm.compressor, Identity)
+
+    def __init__(self, oracle: Oracle, algorithm: Algorithm, eta: float) -> None:
+        super().__init__(oracle, algorithm, eta)
+        self.std = math.sqrt(float(oracle.noise_variances().sum())) / self.workers
+        self.description = f"DSGD SDE (closed form): drift ∇f, isotropic diffusion sqrt(η)·{self.std:.4g}"
+        if self.std == 0.0:
+            self.noise_type = "none"
+
+    def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        return self.oracle_as(x).grad(x), xi.mul_(self.std)
+
+
+class RandKSDE(SDEModel):
+    """DCSGD with scaled Rand-k, exact compression covariance: S = diag(D) − U Uᵀ (see module doc).
+
+    S^{1/2} ξ is applied as D^{1/2} (I − V Vᵀ)^{1/2} ξ with V = D^{−1/2} U (d × r, r = 1 for
+    homogeneous workers, N otherwise), using the r × r eigen-decomposition of Vᵀ V: O(M d r) per
+    step, no d × d matrix.
+    """
+
+    noise_type = "diagonal-lowrank"
+
+    @classmethod
+    def applies(cls, algorithm: Algorithm) -> bool:
+        c = algorithm.compressor
+        return algorithm.plain and algorithm.aggregation == "mean" and isinstance(c, RandK) and not c.shared
+
+    def __init__(self, oracle: Oracle, algorithm: Algorithm, eta: float) -> None:
+        super().__init__(oracle, algorithm, eta)
+        d = self.dim
+        self.k = algorithm.compressor.support(d)
+        self.var = oracle.noise_variances()
+        self.omega = d / self.k - 1.0
+        self.c = (d - self.k) / (self.k * (d - 1)) if d > 1 else 0.0
+        p = oracle.problem
+        self.homogeneous = p.heterogeneity == 0.0 and p.fixed_workers is None
+        self.description = (
+            f"DCSGD/Rand-k SDE (closed form, ω = {self.omega:.4g}): drift ∇f, diffusion "
+            "diag(D) − UUᵀ with the exact Rand-k compression covariance"
+        )
+
+    def _factors(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        n = self.workers
+        var = self.var.to(device=x.device, dtype=x.dtype)
+        o = self.oracle_as(x)
+        if self.homogeneous:
+            g = o.grad(x)  # (M, d)
+            mean = g
+            diag = (var.sum() * (1 + self.omega) + n * (self.omega + self.c) * g * g) / n**2
+            u = (math.sqrt(self.c * n) / n) * g.unsqueeze(-1)  # (M, d, 1): n identical columns → rank 1
+        else:
+            gi = o.mean_grads(x)  # (N, M, d)
+            mean = gi.mean(0)
+            diag = (var.sum() * (1 + self.omega) + (self.omega + self.c) * (gi * gi).sum(0)) / n**2
+            u = (math.sqrt(self.c) / n) * gi.permute(1, 2, 0)  # (M, d, N)
+        return mean, diag, u
+
+    def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        mean, diag, u = self._factors(x)
+        sd = diag.clamp_min(0).sqrt()
+        v = u / sd.clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(-1)  # (M, d, r)
+        lam, w = torch.linalg.eigh(v.transpose(-1, -2) @ v)  # VᵀV = W Λ Wᵀ, Λ ≤ 1 since S ⪰ 0
+        lam = lam.clamp(0.0, 1.0)
+        q = (v @ w) / lam.clamp_min(torch.finfo(x.dtype).tiny).sqrt().unsqueeze(-2)  # orthonormal columns
+        q = torch.where(lam.unsqueeze(-2) > 0, q, torch.zeros_like(q))
+        shrink = 1.0 - (1.0 - lam).sqrt()  # (I − VVᵀ)^{1/2} = I − Q diag(shrink) Qᵀ
+        y = xi - (q @ (shrink * (q.transpose(-1, -2) @ xi.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1)
+        return mean, sd * y
+
+
+class DSignSGDSDE(SDEModel):
+    """DSignSGD (mean of signs): m = (1/N) Σ s_i, S = (1/N²) Σ diag(1 − s_i²), s_i = 2F(√B g_i/σ_i) − 1."""
+
+    @classmethod
+    def applies(cls, algorithm: Algorithm) -> bool:
+        return algorithm.plain and algorithm.aggregation == "mean" and isinstance(algorithm.compressor, Sign)
+
+    def __init__(self, oracle: Oracle, algorithm: Algorithm, eta: float) -> None:
+        super().__init__(oracle, algorithm, eta)
+        noise = oracle.noise
+        law = {"gaussian": "erf", "student-t": f"2F_ν − 1 with ν = {noise.nu}"}.get(noise.name, "sign")
+        self.description = f"DSignSGD SDE (closed form, {law}): bounded drift and diagonal diffusion"
+
+    def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        s = self.oracle_as(x).sign_means(x)
+        n = self.workers
+        return s.mean(0), xi.mul_((1.0 - s * s).sum(0).clamp_min(0).sqrt() / n)
+
+
+class MonteCarloSDE(SDEModel):
+    """Any memoryless algorithm: m and S estimated at each point from K samples of the update.
+
+    With U_1..U_K the sampled updates (each: fresh noise and compressor draws, the algorithm's own
+    step per unit step size, ``Algorithm.unit_update``), m ≈ Ū and S^{1/2} ξ ≈ (1/√(K−1)) Σ_k (U_k − Ū) ξ_k,
+    which has exactly the sample covariance. Cost per step O(K N M d); the estimate adds O(1/√K)
+    error to the diffusion.
+    """
+
+    noise_type = "sampled"
+    DEFAULT_SAMPLES: ClassVar[int] = 32
+
+    @classmethod
+    def applies(cls, algorithm: Algorithm) -> bool:
+        return algorithm.memoryless
+
+    def __init__(self, oracle: Oracle, algorithm: Algorithm, eta: float, samples: int = DEFAULT_SAMPLES) -> None:
+        super().__init__(oracle, algorithm, eta)
+        self.samples = check_int("mc_samples (Monte Carlo draws per SDE step)", samples, min=2)
+        # A normalised step (‖U‖ = 1) or sign messages keep the update bounded under any noise, so
+        # its mean and covariance exist for every ν; otherwise the update needs finite noise variance.
+        if not ("normalize" in algorithm.server.names or isinstance(algorithm.compressor, Sign)):
+            oracle.noise_variances()  # raises if Var T = ∞
+        self.noise_dim = self.samples
+        self.description = (
+            f"{algorithm.label()} SDE (Monte Carlo: mean and covariance of the update estimated from "
+            f"{self.samples} samples at every point; no closed form)"
+        )
+
+    def samples_at(self, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """K sampled updates at each point: their mean Ū (M, d) and scaled deviations (U_k − Ū)/√(K−1) (K, M, d)."""
+        if generator is None:
+            raise ValueError("MonteCarloSDE needs a generator for its Monte Carlo samples")
+        o = self.oracle_as(x)
+        m_paths, d, n, kk = x.shape[0], self.dim, self.workers, self.samples
+        g = o.mean_grads(x).unsqueeze(1).expand(n, kk, m_paths, d)
+        noise = o.noise
+        if noise.active:
+            g = g + noise.sample(n, (kk, m_paths), d, o.batch, generator, x.dtype).to(x.device)
+        comp = self.algorithm.compressor
+        rnd = comp.draw((1 if comp.shared_randomness else n, kk, m_paths), d, generator, x.dtype)
+        u = self.algorithm.unit_update(g, rnd)  # (K, M, d)
+        mean = u.mean(0)
+        return mean, (u - mean) / math.sqrt(kk - 1)
+
+    def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        mean, dev = self.samples_at(x, generator)
+        return mean, torch.einsum("kmd,mk->md", dev, xi)
+
+    def covariance(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The sample covariance of one set of K samples (the S this model uses at x)."""
+        _, dev = self.samples_at(x, generator)
+        return torch.einsum("kmi,kmj->mij", dev, dev)
+
+
+#: The registry, in order: the first model that ``applies`` to an algorithm is its SDE.
+MODELS: list[type[SDEModel]] = [DSGDSDE, RandKSDE, DSignSGDSDE, MonteCarloSDE]
+
+
+def from_algorithm(oracle: Oracle, algorithm: Algorithm, lr: float, *, mc_samples: int = MonteCarloSDE.DEFAULT_SAMPLES) -> SDEModel:
+    """The SDE model of a configured algorithm: a closed form where one exists, else Monte Carlo.
+
+    Raises ValueError naming the reason when the algorithm has none (it carries state from step to
+    step, or its update has infinite variance under the oracle's noise).
+    """
+    if not isinstance(oracle, Oracle):
+        raise ValueError(f"oracle must be a compsde.objectives.Oracle, got {describe(oracle)}")
+    if not isinstance(algorithm, Algorithm):
+        raise ValueError(f"algorithm must be a compsde Algorithm, got {describe(algorithm)}")
+    for cls in MODELS:
+        if cls.applies(algorithm):
+            if cls is MonteCarloSDE:
+                return MonteCarloSDE(oracle, algorithm, lr, mc_samples)
+            return cls(oracle, algorithm, lr)
+    why = "error feedback" if algorithm.error_feedback else "a transform with state (momentum)"
+    raise ValueError(f"{algorithm.label()} has no first-order SDE of this form: its update depends on {why} "
+                     "carried from step to step, not only on x")

@@ -1,0 +1,154 @@
+"""The loop around one algorithm step, shared by the simulator and a distributed worker.
+
+State: the algorithm's state (``Algorithm.init``): the iterates x of shape (R, d) — R Monte Carlo
+repetitions, replicated on every worker — and the per-worker states of the workers held here
+(shape (n, R, ·)). At step k each held worker i
+
+    1. draws its noise from its own stream and evaluates g_i = ∇f_i(x) + z_i      (the oracle)
+    2. draws its compressor's randomness from its own stream (or the shared one)  (the algorithm)
+    3. runs the workers' half of the step: transform, error feedback, compression
+
+then the exchange returns Σ_i m_i over all N workers, the server's half moves x, and the divergence
+rule (``compsde.sim.recorder``) checks and freezes repetitions. The simulator holds all N workers and
+processes them in cache-sized chunks with an in-process exchange; a distributed worker holds one and
+exchanges payloads through collectives (``compsde.distributed``). Nothing else differs, so the two
+give the same iterates for the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from compsde.algorithms import Algorithm
+from compsde.algorithms.schedules import Schedule
+from compsde.core.streams import Streams
+from compsde.core.tensors import check_memory
+from compsde.core.trees import leaves, put, take
+from compsde.objectives.oracle import Oracle
+from compsde.sim.exchange import Exchange
+from compsde.sim.recorder import Recorder, Trace
+
+__all__ = ["CHUNK_ELEMENTS", "Loop", "compression_error_sum"]
+
+#: Numbers (workers × repetitions × d) per chunk of workers in one step (see ``Loop``).
+CHUNK_ELEMENTS = 1 << 18
+
+
+def compression_error_sum(inputs: Tensor, messages: Tensor, alive: Tensor) -> tuple[float, int]:
+    """Sum and count of ‖C(v) − v‖² / ‖v‖² over workers and live repetitions (for chunked means)."""
+    num = (messages - inputs).pow(2).sum(-1)
+    den = inputs.pow(2).sum(-1)
+    ok = (den > 0) & alive.reshape(1, -1).expand_as(den)
+    return float((num[ok] / den[ok]).double().sum()), int(ok.sum())
+
+
+class Loop:
+    """One run of ``algorithm`` on ``oracle`` along ``schedule``, for the workers ``held`` here.
+
+    Args:
+        repeats: R, Monte Carlo repetitions (independent runs, vectorised).
+        seed: the run's seed; worker i's streams follow from it (``compsde.core.streams``).
+        log_every: measure every that many steps (and at the last step).
+        exchange: how messages travel (``compsde.sim.exchange``).
+        held: the workers this process runs (default all N, as the simulator).
+        keep: keep the logged measurements (False on the ranks of a distributed run that do not report).
+        chunk_elements: workers are processed in chunks of about this many numbers: one chunk at the
+            seeds' Monte Carlo sizes, cache-sized slices when N·R·d is large (a pass over a
+            10⁷-element temporary costs page faults and memory traffic that a loop over slices avoids).
+    """
+
+    def __init__(self, algorithm: Algorithm, oracle: Oracle, schedule: Schedule, *, repeats: int, seed: int,
+                 log_every: int, exchange: Exchange, held: Sequence[int] | None = None, keep: bool = True,
+                 chunk_elements: int | None = None) -> None:
+        self.algorithm, self.oracle, self.schedule, self.exchange = algorithm, oracle, schedule, exchange
+        n_all, d = oracle.workers, oracle.dim
+        self.held = list(range(n_all)) if held is None else list(held)
+        if self.held != list(range(self.held[0], self.held[0] + len(self.held))):
+            raise ValueError(f"held workers must be consecutive, got {self.held}")
+        self.repeats, self.d = repeats, d
+        n = len(self.held)
+        per = CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
+        self.chunk = max(1, min(n, per // (repeats * d)))
+        itemsize = torch.empty((), dtype=oracle.dtype).element_size()
+        units = sum(t.numel() for t in leaves(algorithm.init(torch.zeros(1, 1, dtype=oracle.dtype), n)))
+        check_memory(itemsize * repeats * d * (units + 6 * self.chunk + 4),
+                     f"a run with {n} worker(s) × {repeats} repetition(s) × d = {d}",
+                     "reduce repeats, workers or the dimension", oracle.device)
+        self.streams = Streams(seed, n_all, noise=self.held, compressor=range(n_all) if exchange.replay else self.held)
+        x0 = oracle.x0()
+        self.state = algorithm.init(x0.expand(repeats, d).clone(), n)
+        self.rec = Recorder(oracle, schedule.steps, log_every, repeats, x0, keep)
+        self.buf = (torch.empty(self.chunk, repeats, d, dtype=oracle.dtype, device=oracle.device)
+                    if oracle.scales is not None else None)
+        self.k = 0
+        self.rec.record(0, self.state["params"], math.nan, exchange.log.totals())
+
+    @property
+    def x(self) -> Tensor:
+        return self.state["params"]
+
+    @property
+    def done(self) -> bool:
+        return self.k >= self.schedule.steps
+
+    def draw(self, workers: Sequence[int]) -> Tensor | None:
+        """The compressor draws of one step for ``workers`` (see ``Algorithm.draw``)."""
+        return self.algorithm.draw(self.streams, workers, self.repeats, self.d, self.oracle.dtype)
+
+    def step(self) -> None:
+        """One step k → k + 1 (see module doc)."""
+        algo, oracle, ex = self.algorithm, self.oracle, self.exchange
+        k, st = self.k, self.state
+        lr = self.schedule(k)
+        log = self.rec.due(k + 1)
+        x = st["params"]
+        comp = algo.compressor
+        shared = self.draw([]) if comp.randomized and comp.shared_randomness else None
+        workers_state = {"worker": st["worker"], "ef": st["ef"]}
+        err_sum, err_count = 0.0, 0
+        n = len(self.held)
+        for lo in range(0, n, self.chunk):
+            hi = min(n, lo + self.chunk)
+            ws = self.held[lo:hi]
+            z = oracle.sample(self.streams, ws, self.repeats, None if self.buf is None else self.buf[: hi - lo])
+            g = oracle.grads(x, ws[0], ws[-1] + 1, z)
+            rnd = shared if shared is not None else self.draw(ws)
+            out = algo.workers_step(g, take(workers_state, lo, hi), x, lr, rnd, encode=ex.needs_payload)
+            workers_state = put(workers_state, lo, hi, out.state)
+            ex.put(out, ws, rnd)
+            if log:
+                s, c = compression_error_sum(out.inputs, out.messages, self.rec.alive)
+                err_sum, err_count = err_sum + s, err_count + c
+        total = ex.total(lambda j: self.draw([j]))
+        st = {**st, **workers_state}
+        self.state = st = algo.server_step(total, oracle.workers, st, lr)
+        self.rec.check(st["params"], k + 1)
+        if log:
+            s, c = ex.combine([err_sum, float(err_count)])
+            self.rec.record(k + 1, st["params"], s / c if c else math.nan, ex.log.totals())
+        self.rec.freeze(st)
+        self.k = k + 1
+
+    def trace(self) -> Trace:
+        return self.rec.trace(self.x)
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything this process needs to continue the run: the step, the algorithm state of the
+        workers held here, every generator state, the record and the communication counters."""
+        return {"k": self.k, "state": self.state, "streams": self.streams.state(), "rec": self.rec.state_dict(),
+                "comm": self.exchange.log.state_dict()}
+
+    def load_state_dict(self, st: dict[str, Any]) -> None:
+        from compsde.core.trees import tree_map
+
+        dev = self.oracle.device
+        self.k = int(st["k"])
+        self.state = tree_map(lambda t: t.to(dev).clone(), st["state"])
+        self.streams.load_state(st["streams"])
+        self.rec.load_state_dict(st["rec"])
+        self.exchange.log.load_state_dict(st["comm"])
