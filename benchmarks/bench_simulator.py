@@ -11,7 +11,7 @@ Baselines:
 * ``reference`` — ``simulate_reference``: the plain loop over repetitions and workers, one vector of
   length d at a time (what the tests compare against);
 * ``per-worker`` — a loop over the N workers only, each handling its (R, d) slice with the same
-  ``Method``/compressor code: the strongest loop one would write by hand.
+  compressor code: the strongest loop one would write by hand.
 
 Usage: python benchmarks/bench_simulator.py [--quick]
 """
@@ -24,19 +24,19 @@ import time
 
 import torch
 
-from compsde import methods, problems
-from compsde.noise import Noise
-from compsde.schedules import Schedule
-from compsde.simulator import simulate, simulate_reference
+from compsde import algorithms
+from compsde.algorithms.schedules import Schedule
+from compsde.objectives import Noise, Oracle, problems
+from compsde.sim import simulate, simulate_reference
 
 
 def per_worker_loop(problem, noise, method, schedule, *, workers, repeats, dtype, seed=0):
-    """Baseline: Python loop over workers, vectorised over repetitions; same draws as ``simulate``."""
+    """Baseline: Python loop over workers, vectorised over repetitions (plain algorithms only)."""
     p = problem.to(dtype)
     d = p.dim
     gen = torch.Generator().manual_seed(seed)
     x = p.x0().expand(repeats, d).clone()
-    mem = method.init_memory(workers, (repeats,), d, dtype)
+    mem = torch.zeros(workers, repeats, d, dtype=dtype) if method.error_feedback else None
     comp = method.compressor
     for k in range(schedule.steps):
         z = noise.sample(workers, (repeats,), d, 1, gen, dtype) if noise.active else None
@@ -83,10 +83,12 @@ def bench(label: str, *, workers: int, repeats: int, dim: int, dtype: torch.dtyp
     print(f"one copy of the (N, R, d) tensor: {t_copy * 1e3:.2f} ms into a reused buffer, {t_fresh * 1e3:.2f} ms into a fresh one")
     print(f"{'method':<34}{'sim ms/step':>12}{'ref ms/step':>12}{'sim/ref':>9}{'loop ms/step':>14}{'sim/loop':>9}{'step/copy':>11}")
     for name, params in method_specs:
-        m = methods.make(name, **params)
+        m = algorithms.make(name, **params)
+        oracle = Oracle(prob, noise, workers=workers, dtype=dtype)
         kw = dict(workers=workers, repeats=repeats, dtype=dtype)
-        sim = timed(lambda: simulate(prob, noise, m, Schedule("constant", 0.01, steps), log_every=steps, **kw), reps) / steps
-        ref = timed(lambda: simulate_reference(prob, noise, m, Schedule("constant", 0.01, ref_steps), log_every=ref_steps, **kw), 1) / ref_steps
+        sim = timed(lambda: simulate(oracle, m, Schedule("constant", 0.01, steps), repeats=repeats, log_every=steps), reps) / steps
+        ref = timed(lambda: simulate_reference(oracle, m, Schedule("constant", 0.01, ref_steps), repeats=repeats,
+                                               log_every=ref_steps), 1) / ref_steps
         loop = timed(lambda: per_worker_loop(prob, noise, m, Schedule("constant", 0.01, steps), **kw), reps) / steps
         print(f"{m.label():<34}{sim * 1e3:>12.3f}{ref * 1e3:>12.2f}{ref / sim:>8.1f}×{loop * 1e3:>14.3f}{loop / sim:>8.1f}×{sim / t_copy:>10.1f}×")
 

@@ -329,7 +329,8 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
 
     With ``track=True`` (``compsde track``) each series also runs as its SDE (``[run] paths`` paths
     from the same start, ``compsde.tracking``): metrics.csv gains its curves (``source = sde``),
-    summary.json its ``tracking`` errors, and ``tracking.png`` overlays both.
+    summary.json its ``tracking`` errors, and ``tracking.png`` overlays both (plus ``weak_order.png``
+    when a group's series differ in η: the tracking error against η and its fitted slope).
 
     Args:
         config: a built ``Experiment``, a raw config dict, a preset name or a TOML file path.
@@ -375,13 +376,18 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
             finally:
                 torch.set_num_threads(threads)
 
+    summary = summary_dict(exp, results, tracked if track else None)
+
     def tracking_png(title: str) -> dict[str, bytes]:
         from compsde.experiments import plots as plots_mod
 
-        return {"tracking.png": plots_mod.tracking_figure(results, [t.result for t in tracked], [t.error for t in tracked], title)}
+        figs = {"tracking.png": plots_mod.tracking_figure(results, [t.result for t in tracked], [t.error for t in tracked], title)}
+        if summary.get("weak_order"):
+            figs["weak_order.png"] = plots_mod.weak_order_figure(summary["weak_order"], title)
+        return figs
 
-    write_results(out, exp, results, summary_dict(exp, results, tracked if track else None), plots=plots,
-                  extra_rows=[t.result for t in tracked], extra_figures=tracking_png if track else None)
+    write_results(out, exp, results, summary, plots=plots, extra_rows=[t.result for t in tracked],
+                  extra_figures=tracking_png if track else None)
     return out
 
 
