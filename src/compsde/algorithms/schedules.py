@@ -4,7 +4,7 @@
 * ``cosine``:   η_k = η (r + (1 − r) · ½ (1 + cos(π k / K))), r = ``final_ratio`` (default 0).
 * ``step``:     η_k = η · γ^⌊k / every⌋ (``gamma`` default 0.1, ``every`` default K/3).
 * ``poly``:     η_k = η / (1 + k)^p (``power`` default 0.5): the classical decaying schedule with
-  Σ η_k = ∞ (and Σ η_k² < ∞ for p > ½) that the (L0, L1) analysis (Compagnoni et al., seed 001) uses.
+  Σ η_k = ∞ (and Σ η_k² < ∞ for p > ½) that the (L0, L1) analysis (Compagnoni, Islamov, Orvieto, Gorbunov 2025) uses.
 
 Normalisation (``normalize = true`` in a series, ``compsde.optim.normalize``) is orthogonal to the
 schedule: the step becomes η_k · u / ‖u‖ with u the aggregated update, i.e. the schedule gains the

@@ -20,7 +20,7 @@ re-derives a compressor's arithmetic. ``apply`` may be a faster path than decode
 conformance test checks that both agree bit for bit, special values (±0, subnormals, ±inf, NaN)
 included.
 
-Theory is declared per dimension d (classes from Richtárik et al. / science.md §4):
+Theory is declared per dimension d (the classes of Beznosikov et al. 2020, docs/theory.md §4):
 
 * ``unbiased`` and ``omega(d)``: E C(x) = x and E‖C(x) − x‖² ≤ ω‖x‖² (class U(ζ) with ζ = 1 + ω);
 * ``delta(d)``: E‖C(x) − x‖² ≤ (1 − 1/δ)‖x‖² (class B3(δ));

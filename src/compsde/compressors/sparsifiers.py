@@ -324,7 +324,7 @@ class RandK(_RandKBase):
 
     Unbiased: P(j ∈ S) = k/d, so E C(x)_j = (d/k)(k/d) x_j = x_j.
     Variance (exact): E‖C(x)‖² = Σ_j (k/d)(d/k)² x_j² = (d/k)‖x‖², hence
-    E‖C(x) − x‖² = E‖C(x)‖² − ‖x‖² = (d/k − 1)‖x‖²: ω = d/k − 1, class U(d/k) (science.md §4).
+    E‖C(x) − x‖² = E‖C(x)‖² − ‖x‖² = (d/k − 1)‖x‖²: ω = d/k − 1, class U(d/k) (docs/theory.md §4).
     B1/B2 follow from the default conversion: (1, d/k).
 
     Bits: 32k. The indices are not sent: they are a function of the generator's seed and position,
@@ -503,7 +503,7 @@ class TopK(_UnscaledProjection):
     * B3(d/k): ‖C(x) − x‖² = ‖x‖² − ‖T_S x‖² ≤ (1 − k/d)‖x‖² (equality for constant |x_j|);
     * B1(k/d, 1) and B2(k/d, 1).
     Bits: 32k values + k·⌈log₂ d⌉ for the indices (they depend on the data).
-    Reference: Stich et al. 2018; Beznosikov et al. 2020 (class memberships, science.md §4).
+    Reference: Stich et al. 2018; Beznosikov et al. 2020 (class memberships, docs/theory.md §4).
     """
 
     name = "top-k"

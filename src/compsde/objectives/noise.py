@@ -3,7 +3,7 @@
 A worker's stochastic gradient is g_i = ∇f_i(x) + Z_i with Z_i = σ_i · T / √B, where T has
 independent standard coordinates and B is the batch size (the *batch convention*: a batch of B
 samples divides the noise scale by √B, as averaging B independent samples would for finite
-variance; for heavy tails it is the convention of science.md §2, "σ T_ν / √B"):
+variance; for heavy tails it is the convention of docs/theory.md §7, "σ T_ν / √B"):
 
 * ``none``       — T = 0 (full-batch gradients);
 * ``gaussian``   — T ~ N(0, 1);

@@ -304,7 +304,7 @@ class LogisticRegression(_DataProblem):
 
 @register
 class Top1Counterexample(Problem):
-    """The n = d = 3 problem of Beznosikov et al. (seed 003) on which Top-1 distributed GD diverges.
+    """The n = d = 3 problem of Beznosikov et al. 2020 on which Top-1 distributed GD diverges.
 
     f_i(x) = ⟨a_i, x⟩² + ¼‖x‖², a_1 = (−3, 2, 2), a_2 = (2, −3, 2), a_3 = (2, 2, −3); x* = 0, f* = 0.
     From x⁰ = (t, t, t), Top-1 compressed GD gives x^k = (1 + 11η/6)^k x⁰ for every η > 0, while error

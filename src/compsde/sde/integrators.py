@@ -127,7 +127,7 @@ def integrate_schedule(
     """Integrate over the SDE time of ``steps`` optimizer steps with learning rates η_k = ``lr(k)``.
 
     Optimizer step k covers SDE time η_k and is integrated in ``substeps`` steps dt = η_k/substeps with
-    noise factor sqrt(η_k dt) (science.md §2 with a time-varying η). ``observe(k, x)`` is called at
+    noise factor sqrt(η_k dt) (docs/theory.md §2 with a time-varying η). ``observe(k, x)`` is called at
     optimizer steps k = 0, observe_every, …, and ``steps``, so the paths can be compared with the
     optimizer's iterates x_k step for step; it may modify ``x`` in place (e.g. to freeze paths that
     diverged).

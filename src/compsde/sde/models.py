@@ -20,7 +20,7 @@ Closed forms (g_i = ∇f_i(x), noise σ_i T/√B with Var T = v, N workers):
 * DSignSGD (mean of signs): E sign(g_ij + σ_i T/√B) = 2F(√B g_ij/σ_i) − 1 =: s_ij
           m = (1/N) Σ_i s_i,  S = (1/N²) Σ_i diag(1 − s_i²)                                  (diagonal)
   with F the CDF of T: erf for Gaussian noise, 2F_ν − 1 for Student-t, so m and S stay bounded for
-  every ν, Cauchy included (seeds 000/001).
+  every ν, Cauchy included (Compagnoni et al. 2025; docs/theory.md §2.7).
 
 Any other memoryless algorithm (another compressor, majority vote, normalised steps): ``MonteCarloSDE``
 estimates m and S at the current point from K samples of the algorithm's own update, and says so in

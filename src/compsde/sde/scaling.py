@@ -65,8 +65,8 @@ _SQRT_RULE_EXTRA: dict[str, Callable[[float, float], float]] = {
 
 RULES: dict[str, Rule] = {
     "dsgd": Rule("dsgd", "η/(B·N)", {"lr": 1.0, "batch": -1.0, "workers": -1.0}, "docs/theory.md §3 [derived]"),
-    "dcsgd": Rule("dcsgd", "η(1+ω)/(B·N)", {"lr": 1.0, "omega": 1.0, "batch": -1.0, "workers": -1.0}, "docs/theory.md §3 [derived], seed 000"),
-    "dsignsgd": Rule("dsignsgd", "η/(N·√B)", {"lr": 1.0, "batch": -0.5, "workers": -1.0}, "docs/theory.md §3 [derived], seed 000"),
+    "dcsgd": Rule("dcsgd", "η(1+ω)/(B·N)", {"lr": 1.0, "omega": 1.0, "batch": -1.0, "workers": -1.0}, "docs/theory.md §3 [derived]; Compagnoni et al. 2025"),
+    "dsignsgd": Rule("dsignsgd", "η/(N·√B)", {"lr": 1.0, "batch": -0.5, "workers": -1.0}, "docs/theory.md §3 [derived]; Compagnoni et al. 2025"),
     **{
         name: Rule(name, "η/√B (square-root rule)", {"lr": 1.0, "batch": -0.5}, "docs/theory.md §3 [recalled]: a hypothesis to test, not a derived rule",
                    hypothesis=True, extra=_SQRT_RULE_EXTRA)
