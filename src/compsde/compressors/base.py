@@ -281,5 +281,5 @@ def check_k_ratio(name: str, k: int | None, ratio: float | None) -> None:
         raise ValueError(f"{name}: give exactly one of k (a count) or ratio (a fraction of d), got k={k!r}, ratio={ratio!r}")
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise ValueError(f"{name}: k must be an integer ≥ 1, got {k!r}")
-    if ratio is not None and not (isinstance(ratio, (int, float)) and 0.0 < ratio <= 1.0):
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0):
         raise ValueError(f"{name}: ratio must be a number in (0, 1], got {ratio!r}")

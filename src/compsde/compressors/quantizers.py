@@ -30,9 +30,14 @@ from compsde.compressors.base import FLOAT_BITS, Compressor, Field, Payload, che
 __all__ = ["Natural", "NaturalDithering", "QSGD"]
 
 
+#: Most quantisation levels a dithering compressor takes: 2¹⁶ levels already cost 17 bits per
+#: coordinate, more than half a float32, and the decoder's level table stays small.
+MAX_LEVELS = 1 << 16
+
+
 def _check_levels(name: str, levels: object) -> int:
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-        raise ValueError(f"{name}: levels must be an integer ≥ 1, got levels={levels!r}")
+    if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= MAX_LEVELS:
+        raise ValueError(f"{name}: levels must be an integer in [1, {MAX_LEVELS}], got levels={levels!r}")
     return levels
 
 

@@ -141,6 +141,9 @@ def make(name: str, **params: Any) -> Problem:
 
 def _check_common(name: str, dim: int, heterogeneity: float, x0_scale: float, seed: int = 0) -> None:
     check_int(f"problem {name!r}: dim", dim, min=1)
+    # A problem keeps a few d-vectors (spectrum, start, optimum) and a run many more: refuse early what
+    # cannot even hold those.
+    check_memory(8 * 8 * dim, f"problem {name!r} with dim = {dim}", "reduce dim")
     check_number(f"problem {name!r}: heterogeneity", heterogeneity, min=0.0)
     check_number(f"problem {name!r}: x0_scale", x0_scale)
     check_seed(f"problem {name!r}: seed", seed)
@@ -159,8 +162,8 @@ class Quadratic(Problem):
     def __init__(self, dim: int = 10, eig_min: float = 0.5, eig_max: float = 2.0, rotate: bool = False,
                  heterogeneity: float = 0.0, seed: int = 0, x0_scale: float = 1.0) -> None:
         _check_common(self.name, dim, heterogeneity, x0_scale, seed)
-        check_number("quadratic: eig_min", eig_min, min=0.0)
-        check_number("quadratic: eig_max", eig_max, min=0.0)
+        eig_min = check_number("quadratic: eig_min", eig_min, min=0.0)
+        eig_max = check_number("quadratic: eig_max", eig_max, min=0.0)
         check_bool("quadratic: rotate", rotate)
         if not eig_min <= eig_max:
             raise ValueError(f"quadratic: need 0 ≤ eig_min ≤ eig_max, got eig_min={eig_min!r}, eig_max={eig_max!r}")

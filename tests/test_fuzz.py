@@ -1,0 +1,323 @@
+"""A fuzzer for the entry points: hundreds of generated inputs, and none may crash, hang or be accepted
+when it is invalid.
+
+Each entry point's arguments have a validity predicate (the specification). For every generated value:
+* invalid → a ``ValueError`` whose message names the argument (never another exception, never accepted);
+* valid → the call succeeds or refuses with a ``ValueError`` (e.g. a size that does not fit in memory).
+A call that takes longer than ``DEADLINE`` seconds counts as a hang. The generation is derandomised, so
+CI sees the same inputs every time; the counts are printed with ``pytest -s``.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from contextlib import contextmanager
+from typing import Any, Callable
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from compsde import algorithms, compressors
+from compsde.algorithms.schedules import Schedule
+from compsde.objectives import Noise, Oracle, problems
+from compsde.sde import scaling
+from compsde.sde.models import from_algorithm
+from compsde.sim import simulate
+
+DEADLINE = 20
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+# Values a user may type anywhere: wrong types, out-of-range numbers, non-finite floats, huge integers.
+ANY = st.one_of(
+    st.none(), st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([0, 1, 2, 3, -1, 2**31, 2**63 - 1, 2**63, 2**64, 10**30]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, 0.5, 1.0, 1.5, 1e-300, 1e300, math.nan, math.inf, -math.inf]),
+    st.text(max_size=6), st.sampled_from(["", "no", "yes", "1", "rand-k", "$\\frac{"]),
+    st.lists(st.integers(min_value=-3, max_value=3), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+def is_int(v: Any, lo: int | None = None, hi: int = 2**63 - 1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo) and v <= hi
+
+
+def is_num(v: Any, lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        f = float(v)
+    except OverflowError:
+        return False
+    if not math.isfinite(f):
+        return False
+    if lo is not None and (f < lo or (lo_open and f == lo)):
+        return False
+    return not (hi is not None and (f > hi or (hi_open and f == hi)))
+
+
+#: entry point → counts of generated inputs (printed at the end of the module with ``pytest -s``).
+COUNTS: dict[str, dict[str, int]] = {}
+
+
+class Outcome:
+    """The counts of one entry point."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.counts = COUNTS.setdefault(name, {"invalid refused": 0, "valid accepted": 0, "valid refused": 0})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report():
+    yield
+    total = {k: sum(c[k] for c in COUNTS.values()) for k in ("invalid refused", "valid accepted", "valid refused")}
+    print(f"\nfuzzer: {sum(total.values())} generated inputs: {total}")
+    for name, c in COUNTS.items():
+        print(f"  {name}: {c}")
+
+
+@contextmanager
+def deadline(seconds: int = DEADLINE):
+    def boom(*_: Any) -> None:
+        raise TimeoutError(f"hung: no answer within {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def expect(outcome: Outcome, call: Callable[[], Any], valid: bool, names: tuple[str, ...]) -> None:
+    """Run ``call``: invalid input must raise a ValueError naming one of ``names``; valid input may only
+    succeed or raise a ValueError. Anything else (another exception, a hang, an accepted invalid input)
+    fails the test with the input shown by hypothesis."""
+    with deadline():
+        try:
+            call()
+        except ValueError as e:
+            msg = str(e)
+            assert "\n" not in msg.strip(), f"a multi-line error message: {msg!r}"
+            if not valid:
+                assert any(n in msg for n in names), f"the message does not name {names}: {msg!r}"
+            outcome.counts["valid refused" if valid else "invalid refused"] += 1
+            return
+    assert valid, "accepted an invalid input"
+    outcome.counts["valid accepted"] += 1
+
+
+# ---- compressors ---------------------------------------------------------------------------------
+
+COMPRESSOR_PARAMS = {"k": lambda v, d: is_int(v, 1, d), "ratio": lambda v, d: is_num(v, 0.0, 1.0, lo_open=True),
+                     "levels": lambda v, d: is_int(v, 1, 1 << 16), "shared": lambda v, d: isinstance(v, bool)}
+
+
+@FUZZ
+@given(name=st.one_of(st.sampled_from(compressors.names() + ["top-k+natural", "rand-k+qsgd"]), ANY),
+       key=st.sampled_from(sorted(COMPRESSOR_PARAMS)), value=ANY, d=st.sampled_from([1, 5, 64]))
+def test_fuzz_compressors_make(name, key, value, d):
+    out = Outcome("compressors.make")
+    known = isinstance(name, str) and all(p in compressors.names() for p in name.split("+"))
+    accepted = {p for part in name.split("+") for p in compressors.param_names(part)} if known else set()
+    params: dict[str, Any] = {} if value is None else {key: value}  # None means "not given" (configs pass every key)
+    if "k" in accepted and key not in ("k", "ratio"):
+        params["k"] = 1  # sparsifiers need one of k or ratio
+    needs_k = "k" in accepted and not ({"k", "ratio"} & set(params))
+    valid = known and not needs_k and (value is None or (key in accepted and COMPRESSOR_PARAMS[key](value, d)))
+    if valid and "k" in params and params["k"] > d:
+        valid = False
+
+    def call() -> None:
+        c = compressors.make(name, **params)
+        c.bits(d)
+        x = torch.randn(2, d, dtype=torch.float64)
+        c(x, torch.Generator().manual_seed(0))
+
+    expect(out, call, valid, ("compressor", key, "k", "ratio", str(name)))
+
+
+# ---- algorithms and transforms -------------------------------------------------------------------
+
+
+@FUZZ
+@given(name=st.one_of(st.sampled_from(algorithms.names()), ANY), compressor=st.one_of(st.sampled_from([None, "top-k", "sign", "identity"]), ANY),
+       side=st.sampled_from(["worker", "server"]), key=st.sampled_from(["momentum", "nesterov", "weight_decay", "beta"]),
+       value=ANY, normalize=st.one_of(st.booleans(), ANY))
+def test_fuzz_algorithms_make(name, compressor, side, key, value, normalize):
+    out = Outcome("algorithms.make")
+    known = isinstance(name, str) and name in algorithms.names()
+    implied = algorithms.implied_compressor(name) if known else None
+    comp_ok = (compressor is None and implied is not None) or (isinstance(compressor, str) and compressor in ("top-k", "sign", "identity")
+                                                               and (implied is None or compressor == implied))
+    params = {"k": 1} if compressor == "top-k" else {}
+    value_ok = {"momentum": lambda v: is_num(v, 0.0, 1.0, hi_open=True), "nesterov": lambda v: isinstance(v, bool),
+                "weight_decay": lambda v: is_num(v, 0.0), "beta": lambda v: False}[key](value)
+    norm_ok = isinstance(normalize, bool) and not (normalize and known and name == "ef")
+    valid = known and comp_ok and value_ok and norm_ok
+
+    def call() -> None:
+        a = algorithms.make(name, compressor, normalize=normalize, **{side: {key: value}}, **params)
+        oracle = Oracle(problems.make("quadratic", dim=3), Noise("gaussian", 0.1), workers=2)
+        simulate(oracle, a, Schedule("constant", 0.1, 2), repeats=2)
+
+    expect(out, call, valid, ("algorithm", "compressor", key, side, "normalize", "momentum", "implies"))
+
+
+# ---- schedules, noise, problems, oracles, runs -----------------------------------------------------
+
+
+@FUZZ
+@given(name=st.one_of(st.sampled_from(["constant", "cosine", "step", "poly"]), ANY), lr=ANY, steps=ANY,
+       key=st.sampled_from(["final_ratio", "gamma", "every", "power", "warmup"]), value=ANY)
+def test_fuzz_schedules(name, lr, steps, key, value):
+    out = Outcome("Schedule")
+    from compsde.algorithms.schedules import SCHEDULE_PARAMS
+
+    known = isinstance(name, str) and name in SCHEDULE_PARAMS
+    takes = known and key in SCHEDULE_PARAMS[name]
+    check = {"final_ratio": lambda v: is_num(v, 0.0, 1.0), "gamma": lambda v: is_num(v, 0.0, 1.0, lo_open=True),
+             "every": lambda v: (is_int(v, 1) or (isinstance(v, float) and v.is_integer() and v >= 1 and math.isfinite(v))),
+             "power": lambda v: is_num(v, 0.0, lo_open=True), "warmup": lambda v: False}[key]
+    valid = known and takes and check(value) and is_num(lr, 0.0, lo_open=True) and is_int(steps, 0)
+    if valid and steps > 0:
+        s = Schedule.__new__(Schedule)  # the extreme-parameter rule: η at the last step must stay > 0
+        object.__setattr__(s, "name", name), object.__setattr__(s, "lr", lr)
+        object.__setattr__(s, "steps", steps), object.__setattr__(s, "params", {key: value})
+        try:
+            valid = s(steps - 1) > 0
+        except (OverflowError, ValueError):
+            valid = False
+
+    def call() -> None:
+        sch = Schedule(name, lr, steps, {key: value})
+        for k in (0, min(steps, 10**6) - 1 if is_int(steps, 1) else 0):
+            assert math.isfinite(sch(k)) and sch(k) >= 0
+
+    expect(out, call, valid, ("schedule", "lr", "steps", key))
+
+
+@FUZZ
+@given(name=st.one_of(st.sampled_from(["none", "gaussian", "student-t"]), ANY), scale=ANY, nu=ANY)
+def test_fuzz_noise(name, scale, nu):
+    out = Outcome("Noise")
+    scales = scale if isinstance(scale, list) else [scale]
+    valid = (isinstance(name, str) and name in ("none", "gaussian", "student-t") and len(scales) > 0
+             and all(is_num(s, 0.0) for s in scales) and (name != "student-t" or is_num(nu, 0.0, lo_open=True)))
+    expect(out, lambda: Noise(name, scale, nu), valid, ("noise",))
+
+
+PROBLEM_ARGS = {
+    "dim": lambda v: is_int(v, 1),
+    "eig_min": lambda v: is_num(v, 0.0), "eig_max": lambda v: is_num(v, 0.0),
+    "rotate": lambda v: isinstance(v, bool), "heterogeneity": lambda v: is_num(v, 0.0),
+    "seed": lambda v: is_int(v, 0, 2**64 - 1), "x0_scale": lambda v: is_num(v),
+}
+
+
+@FUZZ
+@given(key=st.sampled_from(sorted(PROBLEM_ARGS)), value=ANY, workers=ANY, batch=ANY)
+def test_fuzz_problems_and_oracles(key, value, workers, batch):
+    out = Outcome("problems.make + Oracle")
+    kw = {key: value}
+    valid = PROBLEM_ARGS[key](value) and is_int(workers, 1) and is_int(batch, 1)
+    if valid and key == "eig_min":
+        valid = value <= 2.0  # eig_max defaults to 2
+    if valid and key == "eig_max":
+        valid = value >= 0.5
+
+    def call() -> None:
+        p = problems.make("quadratic", **kw)
+        o = Oracle(p, Noise("gaussian", 1.0), workers=workers, batch=batch)
+        if p.dim <= 1000 and workers <= 64:
+            simulate(o, algorithms.make("dsgd"), Schedule("constant", 0.01, 1), repeats=2)
+
+    expect(out, call, valid, (key, "workers", "batch", "quadratic"))
+
+
+@FUZZ
+@given(repeats=ANY, seed=ANY, log_every=ANY, oracle=st.sampled_from(["ok", None, "problem"]),
+       algo=st.sampled_from(["ok", None, "name"]))
+def test_fuzz_simulate_and_sde(repeats, seed, log_every, oracle, algo):
+    out = Outcome("simulate / simulate_sde / from_algorithm")
+    o = Oracle(problems.make("quadratic", dim=3), Noise("gaussian", 0.5), workers=2) if oracle == "ok" else (
+        problems.make("quadratic", dim=3) if oracle == "problem" else None)
+    a = algorithms.make("dcsgd", compressor="rand-k", k=1) if algo == "ok" else ("dcsgd" if algo == "name" else None)
+    valid = oracle == "ok" and algo == "ok" and is_int(repeats, 1) and is_int(seed, 0, 2**64 - 1) and is_int(log_every, 1)
+
+    def call() -> None:
+        from compsde.sde.tracking import simulate_sde
+
+        sched = Schedule("constant", 0.05, 2)
+        simulate(o, a, sched, repeats=repeats, seed=seed, log_every=log_every)
+        simulate_sde(o, a, sched, paths=repeats, seed=seed, log_every=log_every)
+        from_algorithm(o, a, 0.05)
+
+    expect(out, call, valid, ("oracle", "algorithm", "repeats", "seed", "log_every", "paths", "memory"))
+
+
+# ---- scaling rules ---------------------------------------------------------------------------------
+
+
+@FUZZ
+@given(method=st.one_of(st.sampled_from(list(scaling.RULES)), ANY), lr=ANY, batch=ANY, workers=ANY,
+       omega=ANY, to_key=st.sampled_from(["lr", "batch", "workers", "omega", "beta1", "nope"]), to_value=ANY)
+def test_fuzz_scaling_solve(method, lr, batch, workers, omega, to_key, to_value):
+    out = Outcome("scaling.solve")
+    known = isinstance(method, str) and method in scaling.RULES
+
+    def text(v: Any) -> str:
+        return str(v)
+
+    frm_text = f"lr={text(lr)},batch={text(batch)},workers={text(workers)},omega={text(omega)}"
+    to_text = f"{to_key}={text(to_value)}"
+
+    def call() -> None:
+        frm = scaling.parse_assignments(frm_text, "--from")
+        if method in ("adam", "adamw", "rmsprop"):
+            frm = {k: v for k, v in frm.items() if k in ("lr", "batch")}
+        elif method != "dcsgd":
+            frm.pop("omega", None)
+        sol = scaling.solve(method, frm, scaling.parse_assignments(to_text, "--to"))
+        for v in sol.to.values():
+            assert math.isfinite(v), sol.to
+        sol.format()
+        sol.as_dict()
+
+    # The full validity of a scaling request is the solver's job; the fuzzer checks that whatever comes
+    # in, the answer is a result with finite numbers or a one-line ValueError.
+    expect(out, call, True, ())
+    if not known:
+        with pytest.raises(ValueError):
+            call()
+
+
+# ---- the examples a new user tried --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: compressors.make(5), "compressor name must be a string"),
+    (lambda: algorithms.make("dsgd", compressor=compressors.make("sign")), "implies compressor 'identity'"),
+    (lambda: simulate(None, algorithms.make("dsgd"), Schedule("constant", 0.1, 1)), "oracle must be"),
+    (lambda: simulate(problems.make("quadratic"), algorithms.make("dsgd"), Schedule("constant", 0.1, 1)), "oracle must be"),
+    (lambda: Schedule("constant", 0.1, -5), "steps must be an integer ≥ 0, got -5"),
+    (lambda: problems.make("quadratic", rotate="no"), "rotate must be true or false, got 'no'"),
+    (lambda: Schedule("poly", 0.1, 10, {"power": 1e300}), "underflow"),
+    (lambda: Noise("student-t", 1.0, math.nan), "nu"),
+    (lambda: problems.make("l0l1-cosh", sharpness=math.inf), "sharpness"),
+    (lambda: problems.make("quadratic", dim=10**12), "memory"),
+    (lambda: scaling.solve("dsgd", {"lr": 1e-300, "batch": 1.0, "workers": 1.0}, {"lr": 1e300, "batch": "same"}),
+     "too extreme"),
+])
+def test_examples_of_bad_python_calls(call, words):
+    with pytest.raises(ValueError, match=None) as e:
+        call()
+    assert words in str(e.value), str(e.value)
