@@ -4,10 +4,16 @@
     python benchmarks/bench_compressors.py --quick    # d = 10⁵ and 10⁶, fewer repeats
 
 For each d it prints
-* each compressor's compress+decompress time ``C(x, generator)`` (draw included), median of
-  ``--repeats`` runs after warm-up, always on the same input tensor, and its ratio to ``x.clone()``
-  of that tensor timed in the same run (both allocate a fresh output of d floats, so both pay the
-  same page faults, see environment.md);
+* each compressor's compress+decompress time ``C(x, generator)`` (draw + ``apply``, the simulator's
+  path), median of ``--repeats`` runs after warm-up, always on the same input tensor, and its ratio
+  to ``x.clone()`` of that tensor timed in the same run (both allocate a fresh output of d floats, so
+  both pay the same page faults, see environment.md); these two columns are the ones comparable with
+  the figures in the README;
+* the two halves the distributed path runs instead (``compsde.distributed``, the DDP hook), each
+  with a draw made beforehand and its ratio to the clone: ``encode(x, rnd)`` → ``Payload`` (the
+  sender) and ``decode(payload, rnd)`` (the receiver, one message), and serialising the payload,
+  ``compressors.wire.Layout.pack`` into a reused byte buffer (what an all-gather sends; the old
+  codec's encode included it; ``bench_distributed.py`` times the whole step);
 * exact top-k (``compsde.compressors.sparsifiers.top_k_indices``) against ``torch.topk(x.abs(), k)``,
   for k = d/1000, d/100, d/10;
 * the rand-k index draw (``rand_k_indices``, O(k) without replacement) against
@@ -32,7 +38,8 @@ from collections.abc import Callable
 
 import torch
 
-from compsde.compressors import Compressor, make, names, param_names
+from compsde.compressors import Compressor, Payload, make, names, param_names
+from compsde.compressors.wire import Layout
 from compsde.compressors.sparsifiers import rand_k_indices, top_k_indices
 
 
@@ -74,12 +81,26 @@ def bench_dim(d: int, repeats: int, ratio: float, levels: int) -> None:
     clone = median_ms(lambda: x.clone(), repeats)
     print(f"\n## d = {d:.0e} (float32, one row), sparsifiers ratio = {ratio}, quantizers levels = {levels}")
     print(f"x.clone(): {clone:.2f} ms")
-    print(f"{'compressor':<32} {'ms':>9} {'× clone':>9}")
+    print(f"{'compressor':<32} {'ms':>9} {'× clone':>9} {'encode ms':>10} {'× clone':>9} {'decode ms':>10} {'× clone':>9}"
+          f" {'pack ms':>9} {'× clone':>9}")
     for name in [*names(), "top-k+natural"]:
         c = build(name, ratio, levels)
         gen = torch.Generator().manual_seed(1)
         t = median_ms(lambda: c(x, gen), repeats)
-        print(f"{repr(c):<32} {t:9.2f} {t / clone:9.1f}")
+        # The halves, with one draw made outside the clock (a receiver replays it, it does not redraw).
+        rnd = c.draw((), d, gen, x.dtype)
+        payload = c.encode(x, rnd)
+        te = median_ms(lambda: c.encode(x, rnd), repeats)
+        td = median_ms(lambda: c.decode(payload, rnd), repeats)
+        layout = Layout(c.fields(d, x.dtype), 1, d, x.dtype)
+        buf = torch.empty(layout.nbytes, dtype=torch.uint8)
+        row = Payload({k: v.view(1, -1) for k, v in payload.fields.items()}, d, x.dtype)
+        tp = median_ms(lambda: layout.pack(row, out=buf), repeats)
+        # The halves must give apply's message (base.py: bit for bit); a mismatch is reported, not hidden.
+        same = torch.equal(c.decode(payload, rnd), c.apply(x, rnd))
+        note = "" if same else "  decode(encode) != apply!"
+        print(f"{repr(c):<32} {t:9.2f} {t / clone:9.1f} {te:10.2f} {te / clone:9.1f} {td:10.2f} {td / clone:9.1f}"
+              f" {tp:9.2f} {tp / clone:9.1f}{note}")
 
     print(f"\n{'top-k':<14} {'top_k_indices ms':>17} {'torch.topk ms':>14} {'speed-up':>9}")
     for k in (max(1, d // 1000), d // 100, d // 10):

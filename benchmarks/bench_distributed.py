@@ -1,6 +1,7 @@
 """One compressed communication step on real gloo process groups: time and bytes, per compressor.
 
     python benchmarks/bench_distributed.py                   # d = 10⁷, 2 and 4 processes
+    python benchmarks/bench_distributed.py --quick           # d = 10⁵, 3 rounds (a smoke run)
     python benchmarks/bench_distributed.py --dim 1000000 --worlds 2 --repeats 5
     python benchmarks/bench_distributed.py --json out.json   # also write the numbers
 
@@ -9,17 +10,34 @@ FileStore rendezvous, loopback, one thread per process). Every rank holds its ow
 of length d and runs, for each path, ``--repeats`` timed steps (after 2 warm-up steps), each split
 into
 
-* compress:    the codec's ``encode`` (own compressor draw included) — for fp32 all-reduce the copy
-               into the send buffer;
-* communicate: the collective: ``all_reduce`` for summable payloads, ``all_gather_single`` of the
-               packed byte buffer otherwise;
-* decompress + aggregate: decoding the N payloads (replaying the other ranks' rand-k draws) and
-               the mean (or majority vote) into a reused d-length buffer.
+* compress:    this rank's compressor draw (``Algorithm.draw`` from its stream of
+               ``compsde.core.streams``, or the shared stream), the workers' half
+               ``Algorithm.workers_step(..., encode=True)`` (which returns the ``Payload``; it also
+               decodes the message, as the DDP hook's call does), and serialising the payload:
+               ``compsde.compressors.wire.Layout.pack`` into the reused send buffer, or
+               ``compsde.distributed.collectives.flat_floats`` for a summable payload — for fp32
+               all-reduce the copy into the send buffer;
+* communicate: the collective: ``all_reduce`` for summable payloads, ``all_gather_bytes``
+               (``all_gather_single``) of the packed byte buffers otherwise;
+* decompress + aggregate: replaying the other ranks' draws where decoding needs them (rand-k's
+               indices), ``compsde.compressors.wire.decode_sum`` (decode and sum in worker order,
+               block by block for one-row payloads of elementwise compressors) into a reused
+               d-length buffer, or ``decode`` of the all-reduced payload, then the server's
+               ``Algorithm.direction`` (mean, or majority vote).
+
+These are the calls ``compsde.distributed.comm_hook`` makes per gradient bucket (the hook replays the
+draws before the collective; here they are timed with the decoding, as the old codec path was).
 
 A barrier precedes every step. Reported per path: the median over steps of the slowest rank's step
 time, the medians of the three phases (mean over ranks), the bytes one rank hands to the collective,
 the information-theoretic minimum of the message (below) and their ratio. The reference "copy" is
-``buf.copy_(x)`` of one d-length float32 tensor into a reused buffer.
+``buf.copy_(x)`` of one d-length float32 tensor into a reused buffer. Each path's first (untimed)
+step is checked against the in-process step (every rank's message ``apply(x_j, rnd_j)`` with its
+draw replayed from fresh streams, summed in worker order), and the script prints which paths differ
+and by how much (an all-reduce sums in the collective's order, not in worker order).
+
+Targets (printed under each table): the sign step ≥ 2× faster than the fp32 all-reduce step at N = 4,
+and sign's unpack + aggregate within 5 copies of a d-length tensor per worker.
 
 Information-theoretic minimum (log₂ of the number of distinct messages of the format, i.e. the
 bits of an optimal fixed code; not the entropy of the data): fp32 / identity 32d; sign d;
@@ -98,11 +116,13 @@ def child(d: int, repeats: int, out_path: str) -> None:
     import torch.distributed as dist
 
     from bench_compressors import keep_freed_memory
-    from compsde.compressors import make
-    from compsde.distributed.collectives import all_gather_bytes
+    from compsde import algorithms
+    from compsde.algorithms import Algorithm
+    from compsde.compressors import Payload, make
+    from compsde.compressors.wire import Layout, decode_sum
+    from compsde.core.streams import Streams
+    from compsde.distributed.collectives import all_gather_bytes, flat_floats, unflat_floats
     from compsde.distributed.launch import init_from_env
-    from compsde.distributed.wire import Layout, codec_for
-    from compsde.streams import compressor_generator, shared_generator
 
     keep_freed_memory()
     torch.set_num_threads(1)
@@ -111,8 +131,9 @@ def child(d: int, repeats: int, out_path: str) -> None:
     x = torch.randn(d, generator=torch.Generator().manual_seed(rank)).view(1, d)
     agg = torch.empty(1, d)
     copy_buf = torch.empty(1, d)
+    dtype = torch.float32
 
-    def make_step(name: str | None, params: dict, how: str):
+    def make_step(label: str, name: str | None, params: dict, how: str):
         """(one timed step → (compress, communicate, aggregate) seconds, bytes handed to the collective)."""
         if name is None:
             send = torch.empty(1, d)
@@ -126,47 +147,68 @@ def child(d: int, repeats: int, out_path: str) -> None:
                 torch.div(send, world, out=agg)
                 return t1 - t0, t2 - t1, time.perf_counter() - t2
 
+            exact[label] = 0.0  # nothing is compressed
             return fp32_step, send.numel() * 4
         c = make(name, **params)
-        codec = codec_for(c)
-        own_gen = shared_generator(0) if c.shared_randomness else compressor_generator(0, rank)
-        others = {j: compressor_generator(0, j) for j in range(world) if j != rank}
-        replay = c.randomized and not c.shared_randomness and codec.needs_draws(d)
-        if codec.summable:
-            send = torch.empty(codec.sum_shape(1, d))
-            layout = recv = None
+        algo = algorithms.make("dcsgd", c)
+        if how != algo.aggregation:
+            algo = Algorithm(algo.name, c, how, algo.error_feedback, algo.worker, algo.server)
+        # Every rank's compressor stream (its own, the others' replayed) and the shared one, as the hook.
+        streams = Streams(0, world, noise=[], compressor=range(world))
+        state = algo.init(torch.zeros(1, d, dtype=dtype), 1)
+        wstate = {"worker": state["worker"], "ef": state["ef"]}
+        shared = c.randomized and c.shared_randomness
+        replay = c.randomized and not c.shared_randomness and not c.summable and c.decode_needs_draw(d)
+        if c.summable:
+            layout = recv = send = None
         else:
-            layout = Layout(codec.fields(1, d, torch.float32))
+            layout = Layout(c.fields(d, dtype), 1, d, dtype)
             send = torch.empty(layout.nbytes, dtype=torch.uint8)
             recv = torch.empty(world, layout.nbytes, dtype=torch.uint8)
+        sent = [0]
 
         def step() -> tuple[float, float, float]:
             t0 = time.perf_counter()
-            rnd = c.draw((1, 1), d, own_gen, torch.float32) if c.randomized else None
-            rnd = None if rnd is None else rnd[0]
-            parts, _ = codec.encode(x, rnd, need_message=False)
-            if layout is None:
-                send.copy_(parts["sum"])
-            else:
-                layout.pack(parts, out=send)
+            rnd = algo.draw(streams, [] if shared else [rank], 1, d, dtype)  # (1, 1, ·) or None
+            own = None if rnd is None else rnd[0]
+            out = algo.workers_step(x.view(1, 1, d), wstate, None, 1.0, rnd, encode=True)
+            payload = Payload({k: v[0] for k, v in out.payload.fields.items()}, d, dtype)
+            buf = flat_floats(payload) if layout is None else layout.pack(payload, out=send)
             t1 = time.perf_counter()
             if layout is None:
-                dist.all_reduce(send)
+                dist.all_reduce(buf)
             else:
-                all_gather_bytes(recv.view(-1), send)
+                all_gather_bytes(recv.view(-1), buf)
             t2 = time.perf_counter()
             if layout is None:
-                total = codec.decode_sum(send, rnd, d)
-                torch.div(total, world, out=agg) if how == "mean" else torch.sign(total, out=agg)
+                total = c.decode(unflat_floats(buf, payload), own)
             else:
-                rnds = [rnd if j == rank else (c.draw((1, 1), d, others[j], torch.float32)[0] if replay else rnd)
-                        for j in range(world)]
-                codec.aggregate(layout.unpack(recv), rnds, how, 1, d, torch.float32, exact=False, out=agg)
+                rnds = [own if j == rank or not replay else algo.draw(streams, [j], 1, d, dtype)[0] for j in range(world)]
+                total = decode_sum(c, layout, recv, rnds, out=agg)
+            last[0], _ = algo.direction(total, world, state["server"], None)
+            sent[0] = buf.numel() * buf.element_size()
             return t1 - t0, t2 - t1, time.perf_counter() - t2
 
-        return step, send.numel() * send.element_size()
+        last: list[torch.Tensor | None] = [None]
+        step()  # untimed: learns the bytes (a summable payload's send buffer is made per step) and is checked
+        # Check the exchange: the first step's direction must be the in-process one, Σ_j apply(x_j, rnd_j)
+        # in worker order with every rank's first draw replayed from fresh streams (the simulator's step).
+        fresh = Streams(0, world, noise=[], compressor=range(world))
+        total = None
+        for j in range(world):
+            xj = torch.randn(d, generator=torch.Generator().manual_seed(j)).view(1, d)
+            rj = algo.draw(fresh, [] if shared else [j], 1, d, dtype)
+            mj = c.apply(xj, None if rj is None else rj[0])
+            total = mj.clone() if total is None else total.add_(mj)
+            if shared:  # one shared draw per step
+                fresh = Streams(0, world, noise=[], compressor=range(world))
+        expected, _ = algo.direction(total, world, state["server"], None)
+        # 0 when equal (the sign of zeros aside), else the largest difference relative to the largest entry
+        exact[label] = float((last[0] - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+        return step, sent[0]
 
-    steps = [(label, name, params, *make_step(name, params, how)) for label, name, params, how in PATHS]
+    exact: dict[str, float] = {}
+    steps = [(label, name, params, *make_step(label, name, params, how)) for label, name, params, how in PATHS]
     # Interleaved rounds: every path's samples are spread over the whole run, so a burst of load on
     # the (shared) machine hits all paths alike. A barrier precedes every step.
     times: list[list[tuple[float, float, float]]] = [[] for _ in steps]
@@ -199,13 +241,16 @@ def child(d: int, repeats: int, out_path: str) -> None:
             results.append({"path": label, "step_ms": step_ms, "compress_ms": phases[0], "communicate_ms": phases[1],
                             "aggregate_ms": phases[2], "wire_bytes": nbytes, "min_bytes": bits / 8,
                             "ratio_to_min": nbytes * 8 / bits})
+    flags = torch.tensor([exact[label] for label, *_ in PATHS], dtype=torch.float64)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # the worst rank
+    exact = {label: f for (label, *_), f in zip(PATHS, flags.tolist())}
     copy_ms = statistics.median(copy_times) * 1e3
     copies = [torch.empty(1) for _ in range(world)]
     dist.all_gather(copies, torch.tensor([copy_ms]))
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump({"world": world, "d": d, "repeats": repeats, "copy_ms": float(torch.stack(copies).median()),
-                       "paths": results}, f)
+                       "paths": results, "exact": exact}, f)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -224,6 +269,9 @@ def table(res: dict) -> str:
         lines.append(f"| {r['path']} | {r['step_ms']:.1f} | {fp32['step_ms'] / r['step_ms']:.2f} | {r['compress_ms']:.1f} | "
                      f"{r['communicate_ms']:.1f} | {r['aggregate_ms']:.1f} | {r['wire_bytes']:,} | "
                      f"{r['min_bytes']:,.0f} | {r['ratio_to_min']:.3f} |")
+    wrong = [f"{p} (max difference {e:.1e} of the largest entry)" for p, e in res.get("exact", {}).items() if e]
+    lines += ["", "first step's direction against the in-process step (Σ_j apply(x_j, rnd_j) in worker order): "
+                  + (f"different for {'; '.join(wrong)}" if wrong else "equal for every path")]
     sign = next(r for r in res["paths"] if r["path"] == "sign (mean)")
     agg, copy = sign["aggregate_ms"], res["copy_ms"]
     lines += ["", f"sign step vs fp32 all-reduce step: {fp32['step_ms'] / sign['step_ms']:.2f}× faster "
@@ -235,12 +283,17 @@ def table(res: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dim", type=int, default=10_000_000)
+    p.add_argument("--dim", type=int, default=None, help="gradient length d (default 10⁷, quick 10⁵)")
     p.add_argument("--worlds", default="2,4", help="comma-separated process counts (default 2,4)")
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7, quick 3)")
+    p.add_argument("--quick", action="store_true", help="d = 10⁵ and 3 rounds unless --dim/--repeats say otherwise")
     p.add_argument("--json", default=None, help="also write all numbers to this JSON file")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.dim is None:
+        args.dim = 100_000 if args.quick else 10_000_000
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 7
     if args.child:
         child(args.dim, args.repeats, args.child)
         return

@@ -3,7 +3,10 @@
 Setting from the SDE issue: M = 10⁴ paths, d = 100, diagonal noise (DSGD's SDE on a diagonal
 quadratic: drift −H x, constant diagonal diffusion), the same step dt for every contender:
 
-* ``compsde``      ``compsde.integrators.integrate`` with Gaussian and with Rademacher increments;
+* ``compsde``      ``compsde.sde.integrators.integrate`` of the model ``compsde.sde.from_algorithm`` builds
+                    for the oracle (``compsde.objectives.Oracle``: the problem with N = 4 workers'
+                    Gaussian noise) and ``compsde.algorithms.make("dsgd")`` — the closed-form DSGD SDE —
+                    with Gaussian and with Rademacher increments;
 * ``torchsde``     ``torchsde.sdeint(method="euler")`` on the same SDE (its default Brownian interval);
 * ``bare loop``    x ← x − dt·h⊙x + c·ξ_k with ξ pre-drawn before the clock starts (the practical
                     limit: no model call, no random numbers inside the loop).
@@ -20,9 +23,10 @@ import time
 
 import torch
 
-from compsde import methods, problems, sde
-from compsde.integrators import EulerMaruyama, integrate
-from compsde.noise import Noise
+from compsde import algorithms
+from compsde.objectives import Noise, Oracle, problems
+from compsde.sde import from_algorithm
+from compsde.sde.integrators import EulerMaruyama, integrate
 
 
 def timed(fn, repeats: int) -> float:
@@ -49,7 +53,8 @@ def main() -> None:
     reps = 2 if args.quick else 3
     eta = dt = 0.01
     prob = problems.make("quadratic", dim=d)
-    model = sde.from_method(prob, Noise("gaussian", 1.0), methods.make("dsgd"), workers=4, batch=1, lr=eta)
+    oracle = Oracle(prob, Noise("gaussian", 1.0), workers=4, batch=1)
+    model = from_algorithm(oracle, algorithms.make("dsgd"), lr=eta)
     x0 = prob.x0().to(dtype).expand(m_paths, d).contiguous()
     gen = torch.Generator().manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; M = {m_paths} paths, d = {d}, {steps} steps, {args.dtype}")
