@@ -138,3 +138,26 @@ def test_checks_name_the_argument_value_and_range():
     assert check_seed("seed", 2**64 - 1) == 2**64 - 1
     with pytest.raises(ValueError, match=r"a run needs about .* of memory, but only .* is available; shrink it"):
         check_memory(1e30, "a run", "shrink it")
+
+
+def test_a_step_may_evaluate_the_gradient_several_times_with_one_sample():
+    """An algorithm overriding ``evaluate`` (here USAM's ascent step, g = ∇f(x + ρ ∇f(x))) runs in the
+    simulator unchanged; on f = ½ xᵀ H x without noise its step is x ← x − η H (I + ρ H) x."""
+
+    class USAM(algorithms.Algorithm):
+        def evaluate(self, grad, params):
+            return grad(params + 0.1 * grad(params)[0])
+
+    prob = problems.make("quadratic", dim=4)
+    base = algorithms.make("dsgd")
+    algo = USAM("usam", base.compressor)
+    assert not algo.single_evaluation and base.single_evaluation
+    tr = simulate(Oracle(prob, Noise("none"), workers=1), algo, Schedule("constant", 0.2, 5), log_every=5)
+    h = prob.eigs
+    x = prob.x0().clone()
+    for _ in range(5):
+        x = x - 0.2 * h * (1 + 0.1 * h) * x
+    torch.testing.assert_close(tr.x[0], x, rtol=1e-14, atol=0)
+    # with noise, both evaluations see the same sample: the noise enters once, shifted by ρ H z
+    noisy = simulate(Oracle(prob, Noise("gaussian", 1.0), workers=2), algo, Schedule("constant", 0.2, 3), repeats=2)
+    assert bool(torch.isfinite(noisy.x).all())

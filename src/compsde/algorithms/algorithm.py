@@ -30,7 +30,7 @@ server-side momentum, Nesterov momentum and decoupled weight decay, and ``normal
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -82,6 +82,11 @@ class Algorithm:
         return not (self.error_feedback or self.worker.stateful or self.server.stateful)
 
     @property
+    def single_evaluation(self) -> bool:
+        """One gradient evaluation per step, at the iterate (``evaluate`` is not overridden)."""
+        return type(self).evaluate is Algorithm.evaluate
+
+    @property
     def plain(self) -> bool:
         """No transforms and no error feedback: g_i → C_i(g_i) → aggregate → η_k · aggregate."""
         return not (self.error_feedback or self.worker.names or self.server.names)
@@ -118,18 +123,29 @@ class Algorithm:
             return c.draw((1, rows), d, streams.shared, dtype)
         return streams.draw("compressor", workers, lambda g: c.draw((1, rows), d, g, dtype)[0])
 
-    def workers_step(self, grads: Tensor, state: dict[str, Any], params: Tensor | None, lr: float,
-                     rnd: Tensor | None, *, encode: bool = False) -> WorkersOut:
+    def evaluate(self, grad: Callable[[Tensor], Tensor], params: Tensor) -> Tensor:
+        """The workers' gradients for this step from ``grad`` (params → (n, ..., d), every call with
+        this step's sample: the same noise or minibatch). One evaluation at the iterate here; an
+        algorithm that needs several (SAM's ascent step, extragradient) overrides this."""
+        return grad(params)
+
+    def workers_step(self, grads: Tensor | Callable[[Tensor], Tensor], state: dict[str, Any], params: Tensor | None,
+                     lr: float, rnd: Tensor | None, *, encode: bool = False) -> WorkersOut:
         """The workers' half for a stack of workers.
 
         Args:
-            grads: their stochastic gradients g_i, (n, ..., d).
+            grads: their stochastic gradients g_i, (n, ..., d), or the function that evaluates them at
+                given parameters with this step's sample (then ``evaluate`` decides where).
             state: their slice of the state, ``{"worker": ..., "ef": ...}``.
             params: the iterate x (for transforms that use it, e.g. weight decay).
             lr: η_k (used here only with error feedback).
             rnd: the compressor's draws for these workers (``draw``), leading axis n or 1.
             encode: also return the payload (what travels on a real network).
         """
+        if callable(grads):
+            if params is None:
+                raise ValueError("evaluating gradients needs the parameters")
+            grads = self.evaluate(grads, params)
         u, wstate = self.worker.update(grads, state["worker"], params)
         ef = state["ef"]
         if self.error_feedback:

@@ -20,7 +20,7 @@ the per-worker variances σ_i² Var(T)/B (``noise_variances``) and E sign(g_i) (
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -110,11 +110,18 @@ class Oracle:
             z = out.copy_(z) if out is not None else z.to(self.device)
         return z
 
-    def grads(self, x: Tensor, lo: int, hi: int, sample: Tensor | None) -> Tensor:
-        """g_i(x) = ∇f_i(x) + z_i for workers lo ≤ i < hi at x (R, d); the sample (if any) is
-        overwritten with the result."""
+    def grads(self, x: Tensor, lo: int, hi: int, sample: Tensor | None, *, keep_sample: bool = False) -> Tensor:
+        """g_i(x) = ∇f_i(x) + z_i for workers lo ≤ i < hi at x (R, d). The sample (if any) is overwritten
+        with the result, unless ``keep_sample`` (to evaluate again with the same sample)."""
         g = self.problem.worker_grads(x, self.workers, lo, hi)
-        return g if sample is None else sample.add_(g)
+        if sample is None:
+            return g
+        return sample + g if keep_sample else sample.add_(g)
+
+    def grad_fn(self, lo: int, hi: int, sample: Tensor | None) -> Callable[[Tensor], Tensor]:
+        """params → the workers' gradients with this step's sample, for algorithms that evaluate the
+        gradient more than once per step (``Algorithm.evaluate``); the sample is kept intact."""
+        return lambda x: self.grads(x, lo, hi, sample, keep_sample=True)
 
     # ---- the law of the noise (for SDE models) --------------------------------------------------
     def mean_grads(self, x: Tensor) -> Tensor:

@@ -115,7 +115,8 @@ class Loop:
             hi = min(n, lo + self.chunk)
             ws = self.held[lo:hi]
             z = oracle.sample(self.streams, ws, self.repeats, None if self.buf is None else self.buf[: hi - lo])
-            g = oracle.grads(x, ws[0], ws[-1] + 1, z)
+            g = (oracle.grads(x, ws[0], ws[-1] + 1, z) if algo.single_evaluation
+                 else oracle.grad_fn(ws[0], ws[-1] + 1, z))
             rnd = shared if shared is not None else self.draw(ws)
             out = algo.workers_step(g, take(workers_state, lo, hi), x, lr, rnd, encode=ex.needs_payload)
             workers_state = put(workers_state, lo, hi, out.state)
