@@ -48,7 +48,7 @@ class WorkersOut(NamedTuple):
     """What the workers' half of a step produced for a stack of n workers."""
 
     inputs: Tensor  # v_i, what each worker compressed, (n, ..., d)
-    messages: Tensor  # m_i = C_i(v_i), decoded, (n, ..., d)
+    messages: Tensor | None  # m_i = C_i(v_i), decoded, (n, ..., d); None when not asked for
     payload: Payload | None  # the encoded messages (when asked for: they travel)
     state: dict[str, Any]  # the workers' new state {"worker", "ef"}
 
@@ -130,7 +130,7 @@ class Algorithm:
         return grad(params)
 
     def workers_step(self, grads: Tensor | Callable[[Tensor], Tensor], state: dict[str, Any], params: Tensor | None,
-                     lr: float, rnd: Tensor | None, *, encode: bool = False) -> WorkersOut:
+                     lr: float, rnd: Tensor | None, *, encode: bool = False, messages: bool = True) -> WorkersOut:
         """The workers' half for a stack of workers.
 
         Args:
@@ -141,6 +141,8 @@ class Algorithm:
             lr: η_k (used here only with error feedback).
             rnd: the compressor's draws for these workers (``draw``), leading axis n or 1.
             encode: also return the payload (what travels on a real network).
+            messages: also return the decoded messages (always without ``encode``, and always with error
+                feedback, which needs them; a sender that only ships its payload skips the decode).
         """
         if callable(grads):
             if params is None:
@@ -153,10 +155,14 @@ class Algorithm:
                 raise ValueError("error feedback needs its memory in the state (Algorithm.init)")
             u = ef + lr * u  # v = e + η u
         payload = self.compressor.encode(u, rnd) if encode else None
-        messages = self.compressor.apply(u, rnd) if payload is None else self.compressor.decode(payload, rnd)
+        m = None
+        if payload is None:
+            m = self.compressor.apply(u, rnd)
+        elif messages or self.error_feedback:
+            m = self.compressor.decode(payload, rnd)
         if self.error_feedback:
-            ef = u - messages  # e ← v − C(v): stays on its worker
-        return WorkersOut(u, messages, payload, {"worker": wstate, "ef": ef})
+            ef = u - m  # e ← v − C(v): stays on its worker
+        return WorkersOut(u, m, payload, {"worker": wstate, "ef": ef})
 
     def direction(self, total: Tensor, workers: int, server_state: Any, params: Tensor | None) -> tuple[Tensor, Any]:
         """The server's direction d = T_s(aggregate(Σ_i m_i)) from the sum of all N messages."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -149,12 +150,6 @@ def _uint_dtype(width: int) -> torch.dtype:
     return torch.uint8 if width <= 8 else torch.int16 if width <= 15 else torch.int32 if width <= 31 else torch.int64
 
 
-def _signed(values: Tensor, negative: Tensor) -> Tensor:
-    """``values`` (≥ 0 or NaN) with the sign bit set where ``negative``: copysign(values, x) for the
-    x whose sign bits ``negative`` holds, bit for bit."""
-    return values.copysign_(torch.where(negative, -1.0, 1.0).to(values.dtype))
-
-
 @register
 class Natural(_Uniforms):
     """Natural compression C_nat: each x_j rounded stochastically to ±2^⌊log₂|x_j|⌋ or ±2^⌈log₂|x_j|⌉.
@@ -252,11 +247,24 @@ class _Dithering(_Uniforms):
         return Payload({"norm": norm, "level": idx.to(_uint_dtype(self.width())), "negative": torch.signbit(x)},
                        x.shape[-1], x.dtype)
 
+    def signed_levels(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Code → ±L for the code ``level + (levels + 1)·negative``: the level values, then their negatives
+        (−0.0 for level 0), so one lookup gives copysign(L, x) and ``signed_levels[code] · scale`` is
+        ``apply``'s copysign(L · scale, x) bit for bit (scale ≥ 0)."""
+        lv = self.level_values(dtype, device)
+        return torch.cat([lv, -lv])
+
     def decode(self, payload: Payload, rnd: Tensor | None) -> Tensor:
         f = payload.fields
-        table = self.level_values(payload.dtype, payload.device)
-        vals = table[f["level"].long()].mul_(self.scale(f["norm"]))
-        return _signed(vals, f["negative"])
+        table = self.signed_levels(payload.dtype, payload.device)
+        level, negative = f["level"], f["negative"]
+        if level.device.type == "cpu" and self.levels < 127:
+            # One byte code per coordinate and numpy's take: ~3× cheaper than torch indexing with int64.
+            code = negative.view(torch.uint8) * (self.levels + 1) + level.to(torch.uint8)  # a new tensor: the payload stays as it is
+            vals = torch.from_numpy(np.take(table.numpy(), code.numpy()))
+        else:
+            vals = table[level.long() + negative.long() * (self.levels + 1)]
+        return vals.mul_(self.scale(f["norm"]))
 
 
 @register

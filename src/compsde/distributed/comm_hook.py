@@ -115,7 +115,8 @@ def _compressed_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.
     draw = lambda j: algo.draw(state.streams, [j], 1, n, dtype)  # noqa: E731
     rnd = draw(state.rank) if not (comp.randomized and comp.shared_randomness) else algo.draw(state.streams, [], 1, n, dtype)
     own = _row0(rnd)
-    out = algo.workers_step(buf.view(1, 1, n), {"worker": st["worker"], "ef": st["ef"]}, None, 1.0, rnd, encode=True)
+    out = algo.workers_step(buf.view(1, 1, n), {"worker": st["worker"], "ef": st["ef"]}, None, 1.0, rnd, encode=True,
+                            messages=False)
     st["worker"], st["ef"] = out.state["worker"], out.state["ef"]
     assert out.payload is not None
     payload = Payload({k: v[0] for k, v in out.payload.fields.items()}, n, dtype)

@@ -118,7 +118,8 @@ class Loop:
             g = (oracle.grads(x, ws[0], ws[-1] + 1, z) if algo.single_evaluation
                  else oracle.grad_fn(ws[0], ws[-1] + 1, z))
             rnd = shared if shared is not None else self.draw(ws)
-            out = algo.workers_step(g, take(workers_state, lo, hi), x, lr, rnd, encode=ex.needs_payload)
+            out = algo.workers_step(g, take(workers_state, lo, hi), x, lr, rnd, encode=ex.needs_payload,
+                                    messages=log or not ex.needs_payload)
             workers_state = put(workers_state, lo, hi, out.state)
             ex.put(out, ws, rnd)
             if log:
