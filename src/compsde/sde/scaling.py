@@ -371,7 +371,8 @@ def validate(sol: Solution, *, dim: int = 20, scale: float = 1.0, repeats: int =
 def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "forever"
-    for unit, size in (("years", 3.15e7), ("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0)):
+    for unit, size in (("year", 3.15e7), ("day", 86400.0), ("hour", 3600.0), ("minute", 60.0)):
         if seconds >= size:
-            return f"{seconds / size:.3g} {unit}"
+            v = seconds / size
+            return f"{v:.3g} {unit}{'' if f'{v:.3g}' == '1' else 's'}"
     return f"{seconds:.3g} s"
