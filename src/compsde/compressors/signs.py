@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,16 +34,32 @@ def sign_pm1(x: Tensor) -> Tensor:
     return torch.ones_like(x).copysign_(x + 0.0)
 
 
+#: Elements per block of the CPU path of ``sign_bits``: a block's floats and bools stay in cache.
+_BLOCK = 1 << 18
+
+
 def sign_bits(x: Tensor) -> Tensor:
     """Bool (..., d): True where ``sign_pm1(x)`` is +1, i.e. sign(0) = sign(−0.0) = +1.
 
     Fast path ``x >= 0`` (one comparison pass); it differs from ``sign_pm1`` only at NaN, whose sign
-    ``sign_pm1`` takes from the NaN's sign bit. A non-finite sum detects any NaN (and inf) for the
-    price of one reduction, and then the exact form ``¬signbit(x + 0.0)`` is used.
+    ``sign_pm1`` takes from the NaN's sign bit, so NaN is detected (a max, which propagates NaN) and
+    then the exact form ``¬signbit(x + 0.0)`` is used. Long CPU inputs go block by block through numpy
+    (compare, then the max of the block just read, from cache): at d = 10⁷ several times faster than
+    torch's comparison into a fresh bool tensor followed by a separate NaN check.
     """
-    if x.numel() and not bool(torch.isfinite(x.sum())):
-        return ~torch.signbit(x + 0.0)
-    return x >= 0
+    if x.device.type != "cpu" or x.numel() < 2 * _BLOCK:
+        if x.numel() and not bool(torch.isfinite(x.sum())):
+            return ~torch.signbit(x + 0.0)
+        return x >= 0
+    xn = x.detach().contiguous().reshape(-1).numpy()
+    out = np.empty(xn.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        for i in range(0, xn.shape[0], _BLOCK):
+            xb, ob = xn[i: i + _BLOCK], out[i: i + _BLOCK]
+            np.greater_equal(xb, 0, out=ob)
+            if np.isnan(np.max(xb)):
+                ob[:] = ~np.signbit(xb + xb.dtype.type(0.0))
+    return torch.from_numpy(out).view(x.shape)
 
 
 def _pm1(positive: Tensor, dtype: torch.dtype) -> Tensor:
