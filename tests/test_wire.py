@@ -198,3 +198,12 @@ def test_float32_payloads_match_the_declared_bits(name, params):
     assert sum(f.wire_bits(torch.float32) for f in c.fields(d, torch.float32)) == c.bits(d)
     declared = c.bits(d) / 8
     assert declared <= lay.payload_bytes <= declared + len(lay.slots)
+
+
+def test_sign_bits_of_a_long_row_with_nans_and_negative_zeros():
+    """The blocked CPU path of ``sign_bits`` (rows over 2¹⁹ values) agrees with ``sign_pm1`` everywhere."""
+    x = torch.randn(3 * (1 << 18) + 5, generator=torch.Generator().manual_seed(0))
+    x[10], x[(1 << 18) + 3], x[-1], x[5] = math.nan, -math.nan, -0.0, 0.0
+    assert torch.equal(sign_bits(x), sign_pm1(x) > 0)
+    two = x[: 2 * (1 << 18) + 2].view(2, -1)  # several rows: the same bits, row by row
+    assert torch.equal(sign_bits(two), sign_pm1(two) > 0)
