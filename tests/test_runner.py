@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from compsde.experiments import cli, config, runner
+from compsde.experiments import build as config, cli, presets, runner
 from compsde.experiments.runner import METRIC_COLUMNS, quantiles, run_experiment
 
-PRESETS = sorted(config.preset_names())  # the exact list is checked in test_config
+PRESETS = sorted(presets.preset_names())  # the exact list is checked in test_config
 # Small sizes; top1-divergence needs ~170 steps at its learning rate to pass the divergence limit.
 SMALL = {name: ["run.steps=20", "run.repeats=3"] for name in PRESETS}
 SMALL["top1-divergence"] = ["run.steps=200", "run.log_every=10"]

@@ -114,7 +114,7 @@ def _error(msg: str) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, track: bool = False) -> int:
-    from compsde.experiments import config, runner
+    from compsde.experiments import build as config, runner
 
     overrides = [item for group in args.overrides for item in group]
     try:
@@ -174,9 +174,9 @@ def _cmd_scale(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets() -> int:
-    from compsde.experiments import config
+    from compsde.experiments import presets
 
-    items = config.presets()
+    items = presets.presets()
     width = max((len(n) for n in items), default=0)
     for name, desc in items.items():
         print(f"{name:<{width}}  {desc}")

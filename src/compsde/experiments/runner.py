@@ -36,8 +36,8 @@ import torch
 
 from compsde.core.files import atomic_write
 from compsde.core.tensors import DTYPES
-from compsde.experiments import config as config_mod
-from compsde.experiments.config import Experiment
+from compsde.experiments import build as config_mod
+from compsde.experiments.build import Experiment
 from compsde.sim.recorder import Trace
 from compsde.sim.simulator import simulate
 
