@@ -452,6 +452,8 @@ def test_diverged_series_never_shows_a_blank_mean_with_zero_diverged(tmp_path):
     (["run", "noise-resilience", "--set", "run.repeats=1000000000"], "needs about"),
     (["run", "noise-resilience", "--set", "problem.dim=1000000000"], "needs about"),
     (["track", "sde-tracking", "--set", "run.paths=1000000000"], "its SDE with 1000000000 path(s)"),
+    (["track", "sde-tracking", "--set", "series.1.compressor=top-k", "run.paths=100000", "run.mc_samples=100000"],
+     "× 100000 Monte Carlo samples × 4 worker(s) needs about"),
     (["run", "noise-resilience", "--set", "run.steps=1000000000", "run.repeats=10000"],
      "this run would take about"),
     (["run", "noise-resilience", "--set", "run.steps=1000000000000000000000000000000"], "outside TOML's 64-bit"),

@@ -14,11 +14,13 @@ Memory (checked with ``compsde.core.tensors.check_memory`` against what is avail
 ``problem.dim = 10**9`` is refused at once, not after allocating it); the runner checks the SDEs'.
 
 Time: steps × (N × R × d × ``SECONDS_PER_ELEMENT`` + ``SECONDS_PER_STEP``) per series, and for its SDE
-steps × substeps × (N × M × (d + noise dimension) [× K for Monte Carlo] × ``SECONDS_PER_ELEMENT`` +
-``SECONDS_PER_STEP``). The two constants were measured on the development machine (2 cores, float64,
-DSGD/DCSGD/DSignSGD/EF with Gaussian and Student-t noise: 45-300 ns per number and 0.4-3 ms per step
-on a loaded machine); the estimate is a guide to the order of magnitude, not a promise. Runs
-estimated above ``REFUSE_SECONDS`` (24 h) are refused, above ``WARN_SECONDS`` (10 min) announced.
+steps × substeps × (M × (d + noise dimension) × ``SDE_SECONDS_PER_ELEMENT`` — or N × K × M × d ×
+``SECONDS_PER_ELEMENT`` for the Monte Carlo model — + ``SDE_SECONDS_PER_STEP``). The constants were
+measured on the development machine (2 cores, float64, DSGD/DCSGD/DSignSGD/EF with Gaussian and
+Student-t noise: 45-300 ns per number and 0.4-3 ms per step on a loaded machine). Against the presets
+at their default size the estimate was within a factor of 3 of the measured time (estimate ÷ measured:
+optimizers 0.7-2.6, closed-form SDEs 0.4-2.1); it is a guide to the order of magnitude, not a promise.
+Runs estimated above ``REFUSE_SECONDS`` (24 h) are refused, above ``WARN_SECONDS`` (10 min) announced.
 """
 
 from __future__ import annotations
@@ -32,12 +34,16 @@ from compsde.core.tensors import DTYPES, check_memory
 from compsde.core.trees import leaves
 from compsde.sim.loop import CHUNK_ELEMENTS
 
-__all__ = ["REFUSE_SECONDS", "SECONDS_PER_ELEMENT", "SECONDS_PER_STEP", "WARN_SECONDS", "Estimate",
+__all__ = ["REFUSE_SECONDS", "SDE_SECONDS_PER_ELEMENT", "SDE_SECONDS_PER_STEP", "SECONDS_PER_ELEMENT", "SECONDS_PER_STEP", "WARN_SECONDS", "Estimate",
            "check_series_memory", "estimate_run", "format_seconds"]
 
 #: Seconds per number (worker × repetition × coordinate) and step, and per step (see module doc).
 SECONDS_PER_ELEMENT = 150e-9
 SECONDS_PER_STEP = 1e-3
+#: A closed-form SDE's substep: per number (path × coordinate) and per substep (no exchange, no
+#: per-worker noise or compressor draws; a Monte Carlo SDE draws them, and costs like the optimizer).
+SDE_SECONDS_PER_ELEMENT = 30e-9
+SDE_SECONDS_PER_STEP = 1e-4
 #: Runs estimated above this are refused ...
 REFUSE_SECONDS = 24 * 3600.0
 #: ... and above this announced with one line on stderr.
@@ -46,7 +52,8 @@ WARN_SECONDS = 600.0
 _PER_LOGGED_STEP = 1024  # Python objects of one logged row (dicts, tensor headers)
 _PROBLEM_BYTES_PER_COORD = 64  # a problem's vectors of length d (spectrum, x0, x*, scratch)
 HOW = (f"steps × workers × repeats × dim × {SECONDS_PER_ELEMENT * 1e9:.0f} ns + {SECONDS_PER_STEP * 1e3:.0f} ms "
-       "per step, summed over the series (and their SDEs), with costs measured on a 2-core machine")
+       "per step, summed over the series, plus their SDEs' paths for `compsde track`; costs measured on a "
+       "2-core machine")
 
 
 def format_seconds(s: float) -> str:
@@ -110,10 +117,10 @@ def _sde_seconds(model: Any, run: Mapping[str, Any], series: Mapping[str, Any], 
     steps = series.get("steps", run["steps"]) * run["substeps"]
     n, m = series["workers"], run["paths"]
     if model.noise_type == "sampled":
-        per = n * model.samples * m * dim
-    else:
-        per = n * m * (dim + model.noise_dim)
-    return steps * (per * SECONDS_PER_ELEMENT + SECONDS_PER_STEP)
+        per = n * model.samples * m * dim * SECONDS_PER_ELEMENT
+    else:  # closed forms: the drift and diffusion from the mean gradient, per path
+        per = m * (dim + model.noise_dim) * SDE_SECONDS_PER_ELEMENT
+    return steps * (per + SDE_SECONDS_PER_STEP)
 
 
 def series_seconds(run: Mapping[str, Any], series: Mapping[str, Any], dim: int) -> float:
