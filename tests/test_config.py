@@ -584,3 +584,10 @@ def test_color_key_ignores_overrides_and_lr():
     raw["series"].append({"method": "dsgd", "lr": 0.5, "noise": {"nu": 2.0}})
     exp = build(resolve(raw))
     assert exp.series[0].color_key == exp.series[1].color_key
+
+
+def test_header_comment_cannot_break_out_of_the_comment():
+    cfg = resolve(minimal())
+    text = dumps(cfg, header="line one\rsteps = 5\x00\nline two")
+    assert tomllib.loads(text) == cfg
+    assert text.splitlines()[:2] == ["# line one steps = 5 ", "# line two"]

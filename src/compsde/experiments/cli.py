@@ -42,8 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     r = sub.add_parser("run", help="run an experiment from a preset or a TOML config",
-                       description="Run every [[series]] of a preset or config file and write config.toml, "
-                                   "metrics.csv, summary.json and PNG plots into the output directory.")
+                       description="Run every [[series]] of a preset, config file or run folder and write run.json, "
+                                   "config.toml, metrics.csv (as the run goes), summary.json and PNG plots into the "
+                                   "output directory. Runs that would not fit in memory or take over a day are "
+                                   "refused before anything is written.")
     _experiment_args(r)
     _backend_args(r)
     t = sub.add_parser("track", help="run each series as the optimizer and as its SDE, side by side",

@@ -14,6 +14,7 @@ ever written).
 from __future__ import annotations
 
 import tomllib
+import unicodedata
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -67,6 +68,8 @@ def dumps(config: Mapping[str, Any], header: str = "") -> str:
 
     ``tomllib.loads(dumps(c)) == c`` for every config that ``schema.resolve`` returns.
     """
-    lines = [f"# {h}" if h else "#" for h in header.splitlines()]
+    # A comment ends at a line break and may hold no other control character than a tab.
+    clean = "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc" else " " for c in header)
+    lines = [f"# {h}" if h else "#" for h in clean.splitlines()]
     text = tomli_w.dumps(dict(config))
     return "\n".join(lines) + "\n\n" + text if lines else text
