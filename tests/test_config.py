@@ -278,7 +278,7 @@ def test_run_counts_have_sane_ranges(key, value, match):
 
 def test_memory_refused_before_the_problem_is_built():
     t0 = time.perf_counter()
-    with pytest.raises(ValueError, match=r"series 0 \('DSGD'\): 1 worker\(s\) × 2 repetition\(s\) × d = 1000000000 "
+    with pytest.raises(ValueError, match=r"^series.0 \('DSGD'\): 1 worker\(s\) × 2 repetition\(s\) × d = 1000000000 "
                                          r"in float64 needs about .* of memory, but only .* is available"):
         load(minimal(), ["problem.dim=1000000000"])
     with pytest.raises(ValueError, match=r"× 1000000000 repetition\(s\) × d = 4 .* needs about .* available"):

@@ -111,13 +111,13 @@ def build(config: Mapping[str, Any], name: str | None = None) -> Experiment:
             pdict = schema.merge_problem(cfg["problem"], s.get("problem", {}), f"series.{i}.problem")
             key = repr(sorted(pdict.items()))
             if isinstance(pdict.get("dim"), int):  # before allocating anything of size d
-                estimates.check_series_memory(i, s["label"], algorithm, run, s, pdict["dim"])
+                estimates.check_series_memory(algorithm, run, s, pdict["dim"])
             if key not in cache:
                 params = {k: v for k, v in pdict.items() if k != "name"}
                 cache[key] = problems.make(pdict["name"], **params)
             problem = cache[key]
             if not isinstance(pdict.get("dim"), int):  # the dimension came from the data
-                estimates.check_series_memory(i, s["label"], algorithm, run, s, problem.dim)
+                estimates.check_series_memory(algorithm, run, s, problem.dim)
             ndict = schema.merge_noise(cfg["noise"], s.get("noise", {}))
             scale = ndict.get("scale", 1.0)
             noise = Noise(ndict["name"], tuple(scale) if isinstance(scale, list) else scale, ndict.get("nu", 3.0))

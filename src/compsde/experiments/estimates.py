@@ -63,7 +63,7 @@ def format_seconds(s: float) -> str:
         return f"{s / 60:.0f} min"
     if s < 3 * 86400:
         return f"{s / 3600:.1f} h"
-    if s < 3e9:
+    if s < 365.25 * 86400:
         return f"{s / 86400:.3g} days"
     return f"{s / (365.25 * 86400):.3g} years"
 
@@ -94,12 +94,13 @@ def series_memory(algorithm: Any, run: Mapping[str, Any], series: Mapping[str, A
             + _record_bytes(steps, run["log_every"], r))
 
 
-def check_series_memory(index: int, label: str, algorithm: Any, run: Mapping[str, Any], series: Mapping[str, Any],
+def check_series_memory(algorithm: Any, run: Mapping[str, Any], series: Mapping[str, Any],
                         dim: int) -> None:
-    """Refuse (ValueError) a series whose simulation would not fit in the memory available now."""
+    """Refuse (ValueError) a series whose simulation would not fit in the memory available now (the
+    message starts with the sizes; ``build`` prefixes it with the series)."""
     r, n = run["repeats"], series["workers"]
     check_memory(series_memory(algorithm, run, series, dim),
-                 f"series {index} ({label!r}): {n} worker(s) × {r} repetition(s) × d = {dim} in {run['dtype']}",
+                 f"{n} worker(s) × {r} repetition(s) × d = {dim} in {run['dtype']}",
                  "reduce run.repeats, the series' workers, problem.dim or run.steps / run.log_every",
                  run["device"])
 
