@@ -24,7 +24,7 @@ import torch
 
 from compsde.core.tensors import DTYPES
 from compsde.distributed import checkpoint as ckpt_mod
-from compsde.experiments import config
+from compsde.experiments import build as config
 from compsde.experiments.torch_backend import run as run_torch
 from compsde.objectives import Oracle
 from compsde.sim import simulate

@@ -3,6 +3,10 @@
     compsde run PRESET_OR_CONFIG [--set KEY=VALUE ...] [--out DIR] [--no-progress] [--no-plots]
                 [--backend {sim,torch}] [--workers N] [--timeout S] [--checkpoint-every K] [--resume DIR_OR_FILE]
     compsde track PRESET_OR_CONFIG [same options]   (each series also as its SDE, overlaid)
+
+PRESET_OR_CONFIG is a preset name, a TOML file or a run folder (a directory holding the config.toml
+a run wrote). It may come before or after the ``--set`` items: ``compsde run --set run.steps=5 PRESET``
+is ``compsde run PRESET --set run.steps=5`` (the one ``--set`` word without ``=`` is the preset or config).
     compsde scale METHOD --from lr=…,batch=…,workers=…[,omega=…] --to KEY=VALUE,… [--json] [--validate]
     compsde presets
     compsde compressors --dim D [--samples S] [--seed S] [--names a,b,...]
@@ -38,8 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     r = sub.add_parser("run", help="run an experiment from a preset or a TOML config",
-                       description="Run every [[series]] of a preset or config file and write config.toml, "
-                                   "metrics.csv, summary.json and PNG plots into the output directory.")
+                       description="Run every [[series]] of a preset, config file or run folder and write run.json, "
+                                   "config.toml, metrics.csv (as the run goes), summary.json and PNG plots into the "
+                                   "output directory. Runs that would not fit in memory or take over a day are "
+                                   "refused before anything is written.")
     _experiment_args(r)
     _backend_args(r)
     t = sub.add_parser("track", help="run each series as the optimizer and as its SDE, side by side",
@@ -76,13 +82,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def _experiment_args(r: argparse.ArgumentParser) -> None:
     """The options shared by ``run`` and ``track``."""
-    r.add_argument("source", metavar="PRESET_OR_CONFIG", help="a preset name (see `compsde presets`) or a TOML file")
+    r.add_argument("source", metavar="PRESET_OR_CONFIG", nargs="?", default=None,
+                   help="a preset name (see `compsde presets`), a TOML file, or a run folder (holding config.toml); "
+                        "it may also follow the --set items")
     r.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", nargs="+", default=[],
                    help="override a config value with a dotted key: run.steps=50, noise.nu=2, problem.dim=5, "
                         "series.lr=0.1 (every series), series.2.lr=0.1 (series 2, 0-based); "
                         "values are TOML (a bare word is a string)")
     r.add_argument("--out", metavar="DIR", default=None,
-                   help="output directory (default: runs/<preset-or-config-stem>-<timestamp>)")
+                   help="output directory (default: runs/<name>-<timestamp>, name = [run] name, by default the "
+                        "preset's or file's name); the outputs of an earlier run there are replaced")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
@@ -113,12 +122,32 @@ def _error(msg: str) -> int:
     return 2
 
 
-def _cmd_run(args: argparse.Namespace, track: bool = False) -> int:
-    from compsde.experiments import config, runner
+def _source_and_overrides(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The preset or config and the --set items. ``--set`` takes one or more words, so a preset named
+    after them lands among them: with no PRESET_OR_CONFIG before ``--set``, the one word without ``=``
+    is it."""
+    items = [item for group in args.overrides for item in group]
+    if args.source is not None:
+        return args.source, items
+    bare = [item for item in items if "=" not in item]
+    if len(bare) == 1:
+        return bare[0], [item for item in items if item is not bare[0]]
+    if not bare:
+        raise ValueError("missing PRESET_OR_CONFIG: give a preset name (see `compsde presets`), a TOML file or a run folder")
+    raise ValueError(f"--set expects KEY=VALUE items; more than one word without '=' among them: "
+                     f"{', '.join(map(repr, bare))} (only one can be the preset or config)")
 
-    overrides = [item for group in args.overrides for item in group]
+
+def _cmd_run(args: argparse.Namespace, argv: Sequence[str], track: bool = False) -> int:
+    import shlex
+
+    from compsde.experiments import build, runner
+
     try:
-        exp = config.load(args.source, overrides)
+        source, overrides = _source_and_overrides(args)
+        if args.out is not None and not args.out.strip():
+            raise ValueError(f"--out must name a directory, got {args.out!r}")
+        exp = build.load(source, overrides)
     except (ValueError, OSError) as e:
         return _error(str(e))
     if getattr(args, "backend", "sim") == "torch":
@@ -129,14 +158,18 @@ def _cmd_run(args: argparse.Namespace, track: bool = False) -> int:
     if given:
         return _error(f"{', '.join(given)} only apply to --backend torch")
     try:
-        out = runner.run_experiment(exp, args.out, progress=not args.no_progress, plots=not args.no_plots, track=track)
-    except (ValueError, OSError) as e:  # e.g. --out names a file, or the disk is full
+        out = runner.run_experiment(exp, args.out, progress=not args.no_progress, plots=not args.no_plots, track=track,
+                                    command=shlex.join(["compsde", *argv]))
+    except (ValueError, OSError) as e:  # e.g. --out names a file, the run is too large, or the disk is full
         return _error(str(e))
+    except KeyboardInterrupt:
+        print("error: interrupted (run.json records it; metrics.csv keeps the rows computed)", file=sys.stderr)
+        return 130
     print(f"wrote {out}")
     if track:
         import json
 
-        summary = json.loads((out / "summary.json").read_text())
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
         for s in summary["series"]:
             t = s["tracking"]
             fmt = lambda v: "n/a" if v is None else f"{v:.2%}"  # noqa: E731
@@ -174,9 +207,9 @@ def _cmd_scale(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets() -> int:
-    from compsde.experiments import config
+    from compsde.experiments import presets
 
-    items = config.presets()
+    items = presets.presets()
     width = max((len(n) for n in items), default=0)
     for name, desc in items.items():
         print(f"{name:<{width}}  {desc}")
@@ -202,11 +235,12 @@ def _cmd_compressors(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``compsde`` console script; returns the exit status."""
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command == "run":
-        return _cmd_run(args)
+        return _cmd_run(args, argv)
     if args.command == "track":
-        return _cmd_run(args, track=True)
+        return _cmd_run(args, argv, track=True)
     if args.command == "scale":
         return _cmd_scale(args)
     if args.command == "presets":

@@ -1,31 +1,48 @@
-"""Run an experiment: every series through ``compsde.simulator.simulate``, then write the results.
+"""Run an experiment: every series through the simulator (``compsde.sim``), then write the results.
+
+Before anything is written, the config is validated and built (``compsde.experiments.build``), every
+series' memory is checked, and the run time is estimated (``compsde.experiments.estimates``): a run
+that would not fit in memory or would take more than a day is refused, one above ten minutes is
+announced with one line on stderr.
 
 Output directory (every file written to a temporary name in the directory, then ``os.replace``-d,
-so a reader never sees a half-written file):
+so a reader never sees a half-written file). At start the known outputs of an earlier run in the
+same directory (``OUTPUT_FILES``, every plot name, and their stale temporary files) are removed, so
+files of two runs are never mixed; other files are left alone.
 
+* ``run.json``      how the run was made and how it ended: ``compsde`` / torch / numpy / Python
+                    versions, the command line (or the Python call), start and end times, the
+                    estimated seconds, and ``status``: "running", "completed" or "failed: <reason>".
 * ``config.toml``   the fully resolved config (every default filled in): ``compsde run config.toml``
-                    reproduces the run.
-* ``metrics.csv``   one row per logged step and series (step 0 included). Columns:
-                    ``series`` (label), ``group``, ``step``, ``lr`` (η_k used for the step from k),
-                    ``loss_mean`` (mean of f − f* over the repetitions that have not diverged),
-                    ``loss_median``, ``loss_q10``, ``loss_q90`` (over all repetitions, diverged
-                    ones counting as +inf), ``grad_norm`` (mean ‖∇f(x)‖ over live repetitions),
-                    ``dist_mean`` (mean ‖x − x*‖ over live repetitions; empty where x* is unknown),
-                    ``bits`` (cumulative bits sent by each worker), ``compression_error`` (mean
-                    ‖C(v) − v‖²/‖v‖² over workers and live repetitions at that step; empty at step 0),
-                    ``diverged_fraction``. Empty cell = not a number; ``inf`` = +∞.
+                    (or ``compsde run DIR``) reproduces the run.
+* ``metrics.csv``   one row per logged step and series (step 0 included), rewritten as the run goes:
+                    after each series and at most every ``SNAPSHOT_SECONDS`` within one (the rows of
+                    the logged steps done so far), so a killed run keeps what it computed. Columns:
+                    ``series`` (label), ``source`` (optimizer | sde), ``group``, ``step``, ``lr`` (η_k
+                    used for the step from k), ``loss_mean`` (mean of f − f* over the repetitions that
+                    have not diverged), ``loss_median``, ``loss_q10``, ``loss_q90`` (over all
+                    repetitions, diverged ones counting as +inf), ``grad_norm`` (mean ‖∇f(x)‖ over live
+                    repetitions), ``dist_mean`` (mean ‖x − x*‖ over live repetitions; empty where x* is
+                    unknown), ``bits`` (cumulative declared bits sent by each worker), ``bytes``
+                    (cumulative wire bytes per worker and repetition), ``comm_rounds`` (communication
+                    rounds so far), ``compression_error`` (mean ‖C(v) − v‖²/‖v‖² over workers and live
+                    repetitions at that step; empty at step 0), ``diverged_fraction``. Empty cell = not
+                    a number; ``inf`` = +∞. ``loss_mean`` is empty only when every repetition diverged.
 * ``summary.json``  ``{"title", "name", "series": [{"label", "group", "method", "compressor",
                     "final": {...}, "bits_per_worker_per_step", ...}]}`` in config order; non-finite
-                    numbers are written as null so the JSON stays valid.
-* ``*.png``         the plots of ``compsde.plots``.
+                    numbers are written as null so the JSON stays valid. Written at the end.
+* ``*.png``         the plots of ``compsde.experiments.plots``.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import json
 import math
+import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,21 +53,29 @@ import torch
 
 from compsde.core.files import atomic_write
 from compsde.core.tensors import DTYPES
-from compsde.experiments import config as config_mod
-from compsde.experiments.config import Experiment
+from compsde.experiments import estimates
+from compsde.experiments.build import Experiment, SeriesSpec, build, dumps, load, resolve
+from compsde.experiments.presets import CONFIG_FILE
+from compsde.sim.exchange import InProcessExchange
+from compsde.sim.loop import Loop
 from compsde.sim.recorder import Trace
-from compsde.sim.simulator import simulate
+from compsde.sim.simulator import check_run
 
-__all__ = ["METRIC_COLUMNS", "SeriesResult", "default_out_dir", "metrics_from_trace", "quantiles", "run_experiment",
-           "write_results"]
+
+__all__ = ["METRIC_COLUMNS", "OUTPUT_FILES", "SNAPSHOT_SECONDS", "SeriesResult", "clear_outputs", "default_out_dir",
+           "metrics_from_trace", "quantiles", "run_experiment", "write_results"]
 
 #: Below this many elements per step (d x repeats x workers) a series is simulated on one thread.
 SINGLE_THREAD_BELOW = 1 << 20
 
 METRIC_COLUMNS = [
     "series", "source", "group", "step", "lr", "loss_mean", "loss_median", "loss_q10", "loss_q90",
-    "grad_norm", "dist_mean", "bits", "compression_error", "diverged_fraction",
+    "grad_norm", "dist_mean", "bits", "bytes", "comm_rounds", "compression_error", "diverged_fraction",
 ]
+#: The files a run writes besides the plots (``plots.PLOT_FILES``); removed at the start of a run.
+OUTPUT_FILES = (CONFIG_FILE, "metrics.csv", "summary.json", "run.json")
+#: Within a series, metrics.csv is rewritten at most this often (seconds).
+SNAPSHOT_SECONDS = 2.0
 
 
 def quantiles(values: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
@@ -112,6 +137,9 @@ class SeriesResult:
     seconds: float
     #: "optimizer" (the simulated method) or "sde" (its SDE, from ``compsde track``).
     source: str = "optimizer"
+    #: Cumulative wire bytes per worker and repetition, and communication rounds (None: not recorded).
+    bytes: np.ndarray | None = None
+    comm_rounds: np.ndarray | None = None
 
     def row(self, t: int) -> dict[str, Any]:
         return {
@@ -119,11 +147,13 @@ class SeriesResult:
             "loss_mean": self.loss_mean[t], "loss_median": self.loss_median[t],
             "loss_q10": self.loss_q10[t], "loss_q90": self.loss_q90[t], "grad_norm": self.grad_norm[t],
             "dist_mean": None if self.dist_mean is None else self.dist_mean[t], "bits": self.bits[t],
+            "bytes": None if self.bytes is None else self.bytes[t],
+            "comm_rounds": None if self.comm_rounds is None else int(self.comm_rounds[t]),
             "compression_error": self.compression_error[t], "diverged_fraction": self.diverged_fraction[t],
         }
 
 
-def metrics_from_trace(spec: config_mod.SeriesSpec, trace: Trace, seconds: float = 0.0,
+def metrics_from_trace(spec: SeriesSpec, trace: Trace, seconds: float = 0.0,
                        source: str = "optimizer") -> SeriesResult:
     """Aggregate a Trace's (T, R) measurements into per-step statistics (see module doc)."""
     loss = trace.loss.double().numpy()
@@ -143,6 +173,7 @@ def metrics_from_trace(spec: config_mod.SeriesSpec, trace: Trace, seconds: float
         diverged_fraction=trace.diverged_fraction().numpy(),
         first_diverged_step=int(dived.min()) if dived.size else None,
         last_diverged_step=int(dived.max()) if dived.size else None, seconds=seconds, source=source,
+        bytes=trace.bytes.double().numpy(), comm_rounds=trace.rounds.numpy(),
     )
 
 
@@ -283,6 +314,36 @@ def default_out_dir(name: str) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def output_dir(out_dir: str | Path | None, name: str) -> Path:
+    """The directory a run writes into: ``out_dir``, or ``default_out_dir(name)``. ValueError for an
+    empty path or one that names an existing file."""
+    if out_dir is not None and not str(out_dir).strip():
+        raise ValueError(f"--out must name a directory, got {str(out_dir)!r}")
+    out = Path(out_dir) if out_dir is not None else default_out_dir(name)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output directory {str(out)!r} exists and is not a directory")
+    return out
+
+
+def clear_outputs(out: Path) -> list[str]:
+    """Remove the outputs an earlier run left in ``out`` (``OUTPUT_FILES``, ``plots.PLOT_FILES`` and their
+    ``.NAME.*.tmp`` temporaries); any other file stays. Returns the names removed."""
+    from compsde.experiments.plots import PLOT_FILES
+
+    known = (*OUTPUT_FILES, *PLOT_FILES)
+    removed = []
+    for name in known:
+        p = out / name
+        if p.is_file() or p.is_symlink():
+            p.unlink()
+            removed.append(name)
+        for tmp in out.glob(f".{name}.*.tmp"):
+            if tmp.is_file():
+                tmp.unlink()
+                removed.append(tmp.name)
+    return removed
+
+
 # ---- running -------------------------------------------------------------------------------------
 
 
@@ -299,14 +360,35 @@ def _sde_models(exp: Experiment) -> list[Any]:
     return models
 
 
-def _track(spec: config_mod.SeriesSpec, run: Mapping[str, Any], trace: Trace, model: Any,
+def _oracle(spec: SeriesSpec, run: Mapping[str, Any]) -> Any:
+    """The series' oracle in the run's dtype, on the run's device."""
+    return spec.oracle.to(DTYPES[run["dtype"]], run["device"])
+
+
+def _simulate(spec: SeriesSpec, run: Mapping[str, Any], progress: Callable[[int], None],
+              snapshot: Callable[[Loop], None]) -> Trace:
+    """``compsde.sim.simulate`` (the same loop and exchange, so the same numbers), calling ``snapshot``
+    after every step so that the logged rows so far can be written while it runs."""
+    oracle = _oracle(spec, run)
+    kw = dict(repeats=run["repeats"], seed=run["seed"], log_every=run["log_every"])
+    check_run(oracle, spec.algorithm, spec.schedule, **kw)
+    exchange = InProcessExchange(spec.algorithm, run["repeats"], oracle.dim, oracle.dtype)
+    loop = Loop(spec.algorithm, oracle, spec.schedule, exchange=exchange, **kw)
+    while not loop.done:
+        loop.step()
+        progress(1)
+        snapshot(loop)
+    return loop.trace()
+
+
+def _track(spec: SeriesSpec, run: Mapping[str, Any], trace: Trace, model: Any,
            progress: Any) -> Tracked:
     """Run a series' SDE from the optimizer's start and compare it with the optimizer's trace."""
     from compsde.sde.tracking import simulate_sde, tracking_error
 
     t0 = time.perf_counter()
     sde_trace, model = simulate_sde(
-        spec.oracle.to(DTYPES[run["dtype"]]), spec.algorithm, spec.schedule,
+        _oracle(spec, run), spec.algorithm, spec.schedule,
         paths=run["paths"], seed=run["seed"], log_every=run["log_every"],
         substeps=run["substeps"], increments=run["increments"], mc_samples=run["mc_samples"], progress=progress,
         model=model,
@@ -319,62 +401,142 @@ def _as_experiment(config: Experiment | Mapping[str, Any] | str | Path) -> Exper
     if isinstance(config, Experiment):
         return config
     if isinstance(config, Mapping):
-        return config_mod.build(config_mod.resolve(config))
-    return config_mod.load(config)
+        return build(resolve(config))
+    return load(config)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+class RunRecord:
+    """run.json: the versions, the command, the times and the status of a run, rewritten as it changes."""
+
+    def __init__(self, out: Path, exp: Experiment, command: str | None, backend: str, track: bool,
+                 estimate: estimates.Estimate | None, status: str = "running") -> None:
+        import compsde
+
+        self.path = out / "run.json"
+        done = status != "running"
+        self.data: dict[str, Any] = {
+            "name": exp.name,
+            "status": status,
+            "command": command,
+            "argv": list(sys.argv),
+            "backend": backend,
+            "track": track,
+            "started": None if done else _now(),  # None: recorded only when the run ended
+            "ended": _now() if done else None,
+            "estimated_seconds": None if estimate is None else round(estimate.seconds, 1),
+            "versions": {"compsde": compsde.__version__, "torch": torch.__version__, "numpy": np.__version__,
+                         "python": platform.python_version()},
+            "platform": platform.platform(),
+            "device": exp.run["device"],
+            "threads": torch.get_num_threads(),
+        }
+        self.write()
+
+    def write(self) -> None:
+        atomic_write(self.path, json.dumps(self.data, indent=2, ensure_ascii=False) + "\n")
+
+    def end(self, status: str) -> None:
+        self.data.update(status=status, ended=_now())
+        self.write()
+
+
+def _failure(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return "failed: interrupted"
+    text = str(e).strip().splitlines()
+    return f"failed: {type(e).__name__}" + (f": {text[0][:300]}" if text else "")
+
+
+def _python_call(config: Any, out_dir: Any, track: bool) -> str:
+    what = f"<Experiment {config.name!r}>" if isinstance(config, Experiment) else (
+        "<config dict>" if isinstance(config, Mapping) else repr(str(config)))
+    return f"compsde.experiments.runner.run_experiment({what}, out_dir={None if out_dir is None else str(out_dir)!r}, track={track})"
 
 
 def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path | None = None,
-                   progress: bool = True, plots: bool = True, track: bool = False) -> Path:
-    """Run every series of ``config`` and write config.toml, metrics.csv, summary.json and plots.
+                   progress: bool = True, plots: bool = True, track: bool = False, command: str | None = None) -> Path:
+    """Run every series of ``config`` and write run.json, config.toml, metrics.csv, summary.json and plots.
 
     With ``track=True`` (``compsde track``) each series also runs as its SDE (``[run] paths`` paths
-    from the same start, ``compsde.tracking``): metrics.csv gains its curves (``source = sde``),
+    from the same start, ``compsde.sde.tracking``): metrics.csv gains its curves (``source = sde``),
     summary.json its ``tracking`` errors, and ``tracking.png`` overlays both (plus ``weak_order.png``
     when a group's series differ in η: the tracking error against η and its fitted slope).
 
     Args:
-        config: a built ``Experiment``, a raw config dict, a preset name or a TOML file path.
+        config: a built ``Experiment``, a raw config dict, a preset name, a TOML file or a run folder.
         out_dir: output directory (created if needed); default ``runs/<name>-<timestamp>``.
         progress: show a tqdm progress bar (silent anyway when stderr is not a terminal).
         plots: write the PNG plots (tests may skip them for speed).
+        command: the command line to record in run.json (default: this Python call).
 
-    Returns the output directory. A diverging series never raises: the Trace marks it diverged.
+    Returns the output directory. Bad input (config, sizes, ``out_dir``) raises ValueError before
+    anything is written. A diverging series never raises: the Trace marks it diverged.
     """
     from tqdm.auto import tqdm
 
     exp = _as_experiment(config)  # validates before anything is written
     models = _sde_models(exp) if track else []  # a method without an SDE is refused before anything is written
-    out = Path(out_dir) if out_dir is not None else default_out_dir(exp.name)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output directory {str(out)!r} exists and is not a directory")
+    estimate = estimates.estimate_run(exp, models)
+    out = output_dir(out_dir, exp.name)
+    if estimate.seconds > estimates.WARN_SECONDS:
+        sys.stderr.write(f"compsde: warning: this run will take {estimate.describe()}\n")
+        sys.stderr.flush()
     out.mkdir(parents=True, exist_ok=True)
+    clear_outputs(out)
+    record = RunRecord(out, exp, command or _python_call(config, out_dir, track), "sim", track, estimate)
+    try:
+        _run(exp, out, models, record, progress=progress, plots=plots, track=track, bar_cls=tqdm)
+    except BaseException as e:
+        record.end(_failure(e))
+        raise
+    record.end("completed")
+    return out
+
+
+def _run(exp: Experiment, out: Path, models: list[Any], record: RunRecord, *, progress: bool, plots: bool, track: bool,
+         bar_cls: Any) -> None:
     run = exp.run
-    header = f"compsde resolved config ({exp.name}); re-run with: compsde run config.toml"
-    atomic_write(out / "config.toml", config_mod.dumps(exp.config, header=header))
+    header = (f"compsde resolved config ({exp.name}); re-run with: compsde run {CONFIG_FILE} "
+              "(or compsde run DIR, the folder holding it)")
+    atomic_write(out / CONFIG_FILE, dumps(exp.config, header=header))
 
     results: list[SeriesResult] = []
     tracked: list[Tracked] = []
+
+    def write_metrics(partial: Sequence[SeriesResult] = ()) -> None:
+        atomic_write(out / "metrics.csv", metrics_csv([*results, *partial, *(t.result for t in tracked)]))
+
     total = sum(spec.schedule.steps for spec in exp.series) * (2 if track else 1)
     threads = torch.get_num_threads()
-    with tqdm(total=total, disable=None if progress else True, unit="step", dynamic_ncols=True,
-              leave=True, mininterval=0.2) as bar:
+    with bar_cls(total=total, disable=None if progress else True, unit="step", dynamic_ncols=True,
+                 leave=True, mininterval=0.2) as bar:
         for spec in exp.series:
             bar.set_description(spec.label[:40])
             t0 = time.perf_counter()
+            last = [time.monotonic(), 1]  # time of the last write, logged rows written
+
+            def snapshot(loop: Loop, spec: SeriesSpec = spec, t0: float = t0) -> None:
+                if time.monotonic() - last[0] < SNAPSHOT_SECONDS or len(loop.rec.rows) <= last[1]:
+                    return
+                write_metrics([metrics_from_trace(spec, loop.trace(), time.perf_counter() - t0)])
+                last[:] = [time.monotonic(), len(loop.rec.rows)]
+
             # Small tensors gain nothing from intra-op threads, and on a busy machine OpenMP/BLAS
             # threads spinning at barriers made tiny matmuls 30-50x slower (measured on 2 cores).
             size = spec.problem.dim * run["repeats"] * spec.workers
             torch.set_num_threads(1 if size < SINGLE_THREAD_BELOW else threads)
             try:
-                trace = simulate(
-                    spec.oracle.to(DTYPES[run["dtype"]]), spec.algorithm, spec.schedule,
-                    repeats=run["repeats"], seed=run["seed"], log_every=run["log_every"], progress=bar.update,
-                )
+                trace = _simulate(spec, run, bar.update, snapshot)
                 results.append(metrics_from_trace(spec, trace, time.perf_counter() - t0))
                 if track:
                     tracked.append(_track(spec, run, trace, models[spec.index], bar.update))
             finally:
                 torch.set_num_threads(threads)
+            write_metrics()
 
     summary = summary_dict(exp, results, tracked if track else None)
 
@@ -387,18 +549,23 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
         return figs
 
     write_results(out, exp, results, summary, plots=plots, extra_rows=[t.result for t in tracked],
-                  extra_figures=tracking_png if track else None)
-    return out
+                  extra_figures=tracking_png if track else None, record=record)
 
 
 def write_results(out: Path, exp: Experiment, results: list[SeriesResult], summary: Mapping[str, Any], *,
                   plots: bool, extra_rows: Sequence[SeriesResult] = (),
-                  extra_figures: Callable[[str], dict[str, bytes]] | None = None) -> None:
+                  extra_figures: Callable[[str], dict[str, bytes]] | None = None,
+                  record: RunRecord | None = None) -> None:
     """Write metrics.csv (``results`` then ``extra_rows``), summary.json and the plots, each atomically.
 
     Shared by every backend. A figure this run does not produce (e.g. diverged.png) is removed, so none
-    survives from an earlier run into the same directory.
+    survives from an earlier run into the same directory. Without a ``record`` (a backend that keeps no
+    run.json as it runs) a run.json saying the run completed now is written, so that no run.json of an
+    earlier run is left describing this one.
     """
+    if record is None:
+        backend = summary["backend"].get("name", "unknown") if isinstance(summary.get("backend"), Mapping) else "unknown"
+        RunRecord(out, exp, None, backend, "weak_order" in summary, None, status="completed")
     atomic_write(out / "metrics.csv", metrics_csv(list(results) + list(extra_rows)))
     atomic_write(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
     if plots:

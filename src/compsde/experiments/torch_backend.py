@@ -42,8 +42,8 @@ from compsde.distributed.launch import (
     set_threads, spawn,
 )
 from compsde.distributed.worker import SeriesOutcome, run_series
-from compsde.experiments import config as config_mod
-from compsde.experiments.config import Experiment
+from compsde.experiments import build as config_mod
+from compsde.experiments.build import Experiment
 from compsde.sim.recorder import Trace
 
 __all__ = ["DEFAULT_TIMEOUT", "RunResult", "run", "world_size"]
