@@ -26,7 +26,6 @@ from compsde.core.tensors import DTYPES
 from compsde.distributed import checkpoint as ckpt_mod
 from compsde.experiments import build as config
 from compsde.experiments.torch_backend import run as run_torch
-from compsde.objectives import Oracle
 from compsde.sim import simulate
 from cases import CASES as SIM_CASES
 

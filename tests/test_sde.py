@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from compsde import algorithms, sde
+from compsde import algorithms
 from compsde.objectives import Noise, Oracle, problems
 from compsde.sde import models
 from compsde.sde.integrators import EulerMaruyama, integrate

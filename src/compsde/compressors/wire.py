@@ -22,7 +22,6 @@ time, so the unpacked fields of a block stay in cache.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 

@@ -8,16 +8,20 @@ deep inside, and the command line turns the message into ``error: ...`` with exi
 from __future__ import annotations
 
 import math
+import unicodedata
 from typing import Any, Iterable
 
 __all__ = [
-    "MAX_INT64", "MAX_SEED", "check_bool", "check_choice", "check_int", "check_number", "check_seed", "describe",
+    "MAX_INT64", "MAX_SEED", "MAX_TEXT_LENGTH", "check_bool", "check_choice", "check_int", "check_number", "check_seed",
+    "check_text", "describe",
 ]
 
 #: Largest integer a TOML file, a checkpoint or a torch int64 can hold.
 MAX_INT64 = (1 << 63) - 1
 #: Seeds are reduced to 64 bits by ``compsde.core.streams``; larger ones are refused, not wrapped.
 MAX_SEED = (1 << 64) - 1
+#: The longest title, label or group name ``check_text`` accepts.
+MAX_TEXT_LENGTH = 200
 
 
 def describe(value: Any) -> str:
@@ -86,3 +90,20 @@ def _range(lo: int | None, hi: int | None) -> str:
     if hi is not None and hi != MAX_INT64:
         return f" ≤ {hi}"
     return ""
+
+
+def check_text(s: Any, what: str) -> None:
+    """Raise ValueError starting with ``what`` if ``s`` cannot be shown in a plot (which escapes
+    mathtext, ``compsde.experiments.plots.plain_text``): not a string, longer than ``MAX_TEXT_LENGTH``
+    characters, or containing a control character (newline and tab included) or a lone surrogate. The
+    experiment layer calls it on titles, labels and group names before running, so that a run never
+    ends with an unplottable name."""
+    if not isinstance(s, str):
+        raise ValueError(f"{what} must be a string, got {type(s).__name__}")
+    if len(s) > MAX_TEXT_LENGTH:
+        raise ValueError(f"{what} is {len(s)} characters long; plots show at most {MAX_TEXT_LENGTH}")
+    for i, ch in enumerate(s):
+        cat = unicodedata.category(ch)
+        if cat in ("Cc", "Cs"):
+            kind = "control character" if cat == "Cc" else "lone surrogate"
+            raise ValueError(f"{what} contains the {kind} U+{ord(ch):04X} at position {i}, which plots cannot show")

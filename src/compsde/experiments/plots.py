@@ -50,6 +50,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from compsde.core.checks import MAX_TEXT_LENGTH, check_text  # noqa: E402,F401  (re-exported: plots' own rules)
+
 __all__ = ["MAX_TEXT_LENGTH", "PLOT_FILES", "check_text", "compression_error_figure", "diverged_figure", "figure_png",
            "final_figure", "loss_figure", "make_figures", "make_plots", "plain_text", "tracking_figure",
            "tracking_figure_obj", "weak_order_figure", "weak_order_figure_obj"]
@@ -68,10 +70,6 @@ _DPI = 110
 
 
 # ---- user text -----------------------------------------------------------------------------------
-
-#: The longest title, label or group name ``check_text`` accepts.
-MAX_TEXT_LENGTH = 200
-
 
 def plain_text(s: str) -> str:
     """``s`` made to render literally in matplotlib.
@@ -96,22 +94,6 @@ def plain_text(s: str) -> str:
             else:
                 out.append(ch)
     return "".join(out)
-
-
-def check_text(s: str, what: str) -> None:
-    """Raise ValueError starting with ``what`` if ``s`` cannot be shown in a plot even by ``plain_text``:
-    not a string, longer than ``MAX_TEXT_LENGTH`` characters, or containing a control character
-    (newline and tab included) or a lone surrogate. Call it on titles, labels and group names before
-    running, so that a run never ends with an unplottable name."""
-    if not isinstance(s, str):
-        raise ValueError(f"{what} must be a string, got {type(s).__name__}")
-    if len(s) > MAX_TEXT_LENGTH:
-        raise ValueError(f"{what} is {len(s)} characters long; plots show at most {MAX_TEXT_LENGTH}")
-    for i, ch in enumerate(s):
-        cat = unicodedata.category(ch)
-        if cat in ("Cc", "Cs"):
-            kind = "control character" if cat == "Cc" else "lone surrogate"
-            raise ValueError(f"{what} contains the {kind} U+{ord(ch):04X} at position {i}, which plots cannot show")
 
 
 def _wrap(s: str, width: int, max_lines: int = 2) -> str:

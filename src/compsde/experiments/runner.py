@@ -56,10 +56,9 @@ from compsde.core.tensors import DTYPES
 from compsde.experiments import estimates
 from compsde.experiments.build import Experiment, SeriesSpec, build, dumps, load, resolve
 from compsde.experiments.presets import CONFIG_FILE
-from compsde.sim.exchange import InProcessExchange
 from compsde.sim.loop import Loop
 from compsde.sim.recorder import Trace
-from compsde.sim.simulator import check_run
+from compsde.sim.simulator import simulate
 
 
 __all__ = ["METRIC_COLUMNS", "OUTPUT_FILES", "SNAPSHOT_SECONDS", "SeriesResult", "clear_outputs", "default_out_dir",
@@ -367,18 +366,10 @@ def _oracle(spec: SeriesSpec, run: Mapping[str, Any]) -> Any:
 
 def _simulate(spec: SeriesSpec, run: Mapping[str, Any], progress: Callable[[int], None],
               snapshot: Callable[[Loop], None]) -> Trace:
-    """``compsde.sim.simulate`` (the same loop and exchange, so the same numbers), calling ``snapshot``
-    after every step so that the logged rows so far can be written while it runs."""
-    oracle = _oracle(spec, run)
-    kw = dict(repeats=run["repeats"], seed=run["seed"], log_every=run["log_every"])
-    check_run(oracle, spec.algorithm, spec.schedule, **kw)
-    exchange = InProcessExchange(spec.algorithm, run["repeats"], oracle.dim, oracle.dtype)
-    loop = Loop(spec.algorithm, oracle, spec.schedule, exchange=exchange, **kw)
-    while not loop.done:
-        loop.step()
-        progress(1)
-        snapshot(loop)
-    return loop.trace()
+    """``compsde.sim.simulate`` calling ``snapshot`` after every step, so that the logged rows so far can
+    be written while it runs."""
+    return simulate(_oracle(spec, run), spec.algorithm, spec.schedule, repeats=run["repeats"], seed=run["seed"],
+                    log_every=run["log_every"], progress=progress, observe=snapshot)
 
 
 def _track(spec: SeriesSpec, run: Mapping[str, Any], trace: Trace, model: Any,

@@ -32,7 +32,7 @@ the new name.
 Values: integers must fit TOML's 64 bits and numbers must be finite, anywhere in the config (TOML
 has ``nan`` and ``inf`` literals; a NaN learning rate would only show up as a broken JSON summary);
 seeds are in [0, 2⁶⁴); titles, labels and group names must be showable in a plot
-(``plots.check_text``: no control characters, at most ``plots.MAX_TEXT_LENGTH`` characters).
+(``compsde.core.checks.check_text``: no control characters, at most ``MAX_TEXT_LENGTH`` characters).
 
 Labels: a series without ``label`` gets one derived from what distinguishes it — the method, the
 compressor and its non-default parameters, ``normalized``, the schedule and its non-default keys,
@@ -289,7 +289,7 @@ def check_values(value: Any, where: str) -> None:
 
 
 def _check_text(value: str, key: str) -> None:
-    from compsde.experiments.plots import check_text
+    from compsde.core.checks import check_text
 
     check_text(value, f"{key} = {describe(value)}")
 
@@ -523,7 +523,7 @@ def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mappi
     _check_text(out["group"], f"{where}.group")
     if out["label"] is None:
         label = derive_label({**out, "steps": series_steps})
-        from compsde.experiments.plots import MAX_TEXT_LENGTH
+        from compsde.core.checks import MAX_TEXT_LENGTH
 
         if len(label) > MAX_TEXT_LENGTH - 6:  # room for a " #123" suffix
             label = label[: MAX_TEXT_LENGTH - 7] + "…"

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from compsde.algorithms import Algorithm
 from compsde.algorithms.schedules import Schedule
-from compsde.core.checks import check_int, check_seed
+from compsde.core.checks import check_int
 from compsde.core.streams import SDE, generator
 from compsde.core.tensors import check_memory
 from compsde.objectives.oracle import Oracle

@@ -37,12 +37,14 @@ def check_run(oracle: Oracle, algorithm: Algorithm, schedule: Schedule, *, repea
 
 
 def simulate(oracle: Oracle, algorithm: Algorithm, schedule: Schedule, *, repeats: int = 1, seed: int = 0,
-             log_every: int = 1, progress: Callable[[int], None] | None = None) -> Trace:
+             log_every: int = 1, progress: Callable[[int], None] | None = None,
+             observe: Callable[[Loop], None] | None = None) -> Trace:
     """Run ``schedule.steps`` steps of ``algorithm`` on the N = ``oracle.workers`` workers of ``oracle``,
     R = ``repeats`` independent runs, in ``oracle.dtype`` on ``oracle.device``.
 
     Returns the ``Trace`` of measurements at ``logged_steps(steps, log_every)``. ``progress`` is
-    called with the number of steps just completed (for a progress bar).
+    called with the number of steps just completed (for a progress bar), ``observe`` with the loop
+    after every step (e.g. to write the rows logged so far while the run goes).
     """
     check_run(oracle, algorithm, schedule, repeats=repeats, seed=seed, log_every=log_every)
     exchange = InProcessExchange(algorithm, repeats, oracle.dim, oracle.dtype)
@@ -51,4 +53,6 @@ def simulate(oracle: Oracle, algorithm: Algorithm, schedule: Schedule, *, repeat
         loop.step()
         if progress is not None:
             progress(1)
+        if observe is not None:
+            observe(loop)
     return loop.trace()
