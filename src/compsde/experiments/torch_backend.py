@@ -7,10 +7,12 @@
 * otherwise it starts N local gloo processes (``compsde.distributed.launch.spawn``), each running this
   module on a job file, and waits for them.
 
-The world size is the largest ``workers`` of the config's series. A series with fewer workers N runs
-on ranks 0..N−1 (a subgroup made with ``dist.new_group``); the other ranks wait for it through the
-store. (A process group has a fixed size, and the alternative — one launch per worker count — would
-not work under torchrun, which starts one group.)
+The world size is the largest ``workers`` of the config's series (``--workers`` may be left out; if
+given, or if torchrun sets ``WORLD_SIZE``, it must equal that). A series with fewer workers N runs on
+ranks 0..N−1 (a subgroup made with ``dist.new_group``, with the user's timeout like the default
+group); the other ranks wait for it through the store and stop as soon as a rank reports a failure.
+(A process group has a fixed size, and the alternative — one launch per worker count — would not work
+under torchrun, which starts one group.)
 
 At start every rank all-gathers a digest of the resolved config, the library version, the world size
 and the checkpoint options; if they differ, every rank stops (exit status 2) naming the ranks that
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import math
 import os
 import shutil
 import sys
@@ -35,6 +36,7 @@ from typing import Any, Mapping
 import torch
 import torch.distributed as dist
 
+from compsde.core.checks import MAX_INT64, check_int, check_number
 from compsde.core.tensors import resolve_dtype
 from compsde.distributed import checkpoint as ckpt_mod
 from compsde.distributed.launch import (
@@ -46,9 +48,13 @@ from compsde.experiments import config as config_mod
 from compsde.experiments.config import Experiment
 from compsde.sim.recorder import Trace
 
-__all__ = ["DEFAULT_TIMEOUT", "RunResult", "run", "world_size"]
+__all__ = ["DEFAULT_TIMEOUT", "MAX_TIMEOUT", "MIN_TIMEOUT", "RunResult", "run", "world_size"]
 
 DEFAULT_TIMEOUT = 60.0
+#: The range of ``timeout``: below 0.1 s a collective fails on ordinary scheduling jitter; above a day
+#: a hung rank is never noticed in practice (and 1e300 s does not fit a timedelta).
+MIN_TIMEOUT = 0.1
+MAX_TIMEOUT = 86_400.0
 
 
 @dataclass
@@ -76,6 +82,11 @@ class PeerFailure(LaunchError):
 def world_size(exp: Experiment, workers: int | None) -> int:
     """The group size for ``exp``: the largest series ``workers``; ``workers`` (``--workers``) must equal it."""
     need = max(s.workers for s in exp.series)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
+        raise ValueError(f"--workers must be an integer, got {workers!r}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be an integer ≥ 1 (processes; default: the largest series workers, {need}), "
+                         f"got {workers}")
     if workers is not None and workers != need:
         per = ", ".join(f"{s.index} ({s.label!r}): {s.workers}" for s in exp.series)
         raise ValueError(
@@ -84,6 +95,24 @@ def world_size(exp: Experiment, workers: int | None) -> int:
             f"Pass --workers {need}, or change the series with --set series.workers={workers}"
         )
     return need
+
+
+def _check_launched_world(exp: Experiment, world: int) -> None:
+    """Under torchrun (``WORLD_SIZE`` set, no group yet): refuse a group of the wrong size before the
+    rendezvous, so every rank stops at once with the reason."""
+    if dist.is_initialized():
+        return  # checked in _rank_main against the group itself
+    text = os.environ.get("WORLD_SIZE", "")
+    try:
+        have = int(text)
+    except ValueError:
+        raise ValueError(f"WORLD_SIZE must be an integer (the number of processes), got {text!r}") from None
+    if have != world:
+        per = ", ".join(f"{s.index} ({s.label!r}): {s.workers}" for s in exp.series)
+        raise ConfigMismatch(
+            f"the process group has {have} ranks (WORLD_SIZE) but the config needs {world}, the largest series "
+            f"workers (series workers: {per}); start {world} processes (torchrun --nproc_per_node {world} for one "
+            "machine)", EXIT_CONFIG)
 
 
 def _as_experiment(config: Experiment | Mapping[str, Any] | str | Path) -> Experiment:
@@ -111,10 +140,14 @@ def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path
         config: a built ``Experiment``, a raw config dict, a preset name or a TOML path.
         out_dir: output directory (default ``runs/<name>-<timestamp>``, or the checkpoint's directory
             when resuming).
-        workers: the number of processes (default: the largest series ``workers``, which it must equal).
-        timeout: seconds any collective may wait before the run fails (a dead or hung rank).
+        workers: the number of processes (default: the largest series ``workers``, which it must equal;
+            under torchrun ``WORLD_SIZE`` must equal it too).
+        timeout: seconds any collective may wait before the run fails (a dead or hung rank), in
+            [0.1, 86400].
         checkpoint_every: write ``checkpoint.pt`` into the output directory every that many steps.
         resume: a checkpoint file or a directory holding one; the run continues from it.
+
+    Every argument, and the checkpoint to resume, is checked before any process starts.
 
     Returns a ``RunResult``: on the launching process (or rank 0 when joined) with every series'
     outcome (``trace``, wire bytes); ``outcomes`` is None on the other ranks. Raises ``LaunchError``
@@ -131,6 +164,7 @@ def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path
     options = {"timeout": float(timeout), "checkpoint_every": checkpoint_every,
                "resume": None if resume is None else str(resume), "progress": progress, "plots": plots}
     if in_launched_env():
+        _check_launched_world(exp, world)
         return _rank_main(exp, out, world, options)
     import tempfile
 
@@ -153,11 +187,17 @@ def _check_resumable(ck: dict[str, Any], exp: Experiment, world: int, where: Any
 
 
 def _check_options(timeout: float, checkpoint_every: int | None) -> None:
-    if not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0 and math.isfinite(timeout)):
-        raise ValueError(f"--timeout must be a number of seconds > 0, got {timeout!r}")
-    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
-                                         or checkpoint_every < 1):
-        raise ValueError(f"--checkpoint-every must be an integer ≥ 1 (steps), got {checkpoint_every!r}")
+    try:
+        check_number("--timeout", timeout, min=MIN_TIMEOUT, max=MAX_TIMEOUT)
+    except ValueError as e:
+        raise ValueError(f"{e} (seconds a collective may wait: {MIN_TIMEOUT:g} s to {MAX_TIMEOUT:g} s = 1 day)") from None
+    if checkpoint_every is not None:
+        try:
+            check_int("--checkpoint-every", checkpoint_every, min=1, max=MAX_INT64)
+        except ValueError:
+            raise ValueError(f"--checkpoint-every must be an integer in [1, 2^63 - 1] (steps between checkpoints; "
+                             f"one beyond a series' steps checkpoints only at the end of each series), got "
+                             f"{checkpoint_every!r}") from None
 
 
 # ---- one rank ------------------------------------------------------------------------------------
