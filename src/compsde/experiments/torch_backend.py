@@ -14,6 +14,10 @@ group); the other ranks wait for it through the store and stop as soon as a rank
 (A process group has a fixed size, and the alternative — one launch per worker count — would not work
 under torchrun, which starts one group.)
 
+SIGINT, SIGTERM or SIGHUP to a local launch stops every rank, removes the job directory and ends
+``compsde run`` with one line and status 128 + signal (130, 143, 129); ranks under torchrun exit with
+one line each.
+
 At start every rank all-gathers a digest of the resolved config, the library version, the world size
 and the checkpoint options; if they differ, every rank stops (exit status 2) naming the ranks that
 differ from rank 0. Rank 0 writes the same files as the simulator backend (config.toml, metrics.csv,
@@ -40,8 +44,8 @@ from compsde.core.checks import MAX_INT64, check_int, check_number
 from compsde.core.tensors import resolve_dtype
 from compsde.distributed import checkpoint as ckpt_mod
 from compsde.distributed.launch import (
-    COMM_FAILURE, EXIT_CONFIG, EXIT_PEER, Context, LaunchError, in_launched_env, init_from_env, peer_report,
-    set_threads, spawn,
+    COMM_FAILURE, EXIT_CONFIG, EXIT_PEER, Context, Interrupted, LaunchError, die_with_parent, in_launched_env,
+    init_from_env, interruptible, peer_report, quiet_signals, set_threads, spawn,
 )
 from compsde.distributed.worker import SeriesOutcome, run_series
 from compsde.experiments import config as config_mod
@@ -151,7 +155,10 @@ def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path
 
     Returns a ``RunResult``: on the launching process (or rank 0 when joined) with every series'
     outcome (``trace``, wire bytes); ``outcomes`` is None on the other ranks. Raises ``LaunchError``
-    (naming the ranks) if a rank fails, ``ValueError`` on bad input.
+    (naming the ranks) if a rank fails, ``ValueError`` on bad input, and ``Interrupted`` (a
+    KeyboardInterrupt) when SIGINT, SIGTERM or SIGHUP stops a local launch — after stopping every
+    rank and removing the job directory (``out_dir`` on the exception says where the outputs and any
+    checkpoint are).
     """
     exp = _as_experiment(config)
     world = world_size(exp, workers)
@@ -168,15 +175,21 @@ def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path
         return _rank_main(exp, out, world, options)
     import tempfile
 
-    job = Path(tempfile.mkdtemp(prefix="compsde-dist-"))
     try:
-        torch.save({"config": exp.config, "name": exp.name, "out": str(out), "world": world, "options": options},
-                   job / "job.pt")
-        spawn(world, ["-m", "compsde.experiments._torch_child", str(job / "job.pt")], timeout=float(timeout), jobdir=job)
-        res = torch.load(job / "result.pt", map_location="cpu", weights_only=True)
-        return RunResult(out, [_outcome_from_dict(o) for o in res["outcomes"]])
-    finally:
-        shutil.rmtree(job, ignore_errors=True)
+        with interruptible():  # a signal stops the children and removes the job directory
+            job = Path(tempfile.mkdtemp(prefix="compsde-dist-"))
+            try:
+                torch.save({"config": exp.config, "name": exp.name, "out": str(out), "world": world,
+                            "options": options}, job / "job.pt")
+                spawn(world, ["-m", "compsde.experiments._torch_child", str(job / "job.pt")], timeout=float(timeout),
+                      jobdir=job)
+                res = torch.load(job / "result.pt", map_location="cpu", weights_only=True)
+                return RunResult(out, [_outcome_from_dict(o) for o in res["outcomes"]])
+            finally:
+                shutil.rmtree(job, ignore_errors=True)
+    except Interrupted as e:
+        e.out_dir = out  # type: ignore[attr-defined]
+        raise
 
 
 def _check_resumable(ck: dict[str, Any], exp: Experiment, world: int, where: Any) -> None:
@@ -445,9 +458,13 @@ def cli_run(exp: Experiment, args: Any) -> int:
     """``compsde run ... --backend torch``: run, print where the outputs went, return the exit status.
 
     Under torchrun a failed rank leaves with ``os._exit`` after printing its message: after a failed
-    collective, gloo's teardown at interpreter exit can block or abort.
+    collective, gloo's teardown at interpreter exit can block or abort; a signal (torchrun forwards
+    SIGINT and SIGTERM to its ranks) ends a rank with one line. A local launch stopped by a signal
+    prints one line and returns 128 + the signal's number.
     """
     joined = in_launched_env()
+    if joined:
+        quiet_signals(f"compsde rank {os.environ.get('RANK', '?')}: stopped by {{signal}}")
     try:
         res = run(exp, args.out, workers=args.workers,
                   timeout=DEFAULT_TIMEOUT if args.timeout is None else args.timeout,
@@ -456,6 +473,16 @@ def cli_run(exp: Experiment, args: Any) -> int:
     except LaunchError as e:
         _say(f"error: {e}")
         return _leave(e.status) if joined else e.status
+    except Interrupted as e:
+        out = getattr(e, "out_dir", None)
+        more = ""
+        if out is not None and (Path(out) / ckpt_mod.FILE).is_file():
+            more = f"; continue from its last checkpoint with --resume {out}"
+        _say(f"{_fresh_line()}compsde: interrupted by {e.signame}: every rank stopped{more}")
+        return e.status
+    except KeyboardInterrupt:  # before the launch installed its handlers
+        _say(f"{_fresh_line()}compsde: interrupted")
+        return 130
     except (ValueError, OSError) as e:
         _say(f"error: {e}")
         return _leave(EXIT_CONFIG) if joined else EXIT_CONFIG
@@ -467,6 +494,14 @@ def cli_run(exp: Experiment, args: Any) -> int:
     if res.out_dir is not None:
         print(f"wrote {res.out_dir}")
     return 0
+
+
+def _fresh_line() -> str:
+    """A newline if stderr is a terminal (it may hold ^C or a progress bar without its newline)."""
+    try:
+        return "\n" if sys.stderr.isatty() else ""
+    except (AttributeError, ValueError):
+        return ""
 
 
 def _say(line: str) -> None:
@@ -505,6 +540,12 @@ def rank_entry(exp: Experiment, out: Path, world: int, options: dict[str, Any], 
 
 
 def _child_main(jobfile: str) -> int:
+    # A rank of a local launch: its own session (no terminal Ctrl-C), stopped by the launching process
+    # with SIGTERM (default action: no traceback, no teardown), and by the kernel if that process dies.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    die_with_parent()
     job = torch.load(jobfile, map_location="cpu", weights_only=True)
     exp = config_mod.build(job["config"], job["name"])
     code = rank_entry(exp, Path(job["out"]), int(job["world"]), job["options"], Path(jobfile).parent / "result.pt")
