@@ -3,7 +3,8 @@
 * **Join** (``RANK`` and ``WORLD_SIZE`` set, as ``torchrun`` does): rendezvous through
   ``COMPSDE_INIT_METHOD`` if set (e.g. ``file:///shared/dir/store``), else ``env://``
   (``MASTER_ADDR``/``MASTER_PORT``, or torchrun's agent store), then
-  ``init_process_group("gloo", timeout=...)``. Multi-node runs need nothing else.
+  ``init_process_group(backend, timeout=...)`` with ``backend`` from ``dist_backend_for(device)``:
+  NCCL for CUDA devices, gloo otherwise. Multi-node runs need nothing else.
 * **Launch** (no such variables): ``spawn`` starts N child processes of this Python, each with
   ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and a fresh ``FileStore`` in a new temporary directory as its
   rendezvous — no TCP port is chosen at all (gloo binds ephemeral ports and exchanges them through
@@ -44,7 +45,8 @@ import torch.distributed as dist
 
 __all__ = [
     "EXIT_CONFIG", "EXIT_PEER", "Context", "Interrupted", "LaunchError", "describe_exit", "die_with_parent",
-    "in_launched_env", "init_from_env", "interruptible", "peer_report", "quiet_signals", "spawn",
+    "dist_backend_for", "in_launched_env", "init_from_env", "interruptible", "peer_report", "quiet_signals",
+    "rank_device", "spawn",
 ]
 
 #: Exit status of a rank whose collective failed because a peer died or hung.
@@ -149,6 +151,25 @@ def die_with_parent() -> None:
         os._exit(128 + int(signal.SIGTERM))  # the parent died before prctl took effect
 
 
+def dist_backend_for(device: str | torch.device) -> str:
+    """The torch.distributed backend for a run on ``device``: ``"nccl"`` for CUDA, ``"gloo"`` otherwise."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def rank_device(device: str | torch.device, local_rank: int, count: int | None = None) -> torch.device:
+    """The device of the rank with ``local_rank`` on its machine: ``cuda`` means one GPU per rank,
+    ``cuda:{local_rank}`` (NCCL refuses two ranks on one GPU); an explicit ``cuda:i`` or ``cpu`` is kept.
+    ``count`` is the number of GPUs (default: ``torch.cuda.device_count()``)."""
+    dev = torch.device(device)
+    if dev.type != "cuda" or dev.index is not None:
+        return dev
+    n = torch.cuda.device_count() if count is None else count
+    if local_rank >= n:
+        raise LaunchError(f"run.device = 'cuda' places one rank per GPU, but local rank {local_rank} has no GPU "
+                          f"(this machine has {n}); start at most {n} processes per machine", EXIT_CONFIG)
+    return torch.device("cuda", local_rank)
+
+
 @dataclass
 class Context:
     """This process's place in the group."""
@@ -201,10 +222,11 @@ def in_launched_env() -> bool:
     return ("RANK" in os.environ and "WORLD_SIZE" in os.environ) or (dist.is_available() and dist.is_initialized())
 
 
-def init_from_env(timeout: float) -> Context:
+def init_from_env(timeout: float, backend: str = "gloo") -> Context:
     """Join the process group described by the environment (``RANK``, ``WORLD_SIZE``, and
-    ``COMPSDE_INIT_METHOD`` or ``MASTER_ADDR``/``MASTER_PORT``); gloo, with ``timeout`` seconds on
-    every collective. Reuses an already initialised default group."""
+    ``COMPSDE_INIT_METHOD`` or ``MASTER_ADDR``/``MASTER_PORT``) with ``backend`` (see
+    ``dist_backend_for``) and ``timeout`` seconds on every collective. Reuses an already initialised
+    default group."""
     if dist.is_initialized():
         return Context(dist.get_rank(), dist.get_world_size(), _default_store(), timeout, owned=False)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -217,7 +239,7 @@ def init_from_env(timeout: float) -> Context:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     td = datetime.timedelta(seconds=timeout)
     store, rank, world = next(dist.rendezvous(init, rank=rank, world_size=world, timeout=td))
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=td)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=td)
     return Context(rank, world, store, timeout)
 
 

@@ -14,6 +14,9 @@ group); the other ranks wait for it through the store and stop as soon as a rank
 (A process group has a fixed size, and the alternative — one launch per worker count — would not work
 under torchrun, which starts one group.)
 
+The process-group backend follows the run's device (``[run] device``, default "cpu"): NCCL on CUDA,
+one GPU per rank, gloo otherwise; ``summary.json`` reports it as ``backend.dist_backend``.
+
 SIGINT, SIGTERM or SIGHUP to a local launch stops every rank, removes the job directory and ends
 ``compsde run`` with one line and status 128 + signal (130, 143, 129); ranks under torchrun exit with
 one line each.
@@ -44,8 +47,8 @@ from compsde.core.checks import MAX_INT64, check_int, check_number
 from compsde.core.tensors import resolve_dtype
 from compsde.distributed import checkpoint as ckpt_mod
 from compsde.distributed.launch import (
-    COMM_FAILURE, EXIT_CONFIG, EXIT_PEER, Context, Interrupted, LaunchError, die_with_parent, in_launched_env,
-    init_from_env, interruptible, peer_report, quiet_signals, set_threads, spawn,
+    COMM_FAILURE, EXIT_CONFIG, EXIT_PEER, Context, Interrupted, LaunchError, die_with_parent, dist_backend_for,
+    in_launched_env, init_from_env, interruptible, peer_report, quiet_signals, rank_device, set_threads, spawn,
 )
 from compsde.distributed.worker import SeriesOutcome, run_series
 from compsde.experiments import config as config_mod
@@ -220,7 +223,11 @@ def _rank_main(exp: Experiment, out: Path, world: int, options: dict[str, Any],
                result_path: Path | None = None) -> RunResult:
     """Run as one rank of the group in the environment; rank 0 writes the outputs."""
     set_threads()
-    ctx = init_from_env(options["timeout"])
+    device = exp.run.get("device", "cpu")
+    backend = dist_backend_for(device)
+    if backend == "nccl":
+        torch.cuda.set_device(rank_device(device, int(os.environ.get("LOCAL_RANK", "0"))))
+    ctx = init_from_env(options["timeout"], backend)
     where = ["start"]  # what this rank is doing, for the failure message
     try:
         if ctx.world != world:
@@ -232,7 +239,8 @@ def _rank_main(exp: Experiment, out: Path, world: int, options: dict[str, Any],
                                  "resume": options["resume"] is not None})
         outcomes = _run_all(exp, out, ctx, options, digest, lambda w: where.__setitem__(0, w))
         if ctx.rank == 0:
-            _write_outputs(exp, out, outcomes, plots=options["plots"], world=ctx.world)
+            _write_outputs(exp, out, outcomes, plots=options["plots"], world=ctx.world,
+                           dist_backend=str(dist.get_backend()))
             if result_path is not None:
                 torch.save({"outcomes": [_outcome_to_dict(o) for o in outcomes]}, result_path)
         dist.barrier()
@@ -284,6 +292,9 @@ def _check_same_config(ctx: Context, mine: dict[str, Any]) -> None:
 def _run_all(exp: Experiment, out: Path, ctx: Context, options: dict[str, Any], digest: str,
              set_where) -> list[SeriesOutcome]:
     rank, run_cfg = ctx.rank, exp.run
+    device = run_cfg.get("device", "cpu")
+    if torch.device(device).type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # the rank's GPU (_rank_main)
     # Subgroups for series with fewer workers than the world: every rank must create them, in order.
     groups: dict[int, dist.ProcessGroup | None] = {ctx.world: None}
     for n in sorted({s.workers for s in exp.series}):
@@ -345,7 +356,7 @@ def _run_all(exp: Experiment, out: Path, ctx: Context, options: dict[str, Any], 
                 _checkpoint(ctx, ckpt_path, digest, completed, i, n, group, part)
 
             outcome = run_series(
-                spec.oracle.to(resolve_dtype(run_cfg["dtype"])), spec.algorithm, spec.schedule,
+                spec.oracle.to(resolve_dtype(run_cfg["dtype"]), device), spec.algorithm, spec.schedule,
                 repeats=run_cfg["repeats"], seed=run_cfg["seed"], log_every=run_cfg["log_every"],
                 rank=rank, group=group, index=i, label=spec.label, resume=state,
                 checkpoint=save if options["checkpoint_every"] else None,
@@ -429,7 +440,8 @@ def _outcome_from_dict(d: dict[str, Any]) -> SeriesOutcome:
 # ---- outputs -------------------------------------------------------------------------------------
 
 
-def _write_outputs(exp: Experiment, out: Path, outcomes: list[SeriesOutcome], *, plots: bool, world: int) -> None:
+def _write_outputs(exp: Experiment, out: Path, outcomes: list[SeriesOutcome], *, plots: bool, world: int,
+                   dist_backend: str = "gloo") -> None:
     """The simulator backend's files (same writers), plus the measured wire bytes per series."""
     from compsde.experiments import runner
 
@@ -447,7 +459,7 @@ def _write_outputs(exp: Experiment, out: Path, outcomes: list[SeriesOutcome], *,
         pos = next((j + 1 for j, (k, _) in enumerate(items) if k == "bits_per_worker_per_step"), len(items))
         s.clear()
         s.update(items[:pos] + list(extra.items()) + items[pos:])
-    summary["backend"] = {"name": "torch", "dist_backend": "gloo", "world_size": world}
+    summary["backend"] = {"name": "torch", "dist_backend": dist_backend, "world_size": world}
     runner.write_results(out, exp, results, summary, plots=plots)
 
 
