@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import os
 import shutil
 import sys
@@ -319,6 +320,8 @@ def _run_all(exp: Experiment, out: Path, ctx: Context, options: dict[str, Any], 
         obj = [header]
         dist.broadcast_object_list(obj, src=0)
         header = obj[0]
+        if rank == 0:
+            print(_resumed_line(options["resume"], exp, header[0], header[1]), flush=True)
 
     ckpt_path = out / ckpt_mod.FILE
     if rank == 0:
@@ -375,6 +378,17 @@ def _run_all(exp: Experiment, out: Path, ctx: Context, options: dict[str, Any], 
     return completed
 
 
+def _resumed_line(resume: str | Path, exp: Experiment, series: int, step: int | None) -> str:
+    """``resumed from CHECKPOINT at series 2 ("label") step 40 of 100`` (series counted from 0, as in
+    ``--set series.2.…``)."""
+    where = ckpt_mod.path_for(resume)
+    if series >= len(exp.series):
+        return f"resumed from {where}: every series was already complete (writing the outputs again)"
+    spec = exp.series[series]
+    return (f"resumed from {where} at series {series} ({json.dumps(spec.label, ensure_ascii=False)}) "
+            f"step {step or 0} of {spec.schedule.steps}")
+
+
 def _wait_idle(ctx: Context, i: int) -> None:
     """A rank outside series i's group waits (without a collective, so without a timeout) until rank 0
     marks the series done, or stops if some rank reports a failure."""
@@ -412,7 +426,6 @@ def _checkpoint(ctx: Context, path: Path, digest: str, completed: list[SeriesOut
 def config_digest(config: dict[str, Any], world: int) -> str:
     """SHA-256 of the resolved config's TOML text, the library version and the world size."""
     import hashlib
-    import json
 
     text = config_mod.dumps(config) + json.dumps({"version": ckpt_mod.library_version(), "world": world}, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
