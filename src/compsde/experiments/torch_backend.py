@@ -10,7 +10,9 @@
 The world size is the largest ``workers`` of the config's series (``--workers`` may be left out; if
 given, or if torchrun sets ``WORLD_SIZE``, it must equal that). A series with fewer workers N runs on
 ranks 0..N−1 (a subgroup made with ``dist.new_group``, with the user's timeout like the default
-group); the other ranks wait for it through the store and stop as soon as a rank reports a failure.
+group); the other ranks wait for it through the store and stop as soon as a rank reports a failure,
+or, in a series of one worker (which no collective bounds), when rank 0 has made no step for the
+timeout.
 (A process group has a fixed size, and the alternative — one launch per worker count — would not work
 under torchrun, which starts one group.)
 
@@ -33,9 +35,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import os
 import shutil
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,7 +349,8 @@ def _run_all(exp: Experiment, out: Path, ctx: Context, options: dict[str, Any], 
             n = spec.workers
             if rank >= n:
                 set_where(f"series {i} (idle: waiting for ranks 0..{n - 1})")
-                _wait_idle(ctx, i)
+                # One worker: no collective bounds its steps, so the idle ranks watch its heartbeat.
+                _wait_idle(ctx, i, stall=options["timeout"] if n == 1 else None)
                 continue
             group = groups[n]
             if bar is not None:
@@ -364,7 +369,7 @@ def _run_all(exp: Experiment, out: Path, ctx: Context, options: dict[str, Any], 
                 rank=rank, group=group, index=i, label=spec.label, resume=state,
                 checkpoint=save if options["checkpoint_every"] else None,
                 checkpoint_every=options["checkpoint_every"],
-                progress=None if bar is None else bar.update,
+                progress=_progress(bar, _Heartbeat(ctx, i) if rank == 0 and n == 1 < ctx.world else None),
             )
             if rank == 0:
                 completed.append(outcome)
@@ -389,21 +394,64 @@ def _resumed_line(resume: str | Path, exp: Experiment, series: int, step: int | 
             f"step {step or 0} of {spec.schedule.steps}")
 
 
-def _wait_idle(ctx: Context, i: int) -> None:
-    """A rank outside series i's group waits (without a collective, so without a timeout) until rank 0
-    marks the series done, or stops if some rank reports a failure."""
-    import time
+class _Heartbeat:
+    """Rank 0 running series i alone: after a step, write how many steps it has made to the store (at
+    most every ``timeout / 4`` seconds), for the idle ranks' ``_wait_idle(stall=timeout)``."""
 
+    def __init__(self, ctx: Context, i: int) -> None:
+        self.store, self.key = ctx.store, f"compsde/series/{i}/beat"
+        self.every = ctx.timeout / 4
+        self.steps, self.last = 0, -math.inf
+
+    def __call__(self, steps: int) -> None:
+        self.steps += steps
+        now = time.monotonic()
+        if self.store is not None and now - self.last >= self.every:
+            self.store.set(self.key, str(self.steps))
+            self.last = now
+
+
+def _progress(bar, beat: _Heartbeat | None):
+    """``run_series``'s progress callback: the progress bar, the heartbeat, both or neither."""
+    if beat is None:
+        return None if bar is None else bar.update
+    if bar is None:
+        return beat
+
+    def both(steps: int) -> None:
+        bar.update(steps)
+        beat(steps)
+
+    return both
+
+
+def _wait_idle(ctx: Context, i: int, stall: float | None = None, poll: float = 0.05) -> None:
+    """A rank outside series i's group waits (without a collective, so without a timeout) until rank 0
+    marks the series done, or stops if some rank reports a failure. With ``stall`` (a series of one
+    worker, whose steps no collective bounds), it also stops if rank 0's heartbeat (``_Heartbeat``)
+    has not moved for ``stall`` seconds, naming rank 0 as hung."""
     if ctx.store is None:
         raise LaunchError("series with fewer workers than processes need the rendezvous store", EXIT_CONFIG)
-    key = f"compsde/series/{i}/done"
+    key, beat_key = f"compsde/series/{i}/done", f"compsde/series/{i}/beat"
+    beat, since = None, time.monotonic()
     while not ctx.store.check([key]):
         failed = ctx.failed_ranks()
         if failed:
             raise PeerFailure(f"rank {ctx.rank}: stopping, rank{'s' if len(failed) > 1 else ''} "
                               f"{', '.join(map(str, failed))} reported a failure while this rank waited for series {i}",
                               EXIT_PEER)
-        time.sleep(0.05)
+        if stall is not None:
+            now = ctx.store.get(beat_key) if ctx.store.check([beat_key]) else None
+            if now != beat:
+                beat, since = now, time.monotonic()
+            elif time.monotonic() - since > stall:
+                n = 0 if beat is None else int(beat)
+                done = f"{n} step{'' if n == 1 else 's'}"
+                msg = (f"rank {ctx.rank}: rank 0 made no progress in series {i} (one worker) for {stall:g} s "
+                       f"(--timeout) after {done}: it hung or a step takes longer than the timeout")
+                ctx.mark_failed(msg[:400])
+                raise LaunchError(msg, EXIT_PEER)
+        time.sleep(poll)
 
 
 def _scatter_state(ck: dict[str, Any] | None, rank: int, n: int, group) -> dict[str, Any]:
