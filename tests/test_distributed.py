@@ -251,6 +251,62 @@ def test_hung_rank_is_named_while_another_rank_sits_out_the_series(tmp_path, cap
     assert took < 30, took
 
 
+def test_idle_ranks_stop_when_a_lone_worker_stalls():
+    """A series of one worker has no collective to time out: the idle ranks watch rank 0's heartbeat
+    and stop, naming it, when it has not moved for the timeout (here with an in-memory store)."""
+    import threading
+
+    import torch.distributed as dist
+
+    from compsde.distributed.launch import Context, LaunchError
+    from compsde.experiments.torch_backend import _Heartbeat, _wait_idle
+
+    def leader(store, seconds: float, then_done: bool) -> threading.Thread:
+        """Rank 0 making steps for ``seconds``, then ending the series or hanging."""
+        beat = _Heartbeat(Context(0, 2, store, timeout=0.4), 5)
+
+        def steps() -> None:
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < seconds:
+                beat(1)
+                time.sleep(0.02)
+            if then_done:
+                store.set("compsde/series/5/done", "1")
+
+        t = threading.Thread(target=steps)
+        t.start()
+        return t
+
+    store = dist.HashStore()
+    idle = Context(1, 2, store, timeout=0.4)
+    t0 = time.monotonic()
+    worker = leader(store, 1.0, then_done=False)  # 1 s of steps (longer than the timeout), then it hangs
+    with pytest.raises(LaunchError, match=r"rank 0 made no progress in series 5 \(one worker\) for 0.4 s"):
+        _wait_idle(idle, 5, stall=0.4, poll=0.01)
+    worker.join()
+    assert 1.0 < time.monotonic() - t0 < 5
+    assert idle.failed_ranks() == [1]  # the other ranks learn it through the store
+
+    store = dist.HashStore()
+    worker = leader(store, 1.0, then_done=True)  # steps, then the series ends: no failure
+    _wait_idle(Context(1, 2, store, timeout=0.4), 5, stall=0.4, poll=0.01)
+    worker.join()
+
+
+@pytest.mark.slow
+def test_hung_lone_worker_is_named(tmp_path, capfd, monkeypatch):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(config.dumps(config.resolve(_config([{"method": "dsgd", "lr": 0.05, "workers": 2},
+                                                        {"method": "dsgd", "lr": 0.05, "workers": 1}], steps=20))))
+    monkeypatch.setenv("COMPSDE_TEST_FAULT", "hang:0@2/1")
+    t0 = time.monotonic()
+    code, _, err = _main(["run", str(cfg), "--backend", "torch", "--out", str(tmp_path / "o"), "--no-progress",
+                          "--no-plots", "--timeout", "2"], capfd)
+    assert code not in (0, None)
+    assert "rank 0 made no progress in series 1" in err and "rank 0 hung" in err, err
+    assert time.monotonic() - t0 < 30
+
+
 def test_killed_rank_is_named_and_the_run_resumes_with_the_same_iterates(tmp_path, capfd, monkeypatch):
     """A rank killed mid-series fails the run fast, naming it; the run resumes from the checkpoint
     (EF memory and replayed rand-k streams mid-series) and ends with the simulator's iterates."""
