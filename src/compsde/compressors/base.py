@@ -42,7 +42,7 @@ from typing import ClassVar, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from compsde.core.tensors import accumulate
+from compsde.core.tensors import accumulate, broadcast_shapes
 
 #: Bits of one uncompressed value on the wire (float32).
 FLOAT_BITS = 32
@@ -252,8 +252,8 @@ def check_draw_batch(name: str, x: Tensor, rnd: Tensor) -> tuple[int, ...]:
     """Check that the draw's leading dims broadcast to x's leading dims (and not beyond); return x's."""
     xb = tuple(x.shape[:-1])
     try:
-        out = tuple(torch.broadcast_shapes(xb, tuple(rnd.shape[:-1])))
-    except RuntimeError:
+        out: tuple[int, ...] | None = broadcast_shapes(xb, tuple(rnd.shape[:-1]))
+    except ValueError:
         out = None
     if out != xb:
         raise ValueError(

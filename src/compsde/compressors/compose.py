@@ -12,6 +12,7 @@ from torch import Tensor
 from compsde.compressors import compressor_class, names
 from compsde.compressors.base import Compressor, Field, Payload
 from compsde.compressors.sparsifiers import Identity, RandKUnscaled, Sparsifier, TopK
+from compsde.core.tensors import broadcast_shapes
 
 __all__ = ["Compose"]
 
@@ -97,7 +98,7 @@ class Compose(Compressor):
         parts = [r for r in (ri, ro) if r is not None]
         if not parts:
             return None
-        shape = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
+        shape = broadcast_shapes(*(p.shape[:-1] for p in parts))
         return torch.cat([p.to(torch.float64).expand(*shape, p.shape[-1]) for p in parts], dim=-1)
 
     def _split(self, rnd: Tensor | None, d: int) -> tuple[Tensor | None, Tensor | None]:

@@ -14,7 +14,10 @@ import torch
 
 from compsde.core.checks import check_choice, describe
 
-__all__ = ["DTYPES", "accumulate", "available_memory", "check_memory", "format_bytes", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "DTYPES", "accumulate", "available_memory", "broadcast_shapes", "check_memory", "format_bytes", "resolve_device",
+    "resolve_dtype",
+]
 
 #: The floating dtypes a run may use, by their config names.
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
@@ -28,6 +31,25 @@ def accumulate(total: torch.Tensor | None, message: torch.Tensor) -> torch.Tenso
     each rank's payload), so every exchange gives the same bits.
     """
     return message.clone() if total is None else total.add_(message)
+
+
+def broadcast_shapes(*shapes: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
+    """The shape the given shapes broadcast to (numpy's rules); ValueError if they do not.
+
+    ``torch.broadcast_shapes`` gives the same answer, but its first call imports torch's symbolic-shape
+    machinery (sympy): about a second in every fresh process, e.g. each rank of a distributed run.
+    """
+    out: list[int] = []
+    for shape in shapes:
+        shape = tuple(int(n) for n in shape)
+        if len(shape) > len(out):
+            out = [1] * (len(shape) - len(out)) + out
+        for i, n in enumerate(shape, start=len(out) - len(shape)):
+            if n != out[i] and n != 1 and out[i] != 1:
+                raise ValueError(f"shapes {', '.join(str(tuple(s)) for s in shapes)} do not broadcast")
+            if out[i] == 1:
+                out[i] = n
+    return tuple(out)
 
 
 def resolve_dtype(dtype: Any, name: str = "dtype") -> torch.dtype:

@@ -63,9 +63,21 @@ def load(where: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
-        raise ValueError(f"--resume {str(where)!r}: {str(path)!r} is not a readable checkpoint ({e})") from None
+        lines = str(e).strip().splitlines()
+        why = f"{type(e).__name__}: {lines[0] if lines else ''}"
+        why = why if len(why) <= 120 else why[:117] + "..."
+        raise ValueError(f"--resume {str(where)!r}: {str(path)!r} is not a compsde checkpoint (torch.load cannot "
+                         f"read it: {why})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"--resume {str(where)!r}: {str(path)!r} is not a compsde checkpoint of format {FORMAT}")
+    cur = data.get("current")
+    ok = (isinstance(data.get("config_digest"), str) and isinstance(data.get("world"), int)
+          and isinstance(data.get("completed"), list)
+          and (cur is None or (isinstance(cur, dict) and isinstance(cur.get("series"), int)
+                               and isinstance(cur.get("step"), int) and isinstance(cur.get("ranks"), list))))
+    if not ok:
+        raise ValueError(f"--resume {str(where)!r}: {str(path)!r} is an incomplete compsde checkpoint (it lacks "
+                         "config_digest, world, completed or a well-formed current)")
     return data
 
 

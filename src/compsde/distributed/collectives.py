@@ -62,7 +62,7 @@ class CollectiveExchange(Exchange):
                  group: dist.ProcessGroup | None = None, device: torch.device | str = "cpu") -> None:
         super().__init__(algorithm, rows, d, dtype)
         comp = algorithm.compressor
-        self.workers, self.rank, self.group = workers, rank, group
+        self.workers, self.rank, self.group, self.device = workers, rank, group, torch.device(device)
         self.summable = comp.summable
         self.layout = None if self.summable else Layout(comp.fields(d, dtype), rows, d, dtype)
         #: decoding another worker's payload needs its draw, which this process replays
@@ -116,7 +116,7 @@ class CollectiveExchange(Exchange):
         return out
 
     def combine(self, values: list[float]) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)  # NCCL reduces device tensors only
         dist.all_reduce(t, group=self.group)
         return t.tolist()
 

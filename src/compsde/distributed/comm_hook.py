@@ -35,7 +35,11 @@ from compsde.core.checks import check_bool, check_choice, check_seed, describe
 from compsde.core.streams import Streams
 from compsde.distributed.collectives import all_gather_bytes, flat_floats, unflat_floats
 
-__all__ = ["CompressionState", "comm_hook"]
+__all__ = ["BUCKET_DTYPES", "CompressionState", "comm_hook"]
+
+#: Gradient dtypes the hook compresses (the payloads' float fields, bit tricks of natural compression
+#: and the sign packing are defined for IEEE floats).
+BUCKET_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class CompressionState:
@@ -110,6 +114,9 @@ def _compressed_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.
     """The workers' half on this rank's bucket, the exchange, and the future of the direction."""
     buf = bucket.buffer()
     idx, n, dtype = bucket.index(), buf.numel(), buf.dtype
+    if dtype not in BUCKET_DTYPES:
+        raise ValueError(f"comm_hook: gradient bucket {idx} has dtype {dtype}; the compressor {state.compressor!r} "
+                         f"works on floating-point buckets ({', '.join(str(d) for d in BUCKET_DTYPES)})")
     algo, comp = state.algorithm, state.compressor
     st = state.bucket_state(idx, buf)
     draw = lambda j: algo.draw(state.streams, [j], 1, n, dtype)  # noqa: E731

@@ -3,12 +3,20 @@
 * **Join** (``RANK`` and ``WORLD_SIZE`` set, as ``torchrun`` does): rendezvous through
   ``COMPSDE_INIT_METHOD`` if set (e.g. ``file:///shared/dir/store``), else ``env://``
   (``MASTER_ADDR``/``MASTER_PORT``, or torchrun's agent store), then
-  ``init_process_group("gloo", timeout=...)``. Multi-node runs need nothing else.
+  ``init_process_group(backend, timeout=...)`` with ``backend`` from ``dist_backend_for(device)``:
+  NCCL for CUDA devices, gloo otherwise. Multi-node runs need nothing else.
 * **Launch** (no such variables): ``spawn`` starts N child processes of this Python, each with
   ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and a fresh ``FileStore`` in a new temporary directory as its
   rendezvous — no TCP port is chosen at all (gloo binds ephemeral ports and exchanges them through
   the store), so parallel runs cannot collide. Children are bound to loopback
   (``GLOO_SOCKET_IFNAME=lo``, unless set) and one thread each (``OMP_NUM_THREADS=1``, unless set).
+
+Signals: the children of ``spawn`` run in their own session, so a Ctrl-C in a terminal (SIGINT to the
+foreground process group) reaches the launching process only; within ``interruptible()`` SIGINT,
+SIGTERM and SIGHUP raise ``Interrupted`` there, and ``spawn`` stops every child on its way out. A
+child started by ``spawn`` that calls ``die_with_parent()`` also gets SIGTERM if the launching process
+dies without cleaning up (SIGKILL). Ranks joined under torchrun (which forwards signals to them) call
+``quiet_signals``: one line, then exit, instead of a traceback.
 
 Failures: a child that dies (signal or non-zero exit) or hangs makes the parent stop the others and
 report which rank failed; the children themselves fail fast because every collective has the
@@ -19,23 +27,26 @@ and names the ranks that did not (``peer_report``), which is what identifies the
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 
 __all__ = [
-    "EXIT_CONFIG", "EXIT_PEER", "Context", "LaunchError", "describe_exit", "in_launched_env", "init_from_env",
-    "peer_report", "spawn",
+    "EXIT_CONFIG", "EXIT_PEER", "Context", "Interrupted", "LaunchError", "describe_exit", "die_with_parent",
+    "dist_backend_for", "in_launched_env", "init_from_env", "interruptible", "peer_report", "quiet_signals",
+    "rank_device", "spawn",
 ]
 
 #: Exit status of a rank whose collective failed because a peer died or hung.
@@ -44,6 +55,10 @@ EXIT_PEER = 3
 EXIT_CONFIG = 2
 
 INIT_METHOD_ENV = "COMPSDE_INIT_METHOD"
+#: Set by ``spawn`` in its children: the launching process's pid (``die_with_parent``).
+PARENT_ENV = "COMPSDE_PARENT_PID"
+#: The signals that stop a run: Ctrl-C, ``kill``, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: Prefix of the failure note of a rank whose collective failed (a victim, not a cause).
 COMM_FAILURE = "lost contact"
 
@@ -54,6 +69,105 @@ class LaunchError(RuntimeError):
     def __init__(self, message: str, status: int = 1) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP arrived inside ``interruptible()``. ``status`` is the conventional exit
+    status 128 + signal number (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.status = 128 + signum
+        self.signame = signal.Signals(signum).name
+        super().__init__(f"interrupted by {self.signame}")
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Within the block, SIGINT, SIGTERM and SIGHUP raise ``Interrupted`` in the main thread (so that
+    ``finally`` clauses stop child processes and remove files; SIGTERM and SIGHUP would otherwise end
+    the process on the spot). Only the first signal raises: later ones are ignored until the block is
+    left, so the clean-up is not cut short. A signal whose handler was SIG_IGN stays ignored (e.g.
+    SIGINT of a background job), and outside the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if got:
+            return
+        got.append(signum)
+        raise Interrupted(signum)
+
+    old = {}
+    try:
+        for s in STOP_SIGNALS:
+            prev = signal.getsignal(s)
+            if prev is not signal.SIG_IGN:
+                old[s] = signal.signal(s, handler)
+        yield
+    finally:
+        for s, prev in old.items():
+            signal.signal(s, prev if prev is not None else signal.SIG_DFL)
+
+
+def quiet_signals(line: str | None) -> None:
+    """In a rank: SIGINT, SIGTERM and SIGHUP end the process at once with status 128 + signal number,
+    after writing ``line`` (``{signal}`` replaced by the signal's name) on stderr if it is not None —
+    instead of a KeyboardInterrupt traceback. ``os._exit`` skips gloo's teardown, which can block after
+    the peers have gone. (A rank blocked inside a collective runs the handler when the collective
+    returns: at once when a peer has left, at the latest after the timeout.)"""
+    def handler(signum: int, frame: object) -> None:
+        if line is not None:
+            try:
+                os.write(2, (line.replace("{signal}", signal.Signals(signum).name) + "\n").encode())
+            except OSError:
+                pass
+        os._exit(128 + signum)
+
+    for s in STOP_SIGNALS:
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            signal.signal(s, handler)
+
+
+def die_with_parent() -> None:
+    """In a child of ``spawn``: ask Linux to send SIGTERM when the launching process dies (even by
+    SIGKILL, which leaves it no chance to stop its children: they run in their own session, so they
+    would otherwise run on as orphans), and exit at once if it is already gone. No-op elsewhere."""
+    parent = os.environ.get(PARENT_ENV, "")
+    if not parent.isdigit():  # not started by spawn (e.g. by torchrun, whose agent handles this)
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        if libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != int(parent):
+        os._exit(128 + int(signal.SIGTERM))  # the parent died before prctl took effect
+
+
+def dist_backend_for(device: str | torch.device) -> str:
+    """The torch.distributed backend for a run on ``device``: ``"nccl"`` for CUDA, ``"gloo"`` otherwise."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def rank_device(device: str | torch.device, local_rank: int, count: int | None = None) -> torch.device:
+    """The device of the rank with ``local_rank`` on its machine: ``cuda`` means one GPU per rank,
+    ``cuda:{local_rank}`` (NCCL refuses two ranks on one GPU); an explicit ``cuda:i`` or ``cpu`` is kept.
+    ``count`` is the number of GPUs (default: ``torch.cuda.device_count()``)."""
+    dev = torch.device(device)
+    if dev.type != "cuda" or dev.index is not None:
+        return dev
+    n = torch.cuda.device_count() if count is None else count
+    if local_rank >= n:
+        raise LaunchError(f"run.device = 'cuda' places one rank per GPU, but local rank {local_rank} has no GPU "
+                          f"(this machine has {n}); start at most {n} processes per machine", EXIT_CONFIG)
+    return torch.device("cuda", local_rank)
 
 
 @dataclass
@@ -108,10 +222,11 @@ def in_launched_env() -> bool:
     return ("RANK" in os.environ and "WORLD_SIZE" in os.environ) or (dist.is_available() and dist.is_initialized())
 
 
-def init_from_env(timeout: float) -> Context:
+def init_from_env(timeout: float, backend: str = "gloo") -> Context:
     """Join the process group described by the environment (``RANK``, ``WORLD_SIZE``, and
-    ``COMPSDE_INIT_METHOD`` or ``MASTER_ADDR``/``MASTER_PORT``); gloo, with ``timeout`` seconds on
-    every collective. Reuses an already initialised default group."""
+    ``COMPSDE_INIT_METHOD`` or ``MASTER_ADDR``/``MASTER_PORT``) with ``backend`` (see
+    ``dist_backend_for``) and ``timeout`` seconds on every collective. Reuses an already initialised
+    default group."""
     if dist.is_initialized():
         return Context(dist.get_rank(), dist.get_world_size(), _default_store(), timeout, owned=False)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -124,7 +239,7 @@ def init_from_env(timeout: float) -> Context:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     td = datetime.timedelta(seconds=timeout)
     store, rank, world = next(dist.rendezvous(init, rank=rank, world_size=world, timeout=td))
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=td)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=td)
     return Context(rank, world, store, timeout)
 
 
@@ -188,6 +303,11 @@ def spawn(workers: int, argv: Sequence[str], *, timeout: float, env: dict[str, s
     (default min(timeout, 10) + 2: once one rank has left, every other rank's next collective fails at
     once, and those already waiting on a hung rank time out within about the same time as the first),
     then the rest are terminated and reported as hung.
+
+    The children run in their own session (a terminal's Ctrl-C reaches this process only) with
+    ``COMPSDE_PARENT_PID`` set (see ``die_with_parent``). Whatever ends the wait — a failure, an
+    exception such as ``Interrupted`` or KeyboardInterrupt — every child still running is sent
+    SIGTERM, then SIGKILL after 3 s, before this returns or raises.
     """
     if workers < 1:
         raise ValueError(f"workers must be an integer ≥ 1, got {workers}")
@@ -200,6 +320,7 @@ def spawn(workers: int, argv: Sequence[str], *, timeout: float, env: dict[str, s
     base.setdefault("GLOO_SOCKET_IFNAME", "lo")
     base.setdefault("OMP_NUM_THREADS", "1")
     base[INIT_METHOD_ENV] = f"file://{store}"
+    base[PARENT_ENV] = str(os.getpid())
     base["WORLD_SIZE"] = str(workers)
     base["LOCAL_WORLD_SIZE"] = str(workers)
     for k in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_USE_AGENT_STORE", "GROUP_RANK"):
@@ -208,12 +329,10 @@ def spawn(workers: int, argv: Sequence[str], *, timeout: float, env: dict[str, s
     try:
         for r in range(workers):
             e = dict(base, RANK=str(r), LOCAL_RANK=str(r))
-            procs.append(subprocess.Popen([sys.executable, *argv], env=e))
+            procs.append(subprocess.Popen([sys.executable, *argv], env=e, start_new_session=True))
         _watch(procs, min(timeout, 10.0) + 2.0 if grace is None else grace, poll)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                _stop(p)
+        _stop(procs)
     return job
 
 
@@ -234,8 +353,7 @@ def _watch(procs: list[subprocess.Popen], grace: float, poll: float) -> None:
     if first is None:
         return
     hung = [r for r, p in enumerate(procs) if p.poll() is None]
-    for r in hung:
-        _stop(procs[r])
+    _stop([procs[r] for r in hung])
     codes = [p.returncode for p in procs]
     raise LaunchError(_failure_message(codes, hung, grace, first[0]),
                       EXIT_CONFIG if all(c in (0, EXIT_CONFIG) for c in codes) else 1)
@@ -256,13 +374,19 @@ def _failure_message(codes: list[int | None], hung: list[int], grace: float, fir
     return "distributed run failed: " + "; ".join(parts)
 
 
-def _stop(p: subprocess.Popen) -> None:
-    p.terminate()
-    try:
-        p.wait(timeout=3)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
+def _stop(procs: list[subprocess.Popen], wait: float = 3.0) -> None:
+    """SIGTERM to every process still running, then SIGKILL to those still there after ``wait`` s."""
+    live = [p for p in procs if p.poll() is None]
+    for p in live:
+        with contextlib.suppress(ProcessLookupError):
+            p.terminate()
+    deadline = time.monotonic() + wait
+    for p in live:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def set_threads() -> None:

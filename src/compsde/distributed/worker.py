@@ -143,8 +143,8 @@ def _check_replicas(x: Tensor, group: dist.ProcessGroup | None, label: str) -> N
     """Every rank must end with the same iterates, bit for bit (they run the same arithmetic on the
     same exchanged bytes); a difference would be a bug, so it stops the run."""
     size = dist.get_world_size(group)
-    mine = torch.tensor([tensor_digest(x)], dtype=torch.int64)
-    every = torch.empty(size, dtype=torch.int64)
+    mine = torch.tensor([tensor_digest(x)], dtype=torch.int64, device=x.device)  # on the GPU for NCCL
+    every = torch.empty(size, dtype=torch.int64, device=x.device)
     all_gather_bytes(every, mine, group=group)
     if not bool((every == every[0]).all()):
         bad = [i for i in range(size) if int(every[i]) != int(every[0])]

@@ -7,10 +7,21 @@
 * otherwise it starts N local gloo processes (``compsde.distributed.launch.spawn``), each running this
   module on a job file, and waits for them.
 
-The world size is the largest ``workers`` of the config's series. A series with fewer workers N runs
-on ranks 0..N−1 (a subgroup made with ``dist.new_group``); the other ranks wait for it through the
-store. (A process group has a fixed size, and the alternative — one launch per worker count — would
-not work under torchrun, which starts one group.)
+The world size is the largest ``workers`` of the config's series (``--workers`` may be left out; if
+given, or if torchrun sets ``WORLD_SIZE``, it must equal that). A series with fewer workers N runs on
+ranks 0..N−1 (a subgroup made with ``dist.new_group``, with the user's timeout like the default
+group); the other ranks wait for it through the store and stop as soon as a rank reports a failure,
+or, in a series of one worker (which no collective bounds), when rank 0 has made no step for the
+timeout.
+(A process group has a fixed size, and the alternative — one launch per worker count — would not work
+under torchrun, which starts one group.)
+
+The process-group backend follows the run's device (``[run] device``, default "cpu"): NCCL on CUDA,
+one GPU per rank, gloo otherwise; ``summary.json`` reports it as ``backend.dist_backend``.
+
+SIGINT, SIGTERM or SIGHUP to a local launch stops every rank, removes the job directory and ends
+``compsde run`` with one line and status 128 + signal (130, 143, 129); ranks under torchrun exit with
+one line each.
 
 At start every rank all-gathers a digest of the resolved config, the library version, the world size
 and the checkpoint options; if they differ, every rank stops (exit status 2) naming the ranks that
@@ -23,10 +34,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import math
 import os
 import shutil
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,20 +48,25 @@ from typing import Any, Mapping
 import torch
 import torch.distributed as dist
 
+from compsde.core.checks import MAX_INT64, check_int, check_number
 from compsde.core.tensors import resolve_dtype
 from compsde.distributed import checkpoint as ckpt_mod
 from compsde.distributed.launch import (
-    COMM_FAILURE, EXIT_CONFIG, EXIT_PEER, Context, LaunchError, in_launched_env, init_from_env, peer_report,
-    set_threads, spawn,
+    COMM_FAILURE, EXIT_CONFIG, EXIT_PEER, Context, Interrupted, LaunchError, die_with_parent, dist_backend_for,
+    in_launched_env, init_from_env, interruptible, peer_report, quiet_signals, rank_device, set_threads, spawn,
 )
 from compsde.distributed.worker import SeriesOutcome, run_series
 from compsde.experiments import build as config_mod
 from compsde.experiments.build import Experiment
 from compsde.sim.recorder import Trace
 
-__all__ = ["DEFAULT_TIMEOUT", "RunResult", "run", "world_size"]
+__all__ = ["DEFAULT_TIMEOUT", "MAX_TIMEOUT", "MIN_TIMEOUT", "RunResult", "run", "world_size"]
 
 DEFAULT_TIMEOUT = 60.0
+#: The range of ``timeout``: below 0.1 s a collective fails on ordinary scheduling jitter; above a day
+#: a hung rank is never noticed in practice (and 1e300 s does not fit a timedelta).
+MIN_TIMEOUT = 0.1
+MAX_TIMEOUT = 86_400.0
 
 
 @dataclass
@@ -76,6 +94,11 @@ class PeerFailure(LaunchError):
 def world_size(exp: Experiment, workers: int | None) -> int:
     """The group size for ``exp``: the largest series ``workers``; ``workers`` (``--workers``) must equal it."""
     need = max(s.workers for s in exp.series)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
+        raise ValueError(f"--workers must be an integer, got {workers!r}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be an integer ≥ 1 (processes; default: the largest series workers, {need}), "
+                         f"got {workers}")
     if workers is not None and workers != need:
         per = ", ".join(f"{s.index} ({s.label!r}): {s.workers}" for s in exp.series)
         raise ValueError(
@@ -84,6 +107,24 @@ def world_size(exp: Experiment, workers: int | None) -> int:
             f"Pass --workers {need}, or change the series with --set series.workers={workers}"
         )
     return need
+
+
+def _check_launched_world(exp: Experiment, world: int) -> None:
+    """Under torchrun (``WORLD_SIZE`` set, no group yet): refuse a group of the wrong size before the
+    rendezvous, so every rank stops at once with the reason."""
+    if dist.is_initialized():
+        return  # checked in _rank_main against the group itself
+    text = os.environ.get("WORLD_SIZE", "")
+    try:
+        have = int(text)
+    except ValueError:
+        raise ValueError(f"WORLD_SIZE must be an integer (the number of processes), got {text!r}") from None
+    if have != world:
+        per = ", ".join(f"{s.index} ({s.label!r}): {s.workers}" for s in exp.series)
+        raise ConfigMismatch(
+            f"the process group has {have} ranks (WORLD_SIZE) but the config needs {world}, the largest series "
+            f"workers (series workers: {per}); start {world} processes (torchrun --nproc_per_node {world} for one "
+            "machine)", EXIT_CONFIG)
 
 
 def _as_experiment(config: Experiment | Mapping[str, Any] | str | Path) -> Experiment:
@@ -111,14 +152,21 @@ def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path
         config: a built ``Experiment``, a raw config dict, a preset name or a TOML path.
         out_dir: output directory (default ``runs/<name>-<timestamp>``, or the checkpoint's directory
             when resuming).
-        workers: the number of processes (default: the largest series ``workers``, which it must equal).
-        timeout: seconds any collective may wait before the run fails (a dead or hung rank).
+        workers: the number of processes (default: the largest series ``workers``, which it must equal;
+            under torchrun ``WORLD_SIZE`` must equal it too).
+        timeout: seconds any collective may wait before the run fails (a dead or hung rank), in
+            [0.1, 86400].
         checkpoint_every: write ``checkpoint.pt`` into the output directory every that many steps.
         resume: a checkpoint file or a directory holding one; the run continues from it.
 
+    Every argument, and the checkpoint to resume, is checked before any process starts.
+
     Returns a ``RunResult``: on the launching process (or rank 0 when joined) with every series'
     outcome (``trace``, wire bytes); ``outcomes`` is None on the other ranks. Raises ``LaunchError``
-    (naming the ranks) if a rank fails, ``ValueError`` on bad input.
+    (naming the ranks) if a rank fails, ``ValueError`` on bad input, and ``Interrupted`` (a
+    KeyboardInterrupt) when SIGINT, SIGTERM or SIGHUP stops a local launch — after stopping every
+    rank and removing the job directory (``out_dir`` on the exception says where the outputs and any
+    checkpoint are).
     """
     exp = _as_experiment(config)
     world = world_size(exp, workers)
@@ -131,18 +179,25 @@ def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path
     options = {"timeout": float(timeout), "checkpoint_every": checkpoint_every,
                "resume": None if resume is None else str(resume), "progress": progress, "plots": plots}
     if in_launched_env():
+        _check_launched_world(exp, world)
         return _rank_main(exp, out, world, options)
     import tempfile
 
-    job = Path(tempfile.mkdtemp(prefix="compsde-dist-"))
     try:
-        torch.save({"config": exp.config, "name": exp.name, "out": str(out), "world": world, "options": options},
-                   job / "job.pt")
-        spawn(world, ["-m", "compsde.experiments._torch_child", str(job / "job.pt")], timeout=float(timeout), jobdir=job)
-        res = torch.load(job / "result.pt", map_location="cpu", weights_only=True)
-        return RunResult(out, [_outcome_from_dict(o) for o in res["outcomes"]])
-    finally:
-        shutil.rmtree(job, ignore_errors=True)
+        with interruptible():  # a signal stops the children and removes the job directory
+            job = Path(tempfile.mkdtemp(prefix="compsde-dist-"))
+            try:
+                torch.save({"config": exp.config, "name": exp.name, "out": str(out), "world": world,
+                            "options": options}, job / "job.pt")
+                spawn(world, ["-m", "compsde.experiments._torch_child", str(job / "job.pt")], timeout=float(timeout),
+                      jobdir=job)
+                res = torch.load(job / "result.pt", map_location="cpu", weights_only=True)
+                return RunResult(out, [_outcome_from_dict(o) for o in res["outcomes"]])
+            finally:
+                shutil.rmtree(job, ignore_errors=True)
+    except Interrupted as e:
+        e.out_dir = out  # type: ignore[attr-defined]
+        raise
 
 
 def _check_resumable(ck: dict[str, Any], exp: Experiment, world: int, where: Any) -> None:
@@ -153,11 +208,17 @@ def _check_resumable(ck: dict[str, Any], exp: Experiment, world: int, where: Any
 
 
 def _check_options(timeout: float, checkpoint_every: int | None) -> None:
-    if not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0 and math.isfinite(timeout)):
-        raise ValueError(f"--timeout must be a number of seconds > 0, got {timeout!r}")
-    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
-                                         or checkpoint_every < 1):
-        raise ValueError(f"--checkpoint-every must be an integer ≥ 1 (steps), got {checkpoint_every!r}")
+    try:
+        check_number("--timeout", timeout, min=MIN_TIMEOUT, max=MAX_TIMEOUT)
+    except ValueError as e:
+        raise ValueError(f"{e} (seconds a collective may wait: {MIN_TIMEOUT:g} s to {MAX_TIMEOUT:g} s = 1 day)") from None
+    if checkpoint_every is not None:
+        try:
+            check_int("--checkpoint-every", checkpoint_every, min=1, max=MAX_INT64)
+        except ValueError:
+            raise ValueError(f"--checkpoint-every must be an integer in [1, 2^63 - 1] (steps between checkpoints; "
+                             f"one beyond a series' steps checkpoints only at the end of each series), got "
+                             f"{checkpoint_every!r}") from None
 
 
 # ---- one rank ------------------------------------------------------------------------------------
@@ -167,7 +228,11 @@ def _rank_main(exp: Experiment, out: Path, world: int, options: dict[str, Any],
                result_path: Path | None = None) -> RunResult:
     """Run as one rank of the group in the environment; rank 0 writes the outputs."""
     set_threads()
-    ctx = init_from_env(options["timeout"])
+    device = exp.run.get("device", "cpu")
+    backend = dist_backend_for(device)
+    if backend == "nccl":
+        torch.cuda.set_device(rank_device(device, int(os.environ.get("LOCAL_RANK", "0"))))
+    ctx = init_from_env(options["timeout"], backend)
     where = ["start"]  # what this rank is doing, for the failure message
     try:
         if ctx.world != world:
@@ -179,7 +244,8 @@ def _rank_main(exp: Experiment, out: Path, world: int, options: dict[str, Any],
                                  "resume": options["resume"] is not None})
         outcomes = _run_all(exp, out, ctx, options, digest, lambda w: where.__setitem__(0, w))
         if ctx.rank == 0:
-            _write_outputs(exp, out, outcomes, plots=options["plots"], world=ctx.world)
+            _write_outputs(exp, out, outcomes, plots=options["plots"], world=ctx.world,
+                           dist_backend=str(dist.get_backend()))
             if result_path is not None:
                 torch.save({"outcomes": [_outcome_to_dict(o) for o in outcomes]}, result_path)
         dist.barrier()
@@ -231,6 +297,9 @@ def _check_same_config(ctx: Context, mine: dict[str, Any]) -> None:
 def _run_all(exp: Experiment, out: Path, ctx: Context, options: dict[str, Any], digest: str,
              set_where) -> list[SeriesOutcome]:
     rank, run_cfg = ctx.rank, exp.run
+    device = run_cfg.get("device", "cpu")
+    if torch.device(device).type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # the rank's GPU (_rank_main)
     # Subgroups for series with fewer workers than the world: every rank must create them, in order.
     groups: dict[int, dist.ProcessGroup | None] = {ctx.world: None}
     for n in sorted({s.workers for s in exp.series}):
@@ -255,6 +324,8 @@ def _run_all(exp: Experiment, out: Path, ctx: Context, options: dict[str, Any], 
         obj = [header]
         dist.broadcast_object_list(obj, src=0)
         header = obj[0]
+        if rank == 0:
+            print(_resumed_line(options["resume"], exp, header[0], header[1]), flush=True)
 
     ckpt_path = out / ckpt_mod.FILE
     if rank == 0:
@@ -278,7 +349,8 @@ def _run_all(exp: Experiment, out: Path, ctx: Context, options: dict[str, Any], 
             n = spec.workers
             if rank >= n:
                 set_where(f"series {i} (idle: waiting for ranks 0..{n - 1})")
-                _wait_idle(ctx, i)
+                # One worker: no collective bounds its steps, so the idle ranks watch its heartbeat.
+                _wait_idle(ctx, i, stall=options["timeout"] if n == 1 else None)
                 continue
             group = groups[n]
             if bar is not None:
@@ -292,12 +364,12 @@ def _run_all(exp: Experiment, out: Path, ctx: Context, options: dict[str, Any], 
                 _checkpoint(ctx, ckpt_path, digest, completed, i, n, group, part)
 
             outcome = run_series(
-                spec.oracle.to(resolve_dtype(run_cfg["dtype"])), spec.algorithm, spec.schedule,
+                spec.oracle.to(resolve_dtype(run_cfg["dtype"]), device), spec.algorithm, spec.schedule,
                 repeats=run_cfg["repeats"], seed=run_cfg["seed"], log_every=run_cfg["log_every"],
                 rank=rank, group=group, index=i, label=spec.label, resume=state,
                 checkpoint=save if options["checkpoint_every"] else None,
                 checkpoint_every=options["checkpoint_every"],
-                progress=None if bar is None else bar.update,
+                progress=_progress(bar, _Heartbeat(ctx, i) if rank == 0 and n == 1 < ctx.world else None),
             )
             if rank == 0:
                 completed.append(outcome)
@@ -311,21 +383,75 @@ def _run_all(exp: Experiment, out: Path, ctx: Context, options: dict[str, Any], 
     return completed
 
 
-def _wait_idle(ctx: Context, i: int) -> None:
-    """A rank outside series i's group waits (without a collective, so without a timeout) until rank 0
-    marks the series done, or stops if some rank reports a failure."""
-    import time
+def _resumed_line(resume: str | Path, exp: Experiment, series: int, step: int | None) -> str:
+    """``resumed from CHECKPOINT at series 2 ("label") step 40 of 100`` (series counted from 0, as in
+    ``--set series.2.…``)."""
+    where = ckpt_mod.path_for(resume)
+    if series >= len(exp.series):
+        return f"resumed from {where}: every series was already complete (writing the outputs again)"
+    spec = exp.series[series]
+    return (f"resumed from {where} at series {series} ({json.dumps(spec.label, ensure_ascii=False)}) "
+            f"step {step or 0} of {spec.schedule.steps}")
 
+
+class _Heartbeat:
+    """Rank 0 running series i alone: after a step, write how many steps it has made to the store (at
+    most every ``timeout / 4`` seconds), for the idle ranks' ``_wait_idle(stall=timeout)``."""
+
+    def __init__(self, ctx: Context, i: int) -> None:
+        self.store, self.key = ctx.store, f"compsde/series/{i}/beat"
+        self.every = ctx.timeout / 4
+        self.steps, self.last = 0, -math.inf
+
+    def __call__(self, steps: int) -> None:
+        self.steps += steps
+        now = time.monotonic()
+        if self.store is not None and now - self.last >= self.every:
+            self.store.set(self.key, str(self.steps))
+            self.last = now
+
+
+def _progress(bar, beat: _Heartbeat | None):
+    """``run_series``'s progress callback: the progress bar, the heartbeat, both or neither."""
+    if beat is None:
+        return None if bar is None else bar.update
+    if bar is None:
+        return beat
+
+    def both(steps: int) -> None:
+        bar.update(steps)
+        beat(steps)
+
+    return both
+
+
+def _wait_idle(ctx: Context, i: int, stall: float | None = None, poll: float = 0.05) -> None:
+    """A rank outside series i's group waits (without a collective, so without a timeout) until rank 0
+    marks the series done, or stops if some rank reports a failure. With ``stall`` (a series of one
+    worker, whose steps no collective bounds), it also stops if rank 0's heartbeat (``_Heartbeat``)
+    has not moved for ``stall`` seconds, naming rank 0 as hung."""
     if ctx.store is None:
         raise LaunchError("series with fewer workers than processes need the rendezvous store", EXIT_CONFIG)
-    key = f"compsde/series/{i}/done"
+    key, beat_key = f"compsde/series/{i}/done", f"compsde/series/{i}/beat"
+    beat, since = None, time.monotonic()
     while not ctx.store.check([key]):
         failed = ctx.failed_ranks()
         if failed:
             raise PeerFailure(f"rank {ctx.rank}: stopping, rank{'s' if len(failed) > 1 else ''} "
                               f"{', '.join(map(str, failed))} reported a failure while this rank waited for series {i}",
                               EXIT_PEER)
-        time.sleep(0.05)
+        if stall is not None:
+            now = ctx.store.get(beat_key) if ctx.store.check([beat_key]) else None
+            if now != beat:
+                beat, since = now, time.monotonic()
+            elif time.monotonic() - since > stall:
+                n = 0 if beat is None else int(beat)
+                done = f"{n} step{'' if n == 1 else 's'}"
+                msg = (f"rank {ctx.rank}: rank 0 made no progress in series {i} (one worker) for {stall:g} s "
+                       f"(--timeout) after {done}: it hung or a step takes longer than the timeout")
+                ctx.mark_failed(msg[:400])
+                raise LaunchError(msg, EXIT_PEER)
+        time.sleep(poll)
 
 
 def _scatter_state(ck: dict[str, Any] | None, rank: int, n: int, group) -> dict[str, Any]:
@@ -348,7 +474,6 @@ def _checkpoint(ctx: Context, path: Path, digest: str, completed: list[SeriesOut
 def config_digest(config: dict[str, Any], world: int) -> str:
     """SHA-256 of the resolved config's TOML text, the library version and the world size."""
     import hashlib
-    import json
 
     text = config_mod.dumps(config) + json.dumps({"version": ckpt_mod.library_version(), "world": world}, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -376,7 +501,8 @@ def _outcome_from_dict(d: dict[str, Any]) -> SeriesOutcome:
 # ---- outputs -------------------------------------------------------------------------------------
 
 
-def _write_outputs(exp: Experiment, out: Path, outcomes: list[SeriesOutcome], *, plots: bool, world: int) -> None:
+def _write_outputs(exp: Experiment, out: Path, outcomes: list[SeriesOutcome], *, plots: bool, world: int,
+                   dist_backend: str = "gloo") -> None:
     """The simulator backend's files (same writers), plus the measured wire bytes per series."""
     from compsde.experiments import runner
 
@@ -394,7 +520,7 @@ def _write_outputs(exp: Experiment, out: Path, outcomes: list[SeriesOutcome], *,
         pos = next((j + 1 for j, (k, _) in enumerate(items) if k == "bits_per_worker_per_step"), len(items))
         s.clear()
         s.update(items[:pos] + list(extra.items()) + items[pos:])
-    summary["backend"] = {"name": "torch", "dist_backend": "gloo", "world_size": world}
+    summary["backend"] = {"name": "torch", "dist_backend": dist_backend, "world_size": world}
     runner.write_results(out, exp, results, summary, plots=plots)
 
 
@@ -405,9 +531,13 @@ def cli_run(exp: Experiment, args: Any) -> int:
     """``compsde run ... --backend torch``: run, print where the outputs went, return the exit status.
 
     Under torchrun a failed rank leaves with ``os._exit`` after printing its message: after a failed
-    collective, gloo's teardown at interpreter exit can block or abort.
+    collective, gloo's teardown at interpreter exit can block or abort; a signal (torchrun forwards
+    SIGINT and SIGTERM to its ranks) ends a rank with one line. A local launch stopped by a signal
+    prints one line and returns 128 + the signal's number.
     """
     joined = in_launched_env()
+    if joined:
+        quiet_signals(f"compsde rank {os.environ.get('RANK', '?')}: stopped by {{signal}}")
     try:
         res = run(exp, args.out, workers=args.workers,
                   timeout=DEFAULT_TIMEOUT if args.timeout is None else args.timeout,
@@ -416,6 +546,16 @@ def cli_run(exp: Experiment, args: Any) -> int:
     except LaunchError as e:
         _say(f"error: {e}")
         return _leave(e.status) if joined else e.status
+    except Interrupted as e:
+        out = getattr(e, "out_dir", None)
+        more = ""
+        if out is not None and (Path(out) / ckpt_mod.FILE).is_file():
+            more = f"; continue from its last checkpoint with --resume {out}"
+        _say(f"{_fresh_line()}compsde: interrupted by {e.signame}: every rank stopped{more}")
+        return e.status
+    except KeyboardInterrupt:  # before the launch installed its handlers
+        _say(f"{_fresh_line()}compsde: interrupted")
+        return 130
     except (ValueError, OSError) as e:
         _say(f"error: {e}")
         return _leave(EXIT_CONFIG) if joined else EXIT_CONFIG
@@ -427,6 +567,14 @@ def cli_run(exp: Experiment, args: Any) -> int:
     if res.out_dir is not None:
         print(f"wrote {res.out_dir}")
     return 0
+
+
+def _fresh_line() -> str:
+    """A newline if stderr is a terminal (it may hold ^C or a progress bar without its newline)."""
+    try:
+        return "\n" if sys.stderr.isatty() else ""
+    except (AttributeError, ValueError):
+        return ""
 
 
 def _say(line: str) -> None:
@@ -465,6 +613,12 @@ def rank_entry(exp: Experiment, out: Path, world: int, options: dict[str, Any], 
 
 
 def _child_main(jobfile: str) -> int:
+    # A rank of a local launch: its own session (no terminal Ctrl-C), stopped by the launching process
+    # with SIGTERM (default action: no traceback, no teardown), and by the kernel if that process dies.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    die_with_parent()
     job = torch.load(jobfile, map_location="cpu", weights_only=True)
     exp = config_mod.build(job["config"], job["name"])
     code = rank_entry(exp, Path(job["out"]), int(job["world"]), job["options"], Path(jobfile).parent / "result.pt")
