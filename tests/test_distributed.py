@@ -194,10 +194,17 @@ def test_cli_writes_the_simulator_files_plus_wire_bytes(tmp_path, capfd):
                    {"method": "dcsgd", "compressor": "rand-k", "k": 3, "lr": 0.1, "workers": 2}], steps=8)
     path = tmp_path / "c.toml"
     path.write_text(config.dumps(config.resolve(cfg)))
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "summary.json").write_text("{}")  # an earlier run's output: replaced
+    (tmp_path / "t" / "notes.txt").write_text("mine")  # the user's own file: kept
     # No --workers: the largest series' workers (2).
     code, out, err = _main(["run", str(path), "--backend", "torch", "--out", str(tmp_path / "t"), "--no-progress"], capfd)
     assert code == 0, err
     assert out.strip() == f"wrote {tmp_path / 't'}"
+    rec = json.loads((tmp_path / "t" / "run.json").read_text())
+    assert rec["backend"] == "torch" and rec["status"] == "completed" and rec["started"] and rec["ended"]
+    assert rec["versions"]["torch"] == torch.__version__ and (tmp_path / "t" / "notes.txt").read_text() == "mine"
+    (tmp_path / "t" / "notes.txt").unlink()
     code, _, err = _main(["run", str(path), "--out", str(tmp_path / "s"), "--no-progress", "--no-plots"], capfd)
     assert code == 0, err
     t_files = {p.name for p in (tmp_path / "t").iterdir()}

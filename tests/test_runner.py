@@ -492,12 +492,3 @@ def test_device_cpu_runs_and_a_missing_cuda_is_refused(capsys, tmp_path):
         assert not (tmp_path / "cuda").exists()
 
 
-def test_write_results_without_a_record_replaces_a_stale_run_json(tmp_path):
-    # Another backend (torch) calls write_results at its end: the folder then says this run completed,
-    # not what an earlier run there said.
-    exp = config.load(SMALL_RAW)
-    (tmp_path / "run.json").write_text('{"status": "failed: interrupted", "name": "older"}')
-    runner.write_results(tmp_path, exp, [], {"backend": {"name": "torch"}, "series": []}, plots=False)
-    rec = _strict_json(tmp_path / "run.json")
-    assert (rec["status"], rec["name"], rec["backend"], rec["started"]) == ("completed", "config", "torch", None)
-    assert rec["ended"] is not None

@@ -435,7 +435,7 @@ class RunRecord:
         self.write()
 
 
-def _failure(e: BaseException) -> str:
+def failure_status(e: BaseException) -> str:
     if isinstance(e, KeyboardInterrupt):
         return "failed: interrupted"
     text = str(e).strip().splitlines()
@@ -482,7 +482,7 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
     try:
         _run(exp, out, models, record, progress=progress, plots=plots, track=track, bar_cls=tqdm)
     except BaseException as e:
-        record.end(_failure(e))
+        record.end(failure_status(e))
         raise
     record.end("completed")
     return out
@@ -540,23 +540,18 @@ def _run(exp: Experiment, out: Path, models: list[Any], record: RunRecord, *, pr
         return figs
 
     write_results(out, exp, results, summary, plots=plots, extra_rows=[t.result for t in tracked],
-                  extra_figures=tracking_png if track else None, record=record)
+                  extra_figures=tracking_png if track else None)
 
 
 def write_results(out: Path, exp: Experiment, results: list[SeriesResult], summary: Mapping[str, Any], *,
                   plots: bool, extra_rows: Sequence[SeriesResult] = (),
-                  extra_figures: Callable[[str], dict[str, bytes]] | None = None,
-                  record: RunRecord | None = None) -> None:
+                  extra_figures: Callable[[str], dict[str, bytes]] | None = None) -> None:
     """Write metrics.csv (``results`` then ``extra_rows``), summary.json and the plots, each atomically.
 
-    Shared by every backend. A figure this run does not produce (e.g. diverged.png) is removed, so none
-    survives from an earlier run into the same directory. Without a ``record`` (a backend that keeps no
-    run.json as it runs) a run.json saying the run completed now is written, so that no run.json of an
-    earlier run is left describing this one.
+    Shared by every backend (each keeps its run.json with a ``RunRecord`` from start to end). A figure
+    this run does not produce (e.g. diverged.png) is removed, so none survives from an earlier run into
+    the same directory.
     """
-    if record is None:
-        backend = summary["backend"].get("name", "unknown") if isinstance(summary.get("backend"), Mapping) else "unknown"
-        RunRecord(out, exp, None, backend, "weak_order" in summary, None, status="completed")
     atomic_write(out / "metrics.csv", metrics_csv(list(results) + list(extra_rows)))
     atomic_write(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
     if plots:

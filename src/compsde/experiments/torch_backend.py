@@ -37,6 +37,7 @@ import datetime
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -145,7 +146,8 @@ def _default_out(exp: Experiment, out_dir: str | Path | None, resume: str | Path
 
 def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path | None = None, *,
         workers: int | None = None, timeout: float = DEFAULT_TIMEOUT, checkpoint_every: int | None = None,
-        resume: str | Path | None = None, progress: bool = True, plots: bool = True) -> RunResult:
+        resume: str | Path | None = None, progress: bool = True, plots: bool = True,
+        command: str | None = None) -> RunResult:
     """Run every series of ``config`` on torch.distributed and write the simulator's output files.
 
     Args:
@@ -158,6 +160,7 @@ def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path
             [0.1, 86400].
         checkpoint_every: write ``checkpoint.pt`` into the output directory every that many steps.
         resume: a checkpoint file or a directory holding one; the run continues from it.
+        command: the command line recorded in run.json (default: this process's argv).
 
     Every argument, and the checkpoint to resume, is checked before any process starts.
 
@@ -168,6 +171,8 @@ def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path
     rank and removing the job directory (``out_dir`` on the exception says where the outputs and any
     checkpoint are).
     """
+    from compsde.experiments import estimates, runner
+
     exp = _as_experiment(config)
     world = world_size(exp, workers)
     _check_options(timeout, checkpoint_every)
@@ -176,13 +181,18 @@ def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path
         raise ValueError(f"output directory {str(out)!r} exists and is not a directory")
     if resume is not None:  # fail early, in this process, on a bad path or another configuration
         _check_resumable(ckpt_mod.load(resume), exp, world, resume)
+    # The simulator's estimate of the same run: one process per worker divides the work but adds the
+    # collectives; refused above a day, announced above ten minutes, as for the simulator.
+    estimate = estimates.estimate_run(exp, [])
     options = {"timeout": float(timeout), "checkpoint_every": checkpoint_every,
-               "resume": None if resume is None else str(resume), "progress": progress, "plots": plots}
+               "resume": None if resume is None else str(resume), "progress": progress, "plots": plots,
+               "command": command or shlex.join(sys.argv)}
     if in_launched_env():
         _check_launched_world(exp, world)
-        return _rank_main(exp, out, world, options)
+        return _rank_main(exp, out, world, options, estimate=estimate)
     import tempfile
 
+    record = _start_record(out, exp, options, estimate)
     try:
         with interruptible():  # a signal stops the children and removes the job directory
             job = Path(tempfile.mkdtemp(prefix="compsde-dist-"))
@@ -192,12 +202,31 @@ def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path
                 spawn(world, ["-m", "compsde.experiments._torch_child", str(job / "job.pt")], timeout=float(timeout),
                       jobdir=job)
                 res = torch.load(job / "result.pt", map_location="cpu", weights_only=True)
-                return RunResult(out, [_outcome_from_dict(o) for o in res["outcomes"]])
+                result = RunResult(out, [_outcome_from_dict(o) for o in res["outcomes"]])
             finally:
                 shutil.rmtree(job, ignore_errors=True)
     except Interrupted as e:
         e.out_dir = out  # type: ignore[attr-defined]
+        record.end(runner.failure_status(e))
         raise
+    except BaseException as e:
+        record.end(runner.failure_status(e))
+        raise
+    record.end("completed")
+    return result
+
+
+def _start_record(out: Path, exp: Experiment, options: dict[str, Any], estimate: Any) -> Any:
+    """run.json of a torch-backend run (written by the launching process, or rank 0 under torchrun); a
+    fresh run first removes an earlier run's outputs from the folder (a resumed run keeps them)."""
+    from compsde.experiments import estimates, runner
+
+    if estimate.seconds > estimates.WARN_SECONDS:
+        _say(f"compsde: warning: this run will take {estimate.describe()}")
+    out.mkdir(parents=True, exist_ok=True)
+    if options["resume"] is None:
+        runner.clear_outputs(out)
+    return runner.RunRecord(out, exp, options["command"], "torch", False, estimate)
 
 
 def _check_resumable(ck: dict[str, Any], exp: Experiment, world: int, where: Any) -> None:
@@ -225,8 +254,26 @@ def _check_options(timeout: float, checkpoint_every: int | None) -> None:
 
 
 def _rank_main(exp: Experiment, out: Path, world: int, options: dict[str, Any],
-               result_path: Path | None = None) -> RunResult:
-    """Run as one rank of the group in the environment; rank 0 writes the outputs."""
+               result_path: Path | None = None, estimate: Any = None) -> RunResult:
+    """Run as one rank of the group in the environment; rank 0 writes the outputs. Joined to a group
+    (``estimate`` given), rank 0 also keeps run.json; a local launch's parent keeps it otherwise."""
+    from compsde.experiments import runner
+
+    record = None
+    if estimate is not None and int(os.environ.get("RANK", "0")) == 0:
+        record = _start_record(out, exp, options, estimate)
+    try:
+        result = _rank_work(exp, out, world, options, result_path)
+    except BaseException as e:
+        if record is not None:
+            record.end(runner.failure_status(e))
+        raise
+    if record is not None:
+        record.end("completed")
+    return result
+
+
+def _rank_work(exp: Experiment, out: Path, world: int, options: dict[str, Any], result_path: Path | None) -> RunResult:
     set_threads()
     device = exp.run.get("device", "cpu")
     backend = dist_backend_for(device)
