@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from compsde import algorithms, compressors
@@ -29,7 +29,7 @@ from compsde.sim import simulate
 
 DEADLINE = 20
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
 
 # Values a user may type anywhere: wrong types, out-of-range numbers, non-finite floats, huge integers.
 ANY = st.one_of(
@@ -151,7 +151,7 @@ def test_fuzz_compressors_make(name, key, value, d):
 @FUZZ
 @given(name=st.one_of(st.sampled_from(algorithms.names()), ANY), compressor=st.one_of(st.sampled_from([None, "top-k", "sign", "identity"]), ANY),
        side=st.sampled_from(["worker", "server"]), key=st.sampled_from(["momentum", "nesterov", "weight_decay", "beta"]),
-       value=ANY, normalize=st.one_of(st.booleans(), ANY))
+       value=st.one_of(st.floats(0.0, 0.99), st.booleans(), ANY), normalize=st.one_of(st.booleans(), ANY))
 def test_fuzz_algorithms_make(name, compressor, side, key, value, normalize):
     out = Outcome("algorithms.make")
     known = isinstance(name, str) and name in algorithms.names()
@@ -176,8 +176,10 @@ def test_fuzz_algorithms_make(name, compressor, side, key, value, normalize):
 
 
 @FUZZ
-@given(name=st.one_of(st.sampled_from(["constant", "cosine", "step", "poly"]), ANY), lr=ANY, steps=ANY,
-       key=st.sampled_from(["final_ratio", "gamma", "every", "power", "warmup"]), value=ANY)
+@given(name=st.one_of(st.sampled_from(["constant", "cosine", "step", "poly"]), ANY),
+       lr=st.one_of(st.floats(1e-4, 1.0), ANY), steps=st.one_of(st.integers(0, 50), ANY),
+       key=st.sampled_from(["final_ratio", "gamma", "every", "power", "warmup"]),
+       value=st.one_of(st.floats(0.01, 1.0), st.integers(1, 20), ANY))
 def test_fuzz_schedules(name, lr, steps, key, value):
     out = Outcome("Schedule")
     from compsde.algorithms.schedules import SCHEDULE_PARAMS
@@ -206,7 +208,9 @@ def test_fuzz_schedules(name, lr, steps, key, value):
 
 
 @FUZZ
-@given(name=st.one_of(st.sampled_from(["none", "gaussian", "student-t"]), ANY), scale=ANY, nu=ANY)
+@given(name=st.one_of(st.sampled_from(["none", "gaussian", "student-t"]), ANY),
+       scale=st.one_of(st.floats(0.0, 10.0), st.lists(st.floats(0.0, 2.0), min_size=1, max_size=3), ANY),
+       nu=st.one_of(st.floats(0.1, 100.0), ANY))
 def test_fuzz_noise(name, scale, nu):
     out = Outcome("Noise")
     scales = scale if isinstance(scale, list) else [scale]
@@ -224,7 +228,8 @@ PROBLEM_ARGS = {
 
 
 @FUZZ
-@given(key=st.sampled_from(sorted(PROBLEM_ARGS)), value=ANY, workers=ANY, batch=ANY)
+@given(key=st.sampled_from(sorted(PROBLEM_ARGS)), value=st.one_of(st.floats(0.0, 3.0), st.integers(1, 50), ANY),
+       workers=st.one_of(st.integers(1, 8), ANY), batch=st.one_of(st.integers(1, 8), ANY))
 def test_fuzz_problems_and_oracles(key, value, workers, batch):
     out = Outcome("problems.make + Oracle")
     kw = {key: value}
@@ -244,8 +249,9 @@ def test_fuzz_problems_and_oracles(key, value, workers, batch):
 
 
 @FUZZ
-@given(repeats=ANY, seed=ANY, log_every=ANY, oracle=st.sampled_from(["ok", None, "problem"]),
-       algo=st.sampled_from(["ok", None, "name"]))
+@given(repeats=st.one_of(st.integers(1, 8), ANY), seed=st.one_of(st.integers(0, 2**64 - 1), ANY),
+       log_every=st.one_of(st.integers(1, 4), ANY), oracle=st.sampled_from(["ok", "ok", None, "problem"]),
+       algo=st.sampled_from(["ok", "ok", None, "name"]))
 def test_fuzz_simulate_and_sde(repeats, seed, log_every, oracle, algo):
     out = Outcome("simulate / simulate_sde / from_algorithm")
     o = Oracle(problems.make("quadratic", dim=3), Noise("gaussian", 0.5), workers=2) if oracle == "ok" else (
@@ -321,3 +327,197 @@ def test_examples_of_bad_python_calls(call, words):
     with pytest.raises(ValueError, match=None) as e:
         call()
     assert words in str(e.value), str(e.value)
+
+
+# ---- configs -----------------------------------------------------------------------------------
+
+TINY = {"run": {"steps": 3, "repeats": 2, "seed": 0, "log_every": 1},
+        "problem": {"name": "quadratic", "dim": 4}, "noise": {"name": "gaussian", "scale": 0.5},
+        "series": [{"method": "dcsgd", "compressor": "rand-k", "k": 2, "lr": 0.1, "workers": 2},
+                   {"method": "dsignsgd", "lr": 0.05}]}
+COUNT_KEYS = {"steps", "repeats", "log_every", "paths", "substeps", "mc_samples", "dim", "workers", "batch", "k"}
+STR_KEYS = {"dtype", "device", "increments", "title", "label", "group", "method", "compressor", "schedule", "name"}
+BOOL_KEYS = {"rotate", "normalize"}
+CONFIG_KEYS = [("run", k) for k in ("steps", "repeats", "seed", "log_every", "dtype", "device", "title", "paths",
+                                   "substeps", "increments", "mc_samples", "name", "bogus")] + \
+              [("problem", k) for k in ("dim", "eig_min", "eig_max", "rotate", "heterogeneity", "x0_scale", "name", "bogus")] + \
+              [("noise", k) for k in ("name", "scale", "nu")] + \
+              [("series.0", k) for k in ("lr", "k", "ratio", "workers", "batch", "schedule", "normalize", "label", "group",
+                                         "method", "compressor", "worker", "server", "steps", "noise", "bogus")]
+
+
+def certainly_invalid(key: str, value: Any) -> bool:
+    """Mutations any reader of the schema knows are wrong (the fuzzer asserts they are refused)."""
+    if key == "bogus":
+        return True
+    if isinstance(value, float) and not math.isfinite(value):
+        return True
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        return True
+    if key in COUNT_KEYS and not is_int(value, 1):
+        return True
+    if key in ("lr",) and not is_num(value, 0.0, lo_open=True):
+        return True
+    if key == "seed" and not is_int(value, 0):
+        return True
+    if key in BOOL_KEYS and not isinstance(value, bool):
+        return True
+    if key in STR_KEYS and not isinstance(value, str):
+        return True
+    return key == "nu"  # with Gaussian noise, ν does not apply
+
+
+def _toml_ok(value: Any) -> bool:
+    """Values TOML can hold (the fuzzer hands configs over as dicts, as a TOML file would)."""
+    return value is not None and not (isinstance(value, dict) and any(not isinstance(k, str) for k in value))
+
+
+@FUZZ
+@given(where=st.sampled_from(CONFIG_KEYS), value=ANY.filter(_toml_ok))
+def test_fuzz_configs(where, value, tmp_path_factory):
+    import copy
+
+    from compsde.experiments import build, runner
+
+    out = Outcome("configs (resolve, build, run)")
+    section, key = where
+    cfg = copy.deepcopy(TINY)
+    if section.startswith("series"):
+        cfg["series"][int(section.split(".")[1])][key] = value
+    else:
+        cfg[section][key] = value
+    invalid = certainly_invalid(key, value)
+    # Valid but large sizes are legitimate runs, only long: the estimates refuse the absurd ones, and
+    # the fuzzer keeps to runs of a few seconds.
+    assume(not (key in COUNT_KEYS and is_int(value, 65)))
+    dest = tmp_path_factory.mktemp("fuzz-config")
+
+    def call() -> None:
+        exp = build.load(cfg)
+        runner.run_experiment(exp, dest, progress=False, plots=False)
+
+    expect(out, call, not invalid, (key,))
+
+
+# ---- the command line --------------------------------------------------------------------------
+
+SET_VALUES = st.one_of(st.sampled_from(["0", "-1", "1e400", "nan", "inf", "[1]", "{a = 1}", "true", '"x"', "",
+                                        "9223372036854775808", "1e-320", "'$\\\\frac{'", "2", "0.5"]),
+                       st.floats(0.001, 8.0).map(lambda v: f"{v:.3g}"), st.integers(1, 16).map(str),
+                       st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=8))
+
+
+def _cli(argv: list[str], capsys: Any) -> tuple[int, str]:
+    from compsde.experiments.cli import main
+
+    with deadline():
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's own usage errors: status 2 and a usage line
+            code = e.code if isinstance(e.code, int) else 2
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _check_cli(out: Outcome, code: int, err: str) -> None:
+    assert code in (0, 2), (code, err)
+    assert "Traceback" not in err, err
+    if code == 2:
+        lines = [ln for ln in err.strip().splitlines() if ln]
+        assert lines and (lines[-1].startswith("error: ") or "error:" in lines[-1]), err
+        out.counts["invalid refused"] += 1
+    else:
+        out.counts["valid accepted"] += 1
+
+
+@FUZZ
+@given(cmd=st.sampled_from(["run", "track"]), where=st.sampled_from(CONFIG_KEYS), text=SET_VALUES,
+       before=st.booleans())
+def test_fuzz_cli_run_and_track(cmd, where, text, before, tmp_path_factory, capsys):
+    from compsde.experiments import tomlio
+
+    out = Outcome("CLI run/track --set")
+    d = tmp_path_factory.mktemp("fuzz-cli")
+    cfg = d / "tiny.toml"
+    cfg.write_text(tomlio.dumps(TINY))
+    section, key = where
+    assume(not (key in COUNT_KEYS and text.strip().isdigit() and 65 <= int(text) < 10**9))
+    item = f"{section}.{key}={text}"
+    sets = ["--set", item]
+    argv = [cmd, *sets, str(cfg)] if before else [cmd, str(cfg), *sets]
+    code, err = _cli([*argv, "--out", str(d / "o"), "--no-progress", "--no-plots"], capsys)
+    _check_cli(out, code, err)
+
+
+@FUZZ
+@given(method=st.one_of(st.sampled_from(["dsgd", "dcsgd", "dsignsgd", "adam", "nope"]), st.text(max_size=4)),
+       frm=st.lists(st.tuples(st.sampled_from(["lr", "batch", "workers", "omega", "beta1", "x", ""]), SET_VALUES), max_size=5),
+       to=st.lists(st.tuples(st.sampled_from(["lr", "batch", "workers", "omega", "eps", ""]),
+                             st.one_of(SET_VALUES, st.just("same"))), max_size=4),
+       flags=st.lists(st.sampled_from(["--json", "--validate", "--repeats=0", "--repeats=4", "--seed=-1"]), max_size=2))
+def test_fuzz_cli_scale(method, frm, to, flags, capsys):
+    out = Outcome("CLI scale")
+    frm_text = ",".join(f"{k}={v}" for k, v in frm)
+    to_text = ",".join(f"{k}={v}" for k, v in to)
+    code, err = _cli(["scale", method, "--from", frm_text, "--to", to_text, *flags], capsys)
+    _check_cli(out, code, err)
+
+
+@FUZZ
+@given(argv=st.lists(st.one_of(st.sampled_from(["compressors", "presets", "run", "--dim", "--samples", "--names",
+                                                "--seed", "--version", "--backend", "torch", "--timeout", "--workers",
+                                                "--checkpoint-every", "--resume", "noise-resilience", "--out", ""]),
+                               SET_VALUES), min_size=1, max_size=5))
+def test_fuzz_cli_anything(argv, capsys, tmp_path_factory):
+    """Arbitrary argument lists: a usage error or a clean refusal, never a traceback. Runs that would
+    start (a preset or processes) are not generated: --out points nowhere useful and the torch backend
+    is only given options it must refuse before launching."""
+    out = Outcome("CLI arbitrary arguments")
+    if "run" in argv and ("noise-resilience" in argv or "torch" in argv):
+        argv = [a for a in argv if a not in ("noise-resilience",)] + ["--set", "run.steps=0"]
+    code, err = _cli(argv, capsys)
+    _check_cli(out, code, err)
+
+
+# ---- the DDP communication hook ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_rank_group(tmp_path_factory):
+    import torch.distributed as dist
+
+    store = tmp_path_factory.mktemp("store") / "store"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@FUZZ
+@given(compressor=st.one_of(st.sampled_from(["sign", "top-k", "rand-k", "natural", "qsgd", "identity"]), ANY),
+       error_feedback=st.one_of(st.booleans(), ANY), aggregation=st.one_of(st.sampled_from(["mean", "majority"]), ANY),
+       seed=st.one_of(st.integers(0, 10), ANY), ratio=st.one_of(st.none(), st.floats(0.05, 1.0), ANY))
+def test_fuzz_ddp_hook(compressor, error_feedback, aggregation, seed, ratio, one_rank_group):
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from compsde.distributed import comm_hook
+
+    out = Outcome("DDP comm_hook")
+    sparse = compressor in ("top-k", "rand-k")
+    params = {} if ratio is None else {"ratio": ratio}
+    valid = (isinstance(compressor, str) and compressor in ("sign", "top-k", "rand-k", "natural", "qsgd", "identity")
+             and isinstance(error_feedback, bool) and aggregation in ("mean", "majority") and is_int(seed, 0, 2**64 - 1)
+             and ((sparse and is_num(ratio, 0.0, 1.0, lo_open=True)) or (not sparse and ratio is None)))
+
+    def call() -> None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EF around an unbiased compressor warns, as it should
+            state, hook = comm_hook(compressor, error_feedback=error_feedback, aggregation=aggregation, seed=seed,
+                                    **params)
+        model = DDP(nn.Linear(3, 1).double())
+        model.register_comm_hook(state, hook)
+        model(torch.randn(4, 3, dtype=torch.float64)).sum().backward()
+
+    expect(out, call, valid, ("compressor", "error_feedback", "aggregation", "seed", "ratio", "k"))

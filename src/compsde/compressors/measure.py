@@ -41,6 +41,8 @@ __all__ = ["DEFAULT_EXTRA", "TOL_SE", "compare", "compressor_table", "default_co
 TOL_SE = 4.0
 #: Compositions listed by default after the registered names.
 DEFAULT_EXTRA = ["top-k+natural"]
+#: The most compressed numbers ``compressor_table`` takes on (samples × vectors × d × compressors).
+MAX_WORK = 2e10
 #: Keep one chunk of samples × d below this many elements (memory).
 _CHUNK_ELEMS = 1 << 20  # 8 MB of float64: below glibc's mmap threshold, so buffers get reused
 
@@ -209,9 +211,20 @@ def compressor_table(dim: int, samples: int = 2000, seed: int = 0, names: list[s
     ``beta2_hat`` (each with ``*_se``), plus ``violations`` (declared constants the measurement
     contradicts) and ``ok``.
     """
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-        raise ValueError(f"dim must be an integer ≥ 1, got {dim!r}")
+    from compsde.core.checks import check_int
+    from compsde.core.tensors import check_memory
+
+    check_int("dim", dim, min=1)
+    check_int("samples", samples, min=2)
     todo = list(names) if names is not None else [*registered_names(), *DEFAULT_EXTRA]
+    n_vectors = len(reference_vectors(1, seed))
+    check_memory(8 * dim * (n_vectors + 8) + 8 * _CHUNK_ELEMS * 4, f"measuring compressors at dim = {dim}", "reduce --dim")
+    # Each compressor draws `samples` compressions of every reference vector: refuse what would take
+    # hours (about 1e8 numbers per second here, for the cheap compressors).
+    work = samples * n_vectors * dim * len(todo)
+    if work > MAX_WORK:
+        raise ValueError(f"measuring {len(todo)} compressor(s) at dim = {dim} with {samples} samples means "
+                         f"{work:.3g} compressed numbers, more than {MAX_WORK:.0e} (hours here): reduce --dim or --samples")
     return [compare(default_compressor(name, dim), dim, samples, seed) for name in todo]
 
 
