@@ -161,3 +161,37 @@ def test_a_step_may_evaluate_the_gradient_several_times_with_one_sample():
     # with noise, both evaluations see the same sample: the noise enters once, shifted by ρ H z
     noisy = simulate(Oracle(prob, Noise("gaussian", 1.0), workers=2), algo, Schedule("constant", 0.2, 3), repeats=2)
     assert bool(torch.isfinite(noisy.x).all())
+
+
+def test_a_loop_resumed_from_its_saved_state_ends_with_the_same_iterates():
+    """Everything a step carries over — iterates, error-feedback memory, worker and server momentum,
+    every generator, the record and the communication counters — is in ``Loop.state_dict``: a loop
+    restored from it (through torch.save / weights-only load) continues exactly as an uninterrupted one."""
+    from compsde.sim.exchange import InProcessExchange
+    from compsde.sim.loop import Loop
+
+    prob = problems.make("quadratic", dim=5, heterogeneity=0.5)
+    oracle = Oracle(prob, Noise("student-t", 0.5, 3.0), workers=3)
+    algo = algorithms.make("ef", compressor="rand-k", k=2, worker={"momentum": 0.9}, server={"momentum": 0.5})
+    sched = Schedule("cosine", 0.05, 20)
+
+    def loop() -> Loop:
+        return Loop(algo, oracle, sched, repeats=4, seed=7, log_every=3,
+                    exchange=InProcessExchange(algo, 4, prob.dim, torch.float64))
+
+    whole = loop()
+    while not whole.done:
+        whole.step()
+    first = loop()
+    for _ in range(11):
+        first.step()
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)
+    second = loop()
+    second.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    while not second.done:
+        second.step()
+    a, b = whole.trace(), second.trace()
+    assert torch.equal(a.x, b.x) and torch.equal(a.loss, b.loss) and torch.equal(a.bits, b.bits)
+    assert torch.equal(a.rounds, b.rounds)
+    torch.testing.assert_close(a.compression_error, b.compression_error, rtol=0, atol=0, equal_nan=True)
