@@ -11,7 +11,6 @@ rank's payload — so both give the same bits. The direction is a function of th
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from compsde.core.checks import check_choice
@@ -32,8 +31,10 @@ def sum_messages(messages: Tensor, total: Tensor | None = None) -> Tensor:
 
 
 def aggregate_sum(total: Tensor, workers: int, how: str = "mean") -> Tensor:
-    """The aggregate of the N = ``workers`` messages from their sum Σ_i m_i."""
+    """The aggregate of the N = ``workers`` messages from their sum Σ_i m_i, computed in place: the sum
+    is consumed (an exchange's d-length buffer is reused, not copied: at d = 10⁷ a fresh tensor costs
+    more in page faults than the arithmetic)."""
     check_choice("aggregation", how, AGGREGATIONS)
     if how == "mean":
-        return total / workers
-    return torch.sign(total)
+        return total.div_(workers)
+    return total.sign_()

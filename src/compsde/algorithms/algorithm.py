@@ -165,7 +165,8 @@ class Algorithm:
         return WorkersOut(u, m, payload, {"worker": wstate, "ef": ef})
 
     def direction(self, total: Tensor, workers: int, server_state: Any, params: Tensor | None) -> tuple[Tensor, Any]:
-        """The server's direction d = T_s(aggregate(Σ_i m_i)) from the sum of all N messages."""
+        """The server's direction d = T_s(aggregate(Σ_i m_i)) from the sum of all N messages (``total``
+        is consumed: the aggregate is computed in its memory)."""
         return self.server.update(aggregate_sum(total, workers, self.aggregation), server_state, params)
 
     def apply_update(self, params: Tensor, direction: Tensor, lr: float) -> Tensor:

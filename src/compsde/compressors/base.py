@@ -145,13 +145,15 @@ class Compressor:
         ``decode(encode(x, rnd), rnd)`` (subclasses may override with a faster, equal path)."""
         return self.decode(self.encode(x, rnd), rnd)
 
-    def decode_sum(self, payloads: Iterable[Payload], rnds: Sequence[Tensor | None]) -> Tensor:
+    def decode_sum(self, payloads: Iterable[Payload], rnds: Sequence[Tensor | None], out: Tensor | None = None) -> Tensor:
         """Σ_i decode(payload_i, rnd_i), accumulated in worker order (``compsde.core.tensors.accumulate``)
-        without holding more than one decoded message at a time. A compressor may count instead
+        without holding more than one decoded message at a time, written into ``out`` if given (a buffer
+        reused every step: a fresh d-length tensor pays page faults). A compressor may count instead
         (sign: the votes), as long as the result is the same bits."""
         total = None
         for p, r in zip(payloads, rnds):
-            total = accumulate(total, self.decode(p, r))
+            m = self.decode(p, r)
+            total = (out.copy_(m) if out is not None else m.clone()) if total is None else total.add_(m)
         if total is None:
             raise ValueError("decode_sum needs at least one payload")
         return total

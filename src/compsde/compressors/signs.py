@@ -92,7 +92,7 @@ class Sign(Compressor):
     def decode(self, payload: Payload, rnd: Tensor | None) -> Tensor:
         return _pm1(payload.fields["positive"], payload.dtype)
 
-    def decode_sum(self, payloads: Iterable[Payload], rnds: Sequence[Tensor | None]) -> Tensor:
+    def decode_sum(self, payloads: Iterable[Payload], rnds: Sequence[Tensor | None], out: Tensor | None = None) -> Tensor:
         """Σ_i sign_i = 2c − n with c the number of +1s per coordinate, counted in bytes (n ≤ 255) and
         converted once: the same bits as adding the ±1 messages (sums of ±1 are exact), for about a
         third of the memory traffic."""
@@ -105,7 +105,8 @@ class Sign(Compressor):
         for p in payloads:
             b = p.fields["positive"]
             count.add_(b.view(torch.uint8) if count.dtype == torch.uint8 else b)
-        return count.to(payloads[0].dtype).mul_(2.0).sub_(float(n))
+        total = count.to(payloads[0].dtype) if out is None else out.copy_(count)
+        return total.mul_(2.0).sub_(float(n))
 
     def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         return sign_pm1(x)

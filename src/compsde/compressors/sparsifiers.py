@@ -105,13 +105,15 @@ class Sparsifier(Compressor):
     def decode_add(self, payload: Payload, rnd: Tensor | None, out: Tensor) -> Tensor:
         return out.scatter_add_(-1, self.payload_indices(payload, rnd), payload.fields["values"])
 
-    def decode_sum(self, payloads: Iterable[Payload], rnds: Sequence[Tensor | None]) -> Tensor:
+    def decode_sum(self, payloads: Iterable[Payload], rnds: Sequence[Tensor | None], out: Tensor | None = None) -> Tensor:
         """Σ_i decode(payload_i): each worker's k values added at their indices (no dense message per
-        worker). Equal to the dense sum in worker order except, possibly, the sign of zero entries."""
+        worker), into ``out`` if given. Equal to the dense sum in worker order except, possibly, the
+        sign of zero entries."""
         total = None
         for p, r in zip(payloads, rnds):
             if total is None:
-                total = torch.zeros(*p.batch_shape, p.d, dtype=p.dtype, device=p.device)
+                total = (torch.zeros(*p.batch_shape, p.d, dtype=p.dtype, device=p.device) if out is None
+                         else out.zero_())
             self.decode_add(p, r, total)
         if total is None:
             raise ValueError("decode_sum needs at least one payload")

@@ -188,17 +188,18 @@ def decode_sum(compressor: Compressor, layout: Layout, buffers: Tensor, rnds: Se
     """Σ_i decode(payload_i) (rows, d) from n workers' buffers (n, nbytes), in worker order.
 
     ``rnds[i]`` is worker i's draw (replayed by the receiver when the payload omits what the draw
-    determines). One-row payloads of an elementwise compressor are decoded block by block.
+    determines). One-row payloads of an elementwise compressor are decoded block by block. Pass a
+    reused ``out`` (rows, d): a fresh d-length tensor costs page faults on every step.
     """
     n, rows, d = buffers.shape[0], layout.rows, layout.d
+    payloads = (layout.unpack(buffers[j]) for j in range(n))
+    if not (rows == 1 and compressor.elementwise and d > BLOCK):
+        return compressor.decode_sum(payloads, rnds, out=out)
     if out is None:
         out = torch.empty(rows, d, dtype=layout.dtype, device=buffers.device)
-    if rows == 1 and compressor.elementwise and d > BLOCK:
-        flat = out.view(-1)
-        for lo in range(0, d, BLOCK):
-            hi = min(d, lo + BLOCK)
-            payloads = [layout.unpack(buffers[j], lo, hi) for j in range(n)]
-            flat[lo:hi].copy_(compressor.decode_sum(payloads, [None] * n).view(-1))
-        return out
-    payloads = (layout.unpack(buffers[j]) for j in range(n))
-    return out.copy_(compressor.decode_sum(payloads, rnds))
+    flat = out.view(-1)
+    for lo in range(0, d, BLOCK):
+        hi = min(d, lo + BLOCK)
+        block = [layout.unpack(buffers[j], lo, hi) for j in range(n)]
+        compressor.decode_sum(block, [None] * n, out=flat[lo:hi].view(1, -1))
+    return out

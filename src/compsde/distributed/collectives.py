@@ -35,9 +35,16 @@ def all_gather_bytes(out: Tensor, inp: Tensor, group: dist.ProcessGroup | None =
     return fn(out, inp, group=group, async_op=async_op)
 
 
-def flat_floats(payload: Payload) -> Tensor:
-    """The float fields of a summable payload as one flat tensor (the all-reduce buffer)."""
-    return torch.cat([t.reshape(-1) for t in payload.fields.values()])
+def flat_floats(payload: Payload, out: Tensor | None = None) -> Tensor:
+    """The float fields of a summable payload as one flat tensor (the all-reduce buffer), written into
+    ``out`` if given (a reused buffer)."""
+    if out is None:
+        return torch.cat([t.reshape(-1) for t in payload.fields.values()])
+    off = 0
+    for t in payload.fields.values():
+        out[off: off + t.numel()].copy_(t.reshape(-1))
+        off += t.numel()
+    return out
 
 
 def unflat_floats(flat: Tensor, like: Payload) -> Payload:
@@ -68,9 +75,14 @@ class CollectiveExchange(Exchange):
         #: decoding another worker's payload needs its draw, which this process replays
         self.replay = (not self.summable and comp.randomized and not comp.shared_randomness
                        and comp.decode_needs_draw(d))
+        # Buffers reused every step (fresh d-length tensors would pay page faults on every step).
         if self.layout is not None:
             self.send = torch.empty(self.layout.nbytes, dtype=torch.uint8, device=device)
             self.recv = torch.empty(workers, self.layout.nbytes, dtype=torch.uint8, device=device)
+            self.out = torch.empty(rows, d, dtype=dtype, device=device)
+        else:
+            n = sum(f.count for f in comp.fields(d, dtype)) * rows
+            self.send = torch.empty(n, dtype=dtype, device=device)
         self._payload: Payload | None = None
         self._rnd: Tensor | None = None
         #: seconds inside the collectives, and decoding + summing
@@ -94,7 +106,7 @@ class CollectiveExchange(Exchange):
         comp = self.algorithm.compressor
         t0 = time.perf_counter()
         if self.layout is None:
-            send = flat_floats(payload)  # a copy: the all-reduce works in place
+            send = flat_floats(payload, out=self.send)  # a copy: the all-reduce works in place
             dist.all_reduce(send, group=self.group)
             sent = send.numel() * send.element_size()
             t1 = time.perf_counter()
@@ -108,7 +120,7 @@ class CollectiveExchange(Exchange):
                 rnds: list[Any] = [own if j == self.rank else _row0(draws(j)) for j in range(self.workers)]
             else:
                 rnds = [own] * self.workers  # a shared draw, or none needed to decode
-            out = decode_sum(comp, self.layout, self.recv, rnds)
+            out = decode_sum(comp, self.layout, self.recv, rnds, out=self.out)
         self.t_comm += t1 - t0
         self.t_aggregate += time.perf_counter() - t1
         self.log.record(self.bits_per_round, sent / self.rows)

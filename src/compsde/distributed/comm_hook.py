@@ -131,7 +131,8 @@ def _compressed_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.
 
     def finish(total: torch.Tensor) -> torch.Tensor:
         direction, st["server"] = algo.direction(total, world, st["server"], None)
-        buf.copy_(direction.view(-1))
+        if direction.data_ptr() != buf.data_ptr():
+            buf.copy_(direction.view(-1))
         return buf
 
     if comp.summable:
@@ -142,7 +143,7 @@ def _compressed_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.
     else:
         layout = state.layout(n, dtype)
         send = layout.pack(payload)
-        recv = torch.empty(world, layout.nbytes, dtype=torch.uint8, device=buf.device)
+        recv = st.setdefault("recv", torch.empty(world, layout.nbytes, dtype=torch.uint8, device=buf.device))
         # Draw (or replay) every rank's randomness now, in bucket order, whether or not decoding needs it.
         if comp.randomized and not comp.shared_randomness and comp.decode_needs_draw(n):
             rnds = [own if j == state.rank else _row0(draw(j)) for j in range(world)]
@@ -150,7 +151,8 @@ def _compressed_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.
             rnds = [own] * world
         fut = all_gather_bytes(recv.view(-1), send, group=state.process_group, async_op=True).get_future()
         _count(state, idx, n, send)
-        done = lambda f: finish(decode_sum(comp, layout, recv, rnds))  # noqa: E731
+        # Decoded straight into the bucket (its gradient has been encoded already): no d-length buffer.
+        done = lambda f: finish(decode_sum(comp, layout, recv, rnds, out=buf.view(1, n)))  # noqa: E731
     if bucket.is_last():
         state.iteration += 1
     return fut.then(done)
