@@ -12,8 +12,9 @@ into
 
 * compress:    this rank's compressor draw (``Algorithm.draw`` from its stream of
                ``compsde.core.streams``, or the shared stream), the workers' half
-               ``Algorithm.workers_step(..., encode=True)`` (which returns the ``Payload``; it also
-               decodes the message, as the DDP hook's call does), and serialising the payload:
+               ``Algorithm.workers_step(..., encode=True, messages=False)`` (which returns the
+               ``Payload`` without decoding the sender's own message, as the DDP hook's call does), and
+               serialising the payload:
                ``compsde.compressors.wire.Layout.pack`` into the reused send buffer, or
                ``compsde.distributed.collectives.flat_floats`` for a summable payload — for fp32
                all-reduce the copy into the send buffer;
@@ -171,7 +172,7 @@ def child(d: int, repeats: int, out_path: str) -> None:
             t0 = time.perf_counter()
             rnd = algo.draw(streams, [] if shared else [rank], 1, d, dtype)  # (1, 1, ·) or None
             own = None if rnd is None else rnd[0]
-            out = algo.workers_step(x.view(1, 1, d), wstate, None, 1.0, rnd, encode=True)
+            out = algo.workers_step(x.view(1, 1, d), wstate, None, 1.0, rnd, encode=True, messages=False)
             payload = Payload({k: v[0] for k, v in out.payload.fields.items()}, d, dtype)
             buf = flat_floats(payload) if layout is None else layout.pack(payload, out=send)
             t1 = time.perf_counter()

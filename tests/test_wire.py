@@ -156,7 +156,7 @@ def test_bit_packing_round_trip(d):
         v = torch.randint(0, 1 << width, (d,), generator=g)
         planes = pack_uint(v, width)
         assert planes.shape == (width, (d + 7) // 8)
-        assert torch.equal(unpack_uint(planes, d), v)
+        assert torch.equal(unpack_uint(planes, d).long(), v)
 
 
 def test_layout_aligns_every_field_and_pads_to_align():

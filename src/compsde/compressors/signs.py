@@ -101,10 +101,19 @@ class Sign(Compressor):
             raise ValueError("decode_sum needs at least one payload")
         n = len(payloads)
         first = payloads[0].fields["positive"]
-        count = torch.zeros(first.shape, dtype=torch.uint8 if n <= 255 else torch.int32, device=first.device)
+        if first.device.type == "cpu" and n <= 127:
+            # Count in bytes with numpy, form 2c − n in the same bytes (it fits an int8: |2c − n| ≤ n),
+            # and convert once: one float pass instead of three.
+            acc = np.zeros(first.numel(), dtype=np.uint8)
+            for p in payloads:
+                np.add(acc, p.fields["positive"].contiguous().view(torch.uint8).reshape(-1).numpy(), out=acc)
+            np.add(acc, acc, out=acc)
+            np.subtract(acc, np.uint8(n), out=acc)  # wraps modulo 256: the bytes of the int8 value 2c − n
+            votes = torch.from_numpy(acc.view(np.int8)).view(first.shape)
+            return votes.to(payloads[0].dtype) if out is None else out.copy_(votes)
+        count = torch.zeros(first.shape, dtype=torch.int32, device=first.device)
         for p in payloads:
-            b = p.fields["positive"]
-            count.add_(b.view(torch.uint8) if count.dtype == torch.uint8 else b)
+            count.add_(p.fields["positive"])
         total = count.to(payloads[0].dtype) if out is None else out.copy_(count)
         return total.mul_(2.0).sub_(float(n))
 

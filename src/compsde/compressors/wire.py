@@ -81,7 +81,8 @@ def pack_uint(values: Tensor, width: int) -> Tensor:
 
 
 def unpack_uint(planes: Tensor, n: int) -> Tensor:
-    """Inverse of ``pack_uint``: (width, ⌈n/8⌉) uint8 → (n,) int64."""
+    """Inverse of ``pack_uint``: (width, ⌈n/8⌉) uint8 → (n,) integers: uint8 for width ≤ 8 on the CPU
+    (a decoder that indexes with them widens them itself), int64 otherwise."""
     width = planes.shape[0]
     if planes.device.type == "cpu" and width <= 8:
         # A Horner scheme of byte adds (acc ← 2·acc + plane), which numpy vectorises (its uint8 shifts
@@ -91,7 +92,7 @@ def unpack_uint(planes: Tensor, n: int) -> Tensor:
         for j in range(width - 2, -1, -1):
             np.add(acc, acc, out=acc)
             np.add(acc, np.unpackbits(p[j], count=n, bitorder="little"), out=acc)
-        return torch.from_numpy(acc).long()
+        return torch.from_numpy(acc)
     out = torch.zeros(n, dtype=torch.int64, device=planes.device)
     for j in range(width):
         out |= unpack_bits(planes[j], n).long() << j
