@@ -153,7 +153,7 @@ class Compressor:
         total = None
         for p, r in zip(payloads, rnds):
             m = self.decode(p, r)
-            total = (out.copy_(m) if out is not None else m.clone()) if total is None else total.add_(m)
+            total = out.copy_(m) if total is None and out is not None else accumulate(total, m)
         if total is None:
             raise ValueError("decode_sum needs at least one payload")
         return total
