@@ -21,10 +21,11 @@ into
 * communicate: the collective: ``all_reduce`` for summable payloads, ``all_gather_bytes``
                (``all_gather_single``) of the packed byte buffers otherwise;
 * decompress + aggregate: replaying the other ranks' draws where decoding needs them (rand-k's
-               indices), ``compsde.compressors.wire.decode_sum`` (decode and sum in worker order,
-               block by block for one-row payloads of elementwise compressors) into a reused
-               d-length buffer, or ``decode`` of the all-reduced payload, then the server's
-               ``Algorithm.direction`` (mean, or majority vote).
+               indices), then ``compsde.distributed.collectives.receive`` as the DDP hook calls it:
+               ``decode_sum`` (decode and sum in worker order, block by block for one-row payloads of
+               elementwise compressors, with the mean or majority vote applied to each block in
+               cache) into a reused d-length buffer; or ``decode`` of the all-reduced payload and
+               ``Algorithm.direction``.
 
 These are the calls ``compsde.distributed.comm_hook`` makes per gradient bucket (the hook replays the
 draws before the collective; here they are timed with the decoding, as the old codec path was).
@@ -120,7 +121,8 @@ def child(d: int, repeats: int, out_path: str) -> None:
     from compsde import algorithms
     from compsde.algorithms import Algorithm
     from compsde.compressors import Payload, make
-    from compsde.compressors.wire import Layout, decode_sum
+    from compsde.compressors.wire import Layout
+    from compsde.distributed.collectives import receive
     from compsde.core.streams import Streams
     from compsde.distributed.collectives import all_gather_bytes, flat_floats, unflat_floats
     from compsde.distributed.launch import init_from_env
@@ -182,11 +184,10 @@ def child(d: int, repeats: int, out_path: str) -> None:
                 all_gather_bytes(recv.view(-1), buf)
             t2 = time.perf_counter()
             if layout is None:
-                total = c.decode(unflat_floats(buf, payload), own)
+                last[0], _ = algo.direction(c.decode(unflat_floats(buf, payload), own), world, state["server"], None)
             else:
                 rnds = [own if j == rank or not replay else algo.draw(streams, [j], 1, d, dtype)[0] for j in range(world)]
-                total = decode_sum(c, layout, recv, rnds, out=agg)
-            last[0], _ = algo.direction(total, world, state["server"], None)
+                last[0], _ = receive(algo, layout, recv, rnds, agg, state["server"])  # the DDP hook's receiver
             sent[0] = buf.numel() * buf.element_size()
             return t1 - t0, t2 - t1, time.perf_counter() - t2
 

@@ -23,7 +23,7 @@ time, so the unpacked fields of a block stay in cache.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -185,22 +185,27 @@ def wire_bytes(compressor: Compressor, rows: int, d: int, dtype: torch.dtype) ->
 
 
 def decode_sum(compressor: Compressor, layout: Layout, buffers: Tensor, rnds: Sequence[Tensor | None],
-               out: Tensor | None = None) -> Tensor:
+               out: Tensor | None = None, finish: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Σ_i decode(payload_i) (rows, d) from n workers' buffers (n, nbytes), in worker order.
 
     ``rnds[i]`` is worker i's draw (replayed by the receiver when the payload omits what the draw
     determines). One-row payloads of an elementwise compressor are decoded block by block. Pass a
-    reused ``out`` (rows, d): a fresh d-length tensor costs page faults on every step.
+    reused ``out`` (rows, d): a fresh d-length tensor costs page faults on every step. ``finish`` (an
+    elementwise function applied in place, e.g. the mean) is applied to each block as soon as it is
+    summed, while it is in cache.
     """
     n, rows, d = buffers.shape[0], layout.rows, layout.d
     payloads = (layout.unpack(buffers[j]) for j in range(n))
     if not (rows == 1 and compressor.elementwise and d > BLOCK):
-        return compressor.decode_sum(payloads, rnds, out=out)
+        total = compressor.decode_sum(payloads, rnds, out=out)
+        return total if finish is None else finish(total)
     if out is None:
         out = torch.empty(rows, d, dtype=layout.dtype, device=buffers.device)
     flat = out.view(-1)
     for lo in range(0, d, BLOCK):
         hi = min(d, lo + BLOCK)
         block = [layout.unpack(buffers[j], lo, hi) for j in range(n)]
-        compressor.decode_sum(block, [None] * n, out=flat[lo:hi].view(1, -1))
+        summed = compressor.decode_sum(block, [None] * n, out=flat[lo:hi].view(1, -1))
+        if finish is not None:
+            finish(summed)
     return out

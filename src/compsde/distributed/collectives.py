@@ -22,11 +22,12 @@ import torch.distributed as dist
 from torch import Tensor
 
 from compsde.algorithms import Algorithm, WorkersOut
+from compsde.algorithms.aggregation import aggregate_sum
 from compsde.compressors import Payload
 from compsde.compressors.wire import Layout, decode_sum
 from compsde.sim.exchange import Exchange
 
-__all__ = ["CollectiveExchange", "all_gather_bytes"]
+__all__ = ["CollectiveExchange", "all_gather_bytes", "flat_floats", "receive", "unflat_floats"]
 
 
 def all_gather_bytes(out: Tensor, inp: Tensor, group: dist.ProcessGroup | None = None, async_op: bool = False):
@@ -54,6 +55,19 @@ def unflat_floats(flat: Tensor, like: Payload) -> Payload:
         out[name] = flat[off: off + t.numel()].view(t.shape)
         off += t.numel()
     return Payload(out, like.d, like.dtype)
+
+
+def receive(algorithm: Algorithm, layout: Layout, buffers: Tensor, rnds: Sequence[Tensor | None], out: Tensor,
+            server_state: Any) -> tuple[Tensor, Any]:
+    """The server's direction from n workers' all-gathered buffers: Σ_i decode(payload_i) (``decode_sum``),
+    the aggregate and the server transform. Without server transforms the aggregate (mean or sign) is
+    elementwise and is applied to each block as it is decoded, in cache (the same bits as afterwards)."""
+    n = buffers.shape[0]
+    if not algorithm.server.names:
+        how = algorithm.aggregation
+        return decode_sum(algorithm.compressor, layout, buffers, rnds, out=out,
+                          finish=lambda t: aggregate_sum(t, n, how)), server_state
+    return algorithm.direction(decode_sum(algorithm.compressor, layout, buffers, rnds, out=out), n, server_state, None)
 
 
 class CollectiveExchange(Exchange):

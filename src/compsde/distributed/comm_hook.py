@@ -30,10 +30,10 @@ from compsde import algorithms as algorithms_mod
 from compsde.algorithms import Algorithm
 from compsde.algorithms.aggregation import AGGREGATIONS
 from compsde.compressors import Compressor, Payload
-from compsde.compressors.wire import Layout, decode_sum
+from compsde.compressors.wire import Layout
 from compsde.core.checks import check_bool, check_choice, check_seed, describe
 from compsde.core.streams import Streams
-from compsde.distributed.collectives import all_gather_bytes, flat_floats, unflat_floats
+from compsde.distributed.collectives import all_gather_bytes, flat_floats, receive, unflat_floats
 
 __all__ = ["BUCKET_DTYPES", "CompressionState", "comm_hook"]
 
@@ -151,8 +151,12 @@ def _compressed_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.
             rnds = [own] * world
         fut = all_gather_bytes(recv.view(-1), send, group=state.process_group, async_op=True).get_future()
         _count(state, idx, n, send)
-        # Decoded straight into the bucket (its gradient has been encoded already): no d-length buffer.
-        done = lambda f: finish(decode_sum(comp, layout, recv, rnds, out=buf.view(1, n)))  # noqa: E731
+        def done(f: torch.futures.Future) -> torch.Tensor:
+            # Decoded straight into the bucket (its gradient has been encoded already): no d-length buffer.
+            direction, st["server"] = receive(algo, layout, recv, rnds, buf.view(1, n), st["server"])
+            if direction.data_ptr() != buf.data_ptr():
+                buf.copy_(direction.view(-1))
+            return buf
     if bucket.is_last():
         state.iteration += 1
     return fut.then(done)
