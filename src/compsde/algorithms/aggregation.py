@@ -36,5 +36,6 @@ def aggregate_sum(total: Tensor, workers: int, how: str = "mean") -> Tensor:
     more in page faults than the arithmetic)."""
     check_choice("aggregation", how, AGGREGATIONS)
     if how == "mean":
-        return total.div_(workers)
+        # x · (1/N) equals x / N exactly when N is a power of two, and a multiply is cheaper.
+        return total.mul_(1.0 / workers) if workers & (workers - 1) == 0 else total.div_(workers)
     return total.sign_()
