@@ -124,12 +124,15 @@ def test_blocked_decode_of_one_long_row_equals_the_whole_row(name, params):
     assert _same(decode_sum(c, layout, recv, rnds), expect)
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 300])
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 127, 128, 255, 256, 300])
 def test_sign_vote_count_is_the_sum_of_the_signs_for_any_worker_count(n):
     c = compressors.make("sign")
     rows, d = 2, 37
     g = torch.Generator().manual_seed(n)
     xs = [torch.randn(rows, d, generator=g, dtype=torch.float64) for _ in range(n)]
+    for x in xs:  # unanimous columns: the count reaches n (past a byte from 256 workers on)
+        x[:, 0].abs_()
+        x[:, 1] = -x[:, 1].abs()
     got = c.decode_sum([c.encode(x, None) for x in xs], [None] * n)
     assert _same(got, sum_messages(torch.stack([c.apply(x, None) for x in xs])))
 

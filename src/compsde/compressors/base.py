@@ -111,6 +111,11 @@ class Compressor:
     #: per-row fields): the wire can then decode and aggregate block by block, in cache.
     elementwise: ClassVar[bool] = False
 
+    #: The name of a ``bits`` field when Σ_i decode(payload_i) depends only on how many of the n
+    #: payloads set each of its bits (sign: Σ_i ±1 = 2c − n); ``decode_count`` maps the counts to the
+    #: sum, and the wire counts the bits straight from the received bytes.
+    counted: ClassVar[str | None] = None
+
     # ---- randomness and arithmetic -------------------------------------------------------
     def draw(
         self,
@@ -157,6 +162,11 @@ class Compressor:
         if total is None:
             raise ValueError("decode_sum needs at least one payload")
         return total
+
+    def decode_count(self, count: Tensor, n: int, out: Tensor) -> Tensor:
+        """Σ_i decode(payload_i) into ``out`` from the per-bit counts of the ``counted`` field over the n
+        payloads (``count`` is consumed)."""
+        raise NotImplementedError(f"{self.name} does not decode from bit counts")
 
     def decode_add(self, payload: Payload, rnd: Tensor | None, out: Tensor) -> Tensor:
         """``out += decode(payload, rnd)`` in place (a sparsifier adds its k values without a dense
