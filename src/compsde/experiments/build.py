@@ -27,6 +27,7 @@ from compsde.experiments.overrides import apply_overrides
 from compsde.experiments.schema import resolve
 from compsde.experiments.tomlio import dumps
 from compsde.objectives import Oracle, problems
+from compsde.objectives.network import Network
 from compsde.objectives.noise import Noise
 from compsde.objectives.problems import Problem
 
@@ -121,7 +122,8 @@ def build(config: Mapping[str, Any], name: str | None = None) -> Experiment:
             ndict = schema.merge_noise(cfg["noise"], s.get("noise", {}))
             scale = ndict.get("scale", 1.0)
             noise = Noise(ndict["name"], tuple(scale) if isinstance(scale, list) else scale, ndict.get("nu", 3.0))
-            oracle = Oracle(problem, noise, workers=s["workers"], batch=s["batch"])
+            oracle = (problem.oracle(noise, workers=s["workers"], batch=s["batch"]) if isinstance(problem, Network)
+                      else Oracle(problem, noise, workers=s["workers"], batch=s["batch"]))
             # Build the compressor's dimension-dependent parts now (k ≤ d etc.), not mid-run.
             algorithm.bits(problem.dim)
         except (ValueError, TypeError) as e:

@@ -44,7 +44,7 @@ import math
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -67,9 +67,13 @@ __all__ = ["METRIC_COLUMNS", "OUTPUT_FILES", "SNAPSHOT_SECONDS", "SeriesResult",
 #: Below this many elements per step (d x repeats x workers) a series is simulated on one thread.
 SINGLE_THREAD_BELOW = 1 << 20
 
+#: Held-out metrics of network problems (``NetworkOracle.evaluate``): means over live repetitions,
+#: empty where a problem does not report them.
+EVAL_COLUMNS = ("test_loss", "test_accuracy", "test_perplexity")
 METRIC_COLUMNS = [
     "series", "source", "group", "step", "lr", "loss_mean", "loss_median", "loss_q10", "loss_q90",
     "grad_norm", "dist_mean", "bits", "bytes", "comm_rounds", "compression_error", "diverged_fraction",
+    *EVAL_COLUMNS,
 ]
 #: The files a run writes besides the plots (``plots.PLOT_FILES``); removed at the start of a run.
 OUTPUT_FILES = (CONFIG_FILE, "metrics.csv", "summary.json", "run.json")
@@ -139,9 +143,11 @@ class SeriesResult:
     #: Cumulative wire bytes per worker and repetition, and communication rounds (None: not recorded).
     bytes: np.ndarray | None = None
     comm_rounds: np.ndarray | None = None
+    #: Held-out metrics (``EVAL_COLUMNS``) the problem reports, each a per-step mean.
+    evaluation: dict[str, np.ndarray] = field(default_factory=dict)
 
     def row(self, t: int) -> dict[str, Any]:
-        return {
+        return {**{k: (v[t] if (v := self.evaluation.get(k)) is not None else None) for k in EVAL_COLUMNS},
             "series": self.label, "source": self.source, "group": self.group, "step": int(self.steps[t]), "lr": self.lr[t],
             "loss_mean": self.loss_mean[t], "loss_median": self.loss_median[t],
             "loss_q10": self.loss_q10[t], "loss_q90": self.loss_q90[t], "grad_norm": self.grad_norm[t],
@@ -173,6 +179,7 @@ def metrics_from_trace(spec: SeriesSpec, trace: Trace, seconds: float = 0.0,
         first_diverged_step=int(dived.min()) if dived.size else None,
         last_diverged_step=int(dived.max()) if dived.size else None, seconds=seconds, source=source,
         bytes=trace.bytes.double().numpy(), comm_rounds=trace.rounds.numpy(),
+        evaluation={k: _finite_mean(v.double().numpy()) for k, v in trace.metrics.items()},
     )
 
 
@@ -219,6 +226,7 @@ def _final(r: SeriesResult) -> dict[str, Any]:
         "dist_mean": None if r.dist_mean is None else _json_num(r.dist_mean[-1]),
         "grad_norm": _json_num(r.grad_norm[-1]),
         "diverged_fraction": _json_num(r.diverged_fraction[-1]),
+        **{k: _json_num(v[-1]) for k, v in r.evaluation.items()},
     }
 
 

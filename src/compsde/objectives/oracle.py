@@ -30,10 +30,23 @@ from compsde.core.streams import Streams
 from compsde.objectives.noise import Noise
 from compsde.objectives.problems import Problem
 
-__all__ = ["Oracle"]
+__all__ = ["GradientOracle", "Oracle"]
 
 
-class Oracle:
+class GradientOracle:
+    """What a run asks of a gradient oracle: ``workers``, ``batch``, ``dim``, ``dtype``, ``device``,
+    ``scales`` (per-worker noise scales or None), ``x0()``, ``sample`` / ``grads`` / ``grad_fn`` (a step's
+    draw and the workers' gradients with it), ``loss`` / ``grad`` / ``distance`` / ``reference_point``
+    (what the recorder measures), and ``evaluate`` (further metrics at logged steps, e.g. held-out
+    accuracy; none by default). ``Oracle`` (a problem with a noise model) and
+    ``compsde.objectives.network.NetworkOracle`` (a network on data) implement it."""
+
+    def evaluate(self, x: Tensor) -> dict[str, Tensor]:
+        """Further metrics at the iterates x (R, d), each of shape (R,)."""
+        return {}
+
+
+class Oracle(GradientOracle):
     """N workers' stochastic gradients on ``problem`` with additive ``noise`` at batch size ``batch``.
 
     Tensors follow ``dtype`` and ``device`` (``to``); the random numbers come from CPU generators and

@@ -28,7 +28,7 @@ from compsde.algorithms.schedules import Schedule
 from compsde.core.streams import Streams
 from compsde.core.tensors import check_memory
 from compsde.core.trees import leaves, put, take
-from compsde.objectives.oracle import Oracle
+from compsde.objectives.oracle import GradientOracle
 from compsde.sim.exchange import Exchange
 from compsde.sim.recorder import Recorder, Trace
 
@@ -61,7 +61,7 @@ class Loop:
             10⁷-element temporary costs page faults and memory traffic that a loop over slices avoids).
     """
 
-    def __init__(self, algorithm: Algorithm, oracle: Oracle, schedule: Schedule, *, repeats: int, seed: int,
+    def __init__(self, algorithm: Algorithm, oracle: GradientOracle, schedule: Schedule, *, repeats: int, seed: int,
                  log_every: int, exchange: Exchange, held: Sequence[int] | None = None, keep: bool = True,
                  chunk_elements: int | None = None) -> None:
         self.algorithm, self.oracle, self.schedule, self.exchange = algorithm, oracle, schedule, exchange

@@ -15,7 +15,7 @@ on its replica of the iterate), so all of them freeze the same repetitions at th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,7 +36,8 @@ class Trace:
     ``bytes`` and ``rounds`` the cumulative declared bits, wire bytes (per repetition) and
     communication rounds of each worker; ``compression_error`` the mean over workers and live
     repetitions of ‖C(v) − v‖² / ‖v‖² for the vectors v compressed at that step (NaN at step 0, where
-    nothing has been sent yet).
+    nothing has been sent yet); ``metrics`` the oracle's further measurements (``evaluate``: held-out
+    loss and accuracy of a network), each (T, R), NaN once diverged.
     """
 
     steps: Tensor  # (T,) long
@@ -49,6 +50,7 @@ class Trace:
     compression_error: Tensor  # (T,)
     diverged_step: Tensor  # (R,) long, −1 if never
     x: Tensor  # (R, d) final iterates
+    metrics: dict[str, Tensor] = field(default_factory=dict)  # name → (T, R)
 
     def diverged_fraction(self) -> Tensor:
         """Fraction of repetitions diverged at or before each logged step, shape (T,)."""
@@ -71,7 +73,7 @@ def divergence_limit(x0: Tensor, reference: Tensor) -> float:
 
 class Recorder:
     """The logged measurements and the divergence record of one run (``oracle``: loss, gradient and
-    distance to the optimum; see ``compsde.objectives.Oracle``).
+    distance to the optimum, further metrics; see ``compsde.objectives.GradientOracle``).
 
     ``keep=False`` applies the divergence rule (loss check included) without keeping the rows: the
     ranks of a distributed run other than the reporting one.
@@ -109,7 +111,8 @@ class Recorder:
             return
         alive = self.alive
         dist = o.distance(x)
-        self.rows.append({
+        extra = {k: v.double().where(alive, math.nan).cpu() for k, v in o.evaluate(x).items()}
+        self.rows.append({"metrics": extra,
             "loss": loss.where(alive, math.inf).cpu(),
             "grad_norm": o.grad(x).norm(dim=-1).double().where(alive, math.nan).cpu(),
             "dist": None if dist is None else dist.double().where(alive, math.nan).cpu(),
@@ -148,6 +151,7 @@ class Recorder:
             compression_error=torch.tensor([r["compression_error"] for r in rows], dtype=torch.float64),
             diverged_step=self.diverged_step.clone(),
             x=x.cpu(),
+            metrics={k: torch.stack([r["metrics"][k] for r in rows]) for k in rows[0].get("metrics", {})},
         )
 
     # ---- checkpoints ----------------------------------------------------------------------------

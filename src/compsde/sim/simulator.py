@@ -13,7 +13,7 @@ from typing import Callable
 from compsde.algorithms import Algorithm
 from compsde.algorithms.schedules import Schedule
 from compsde.core.checks import check_int, check_seed, describe
-from compsde.objectives.oracle import Oracle
+from compsde.objectives.oracle import GradientOracle
 from compsde.sim.exchange import InProcessExchange
 from compsde.sim.loop import Loop
 from compsde.sim.recorder import Trace
@@ -21,11 +21,12 @@ from compsde.sim.recorder import Trace
 __all__ = ["check_run", "simulate"]
 
 
-def check_run(oracle: Oracle, algorithm: Algorithm, schedule: Schedule, *, repeats: int, seed: int,
+def check_run(oracle: GradientOracle, algorithm: Algorithm, schedule: Schedule, *, repeats: int, seed: int,
               log_every: int) -> None:
     """Validate the arguments every entry point (simulator, reference loop, SDE) shares."""
-    if not isinstance(oracle, Oracle):
-        raise ValueError(f"oracle must be a compsde.objectives.Oracle (a problem, a noise model, workers, batch), got {describe(oracle)}")
+    if not isinstance(oracle, GradientOracle):
+        raise ValueError("oracle must be a compsde.objectives.Oracle (a problem, a noise model, workers, batch) or "
+                         f"NetworkOracle (a model on data), got {describe(oracle)}")
     if not isinstance(algorithm, Algorithm):
         raise ValueError(f"algorithm must be a compsde Algorithm (compsde.algorithms.make(...)), got {describe(algorithm)}")
     if not isinstance(schedule, Schedule):
@@ -36,7 +37,7 @@ def check_run(oracle: Oracle, algorithm: Algorithm, schedule: Schedule, *, repea
     algorithm.compressor.bits(oracle.dim)  # the compressor fits the dimension (k ≤ d, ...)
 
 
-def simulate(oracle: Oracle, algorithm: Algorithm, schedule: Schedule, *, repeats: int = 1, seed: int = 0,
+def simulate(oracle: GradientOracle, algorithm: Algorithm, schedule: Schedule, *, repeats: int = 1, seed: int = 0,
              log_every: int = 1, progress: Callable[[int], None] | None = None,
              observe: Callable[[Loop], None] | None = None) -> Trace:
     """Run ``schedule.steps`` steps of ``algorithm`` on the N = ``oracle.workers`` workers of ``oracle``,

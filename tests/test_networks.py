@@ -1,0 +1,223 @@
+"""Networks on data: datasets and loaders, splits, models, and the vmapped per-worker gradients."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from compsde.core.streams import Streams
+from compsde.objectives import data as D
+from compsde.objectives.models import build, check_sizes, param_count
+from compsde.objectives.network import NetworkOracle
+from compsde.objectives.noise import Noise
+
+
+# ---- bundled data -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,shape,classes,n", [("digits", (1, 8, 8), 10, 1797), ("breast-cancer", (30,), 2, 569),
+                                                  ("mnist", (1, 28, 28), 10, 5000)])
+def test_bundled_tables_load_with_their_sizes(name, shape, classes, n):
+    ds = D.load(name, test_fraction=0.2)
+    assert ds.shape == shape and ds.classes == classes
+    assert len(ds) + ds.x_test.shape[0] == n
+    assert set(ds.y.unique().tolist()) == set(range(classes))
+    if ds.kind == "image":
+        assert 0.0 <= float(ds.x.min()) and float(ds.x.max()) <= 1.0
+    else:  # standardised with the training split's statistics
+        assert torch.allclose(ds.x.mean(0), torch.zeros(shape), atol=1e-4)
+
+
+def test_stdlib_text_is_byte_windows_with_next_byte_targets():
+    ds = D.load("text", context=32)
+    assert ds.kind == "text" and ds.classes == 256 and ds.shape == (32,)
+    assert len(ds) + ds.x_test.shape[0] > 10_000  # ~465 kB / 32
+    assert torch.equal(ds.x[:, 1:], ds.y[:, :-1])
+
+
+def test_split_is_a_partition_and_depends_on_the_seed():
+    a, b = D.load("digits", seed=0), D.load("digits", seed=1)
+    assert not torch.equal(a.y, b.y)
+    whole = torch.cat([a.x, a.x_test]).reshape(len(a) + a.x_test.shape[0], -1)
+    assert whole.unique(dim=0).shape[0] == torch.cat([b.x, b.x_test]).reshape(whole.shape).unique(dim=0).shape[0]
+
+
+@pytest.mark.parametrize("name", ["teacher", "mixture"])
+def test_synthetic_tasks_are_learnable_and_seeded(name):
+    ds = D.load(name, samples=400, features=5, classes=3, seed=3)
+    assert ds.shape == (5,) and ds.classes == 3 and len(ds) == 320
+    assert torch.equal(ds.x, D.load(name, samples=400, features=5, classes=3, seed=3).x)
+    assert len(ds.y.unique()) >= 2
+
+
+# ---- file formats -------------------------------------------------------------------------------
+
+def _idx(path, arr, code=0x08, gz=False):
+    raw = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+    (gzip.open if gz else open)(path, "wb").write(raw)
+
+
+def test_idx_folder_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    for part, n, gz in (("train", 12, False), ("t10k", 5, True)):
+        _idx(tmp_path / (f"{part}-images-idx3-ubyte" + (".gz" if gz else "")), rng.integers(0, 256, (n, 4, 4), dtype=np.uint8), gz=gz)
+        _idx(tmp_path / (f"{part}-labels-idx1-ubyte" + (".gz" if gz else "")), rng.integers(0, 3, (n,), dtype=np.uint8), gz=gz)
+    ds = D.load("mnist-idx", path=tmp_path)
+    assert ds.x.shape == (12, 1, 4, 4) and ds.x_test.shape == (5, 1, 4, 4) and ds.kind == "image"
+    img = D.load_idx(tmp_path / "train-images-idx3-ubyte")
+    assert torch.allclose(ds.x[:, 0], torch.from_numpy(img / 255.0).float())
+
+
+def test_idx_corrupt_headers_are_named(tmp_path):
+    p = tmp_path / "bad"
+    p.write_bytes(b"\x00\x00\x08")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        D.load_idx(p)
+    p.write_bytes(bytes([0, 0, 0x08, 2]) + struct.pack(">2I", 3, 3) + b"\x00" * 8)
+    with pytest.raises(ValueError, match="announces shape"):
+        D.load_idx(p)
+    p.write_bytes(bytes([0, 0, 0x08, 2]) + struct.pack(">2I", 1 << 31, 1 << 31))
+    with pytest.raises(ValueError, match="memory|exceeds|GiB|TiB"):
+        D.load_idx(p)
+    with pytest.raises(ValueError, match="missing train-images"):
+        D.load("mnist-idx", path=tmp_path)
+
+
+def _cifar(path, n, seed):
+    rng = np.random.default_rng(seed)
+    with open(path, "wb") as fh:
+        pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, n).tolist()}, fh)
+
+
+def test_cifar_folder_loads_and_refuses_code(tmp_path):
+    for i in (1, 2):
+        _cifar(tmp_path / f"data_batch_{i}", 4, i)
+    _cifar(tmp_path / "test_batch", 3, 9)
+    ds = D.load("cifar10", path=tmp_path)
+    assert ds.x.shape == (8, 3, 32, 32) and ds.x_test.shape == (3, 3, 32, 32) and ds.classes == 10
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with open(tmp_path / "data_batch_3", "wb") as fh:
+        pickle.dump(Evil(), fh)
+    with pytest.raises(ValueError, match="refusing to load builtins.print"):
+        D.load("cifar10", path=tmp_path)
+
+
+def test_text_file_and_bad_paths(tmp_path):
+    (tmp_path / "t.txt").write_text("hello world, " * 40)
+    ds = D.load("text-file", path=tmp_path / "t.txt", context=8)
+    assert ds.shape == (8,)
+    (tmp_path / "b.txt").write_bytes(b"\xff\xfe" * 100)
+    with pytest.raises(ValueError, match="UTF-8"):
+        D.load("text-file", path=tmp_path / "b.txt")
+    with pytest.raises(ValueError, match="no such file"):
+        D.load("text-file", path=tmp_path / "missing.txt")
+    with pytest.raises(ValueError, match="set path"):
+        D.load("cifar10")
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        D.load("imagenet")
+    with pytest.raises(ValueError, match="path is only for"):
+        D.load("digits", path="x")
+
+
+# ---- worker splits ------------------------------------------------------------------------------
+
+def test_iid_and_dirichlet_shards_partition_the_training_set():
+    y = torch.arange(600) % 6
+    for split, alpha in (("iid", 1.0), ("dirichlet", 0.1), ("dirichlet", 100.0)):
+        shards = D.worker_shards(y, 5, split=split, alpha=alpha, seed=0)
+        assert torch.equal(torch.cat(shards).sort().values, torch.arange(600))
+    iid = D.worker_shards(y, 5, seed=0)
+    assert max(s.numel() for s in iid) - min(s.numel() for s in iid) <= 1
+    # label skew: with α = 0.1 most of a worker's samples come from few classes; with α = 100, near uniform
+    skew = lambda shards: np.mean([torch.bincount(y[s], minlength=6).max().item() / s.numel() for s in shards])  # noqa: E731
+    assert skew(D.worker_shards(y, 5, split="dirichlet", alpha=0.1, seed=0)) > 0.5
+    assert skew(D.worker_shards(y, 5, split="dirichlet", alpha=100.0, seed=0)) < 0.3
+    with pytest.raises(ValueError, match="workers = 700 exceeds"):
+        D.worker_shards(y, 700)
+
+
+# ---- models -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,shape,classes,sizes", [
+    ("mlp", (1, 8, 8), 10, {"hidden": [16, 8]}), ("resnet", (1, 8, 8), 10, {"width": 8}),
+    ("resnet", (3, 32, 32), 10, {"width": 4, "depth": 2}), ("vit", (1, 8, 8), 10, {"patch": 4, "width": 8}),
+    ("gpt", (16,), 256, {"width": 8, "heads": 2}),
+])
+def test_models_count_their_parameters_and_run(name, shape, classes, sizes):
+    m = build(name, shape, classes, **sizes)
+    d = sum(p.numel() for p in m.parameters())
+    assert param_count(name, shape, classes, **check_sizes(name, shape, sizes)) == d
+    assert not list(m.buffers())  # functions of their parameters only
+    x = torch.randint(256, (3, *shape)) if name == "gpt" else torch.rand(3, *shape)
+    out = m(x)
+    assert out.shape == ((3, shape[0], classes) if name == "gpt" else (3, classes))
+
+
+def test_model_size_errors_are_named():
+    with pytest.raises(ValueError, match="no size key.*depth"):
+        build("mlp", (4,), 2, depth=3)
+    with pytest.raises(ValueError, match="multiple of heads"):
+        build("vit", (1, 8, 8), 10, width=10, heads=4)
+    with pytest.raises(ValueError, match="takes images"):
+        build("resnet", (30,), 2)
+    with pytest.raises(ValueError, match="memory|GiB|TiB"):
+        build("mlp", (4,), 2, hidden=[1 << 20, 1 << 20, 1 << 20])
+
+
+# ---- the network oracle -------------------------------------------------------------------------
+
+def _oracle(name="mlp", workers=3, batch=4, noise=None, dtype=torch.float64, **sizes):
+    ds = D.load("digits", seed=0)
+    model = build(name, ds.shape, ds.classes, **({"hidden": [8]} if name == "mlp" else sizes))
+    return NetworkOracle(model, ds, noise, workers=workers, batch=batch, dtype=dtype)
+
+
+@pytest.mark.parametrize("name,sizes", [("mlp", {}), ("resnet", {"width": 4, "stages": 2}), ("vit", {"width": 8, "depth": 1})])
+def test_vmapped_worker_gradients_equal_the_per_worker_loop(name, sizes):
+    o = _oracle(name, **sizes)
+    streams = Streams(0, o.workers)
+    x = torch.stack([o.x0(), o.x0() + 0.01 * torch.randn(o.dim, dtype=o.dtype)])  # two repetitions
+    s = o.sample(streams, range(3), 2)
+    assert s.indices.shape == (3, 2, 4)
+    fast, slow = o.grads(x, 0, 3, s), o.loop_grads(x, 0, 3, s)
+    assert fast.shape == (3, 2, o.dim)
+    assert torch.allclose(fast, slow, rtol=1e-9, atol=1e-12)
+
+
+def test_minibatches_come_from_each_workers_shard_and_stream():
+    o = _oracle(workers=4, batch=64)
+    s = o.sample(Streams(5, 4), range(4), 1)
+    for w in range(4):
+        assert set(s.indices[w].reshape(-1).tolist()) <= set(o.shards[w].tolist())
+    # worker 2 alone draws what it draws among the others (its own stream)
+    alone = o.sample(Streams(5, 4, noise=[2]), [2], 1)
+    assert torch.equal(alone.indices[0], s.indices[2])
+
+
+def test_injected_noise_has_the_declared_scale():
+    o = _oracle(workers=2, batch=4, noise=Noise("gaussian", 2.0))
+    s = o.sample(Streams(0, 2), range(2), 50)
+    std = float(s.noise.std())
+    # σ/√B = 1; 2 · 50 · d samples: the standard error of the std is ≈ 1/√(2 · 100 d) ≪ 0.05
+    assert abs(std - 1.0) < 0.05
+    x = o.x0().expand(50, o.dim)
+    assert torch.allclose(o.grads(x, 0, 2, s) - s.noise, o._minibatch_grads(x, *o._batches(s, 0, 2)))
+
+
+def test_evaluation_reports_test_accuracy_and_perplexity():
+    o = _oracle()
+    ev = o.evaluate(o.x0().unsqueeze(0))
+    assert set(ev) == {"test_loss", "test_accuracy"} and 0.0 <= float(ev["test_accuracy"]) <= 1.0
+    ds = D.load("text", context=16)
+    g = NetworkOracle(build("gpt", ds.shape, 256, width=8, depth=1), ds, workers=2, batch=2, eval_samples=8)
+    ev = g.evaluate(g.x0().unsqueeze(0))
+    assert set(ev) == {"test_loss", "test_perplexity"}
+    assert abs(float(ev["test_perplexity"]) - 256) < 64  # an untrained byte model is near uniform
