@@ -1,0 +1,97 @@
+"""Simulated workers on networks: seconds per training step's gradients, N = 16 workers, in one run.
+
+Three ways to get the N workers' minibatch gradients of one step (B samples each, the same iterate):
+
+* ``vmap``       — ``NetworkOracle.grads``: one ``torch.func`` call, vmap over workers of grad of
+                   functional_call (what the simulator runs);
+* ``loop``       — ``NetworkOracle.loop_grads``: one autograd backward per worker (the reference);
+* ``floor``      — one forward/backward over all N·B samples at once giving a single gradient: the
+                   compute floor (the same FLOPs, without per-worker weight gradients to write).
+
+Targets: vmap within 1.3× of the floor and never slower than the loop. Peak memory is the rise of the
+process's peak resident set (VmHWM, reset through /proc/self/clear_refs before each path).
+
+Usage: python benchmarks/bench_networks.py [--quick] [--workers N] [--batch B]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from compsde.core.streams import Streams
+from compsde.objectives import problems
+
+
+def _rss_peak_kb() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure(fn, repeats: int) -> tuple[float, float]:
+    """(median seconds, peak memory rise in MB) of fn() after one warm-up call."""
+    fn()
+    base = _rss_peak_kb() if _reset_peak() else None
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    peak = (_rss_peak_kb() - base) / 1024 if base is not None else float("nan")
+    return statistics.median(times), peak
+
+
+def bench(label: str, net, workers: int, batch: int, repeats: int) -> None:
+    o = net.oracle(None, workers=workers, batch=batch, dtype=torch.float32)
+    s = o.sample(Streams(0, workers), range(workers), 1)
+    x = o.x0().unsqueeze(0)
+    xb, yb = o._batches(s, 0, workers)
+    flat_x, flat_y = xb.reshape(-1, *xb.shape[3:]), yb.reshape(-1, *yb.shape[3:])
+    g = torch.func.grad(o._loss_at)
+
+    paths = {
+        "vmap (simulator)": lambda: o.grads(x, 0, workers, s),
+        "per-worker loop": lambda: o.loop_grads(x, 0, workers, s),
+        "floor: one batch of N·B": lambda: g(x[0], flat_x, flat_y),
+    }
+    res = {k: measure(fn, repeats) for k, fn in paths.items()}
+    floor, loop = res["floor: one batch of N·B"][0], res["per-worker loop"][0]
+    print(f"\n== {label}: d = {o.dim:,}, N = {workers}, B = {batch}, float32 ==")
+    print(f"{'path':<26}{'ms/step':>10}{'× floor':>9}{'× loop':>8}{'peak MB':>9}")
+    for k, (t, mb) in res.items():
+        print(f"{k:<26}{t * 1e3:>10.1f}{t / floor:>9.2f}{t / loop:>8.2f}{mb:>9.1f}")
+    assert torch.allclose(paths["vmap (simulator)"](), paths["per-worker loop"](), rtol=1e-4, atol=1e-6)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
+    ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    reps = 3 if args.quick else 10
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    bench("MLP 784-256-10 on MNIST", problems.make("mlp", dataset="mnist", hidden=[256]), args.workers, args.batch, reps)
+    bench("ViT (patch 7, width 64, depth 2) on MNIST",
+          problems.make("vit", dataset="mnist", patch=7, width=64, depth=2, heads=4), args.workers, args.batch, reps)
+
+
+if __name__ == "__main__":
+    main()
