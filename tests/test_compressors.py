@@ -48,6 +48,7 @@ SPECS: list[tuple[str, dict[str, object]]] = [
     ("sign", {}),
     ("scaled-sign", {}),
     ("natural", {}),
+    ("rounding", {}),
     ("qsgd", {"levels": 1}),
     ("qsgd", {"levels": 4}),
     ("natural-dithering", {"levels": 1}),
@@ -252,6 +253,21 @@ def test_declared_constants_hold_on_the_measure_vectors(spec, dim) -> None:
     c = build(spec)
     row = compare(c, dim, samples=1000, seed=4)
     assert row["ok"], (row["violations"], row)
+
+
+def test_rounding_attains_its_constants_at_one_and_a_half_times_a_power_of_two() -> None:
+    # σ = 3/2 rounds down to 2/3 of x: ‖C − x‖² = ‖x‖²/9 (δ = 9/8), ‖C‖² = (4/9)‖x‖² (α = 4/9),
+    # ⟨C, x⟩ = (2/3)‖x‖² (γ = 2/3); just above 3/2 it rounds up to C/x → 4/3 (β = 4/3).
+    c = make("rounding")
+    x = torch.tensor([[1.5, -3.0, 0.75, 6.0]], dtype=torch.float64)
+    y = c(x)
+    assert torch.equal(y, x / 1.5)
+    assert float((y - x).square().sum() / x.square().sum()) == pytest.approx(1 - 1 / c.delta(4))
+    assert float(y.square().sum() / x.square().sum()) == pytest.approx(c.b1(4)[0])
+    assert float((y * x).sum() / x.square().sum()) == pytest.approx(c.b2(4)[0])
+    up = c(x * (1 + 1e-9))
+    assert float(up.square().sum() / (up * x).sum()) == pytest.approx(c.b1(4)[1], rel=1e-6)
+    assert not c.randomized and c.draw((1,), 4, None) is None
 
 
 def test_rand_k_error_is_exact() -> None:

@@ -201,6 +201,46 @@ class Natural(_Uniforms):
         return 9 * d
 
 
+@register
+class Rounding(Natural):
+    """Deterministic power-of-two rounding: each x_j to the nearer of ±2^⌊log₂|x_j|⌋ and ±2^⌈log₂|x_j|⌉
+    (ties, |x_j| = 1.5·2^e, to the lower one) — the biased counterpart of ``natural``, same payload.
+
+    With |x_j| = σ·2^e, σ ∈ [1, 2): down for σ ≤ 3/2 (C/x = 1/σ ∈ [2/3, 1]), up otherwise
+    (C/x = 2/σ ∈ (1, 4/3)), so c = C(x)_j/x_j ∈ [2/3, 4/3) and sign(C) = sign(x). Per coordinate
+    (C − x)² = (1 − c)²x² ≤ x²/9, C² = c²x² ≥ (4/9)x², C·x = c·x² ≥ (2/3)x² and C² = c·(C·x) < (4/3)(C·x):
+    B3(δ = 9/8), B1(4/9, 4/3), B2(2/3, 4/3); 4/9 and 2/3 are attained at σ = 3/2, 4/3 approached
+    as σ ↓ 3/2. Zeros stay zero; subnormal inputs round to the nearer of 0 and the smallest normal
+    number, so the constants hold for vectors whose nonzero entries are normal numbers.
+    Reference: Beznosikov et al. 2020, "On biased compression for distributed learning" (deterministic
+    rounding to powers of two, their figure 1).
+    """
+
+    name = "rounding"
+    unbiased = False
+    randomized = False
+
+    def draw(self, batch_shape: tuple[int, ...], d: int, generator: torch.Generator | None,
+             dtype: torch.dtype = torch.float64) -> None:
+        return None
+
+    def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
+        # Natural compression with every uniform at 1/2: up iff 1/2 < σ − 1.
+        return _round_pow2(x, torch.full((), 0.5, dtype=x.dtype, device=x.device))
+
+    def omega(self, d: int) -> None:
+        return None
+
+    def delta(self, d: int) -> float:
+        return 9.0 / 8.0
+
+    def b1(self, d: int) -> tuple[float, float]:
+        return 4.0 / 9.0, 4.0 / 3.0
+
+    def b2(self, d: int) -> tuple[float, float]:
+        return 2.0 / 3.0, 4.0 / 3.0
+
+
 def _row_norm(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x, dim=-1, keepdim=True)
 
