@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from compsde.objectives import problems
-from compsde.objectives.datasets import load_libsvm
+from compsde.objectives.data import load_libsvm
 
 SPECS = [
     ("quadratic", {"dim": 6}),

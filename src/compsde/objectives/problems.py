@@ -232,7 +232,7 @@ def synthetic_regression(samples: int, dim: int, seed: int, classification: bool
 def _load(dataset: str, samples: int, dim: int | None, seed: int, classification: bool) -> tuple[Tensor, Tensor]:
     if dataset == "synthetic":
         return synthetic_regression(samples, 10 if dim is None else dim, seed, classification)
-    from compsde.objectives.datasets import load_libsvm
+    from compsde.objectives.data import load_libsvm
 
     path = Path(dataset)
     if not path.is_file():
