@@ -655,7 +655,9 @@ def test_torch_backend_trains_a_network_as_the_simulator_does(tmp_path):
                "noise": {"name": "student-t", "nu": 3.0, "scale": 0.1}},
               {"method": "dcsgd", "compressor": "rand-k", "ratio": 0.25, "lr": 0.1, "workers": 4, "batch": 8,
                "label": "rand-k"},
-              {"method": "dsgd", "lr": 0.3, "workers": 2, "batch": 8, "label": "dsgd"}]
+              {"method": "dsgd", "lr": 0.3, "workers": 2, "batch": 8, "label": "dsgd"},
+              {"method": "ef", "compressor": "top-k", "ratio": 0.2, "per_layer": True, "lr": 0.1, "workers": 4,
+               "batch": 8, "label": "per-layer top-k"}]
     cfg = {"run": {"steps": 6, "repeats": 2, "seed": 1, "log_every": 3, "dtype": "float64"},
            "problem": {"name": "mlp", "dataset": "digits", "hidden": [8], "split": "dirichlet", "alpha": 0.5},
            "noise": {"name": "none"}, "series": series}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import struct
 
@@ -221,3 +222,90 @@ def test_evaluation_reports_test_accuracy_and_perplexity():
     ev = g.evaluate(g.x0().unsqueeze(0))
     assert set(ev) == {"test_loss", "test_perplexity"}
     assert abs(float(ev["test_perplexity"]) - 256) < 64  # an untrained byte model is near uniform
+
+
+# ---- SDEs on networks ---------------------------------------------------------------------------
+
+def _updates(o, algo, k):
+    """k independent updates of ``algo`` at x⁰: the repetitions axis as k fresh draws of minibatches."""
+    x = o.x0().unsqueeze(0)
+    s = o.sample(Streams(0, o.workers), range(o.workers), k)
+    g = o.grads(x.expand(k, -1), 0, o.workers, s)
+    rnd = algo.compressor.draw((o.workers, k), o.dim, torch.Generator().manual_seed(1), o.dtype)
+    return x, algo.unit_update(g, rnd)
+
+
+@pytest.mark.parametrize("method,kw,noise", [("dsgd", {}, None), ("dsgd", {}, Noise("gaussian", 0.05)),
+                                             ("dcsgd", {"compressor": "rand-k", "ratio": 0.25}, None)])
+def test_network_sde_covariance_matches_the_minibatch_updates(method, kw, noise):
+    """The SDE's S(x) (per-sample-gradient factors, plus injected noise, plus Rand-k's compression) against
+    the empirical covariance of K = 20,000 real updates. Each shard is smaller than sde_samples, so S is
+    exact and only Monte Carlo error remains: for Gaussian-like U, E‖Ĉ − S‖²_F ≈ (‖S‖²_F + tr(S)²)/K."""
+    from compsde import algorithms
+    from compsde.objectives.network import MLPNetwork
+    from compsde.sde.models import from_algorithm
+
+    net = MLPNetwork(dataset="breast-cancer", hidden=[2], sde_samples=10_000)
+    o = net.oracle(noise, workers=2, batch=4, dtype=torch.float64)
+    assert o.sde_n == min(s.numel() for s in o.shards)
+    algo = algorithms.make(method, **kw)
+    model = from_algorithm(o, algo, 0.1)
+    k = 20_000
+    x, u = _updates(o, algo, k)
+    s = model.covariance(x)[0]
+    se = math.sqrt((s.square().sum() + s.trace() ** 2) / k) / float(s.norm())
+    err = float((torch.cov(u.T) - s).norm() / s.norm())
+    assert err < 4 * se, (err, se)
+    m_err = float((u.mean(0) - model.drift(x)[0]).norm())
+    assert m_err < 4 * math.sqrt(float(s.trace()) / k)
+
+
+def test_network_dsignsgd_drift_is_the_sign_probability():
+    """E of the sign update against the SDE's drift erf(g/√(2 Var)): exact up to Monte Carlo error
+    (4 standard errors) and the Gaussian approximation of a B = 64 minibatch (allowed: 2 % of ‖m‖)."""
+    from compsde import algorithms
+    from compsde.objectives.network import MLPNetwork
+    from compsde.sde.models import from_algorithm
+
+    o = MLPNetwork(dataset="breast-cancer", hidden=[2], sde_samples=10_000).oracle(workers=2, batch=64, dtype=torch.float64)
+    algo = algorithms.make("dsignsgd")
+    model = from_algorithm(o, algo, 0.01)
+    assert model.noise_dim == o.dim
+    k = 20_000
+    x, u = _updates(o, algo, k)
+    m = model.drift(x)[0]
+    se = math.sqrt(float(u.var(0).sum()) / k)
+    assert float((u.mean(0) - m).norm()) < 4 * se + 0.02 * float(m.norm())
+
+
+def test_network_sde_refusals_are_named():
+    from compsde import algorithms
+    from compsde.objectives.network import MLPNetwork
+    from compsde.sde.models import from_algorithm
+
+    net = MLPNetwork(dataset="breast-cancer", hidden=[2])
+    with pytest.raises(ValueError, match="closed-form SDE.*on a network"):
+        from_algorithm(net.oracle(workers=2, batch=4), algorithms.make("dcsgd", compressor="top-k", ratio=0.5), 0.1)
+    o = net.oracle(Noise("student-t", 0.1, 3.0), workers=2, batch=4)
+    with pytest.raises(ValueError, match="Gaussian"):
+        from_algorithm(o, algorithms.make("dsignsgd"), 0.1).drift(o.x0().unsqueeze(0))
+    with pytest.raises(ValueError, match="infinite variance"):
+        from_algorithm(net.oracle(Noise("student-t", 0.1, 2.0), workers=2, batch=4), algorithms.make("dsgd"), 0.1)
+
+
+def test_per_layer_compression_from_a_config():
+    from compsde.experiments import build as config
+
+    series = [{"method": "dcsgd", "compressor": "top-k", "k": 1, "per_layer": True, "lr": 0.1, "workers": 2, "batch": 4}]
+    cfg = {"run": {"steps": 2, "repeats": 1}, "problem": {"name": "mlp", "dataset": "digits", "hidden": [8]},
+           "series": series}
+    exp = config.build(config.resolve(cfg))
+    spec = exp.series[0]
+    assert spec.label == "DCSGD top-k(k=1) per layer"
+    comp = spec.algorithm.compressor
+    assert comp.blocks == (8 * 64, 8, 8 * 10, 10)  # one block per parameter tensor
+    # one value and its index within its tensor per tensor (k = 1): 32 + ⌈log₂ d_b⌉ bits each
+    assert comp.bits(spec.oracle.dim) == sum(32 + math.ceil(math.log2(b)) for b in comp.blocks)
+    bad = {**cfg, "problem": {"name": "quadratic", "dim": 4}}
+    with pytest.raises(ValueError, match="per_layer = true .* problem 'quadratic'"):
+        config.build(config.resolve(bad))

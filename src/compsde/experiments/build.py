@@ -27,6 +27,7 @@ from compsde.experiments.overrides import apply_overrides
 from compsde.experiments.schema import resolve
 from compsde.experiments.tomlio import dumps
 from compsde.objectives import Oracle, problems
+from compsde.compressors.blockwise import Blockwise
 from compsde.objectives.network import Network
 from compsde.objectives.noise import Noise
 from compsde.objectives.problems import Problem
@@ -119,6 +120,12 @@ def build(config: Mapping[str, Any], name: str | None = None) -> Experiment:
             problem = cache[key]
             if not isinstance(pdict.get("dim"), int):  # the dimension came from the data
                 estimates.check_series_memory(algorithm, run, s, problem.dim)
+            if s.get("per_layer"):
+                if not isinstance(problem, Network):
+                    raise ValueError(f"per_layer = true compresses each parameter tensor of a network on its own; "
+                                     f"problem {pdict['name']!r} is one vector (use a network: mlp, resnet, vit, gpt)")
+                algorithm = algorithms.make(s["method"], Blockwise(algorithm.compressor, problem.blocks),
+                                            normalize=s["normalize"], worker=s.get("worker"), server=s.get("server"))
             ndict = schema.merge_noise(cfg["noise"], s.get("noise", {}))
             scale = ndict.get("scale", 1.0)
             noise = Noise(ndict["name"], tuple(scale) if isinstance(scale, list) else scale, ndict.get("nu", 3.0))

@@ -20,7 +20,8 @@ Schema (unknown keys and wrong types are refused with the valid keys/types)::
                 dsignsgd = sign), the compressor's own parameters (k, ratio, levels, shared, ...),
                 lr (required), workers (1), batch (1), label, group (plot panel), schedule
                 (constant|cosine|step|poly) with its own keys flat in the table (final_ratio, gamma,
-                every, power), normalize (bool), worker / server (transform tables: momentum,
+                every, power), normalize (bool), per_layer (bool: a network's parameter
+                tensors compressed one by one), worker / server (transform tables: momentum,
                 nesterov, weight_decay), steps (a series may run longer than [run] steps), and
                 inline tables problem = {...} / noise = {...} overriding [problem] / [noise].
 
@@ -204,6 +205,7 @@ _SERIES_BASE: dict[str, _Param] = {
     "lr": _Param("float", inspect.Parameter.empty),
     "schedule": _Param("str", "constant"),
     "normalize": _Param("bool", False),
+    "per_layer": _Param("bool", None),  # networks: compress each parameter tensor on its own
     "worker": _Param("table", None),  # transforms on the workers' side: momentum, nesterov, weight_decay
     "server": _Param("table", None),  # ... and on the server's side
     "workers": _Param("int", 1),
@@ -259,7 +261,7 @@ def problem_keys(name: str) -> tuple[str, ...]:
 
 def label_keys() -> frozenset[str]:
     """The series keys a derived label is made from (see module doc)."""
-    return frozenset({"method", "compressor", "normalize", "schedule", "worker", "server", "problem", "noise",
+    return frozenset({"method", "compressor", "normalize", "per_layer", "schedule", "worker", "server", "problem", "noise",
                       *all_compressor_params(), *SCHEDULE_KEYS})
 
 
@@ -431,6 +433,8 @@ def derive_label(s: Mapping[str, Any]) -> str:
         parts.append(f"{comp}({extra})" if extra else comp)
     if s["normalize"]:
         parts.append("normalized")
+    if s.get("per_layer"):
+        parts.append("per layer")
     if s["schedule"] != "constant":
         steps = s.get("steps")
         extra = ",".join(f"{k}={_fmt(s[k])}" for k in schedule_keys(s["schedule"])
@@ -495,6 +499,8 @@ def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mappi
     if "every" in out:
         check_int(f"{where}.every", out["every"], min=1, max=MAX_COUNT)
     out["normalize"] = base["normalize"]
+    if base.get("per_layer"):
+        out["per_layer"] = True
     for side in ("worker", "server"):
         if side in base:
             table = base[side]

@@ -103,12 +103,13 @@ class NetworkOracle(GradientOracle):
             default cross-entropy.
         eval_samples: size of the fixed training subset ``loss`` and ``grad`` are measured on, and the
             cap on test samples per evaluation.
+        sde_samples: per-sample gradients per worker behind the SDE's noise covariance (``noise_factors``).
         seed: seed of the worker split (the minibatches come from the run's streams).
     """
 
     def __init__(self, model: nn.Module, data: Dataset, noise: Noise | None = None, *, workers: int, batch: int,
                  split: str = "iid", alpha: float = 1.0, loss: Callable[[Tensor, Tensor], Tensor] | None = None,
-                 classifier: bool | None = None, eval_samples: int = 1024, seed: int = 0,
+                 classifier: bool | None = None, eval_samples: int = 1024, sde_samples: int = 64, seed: int = 0,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", name: str = "network") -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {describe(model)}")
@@ -120,6 +121,7 @@ class NetworkOracle(GradientOracle):
         self.workers = check_int("workers", workers, min=1)
         self.batch = check_int("batch", batch, min=1, max=1 << 24)
         self.eval_samples = check_int("eval_samples", eval_samples, min=1, max=1 << 24)
+        self.sde_samples = check_int("sde_samples", sde_samples, min=2, max=1 << 16)
         self.split, self.alpha, self.seed = check_choice("split", split, ("iid", "dirichlet")), alpha, check_seed("seed", seed)
         check_number("alpha", alpha, min=0.0, min_open=True, max=1e6)
         self.noise, self.data, self.name = noise, data, name
@@ -134,6 +136,10 @@ class NetworkOracle(GradientOracle):
         self.shards = worker_shards(data.y, workers, split=split, alpha=alpha, seed=seed)
         self.sizes = torch.tensor([s.numel() for s in self.shards], dtype=torch.float64)
         self.shard_table = torch.cat(self.shards)
+        #: n per worker for the SDE's covariance, and each worker's fixed random order of its shard.
+        self.sde_n = self.noise_rank = min(self.sde_samples, min(sh.numel() for sh in self.shards))
+        gen = torch.Generator().manual_seed(seed)
+        self.sde_subsets = [sh[torch.randperm(sh.numel(), generator=gen)] for sh in self.shards]
         self.offsets = torch.cumsum(torch.tensor([0] + [s.numel() for s in self.shards[:-1]]), 0)
         self.x_train, self.y_train = self._input(data.x), data.y.to(self.device)
         self.x_test, self.y_test = self._input(data.x_test), data.y_test.to(self.device)
@@ -146,10 +152,14 @@ class NetworkOracle(GradientOracle):
 
     def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> "NetworkOracle":
         """The same oracle (same initial parameters) with tensors of ``dtype`` on ``device``."""
-        return NetworkOracle(copy.deepcopy(self.base_model), self.data, self.noise, workers=self.workers, batch=self.batch, split=self.split,
-                             alpha=self.alpha, loss=None if self.loss_fn is cross_entropy else self.loss_fn,
-                             classifier=self.classifier, eval_samples=self.eval_samples, seed=self.seed, dtype=dtype,
-                             device=device, name=self.name)
+        o = NetworkOracle(copy.deepcopy(self.base_model), self.data, self.noise, workers=self.workers,
+                          batch=self.batch, split=self.split, alpha=self.alpha,
+                          loss=None if self.loss_fn is cross_entropy else self.loss_fn, classifier=self.classifier,
+                          eval_samples=self.eval_samples, sde_samples=self.sde_samples, seed=self.seed, dtype=dtype,
+                          device=device, name=self.name)
+        if self.problem is not self:
+            o.problem = self.problem
+        return o
 
     # ---- the problem ----------------------------------------------------------------------------
     def x0(self) -> Tensor:
@@ -270,6 +280,63 @@ class NetworkOracle(GradientOracle):
         gradient more than once per step)."""
         return lambda x: self.grads(x, lo, hi, sample, keep_sample=True)
 
+    # ---- the law of the noise (for SDE models) --------------------------------------------------
+    def _shard(self, i: int, n: int | None = None) -> tuple[Tensor, Tensor]:
+        idx = self.shards[i] if n is None else self.sde_subsets[i][:n]
+        return self.x_train[idx], self.y_train[idx]
+
+    def mean_grads(self, x: Tensor) -> Tensor:
+        """E g_i(x): the full-batch gradient of each worker's shard, (N, M, d) for x (M, d)."""
+        per_path = vmap(grad(self._loss_named), in_dims=(0, None, None))
+        out = torch.empty(self.workers, *x.shape, dtype=x.dtype, device=x.device)
+        params = self.flat.unflatten(x)
+        for i in range(self.workers):
+            g = per_path(params, *self._shard(i))
+            torch.cat([g[k].reshape(x.shape[0], -1) for k in self.flat.names], dim=-1, out=out[i])
+        return out
+
+    def noise_variances(self) -> Tensor:
+        """The injected noise's variance per coordinate σ_i² Var(T)/B, (N,) float64; refuses infinite variance."""
+        if not self.noise.active:
+            return torch.zeros(self.workers, dtype=torch.float64)
+        var = self.noise.variance()
+        if math.isinf(var):
+            raise ValueError(f"this SDE needs finite gradient-noise variance; the injected Student-t noise with nu = "
+                             f"{self.noise.nu} has infinite variance (nu ≤ 2)")
+        return self.noise.worker_scales(self.workers) ** 2 * var / self.batch
+
+    def noise_factors(self, x: Tensor) -> Tensor:
+        """F_i with Cov(minibatch noise of worker i) ≈ F_iᵀ F_i, (N, M, n, d): F_i = (G_i − Ḡ_i)/√(n B) from the
+        per-sample gradients G_i (n × d) of n = ``sde_samples`` fixed samples of the worker's shard (all of
+        it when smaller: then exact, since minibatches are drawn uniformly with replacement from the shard).
+        Low rank, never a d × d matrix; S^{1/2} ξ is then F_iᵀ ζ with ζ ∈ ℝⁿ standard normal."""
+        n = self.sde_n
+        if n < 2:
+            raise ValueError(f"a worker's shard has {n} sample: its gradient noise covariance needs at least 2")
+        one = lambda p, a, b: self._loss_named(p, a.unsqueeze(0), b.unsqueeze(0))  # noqa: E731
+        per_sample = vmap(vmap(grad(one), in_dims=(None, 0, 0)), in_dims=(0, None, None))  # paths × samples
+        out = torch.empty(self.workers, x.shape[0], n, self.dim, dtype=x.dtype, device=x.device)
+        params = self.flat.unflatten(x)
+        for i in range(self.workers):
+            g = per_sample(params, *self._shard(i, n))
+            torch.cat([g[k].reshape(x.shape[0], n, -1) for k in self.flat.names], dim=-1, out=out[i])
+        out -= out.mean(dim=2, keepdim=True)
+        return out.div_(math.sqrt(n * self.batch))
+
+    def sign_means(self, x: Tensor) -> Tensor:
+        """E sign(g_i(x)) per coordinate, (N, M, d), with the minibatch noise taken Gaussian (central limit)
+        with the per-coordinate variance of ``noise_factors`` plus the injected Gaussian noise's:
+        s = erf(E g / √(2 Var)) (sign(0) = +1)."""
+        if self.noise.active and self.noise.name != "gaussian":
+            raise ValueError(f"the DSignSGD SDE of a network takes the minibatch noise as Gaussian; with injected "
+                             f"{self.noise.name} noise on top the sign probability has no closed form (use noise "
+                             "name = 'gaussian' or 'none')")
+        g = self.mean_grads(x)
+        var = self.noise_factors(x).square().sum(2) + self.noise_variances().to(x).view(-1, 1, 1)
+        sign = torch.where(g >= 0, 1.0, -1.0).to(x.dtype)
+        z = g / (2 * var).sqrt().clamp_min(torch.finfo(x.dtype).tiny)
+        return torch.where(var > 0, torch.erf(z), sign)
+
     def check_memory(self, repeats: int) -> None:
         """Refuse a run whose step clearly exceeds memory: N·R gradient rows plus the activations of N·R·B
         samples, estimated as 4× a sample's size per parameter tensor (a rough upper bound)."""
@@ -295,16 +362,22 @@ class Network:
     heterogeneity = 0.0
 
     def __init__(self, dataset: str, path: str | None, test_fraction: float, split: str, alpha: float,
-                 eval_samples: int, seed: int, samples: int, features: int, classes: int, context: int,
-                 sizes: dict) -> None:
+                 eval_samples: int, sde_samples: int, seed: int, samples: int, features: int, classes: int,
+                 context: int, sizes: dict) -> None:
         self.params = {"dataset": dataset, "path": path, "test_fraction": test_fraction, "split": split,
-                       "alpha": alpha, "eval_samples": eval_samples, "seed": seed, **sizes}
+                       "alpha": alpha, "eval_samples": eval_samples, "sde_samples": sde_samples, "seed": seed, **sizes}
         check_choice("split", split, ("iid", "dirichlet"))
         check_number("alpha", alpha, min=0.0, min_open=True, max=1e6)
         self.eval_samples = check_int("eval_samples", eval_samples, min=1, max=1 << 24)
+        self.sde_samples = check_int("sde_samples", sde_samples, min=2, max=1 << 16)
         self.split, self.alpha, self.seed = split, alpha, check_seed("seed", seed)
         self.data = load_data(dataset, path=path, test_fraction=test_fraction, seed=seed, samples=samples,
                                   features=features, classes=classes, context=context)
+        text_model = self.name == "gpt"
+        if (self.data.kind == "text") != text_model:
+            raise ValueError(f"dataset {dataset!r} holds {'byte windows' if self.data.kind == 'text' else self.data.kind + 's'}: "
+                             + ("use model 'gpt' for text" if not text_model else
+                                "model 'gpt' takes text (dataset = 'text' or 'text-file')"))
         self.sizes = check_sizes(self.name, self.data.shape, sizes)
         self.dim = param_count(self.name, self.data.shape, self.data.classes, **self.sizes)
         self._build = lambda: build(self.name, self.data.shape, self.data.classes, seed=seed, **self.sizes)
@@ -312,10 +385,16 @@ class Network:
     def oracle(self, noise: Noise | None = None, *, workers: int, batch: int, dtype: torch.dtype = torch.float32,
                device: torch.device | str = "cpu") -> NetworkOracle:
         o = NetworkOracle(self._build(), self.data, noise, workers=workers, batch=batch, split=self.split,
-                          alpha=self.alpha, eval_samples=self.eval_samples, seed=self.seed, dtype=dtype,
+                          alpha=self.alpha, eval_samples=self.eval_samples, sde_samples=self.sde_samples,
+                          seed=self.seed, dtype=dtype,
                           device=device, name=self.name)
         o.problem = self
         return o
+
+    @property
+    def blocks(self) -> list[int]:
+        """The sizes of the model's parameter tensors, in the order of the flat row (per-layer compression)."""
+        return [p.numel() for p in self._build().parameters()]
 
     def describe(self) -> str:
         sizes = ", ".join(f"{k} = {list(v) if isinstance(v, tuple) else v}" for k, v in self.sizes.items())
@@ -327,9 +406,10 @@ class MLPNetwork(Network):
 
     def __init__(self, dataset: str = "digits", hidden: list | int = (64,), path: str | None = None,
                  test_fraction: float = 0.2, split: str = "iid", alpha: float = 1.0, eval_samples: int = 512,
-                 seed: int = 0, samples: int = 2000, features: int = 20, classes: int = 10) -> None:
-        super().__init__(dataset, path, test_fraction, split, alpha, eval_samples, seed, samples, features, classes,
-                         64, {"hidden": hidden})
+                 sde_samples: int = 64, seed: int = 0, samples: int = 2000, features: int = 20,
+                 classes: int = 10) -> None:
+        super().__init__(dataset, path, test_fraction, split, alpha, eval_samples, sde_samples, seed, samples,
+                         features, classes, 64, {"hidden": hidden})
 
 
 class ResNetNetwork(Network):
@@ -337,9 +417,9 @@ class ResNetNetwork(Network):
 
     def __init__(self, dataset: str = "digits", width: int = 16, depth: int = 1, stages: int = 3,
                  path: str | None = None, test_fraction: float = 0.2, split: str = "iid", alpha: float = 1.0,
-                 eval_samples: int = 512, seed: int = 0) -> None:
-        super().__init__(dataset, path, test_fraction, split, alpha, eval_samples, seed, 2000, 20, 10, 64,
-                         {"width": width, "depth": depth, "stages": stages})
+                 eval_samples: int = 512, sde_samples: int = 64, seed: int = 0) -> None:
+        super().__init__(dataset, path, test_fraction, split, alpha, eval_samples, sde_samples, seed, 2000, 20, 10,
+                         64, {"width": width, "depth": depth, "stages": stages})
 
 
 class ViTNetwork(Network):
@@ -347,18 +427,19 @@ class ViTNetwork(Network):
 
     def __init__(self, dataset: str = "digits", patch: int = 4, width: int = 32, depth: int = 2, heads: int = 2,
                  path: str | None = None, test_fraction: float = 0.2, split: str = "iid", alpha: float = 1.0,
-                 eval_samples: int = 512, seed: int = 0) -> None:
-        super().__init__(dataset, path, test_fraction, split, alpha, eval_samples, seed, 2000, 20, 10, 64,
-                         {"patch": patch, "width": width, "depth": depth, "heads": heads})
+                 eval_samples: int = 512, sde_samples: int = 64, seed: int = 0) -> None:
+        super().__init__(dataset, path, test_fraction, split, alpha, eval_samples, sde_samples, seed, 2000, 20, 10,
+                         64, {"patch": patch, "width": width, "depth": depth, "heads": heads})
 
 
 class GPTNetwork(Network):
     name = "gpt"
 
     def __init__(self, dataset: str = "text", context: int = 64, width: int = 32, depth: int = 2, heads: int = 2,
-                 path: str | None = None, test_fraction: float = 0.1, eval_samples: int = 64, seed: int = 0) -> None:
-        super().__init__(dataset, path, test_fraction, "iid", 1.0, eval_samples, seed, 2000, 20, 10, context,
-                         {"width": width, "depth": depth, "heads": heads})
+                 path: str | None = None, test_fraction: float = 0.1, eval_samples: int = 64, sde_samples: int = 16,
+                 seed: int = 0) -> None:
+        super().__init__(dataset, path, test_fraction, "iid", 1.0, eval_samples, sde_samples, seed, 2000, 20, 10,
+                         context, {"width": width, "depth": depth, "heads": heads})
 
 
 NETWORKS = (MLPNetwork, ResNetNetwork, ViTNetwork, GPTNetwork)

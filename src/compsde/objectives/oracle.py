@@ -38,12 +38,21 @@ class GradientOracle:
     ``scales`` (per-worker noise scales or None), ``x0()``, ``sample`` / ``grads`` / ``grad_fn`` (a step's
     draw and the workers' gradients with it), ``loss`` / ``grad`` / ``distance`` / ``reference_point``
     (what the recorder measures), and ``evaluate`` (further metrics at logged steps, e.g. held-out
-    accuracy; none by default). ``Oracle`` (a problem with a noise model) and
+    accuracy; none by default), and for SDE models the law of the noise: ``mean_grads``, ``noise_variances``,
+    ``noise_factors`` and ``sign_means``. ``Oracle`` (a problem with a noise model) and
     ``compsde.objectives.network.NetworkOracle`` (a network on data) implement it."""
 
     def evaluate(self, x: Tensor) -> dict[str, Tensor]:
         """Further metrics at the iterates x (R, d), each of shape (R,)."""
         return {}
+
+    #: n, the rank per worker of ``noise_factors`` (0: isotropic noise only).
+    noise_rank: int = 0
+
+    def noise_factors(self, x: Tensor) -> Tensor | None:
+        """For SDE models: F_i (N, M, n, d) of the noise covariance's part F_iᵀ F_i beyond the isotropic
+        ``noise_variances``, at points x (M, d); None when the noise is isotropic (a problem's noise model)."""
+        return None
 
 
 class Oracle(GradientOracle):

@@ -7,8 +7,16 @@ order-1 weak approximation is the Itô SDE
 
 A model is data: ``evaluate(x, xi, generator)`` returns m(x) and S(x)^{1/2} ξ for a batch of points
 x (M, d) and standard normals ξ (M, noise_dim) supplied by the integrator (``compsde.sde.integrators``,
-a separate axis). A model talks to the gradient oracle only (``compsde.objectives.Oracle``: the
-workers' exact gradients and the law of their noise).
+a separate axis). A model talks to the gradient oracle only (``compsde.objectives.GradientOracle``:
+the workers' exact gradients and the law of their noise).
+
+Networks (``compsde.objectives.NetworkOracle``): E g_i is the full-batch gradient of worker i's shard and
+the minibatch noise has the covariance F_iᵀ F_i of its centred per-sample gradients (``noise_factors``,
+n × d per worker, low rank), on top of any injected isotropic noise. The closed forms below then gain
+the terms of F: S^{1/2} ξ adds Σ_i F_iᵀ ζ_i/N (DSGD; √(1 − c) times that for Rand-k, whose diagonal also
+gains (ω + c) diag(F_iᵀ F_i)), with ζ ∈ ℝ^{N n} the extra noise dimensions — a Gaussian with exactly
+the added covariance, never a d × d matrix. DSignSGD takes each coordinate's minibatch noise as
+Gaussian (central limit) in its sign probability.
 
 Closed forms (g_i = ∇f_i(x), noise σ_i T/√B with Var T = v, N workers):
 
@@ -45,7 +53,7 @@ from compsde.algorithms import Algorithm
 from compsde.compressors.signs import Sign
 from compsde.compressors.sparsifiers import Identity, RandK
 from compsde.core.checks import check_int, check_number, describe
-from compsde.objectives.oracle import Oracle
+from compsde.objectives.oracle import GradientOracle, Oracle
 
 __all__ = ["DSGDSDE", "DSignSGDSDE", "MODELS", "MonteCarloSDE", "RandKSDE", "SDEModel", "from_algorithm"]
 
@@ -60,11 +68,14 @@ class SDEModel:
     noise_type: str = "diagonal"
     description: str = ""
 
-    def __init__(self, oracle: Oracle, algorithm: Algorithm, eta: float) -> None:
+    def __init__(self, oracle: GradientOracle, algorithm: Algorithm, eta: float) -> None:
         self.oracle, self.algorithm = oracle, algorithm
         self.eta = check_number("lr", eta, min=0.0, min_open=True)
-        self.dim = self.noise_dim = oracle.dim
+        self.dim = oracle.dim
         self.workers = oracle.workers
+        #: n per worker of the oracle's low-rank noise factors (networks), 0 for isotropic noise.
+        self.rank = oracle.noise_rank
+        self.noise_dim = self.dim + self.workers * self.rank
 
     @classmethod
     def applies(cls, algorithm: Algorithm) -> bool:
@@ -79,10 +90,10 @@ class SDEModel:
         """
         raise NotImplementedError
 
-    def oracle_as(self, x: Tensor) -> Oracle:
+    def oracle_as(self, x: Tensor) -> GradientOracle:
         """The model's oracle with tensors of x's dtype and device (cast once and cached): float32 paths
         must not be promoted to float64 by float64 problem data on every step."""
-        cache: dict[tuple[torch.dtype, torch.device], Oracle] = self.__dict__.setdefault("_cast", {})
+        cache: dict[tuple[torch.dtype, torch.device], GradientOracle] = self.__dict__.setdefault("_cast", {})
         key = (x.dtype, x.device)
         if key not in cache:
             o = self.oracle
@@ -108,15 +119,24 @@ class DSGDSDE(SDEModel):
     def applies(cls, algorithm: Algorithm) -> bool:
         return algorithm.plain and algorithm.aggregation == "mean" and isinstance(algorithm.compressor, Identity)
 
-    def __init__(self, oracle: Oracle, algorithm: Algorithm, eta: float) -> None:
+    def __init__(self, oracle: GradientOracle, algorithm: Algorithm, eta: float) -> None:
         super().__init__(oracle, algorithm, eta)
         self.std = math.sqrt(float(oracle.noise_variances().sum())) / self.workers
         self.description = f"DSGD SDE (closed form): drift ∇f, isotropic diffusion sqrt(η)·{self.std:.4g}"
-        if self.std == 0.0:
+        if self.rank:
+            self.noise_type = "diagonal-lowrank"
+            self.description = ("DSGD SDE (closed form): drift ∇f, diffusion from the minibatch noise's covariance "
+                                f"(rank {self.rank} per worker)" + (f" and isotropic sqrt(η)·{self.std:.4g}" if self.std else ""))
+        elif self.std == 0.0:
             self.noise_type = "none"
 
     def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        return self.oracle_as(x).grad(x), xi.mul_(self.std)
+        o = self.oracle_as(x)
+        if not self.rank:
+            return o.grad(x), xi.mul_(self.std)
+        d = self.dim
+        noise = xi[:, :d].mul_(self.std).add_(_factor_noise(o.noise_factors(x), xi[:, d:], 1.0 / self.workers))
+        return o.mean_grads(x).mean(0), noise
 
 
 class RandKSDE(SDEModel):
@@ -134,7 +154,7 @@ class RandKSDE(SDEModel):
         c = algorithm.compressor
         return algorithm.plain and algorithm.aggregation == "mean" and isinstance(c, RandK) and not c.shared
 
-    def __init__(self, oracle: Oracle, algorithm: Algorithm, eta: float) -> None:
+    def __init__(self, oracle: GradientOracle, algorithm: Algorithm, eta: float) -> None:
         super().__init__(oracle, algorithm, eta)
         d = self.dim
         self.k = algorithm.compressor.support(d)
@@ -142,13 +162,13 @@ class RandKSDE(SDEModel):
         self.omega = d / self.k - 1.0
         self.c = (d - self.k) / (self.k * (d - 1)) if d > 1 else 0.0
         p = oracle.problem
-        self.homogeneous = p.heterogeneity == 0.0 and p.fixed_workers is None
+        self.homogeneous = not self.rank and p.heterogeneity == 0.0 and p.fixed_workers is None
         self.description = (
             f"DCSGD/Rand-k SDE (closed form, ω = {self.omega:.4g}): drift ∇f, diffusion "
             "diag(D) − UUᵀ with the exact Rand-k compression covariance"
         )
 
-    def _factors(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _factors(self, x: Tensor, f: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         n = self.workers
         var = self.var.to(device=x.device, dtype=x.dtype)
         o = self.oracle_as(x)
@@ -160,12 +180,17 @@ class RandKSDE(SDEModel):
         else:
             gi = o.mean_grads(x)  # (N, M, d)
             mean = gi.mean(0)
-            diag = (var.sum() * (1 + self.omega) + (self.omega + self.c) * (gi * gi).sum(0)) / n**2
+            sq = (gi * gi).sum(0)
+            if f is not None:  # the minibatch noise's variances enter the diagonal too
+                sq += f.square().sum(2).sum(0)
+            diag = (var.sum() * (1 + self.omega) + (self.omega + self.c) * sq) / n**2
             u = (math.sqrt(self.c) / n) * gi.permute(1, 2, 0)  # (M, d, N)
         return mean, diag, u
 
     def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        mean, diag, u = self._factors(x)
+        f = self.oracle_as(x).noise_factors(x) if self.rank else None
+        mean, diag, u = self._factors(x, f)
+        xi, zeta = xi[:, : self.dim], xi[:, self.dim:]
         sd = diag.clamp_min(0).sqrt()
         v = u / sd.clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(-1)  # (M, d, r)
         lam, w = torch.linalg.eigh(v.transpose(-1, -2) @ v)  # VᵀV = W Λ Wᵀ, Λ ≤ 1 since S ⪰ 0
@@ -174,7 +199,10 @@ class RandKSDE(SDEModel):
         q = torch.where(lam.unsqueeze(-2) > 0, q, torch.zeros_like(q))
         shrink = 1.0 - (1.0 - lam).sqrt()  # (I − VVᵀ)^{1/2} = I − Q diag(shrink) Qᵀ
         y = xi - (q @ (shrink * (q.transpose(-1, -2) @ xi.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1)
-        return mean, sd * y
+        noise = sd * y
+        if f is not None:  # + (1 − c)/N² Σ F_iᵀF_i, an independent Gaussian part
+            noise += _factor_noise(f, zeta, math.sqrt(1.0 - self.c) / self.workers)
+        return mean, noise
 
 
 class DSignSGDSDE(SDEModel):
@@ -184,10 +212,13 @@ class DSignSGDSDE(SDEModel):
     def applies(cls, algorithm: Algorithm) -> bool:
         return algorithm.plain and algorithm.aggregation == "mean" and isinstance(algorithm.compressor, Sign)
 
-    def __init__(self, oracle: Oracle, algorithm: Algorithm, eta: float) -> None:
+    def __init__(self, oracle: GradientOracle, algorithm: Algorithm, eta: float) -> None:
         super().__init__(oracle, algorithm, eta)
+        self.noise_dim = self.dim  # the sign probabilities carry the whole noise law
         noise = oracle.noise
         law = {"gaussian": "erf", "student-t": f"2F_ν − 1 with ν = {noise.nu}"}.get(noise.name, "sign")
+        if self.rank:
+            law = "erf, the minibatch noise taken Gaussian per coordinate"
         self.description = f"DSignSGD SDE (closed form, {law}): bounded drift and diagonal diffusion"
 
     def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -251,23 +282,34 @@ class MonteCarloSDE(SDEModel):
         return torch.einsum("kmi,kmj->mij", dev, dev)
 
 
+def _factor_noise(factors: Tensor, zeta: Tensor, scale: float) -> Tensor:
+    """scale · Σ_i F_iᵀ ζ_i for factors (N, M, n, d) and ζ (M, N·n): Gaussian with covariance scale² Σ_i F_iᵀ F_i."""
+    n_w, m, n, _ = factors.shape
+    return torch.einsum("imkd,mik->md", factors, zeta.reshape(m, n_w, n)).mul_(scale)
+
+
 #: The registry, in order: the first model that ``applies`` to an algorithm is its SDE.
 MODELS: list[type[SDEModel]] = [DSGDSDE, RandKSDE, DSignSGDSDE, MonteCarloSDE]
 
 
-def from_algorithm(oracle: Oracle, algorithm: Algorithm, lr: float, *, mc_samples: int = MonteCarloSDE.DEFAULT_SAMPLES) -> SDEModel:
+def from_algorithm(oracle: GradientOracle, algorithm: Algorithm, lr: float, *,
+                   mc_samples: int = MonteCarloSDE.DEFAULT_SAMPLES) -> SDEModel:
     """The SDE model of a configured algorithm: a closed form where one exists, else Monte Carlo.
 
     Raises ValueError naming the reason when the algorithm has none (it carries state from step to
     step, or its update has infinite variance under the oracle's noise).
     """
-    if not isinstance(oracle, Oracle):
-        raise ValueError(f"oracle must be a compsde.objectives.Oracle, got {describe(oracle)}")
+    if not isinstance(oracle, GradientOracle):
+        raise ValueError(f"oracle must be a compsde.objectives.Oracle or NetworkOracle, got {describe(oracle)}")
     if not isinstance(algorithm, Algorithm):
         raise ValueError(f"algorithm must be a compsde Algorithm, got {describe(algorithm)}")
     for cls in MODELS:
         if cls.applies(algorithm):
             if cls is MonteCarloSDE:
+                if not isinstance(oracle, Oracle):
+                    raise ValueError(f"{algorithm.label()} has no closed-form SDE, and the Monte Carlo SDE samples a "
+                                     "problem's noise model, not minibatches: on a network the SDEs are those of dsgd, "
+                                     "dcsgd with rand-k and dsignsgd")
                 return MonteCarloSDE(oracle, algorithm, lr, mc_samples)
             return cls(oracle, algorithm, lr)
     why = "error feedback" if algorithm.error_feedback else "a transform with state (momentum)"
