@@ -8,8 +8,9 @@ Three ways to get the N workers' minibatch gradients of one step (B samples each
 * ``floor``      — one forward/backward over all N·B samples at once giving a single gradient: the
                    compute floor (the same FLOPs, without per-worker weight gradients to write).
 
-Targets: vmap within 1.3× of the floor and never slower than the loop. Peak memory is the rise of the
-process's peak resident set (VmHWM, reset through /proc/self/clear_refs before each path).
+Targets: vmap within 1.3× of the floor and never slower than the loop. Each path runs in a process of
+its own forked before any of them ran, and its peak memory is the rise of that process's peak resident
+set (VmHWM, reset through /proc/self/clear_refs after the fork) over its warm-up and timed calls.
 
 Usage: python benchmarks/bench_networks.py [--quick] [--workers N] [--batch B]
 """
@@ -17,6 +18,7 @@ Usage: python benchmarks/bench_networks.py [--quick] [--workers N] [--batch B]
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import time
 
@@ -43,17 +45,26 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure(fn, repeats: int) -> tuple[float, float]:
-    """(median seconds, peak memory rise in MB) of fn() after one warm-up call."""
-    fn()
+def _timed(fn, repeats: int, conn) -> None:
     base = _rss_peak_kb() if _reset_peak() else None
+    fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    peak = (_rss_peak_kb() - base) / 1024 if base is not None else float("nan")
-    return statistics.median(times), peak
+    conn.send((statistics.median(times), (_rss_peak_kb() - base) / 1024 if base is not None else float("nan")))
+
+
+def measure(fn, repeats: int) -> tuple[float, float]:
+    """(median seconds, peak memory rise in MB) of fn() after one warm-up call, in a forked process."""
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_timed, args=(fn, repeats, send))
+    proc.start()
+    out = recv.recv()
+    proc.join()
+    return out
 
 
 def bench(label: str, net, workers: int, batch: int, repeats: int) -> None:
@@ -69,7 +80,7 @@ def bench(label: str, net, workers: int, batch: int, repeats: int) -> None:
         "per-worker loop": lambda: o.loop_grads(x, 0, workers, s),
         "floor: one batch of N·B": lambda: g(x[0], flat_x, flat_y),
     }
-    res = {k: measure(fn, repeats) for k, fn in paths.items()}
+    res = {k: measure(fn, repeats) for k, fn in paths.items()}  # before any path ran here
     floor, loop = res["floor: one batch of N·B"][0], res["per-worker loop"][0]
     print(f"\n== {label}: d = {o.dim:,}, N = {workers}, B = {batch}, float32 ==")
     print(f"{'path':<26}{'ms/step':>10}{'× floor':>9}{'× loop':>8}{'peak MB':>9}")

@@ -16,8 +16,9 @@ from compsde.experiments.build import build, dumps, load, resolve
 from compsde.experiments.overrides import apply_overrides, parse_value
 from compsde.experiments.presets import load_source
 
-PRESETS = ["cgd-quadratic", "compression-variance", "l0l1-schedules", "noise-resilience", "scaling-rules",
-           "sde-heavy-tails", "sde-tracking", "top1-divergence", "weak-order"]
+PRESETS = ["cgd-quadratic", "compression-variance", "gpt-scaling-rules", "l0l1-schedules", "mlp-sde-tracking",
+           "noise-resilience", "resnet-compression-variance", "scaling-rules", "sde-heavy-tails", "sde-tracking",
+           "top1-divergence", "vit-heavy-tails", "weak-order"]
 
 
 def minimal(**series):

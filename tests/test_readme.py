@@ -24,6 +24,13 @@ def test_the_python_section_runs(capsys):
     assert "SDE" in capsys.readouterr().out
 
 
+def test_the_network_example_runs(capsys):
+    code = _block("## Networks on real data", "python")
+    assert "NetworkOracle" in code
+    exec(compile(code.replace("200), log_every=50", "20), log_every=10"), "README.md (networks)", "exec"), {})
+    assert "tensor" in capsys.readouterr().out
+
+
 def test_the_scaling_example_prints_what_the_readme_shows(capsys):
     from compsde.experiments.cli import main
 
@@ -35,7 +42,8 @@ def test_the_scaling_example_prints_what_the_readme_shows(capsys):
     assert got == [line.rstrip() for line in expected]
 
 
-@pytest.mark.parametrize("name", ["noise-resilience", "top1-divergence"])
+@pytest.mark.parametrize("name", ["noise-resilience", "top1-divergence", "vit-heavy-tails", "gpt-scaling-rules",
+                                  "mlp-sde-tracking", "resnet-compression-variance"])
 def test_presets_named_in_the_readme_exist(name):
     from compsde.experiments import presets
 

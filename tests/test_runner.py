@@ -23,6 +23,9 @@ PRESETS = sorted(presets.preset_names())  # the exact list is checked in test_co
 # Small sizes; top1-divergence needs ~170 steps at its learning rate to pass the divergence limit.
 SMALL = {name: ["run.steps=20", "run.repeats=3"] for name in PRESETS}
 SMALL["top1-divergence"] = ["run.steps=200", "run.log_every=10"]
+NETWORK_PRESETS = ("gpt-scaling-rules", "mlp-sde-tracking", "resnet-compression-variance", "vit-heavy-tails")
+for _name in NETWORK_PRESETS:  # networks: a few steps end to end (their numbers: the README, measured)
+    SMALL[_name] = ["run.steps=4", "run.repeats=1", "run.log_every=2"]
 # Plots cost ~1-5 s per preset and have their own tests (test_plots.py): only these two presets draw
 # theirs here, the ones whose optional figures (diverged.png, compression_error.png) are checked.
 WITH_PLOTS = {"top1-divergence", "compression-variance"}
@@ -95,6 +98,26 @@ def test_preset_outputs(preset_runs, name):
         assert {"loss_mean", "loss_median", "dist_mean", "diverged_fraction"} <= set(s["final"])
         assert s["method"] == c["method"] and s["compressor"] == c["compressor"]
         assert isinstance(s["bits_per_worker_per_step"], int) and s["bits_per_worker_per_step"] > 0
+
+
+@pytest.mark.parametrize("name", NETWORK_PRESETS)
+def test_network_presets_report_held_out_metrics(preset_runs, name):
+    rows = _csv_rows(preset_runs[name] / "metrics.csv")
+    metric = "test_perplexity" if name.startswith("gpt") else "test_accuracy"
+    assert all(r[metric] != "" for r in rows) and all(r["dist_mean"] == "" for r in rows)
+    final = _strict_json(preset_runs[name] / "summary.json")["series"][0]["final"]
+    assert {"test_loss", metric} <= set(final)
+
+
+def test_network_preset_tracks_its_sdes(tmp_path):
+    d = tmp_path / "track"
+    assert cli.main(["track", "mlp-sde-tracking", "--no-progress", "--out", str(d), "--set", "run.steps=3",
+                     "run.repeats=2", "run.log_every=1"]) == 0
+    summary = _strict_json(d / "summary.json")
+    assert [s["sde"]["noise_type"] for s in summary["series"]] == ["diagonal-lowrank", "diagonal-lowrank", "diagonal"]
+    rows = [r for r in _csv_rows(d / "metrics.csv") if r["source"] == "sde"]
+    assert rows and all(r["test_accuracy"] != "" for r in rows)
+    assert {"tracking.png", "tracking_test.png", "test.png"} <= {p.name for p in d.iterdir()}
 
 
 def test_top1_divergence_recorded(preset_runs):

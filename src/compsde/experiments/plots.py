@@ -53,13 +53,16 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from compsde.core.checks import MAX_TEXT_LENGTH, check_text  # noqa: E402,F401  (re-exported: plots' own rules)
 
 __all__ = ["MAX_TEXT_LENGTH", "PLOT_FILES", "check_text", "compression_error_figure", "diverged_figure", "figure_png",
-           "final_figure", "loss_figure", "make_figures", "make_plots", "plain_text", "tracking_figure",
-           "tracking_figure_obj", "weak_order_figure", "weak_order_figure_obj"]
+           "eval_metric", "final_figure", "loss_figure", "make_figures", "make_plots", "plain_text", "test_figure",
+           "tracking_figure", "tracking_figure_obj", "tracking_test_figure", "weak_order_figure", "weak_order_figure_obj"]
 
 #: Every file name ``make_plots`` (and, for ``compsde track``, ``tracking_figure`` and
 #: ``weak_order_figure``) may produce.
-PLOT_FILES = ("loss.png", "loss_vs_bits.png", "final.png", "compression_error.png", "diverged.png", "tracking.png",
-              "weak_order.png")
+PLOT_FILES = ("loss.png", "loss_vs_bits.png", "final.png", "compression_error.png", "diverged.png", "test.png",
+              "tracking.png", "tracking_test.png", "weak_order.png")
+
+#: Held-out metrics of network problems, in the order a plot prefers them, with their axis labels.
+_EVAL_LABELS = {"test_accuracy": "test accuracy", "test_perplexity": "test perplexity (per byte)"}
 
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
             "#bcbd22", "#17becf", "#393b79", "#ad494a"]
@@ -737,9 +740,10 @@ def final_figure(results: Sequence[Any], title: str) -> Figure:
 # ---- one line per series -------------------------------------------------------------------------
 
 
-def _simple_figure(results: Sequence[Any], title: str, field: str, ylabel: str, what: str,
+def _simple_figure(results: Sequence[Any], title: str, field: str | Callable[[Any], Any], ylabel: str, what: str,
                    log_ok: bool = True, skip_zero: bool = False, log_ratio: float = 100.0) -> Figure:
-    """One line per series (no band) of ``field`` against the step, panels per group.
+    """One line per series (no band) of ``field`` (an attribute name, or a function of the result)
+    against the step, panels per group.
 
     ``skip_zero`` leaves out series whose values are all 0 (e.g. the identity's compression error).
     """
@@ -747,7 +751,8 @@ def _simple_figure(results: Sequence[Any], title: str, field: str, ylabel: str, 
     colors, styles, names = _colors(results), _styles(results), _names(results)
 
     def values(r: Any) -> np.ndarray:
-        return np.asarray(getattr(r, field), dtype=np.float64)
+        v = field(r) if callable(field) else getattr(r, field)
+        return np.asarray(np.nan if v is None else v, dtype=np.float64) * np.ones(len(r.steps))
 
     shown = [r for r in results if np.isfinite(values(r)).any()
              and not (skip_zero and (values(r)[np.isfinite(values(r))] == 0).all())]
@@ -782,6 +787,47 @@ def compression_error_figure(results: Sequence[Any], title: str) -> Figure | Non
                           "compression error of the vectors sent", skip_zero=True, log_ratio=10.0)
 
 
+def eval_metric(results: Sequence[Any]) -> str | None:
+    """The held-out metric the results report (test accuracy, else perplexity), or None."""
+    have = {k for r in results for k in getattr(r, "evaluation", {})}
+    return next((k for k in _EVAL_LABELS if k in have), None)
+
+
+def test_figure(results: Sequence[Any], title: str) -> Figure | None:
+    """test.png: the held-out metric of network problems along the run, or None without one."""
+    metric = eval_metric(results)
+    if metric is None:
+        return None
+    return _simple_figure(results, title, lambda r: r.evaluation.get(metric), _EVAL_LABELS[metric],
+                          _EVAL_LABELS[metric], log_ok=metric == "test_perplexity")
+
+
+def tracking_test_figure(results: Sequence[Any], sdes: Sequence[Any], title: str) -> bytes | None:
+    """tracking_test.png: per series, the optimizer's held-out metric (solid) and its SDE's (dashed), as
+    means over runs and paths; None when the problem reports none."""
+    metric = eval_metric(results)
+    if metric is None:
+        return None
+    colors = _colors(results)
+    fig, axes = _grid(len(results), f"{title}: {_EVAL_LABELS[metric]}, optimizer vs SDE",
+                      "solid: optimizer (mean over runs); dashed: SDE (mean over paths)",
+                      title_lines=_title_lines([_wrap(r.label, 55) for r in results]))
+    for ax, r, q in zip(axes, results, sdes):
+        c = colors[r.color_key]
+        for res, style, who in ((r, "-", "optimizer"), (q, "--", "SDE")):
+            v = res.evaluation.get(metric)
+            if v is not None:
+                ax.plot(res.steps, v, color=c if style == "-" else "#222222", linestyle=style, linewidth=1.6, label=who)
+        _panel_title(ax, _wrap(r.label, 55), 0.0, fontsize=9.5)
+        ax.set_xlabel("step")
+        _number_axis(ax.xaxis, integer=True)
+        ax.set_ylabel(_EVAL_LABELS[metric])
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    _settle_xticks(fig, axes)
+    return figure_png(fig)
+
+
 def diverged_figure(results: Sequence[Any], title: str) -> Figure | None:
     """diverged.png, or None when no repetition of any series diverged."""
     if not any(np.nan_to_num(np.asarray(r.diverged_fraction, dtype=np.float64)).max(initial=0.0) > 0 for r in results):
@@ -799,7 +845,8 @@ def make_figures(results: Sequence[Any], title: str) -> dict[str, Figure]:
         "loss_vs_bits.png": loss_figure(results, title, by_bits=True),
         "final.png": final_figure(results, title),
     }
-    for name, make in (("compression_error.png", compression_error_figure), ("diverged.png", diverged_figure)):
+    for name, make in (("compression_error.png", compression_error_figure), ("diverged.png", diverged_figure),
+                       ("test.png", test_figure)):
         fig = make(results, title)
         if fig is not None:
             out[name] = fig
@@ -816,6 +863,7 @@ def make_plots(results: Sequence[Any], title: str) -> dict[str, bytes]:
         ("final.png", lambda: final_figure(results, title)),
         ("compression_error.png", lambda: compression_error_figure(results, title)),
         ("diverged.png", lambda: diverged_figure(results, title)),
+        ("test.png", lambda: test_figure(results, title)),
     ]
     out = {}
     for name, build in builders:  # one figure alive at a time

@@ -542,7 +542,11 @@ def _run(exp: Experiment, out: Path, models: list[Any], record: RunRecord, *, pr
     def tracking_png(title: str) -> dict[str, bytes]:
         from compsde.experiments import plots as plots_mod
 
-        figs = {"tracking.png": plots_mod.tracking_figure(results, [t.result for t in tracked], [t.error for t in tracked], title)}
+        sdes = [t.result for t in tracked]
+        figs = {"tracking.png": plots_mod.tracking_figure(results, sdes, [t.error for t in tracked], title)}
+        test_png = plots_mod.tracking_test_figure(results, sdes, title)
+        if test_png is not None:
+            figs["tracking_test.png"] = test_png
         if summary.get("weak_order"):
             figs["weak_order.png"] = plots_mod.weak_order_figure(summary["weak_order"], title)
         return figs
