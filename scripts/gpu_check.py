@@ -13,9 +13,12 @@ Checks (each prints one line, then a JSON summary is printed and written to --ou
    Carlo constants measured on the device stay inside the declared ones (unbiasedness within 5
    standard errors, ω, δ);
 3. the SDE integration on the device matches the CPU one (same Brownian increments);
-4. the DDP communication hook over NCCL (world size 1) trains a small MLP with sign/majority, top-k
+4. networks (an MLP and a small ViT on digits): simulated training with rand-k and top-k with error
+   feedback, and the DSGD/DSignSGD SDE drifts from per-sample gradients, on the device against the CPU
+   (float64, relative difference ≤ 1e-6: the device's matrix products add in another order);
+5. the DDP communication hook over NCCL (world size 1) trains a small MLP with sign/majority, top-k
    with error feedback and rand-k, and stays equal to the same steps computed without DDP;
-5. with two or more GPUs, a two-process NCCL run of ``compsde run --backend torch`` reproduces the
+6. with two or more GPUs, a two-process NCCL run of ``compsde run --backend torch`` reproduces the
    CUDA simulator (skipped, and said so, with one GPU).
 """
 
@@ -239,6 +242,37 @@ def check_two_process(device: str) -> str:
     return "NCCL world 2 equals the CUDA simulator"
 
 
+@check("networks on the device: the same training and SDE drift as on the CPU")
+def check_networks(device: str) -> str:
+    from compsde import algorithms
+    from compsde.algorithms.schedules import Schedule
+    from compsde.objectives import Noise, problems
+    from compsde.sde.models import from_algorithm
+    from compsde.sim import simulate
+
+    worst = {}
+    for name, kw in (("mlp", {"hidden": [16]}), ("vit", {"patch": 4, "width": 16, "depth": 1})):
+        net = problems.make(name, dataset="digits", **kw)
+        for method, params in (("dcsgd", {"compressor": "rand-k", "ratio": 0.25}), ("ef", {"compressor": "top-k", "ratio": 0.1})):
+            algo = algorithms.make(method, **params)
+            o = net.oracle(Noise("gaussian", 0.01), workers=4, batch=8, dtype=torch.float64)
+            a = simulate(o, algo, Schedule("constant", 0.05, 20), repeats=2, seed=3, log_every=10)
+            b = simulate(o.to(torch.float64, device), algo, Schedule("constant", 0.05, 20), repeats=2, seed=3, log_every=10)
+            rel = float((a.x - b.x).abs().max() / a.x.abs().max())
+            worst[f"{name} {algo.label()}"] = rel
+            if not rel <= 1e-6:  # float64, matrix products in another order on the device
+                raise AssertionError(f"{name} {algo.label()}: relative difference {rel:.3g} > 1e-6")
+        x = o.x0().unsqueeze(0)
+        for method in ("dsgd", "dsignsgd"):
+            m_cpu = from_algorithm(o, algorithms.make(method), 0.05).drift(x)
+            m_dev = from_algorithm(o.to(torch.float64, device), algorithms.make(method), 0.05).drift(x.to(device))
+            rel = float((m_cpu - m_dev.cpu()).abs().max() / m_cpu.abs().max())
+            worst[f"{name} {method} SDE drift"] = rel
+            if not rel <= 1e-6:
+                raise AssertionError(f"{name} {method} SDE drift: relative difference {rel:.3g} > 1e-6")
+    return f"max relative difference {max(worst.values()):.2e} over {len(worst)} comparisons"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda", help="the device to check (default cuda; cpu for a dry run)")
@@ -251,7 +285,7 @@ def main() -> int:
             "name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
             "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0}
     print(json.dumps(info))
-    for fn in (check_simulator, check_compressors, check_sde, check_ddp_hook, check_two_process):
+    for fn in (check_simulator, check_compressors, check_sde, check_networks, check_ddp_hook, check_two_process):
         fn(args.device)
     summary = {"info": info, "results": RESULTS}
     text = json.dumps(summary, indent=2)
