@@ -247,7 +247,7 @@ def test_network_sde_covariance_matches_the_minibatch_updates(method, kw, noise)
 
     net = MLPNetwork(dataset="breast-cancer", hidden=[2], sde_samples=10_000)
     o = net.oracle(noise, workers=2, batch=4, dtype=torch.float64)
-    assert o.sde_n == min(s.numel() for s in o.shards)
+    assert o.sde_n == max(s.numel() for s in o.shards)  # every shard whole: S exact
     algo = algorithms.make(method, **kw)
     model = from_algorithm(o, algo, 0.1)
     k = 20_000
@@ -309,3 +309,53 @@ def test_per_layer_compression_from_a_config():
     bad = {**cfg, "problem": {"name": "quadratic", "dim": 4}}
     with pytest.raises(ValueError, match="per_layer = true .* problem 'quadratic'"):
         config.build(config.resolve(bad))
+
+
+def test_unequal_shards_keep_their_own_covariance():
+    """A Dirichlet split gives shards of different sizes: each worker's factor uses all of its own shard
+    (rows beyond it are 0), so F_iᵀF_i is that shard's per-sample covariance / B exactly."""
+    from compsde.objectives.network import MLPNetwork
+
+    o = MLPNetwork(dataset="breast-cancer", hidden=[2], split="dirichlet", alpha=0.5, sde_samples=1000).oracle(
+        workers=2, batch=4, dtype=torch.float64)
+    sizes = [s.numel() for s in o.shards]
+    assert sizes[0] != sizes[1] and o.sde_n == max(sizes)
+    x = o.x0().unsqueeze(0)
+    f = o.noise_factors(x)[:, 0]
+    one = lambda p, a, b: o._loss_named(p, a.unsqueeze(0), b.unsqueeze(0))  # noqa: E731
+    for i, n_i in enumerate(sizes):
+        g = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))(o.flat.unflatten(x[0]), *o._shard(i))
+        g = torch.cat([g[k].reshape(n_i, -1) for k in o.flat.names], -1)
+        cov = torch.cov(g.T, correction=0) / o.batch
+        torch.testing.assert_close(f[i].T @ f[i], cov, rtol=1e-9, atol=1e-12)
+        assert not f[i, n_i:].any()
+
+
+def test_bad_idx_folders_bad_oracle_arguments_and_the_callers_module(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def folder(name, train_side=4, test_side=4, labels=(0, 3), n_train=6, code=0x08):
+        d = tmp_path / name
+        d.mkdir()
+        _idx(d / "train-images-idx3-ubyte", rng.integers(0, 256, (n_train, train_side, train_side), dtype=np.uint8))
+        _idx(d / "train-labels-idx1-ubyte", rng.integers(*labels, (n_train,)).astype(np.int8 if code == 0x09 else np.uint8), code=code)
+        _idx(d / "t10k-images-idx3-ubyte", rng.integers(0, 256, (3, test_side, test_side), dtype=np.uint8))
+        _idx(d / "t10k-labels-idx1-ubyte", rng.integers(0, 3, (3,), dtype=np.uint8))
+        return d
+
+    for d, match in [(folder("sides", test_side=3), "same size"), (folder("neg", labels=(-2, 0), code=0x09), "≥ 0"),
+                     (folder("empty", n_train=0), "n ≥ 1")]:
+        with pytest.raises(ValueError, match=match):
+            D.load("mnist-idx", path=d)
+    with pytest.raises(ValueError, match="stages"):
+        build("resnet", (1, 8, 8), 10, stages=2000)
+    with pytest.raises(ValueError, match="training sample"):
+        D.load("teacher", samples=2, test_fraction=0.5)
+    ds = D.load("digits")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).double()
+    for kw, match in [({"data": None}, "Dataset"), ({"device": "foo"}, "device"), ({"dtype": torch.int64}, "dtype"),
+                      ({"workers": 2**31}, "workers")]:
+        with pytest.raises(ValueError, match=match):
+            NetworkOracle(model, **{"data": ds, "workers": 2, "batch": 2, **kw})
+    NetworkOracle(model, ds, workers=2, batch=2, dtype=torch.float32)
+    assert next(model.parameters()).dtype == torch.float64  # the caller's module is left as it was

@@ -18,6 +18,8 @@ __all__ = [
 
 #: Largest integer a TOML file, a checkpoint or a torch int64 can hold.
 MAX_INT64 = (1 << 63) - 1
+#: The most workers a run may have (each holds d-length state; a million is already far beyond a cluster).
+MAX_WORKERS = 10**6
 #: Seeds are reduced to 64 bits by ``compsde.core.streams``; larger ones are refused, not wrapped.
 MAX_SEED = (1 << 64) - 1
 #: The longest title, label or group name ``check_text`` accepts.

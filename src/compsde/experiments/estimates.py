@@ -111,6 +111,8 @@ def _sde_memory(model: Any, run: Mapping[str, Any], series: Mapping[str, Any], d
     out = float(itemsize) * m * dim * (6 + model.noise_dim / max(dim, 1))
     if model.noise_type == "sampled":
         out += 4.0 * itemsize * n * model.samples * m * dim
+    if getattr(model, "rank", 0):  # a network's noise factors (N, M, n, d) and the per-sample gradients behind them
+        out += 2.0 * itemsize * n * m * model.rank * dim
     return out + _record_bytes(series.get("steps", run["steps"]), run["log_every"], m)
 
 

@@ -164,9 +164,14 @@ def _idx_folder(folder: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     for part in ("train", "t10k"):
         img = load_idx(_first(folder, f"{part}-images-idx3-ubyte", f"{part}-images.idx3-ubyte"))
         lab = load_idx(_first(folder, f"{part}-labels-idx1-ubyte", f"{part}-labels.idx1-ubyte"))
-        if img.ndim != 3 or lab.ndim != 1 or img.shape[0] != lab.shape[0]:
-            raise ValueError(f"{folder}: {part} images must be (n, rows, cols) and labels (n,) with the same n, "
+        if img.ndim != 3 or lab.ndim != 1 or img.shape[0] != lab.shape[0] or img.shape[0] == 0:
+            raise ValueError(f"{folder}: {part} images must be (n, rows, cols) and labels (n,) with the same n ≥ 1, "
                              f"got {img.shape} and {lab.shape}")
+        if lab.min() < 0:
+            raise ValueError(f"{folder}: {part} labels must be class indices ≥ 0, got {int(lab.min())}")
+        if out and tuple(img.shape[1:]) != tuple(out[0].shape[2:]):
+            raise ValueError(f"{folder}: test images are {img.shape[1]}×{img.shape[2]}, training images "
+                             f"{out[0].shape[2]}×{out[0].shape[3]}: both sets must have the same size")
         out += [torch.from_numpy(img.astype(np.float32) / 255.0).unsqueeze(1), torch.from_numpy(lab.astype(np.int64))]
     return out[0], out[1], out[2], out[3]
 
@@ -382,6 +387,9 @@ def load(name: str, *, path: str | Path | None = None, test_fraction: float = 0.
         x, y = loader()
         classes = int(y.max()) + 1
     x, y, xt, yt = _split(x, y, test_fraction, seed)
+    if x.shape[0] < 2:
+        raise ValueError(f"dataset {name!r}: {x.shape[0]} training sample after the split (test_fraction = "
+                         f"{test_fraction}); a run needs at least 2 — raise samples or lower test_fraction")
     if kind == "table":
         mean, std = x.mean(0), x.std(0).clamp_min(1e-12)
         x, xt = (x - mean) / std, (xt - mean) / std

@@ -176,7 +176,7 @@ def check_sizes(name: str, sample_shape: tuple[int, ...], sizes: dict[str, Any])
         return s
     for key in ("width", "depth", "heads", "patch", "stages"):
         if key in s:
-            s[key] = check_int(key, s[key], min=1, max=1 << 16)
+            s[key] = check_int(key, s[key], min=1, max=16 if key == "stages" else 1 << 16)  # widths double per stage
     if "heads" in s and s["width"] % s["heads"]:
         raise ValueError(f"width = {s['width']} must be a multiple of heads = {s['heads']}")
     if name in ("resnet", "vit") and len(sample_shape) != 3:

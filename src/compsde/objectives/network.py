@@ -32,9 +32,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from compsde.core.checks import check_choice, check_int, check_number, check_seed, describe
+from compsde.core.checks import MAX_WORKERS, check_choice, check_int, check_number, check_seed, describe
 from compsde.core.streams import Streams
-from compsde.core.tensors import check_memory
+from compsde.core.tensors import check_memory, resolve_device, resolve_dtype
 from compsde.objectives import problems
 from compsde.objectives.data import Dataset, worker_shards
 from compsde.objectives.data import load as load_data
@@ -118,18 +118,23 @@ class NetworkOracle(GradientOracle):
             raise ValueError(f"noise must be a compsde Noise, got {describe(noise)}")
         if loss is not None and not callable(loss):
             raise ValueError(f"loss must be a function (outputs, targets) → scalar, got {describe(loss)}")
-        self.workers = check_int("workers", workers, min=1)
+        self.workers = check_int("workers", workers, min=1, max=MAX_WORKERS)
         self.batch = check_int("batch", batch, min=1, max=1 << 24)
+        for attr in ("x", "y", "x_test", "y_test", "classes", "kind"):
+            if not hasattr(data, attr):
+                raise ValueError(f"data must be a compsde.objectives.data.Dataset (x, y, x_test, y_test, classes, kind), "
+                                 f"got {describe(data)}")
+        dtype, device = resolve_dtype(dtype), resolve_device(device)
         self.eval_samples = check_int("eval_samples", eval_samples, min=1, max=1 << 24)
         self.sde_samples = check_int("sde_samples", sde_samples, min=2, max=1 << 16)
         self.split, self.alpha, self.seed = check_choice("split", split, ("iid", "dirichlet")), alpha, check_seed("seed", seed)
         check_number("alpha", alpha, min=0.0, min_open=True, max=1e6)
         self.noise, self.data, self.name = noise, data, name
-        self.base_model = model
+        self.base_model = copy.deepcopy(model)  # the caller's module is never changed
         self.loss_fn = cross_entropy if loss is None else loss
         self.classifier = (loss is None) if classifier is None else bool(classifier)
         self.dtype, self.device = dtype, torch.device(device)
-        self.model = model.to(dtype=dtype, device=self.device)
+        self.model = copy.deepcopy(model).to(dtype=dtype, device=self.device)
         self.flat = FlatParams(self.model)
         self.dim = self.flat.dim
         self.buffers = {n: b for n, b in self.model.named_buffers()}
@@ -137,7 +142,7 @@ class NetworkOracle(GradientOracle):
         self.sizes = torch.tensor([s.numel() for s in self.shards], dtype=torch.float64)
         self.shard_table = torch.cat(self.shards)
         #: n per worker for the SDE's covariance, and each worker's fixed random order of its shard.
-        self.sde_n = self.noise_rank = min(self.sde_samples, min(sh.numel() for sh in self.shards))
+        self.sde_n = self.noise_rank = min(self.sde_samples, max(sh.numel() for sh in self.shards))
         gen = torch.Generator().manual_seed(seed)
         self.sde_subsets = [sh[torch.randperm(sh.numel(), generator=gen)] for sh in self.shards]
         self.offsets = torch.cumsum(torch.tensor([0] + [s.numel() for s in self.shards[:-1]]), 0)
@@ -247,27 +252,31 @@ class NetworkOracle(GradientOracle):
         return self.loss_fn(functional_call(self.model, {**params, **self.buffers}, (xb,)), yb)
 
     def _minibatch_grads(self, x: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
-        """∇ of each worker's minibatch loss: xb (n, R, B, ...), x (R, d) → (n, R, d).
+        """∇ of each worker's minibatch loss: xb (n, R, B, ...), x (R, d) shared or (n, R, d) per worker
+        (local methods) → (n, R, d).
 
         The gradient is taken with respect to the named parameter tensors (views of x), not the flat
         row: the backward of slicing a row would zero-fill and add a d-length gradient per tensor
         (measured 3× slower for an MLP); each tensor's gradient is then written once into its columns.
         """
         per_rep = vmap(grad(self._loss_named), in_dims=(0, 0, 0))  # over repetitions: (R, ...), (R, B, ...)
-        g = vmap(per_rep, in_dims=(None, 0, 0))(self.flat.unflatten(x), xb, yb)  # over workers, parameters shared
-        n, r = xb.shape[0], x.shape[0]
+        shared = x.dim() == 2
+        g = vmap(per_rep, in_dims=(None if shared else 0, 0, 0))(self.flat.unflatten(x), xb, yb)  # over workers
+        n, r = xb.shape[0], x.shape[-2]
         out = torch.empty(n, r, self.dim, dtype=x.dtype, device=x.device)
         for (name, size), part in zip(zip(self.flat.names, self.flat.sizes), self.flat.unflatten(out).values()):
             part.copy_(g[name].reshape(part.shape)) if size else None
         return out
 
     def loop_grads(self, x: Tensor, lo: int, hi: int, sample: MinibatchSample) -> Tensor:
-        """The reference: the same gradients with one autograd backward per worker and repetition."""
+        """The reference: the same gradients with one autograd backward per worker and repetition (x as in
+        ``grads``: shared (R, d) or per worker (n, R, d))."""
         xb, yb = self._batches(sample, lo, hi)
-        out = torch.empty(hi - lo, *x.shape, dtype=x.dtype, device=x.device)
+        out = torch.empty(hi - lo, *x.shape[-2:], dtype=x.dtype, device=x.device)
         for i in range(hi - lo):
-            for r in range(x.shape[0]):
-                params = {k: v.detach().clone().requires_grad_(True) for k, v in self.flat.unflatten(x[r]).items()}
+            xi = x if x.dim() == 2 else x[i]  # shared iterate, or worker i's own (local methods)
+            for r in range(xi.shape[0]):
+                params = {k: v.detach().clone().requires_grad_(True) for k, v in self.flat.unflatten(xi[r]).items()}
                 grads = torch.autograd.grad(self._loss_named(params, xb[i, r], yb[i, r]), list(params.values()))
                 torch.cat([g.reshape(-1) for g in grads], out=out[i, r])
         if sample.noise is not None:
@@ -307,21 +316,25 @@ class NetworkOracle(GradientOracle):
 
     def noise_factors(self, x: Tensor) -> Tensor:
         """F_i with Cov(minibatch noise of worker i) ≈ F_iᵀ F_i, (N, M, n, d): F_i = (G_i − Ḡ_i)/√(n B) from the
-        per-sample gradients G_i (n × d) of n = ``sde_samples`` fixed samples of the worker's shard (all of
-        it when smaller: then exact, since minibatches are drawn uniformly with replacement from the shard).
+        per-sample gradients G_i (n_i × d) of n_i = min(``sde_samples``, shard size) fixed samples of the
+        worker's shard (all of it when smaller: then exact, since minibatches are drawn uniformly with
+        replacement from the shard); rows beyond n_i are 0, so every worker has n = ``noise_rank`` rows.
         Low rank, never a d × d matrix; S^{1/2} ξ is then F_iᵀ ζ with ζ ∈ ℝⁿ standard normal."""
         n = self.sde_n
-        if n < 2:
-            raise ValueError(f"a worker's shard has {n} sample: its gradient noise covariance needs at least 2")
         one = lambda p, a, b: self._loss_named(p, a.unsqueeze(0), b.unsqueeze(0))  # noqa: E731
         per_sample = vmap(vmap(grad(one), in_dims=(None, 0, 0)), in_dims=(0, None, None))  # paths × samples
-        out = torch.empty(self.workers, x.shape[0], n, self.dim, dtype=x.dtype, device=x.device)
+        out = torch.zeros(self.workers, x.shape[0], n, self.dim, dtype=x.dtype, device=x.device)
         params = self.flat.unflatten(x)
         for i in range(self.workers):
-            g = per_sample(params, *self._shard(i, n))
-            torch.cat([g[k].reshape(x.shape[0], n, -1) for k in self.flat.names], dim=-1, out=out[i])
-        out -= out.mean(dim=2, keepdim=True)
-        return out.div_(math.sqrt(n * self.batch))
+            n_i = min(n, self.shards[i].numel())  # a smaller shard fills fewer rows (the rest stay 0)
+            if n_i < 2:
+                raise ValueError(f"worker {i}'s shard has {n_i} sample: its gradient noise covariance needs at least 2")
+            g = per_sample(params, *self._shard(i, n_i))
+            f = out[i, :, :n_i]
+            torch.cat([g[k].reshape(x.shape[0], n_i, -1) for k in self.flat.names], dim=-1, out=f)
+            f -= f.mean(dim=1, keepdim=True)
+            f /= math.sqrt(n_i * self.batch)
+        return out
 
     def sign_means(self, x: Tensor) -> Tensor:
         """E sign(g_i(x)) per coordinate, (N, M, d), with the minibatch noise taken Gaussian (central limit)

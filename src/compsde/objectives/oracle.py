@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from compsde.core.checks import check_int, describe
+from compsde.core.checks import MAX_WORKERS, check_int, describe
 from compsde.core.streams import Streams
 from compsde.objectives.noise import Noise
 from compsde.objectives.problems import Problem
@@ -69,7 +69,7 @@ class Oracle(GradientOracle):
         noise = Noise("none") if noise is None else noise
         if not isinstance(noise, Noise):
             raise ValueError(f"noise must be a compsde Noise, got {describe(noise)}")
-        self.workers = check_int("workers", workers, min=1)
+        self.workers = check_int("workers", workers, min=1, max=MAX_WORKERS)
         self.batch = check_int("batch", batch, min=1)
         problem.check_workers(workers)
         noise.worker_scales(workers)  # a per-worker scale list must have one entry per worker
@@ -133,9 +133,13 @@ class Oracle(GradientOracle):
         return z
 
     def grads(self, x: Tensor, lo: int, hi: int, sample: Tensor | None, *, keep_sample: bool = False) -> Tensor:
-        """g_i(x) = ∇f_i(x) + z_i for workers lo ≤ i < hi at x (R, d). The sample (if any) is overwritten
-        with the result, unless ``keep_sample`` (to evaluate again with the same sample)."""
-        g = self.problem.worker_grads(x, self.workers, lo, hi)
+        """g_i(x) = ∇f_i(x) + z_i for workers lo ≤ i < hi at x (R, d), or at each worker's own iterate
+        x_i for x (hi − lo, R, d) (local methods). The sample (if any) is overwritten with the result,
+        unless ``keep_sample`` (to evaluate again with the same sample)."""
+        if x.dim() == 3:
+            g = self.problem.local_grads(x, self.workers, lo)
+        else:
+            g = self.problem.worker_grads(x, self.workers, lo, hi)
         if sample is None:
             return g
         return sample + g if keep_sample else sample.add_(g)

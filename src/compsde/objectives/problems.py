@@ -71,6 +71,13 @@ class Problem:
         b = self.tilts(workers)[lo:hi].to(device=x.device, dtype=x.dtype)
         return g.unsqueeze(0) - b.reshape(hi - lo, *([1] * (x.dim() - 1)), self.dim)
 
+    def local_grads(self, xs: Tensor, workers: int, lo: int = 0) -> Tensor:
+        """∇f_i(x_i) for workers lo ≤ i < lo + n at their own points xs (n, ..., d)."""
+        n = xs.shape[0]
+        if self.heterogeneity == 0.0 and type(self).worker_grads is Problem.worker_grads:
+            return self.grad(xs)
+        return torch.stack([self.worker_grads(xs[j], workers, lo + j, lo + j + 1)[0] for j in range(n)])
+
     def tilts(self, workers: int) -> Tensor:
         """The heterogeneity shifts b_i (shape (workers, d)), centred so that Σ_i b_i = 0."""
         return _tilts(self.seed, workers, self.dim, float(self.heterogeneity))
