@@ -70,3 +70,100 @@ def test_local_sgd_wrapper_in_a_real_group(tmp_path):
     assert r["equal_after"] and r["differ_between"]
     assert r["rounds"] == len(expected) and r["bytes"] == len(expected) * 7 * 4  # 6 weights + 1 bias, float32
     assert r["resume_equal"] and r["disagreement_refused"]
+
+
+# ---- local methods in the simulator and on torch.distributed -------------------------------------
+
+def _oracle(**kw):
+    from compsde.objectives import Noise, Oracle, problems
+
+    return Oracle(problems.make("quadratic", dim=6, **kw), Noise("gaussian", 0.5), workers=4, batch=1)
+
+
+def test_local_sgd_every_step_is_dsgd():
+    import torch
+
+    from compsde import Schedule, algorithms, simulate
+
+    o = _oracle(heterogeneity=1.0)
+    a = simulate(o, algorithms.make("dsgd"), Schedule("cosine", 0.1, 30), repeats=3, log_every=10)
+    b = simulate(o, algorithms.make("local-sgd", sync=SyncSchedule()), Schedule("cosine", 0.1, 30), repeats=3, log_every=10)
+    torch.testing.assert_close(a.x, b.x, rtol=1e-12, atol=1e-14)  # x̄ − mean(x̄ − x_i) vs x − η mean g_i: round-off
+    assert torch.equal(a.rounds, b.rounds) and b.sync_period.tolist() == [1, 1, 1, 1]
+
+
+def test_local_steps_without_noise_on_identical_workers_are_gradient_descent():
+    """Homogeneous workers without noise take the same local steps: averaging changes nothing, so any
+    period gives plain gradient descent, with one communication round per period."""
+    import torch
+
+    from compsde import Schedule, algorithms, simulate
+    from compsde.objectives import Oracle, problems
+
+    o = Oracle(problems.make("quadratic", dim=6), None, workers=3, batch=1)
+    gd = simulate(o, algorithms.make("dsgd"), Schedule("constant", 0.1, 24), log_every=24)
+    loc = simulate(o, algorithms.make("local-sgd", sync=SyncSchedule("constant", period=5)), Schedule("constant", 0.1, 24), log_every=24)
+    torch.testing.assert_close(gd.x, loc.x, rtol=1e-12, atol=1e-14)
+    assert int(loc.rounds[-1]) == 5  # periods 5, 5, 5, 5, then 4 (capped by the steps left)
+
+
+def test_local_periods_rounds_and_bits_follow_the_schedule():
+    from compsde import Schedule, algorithms, simulate
+
+    sync = SyncSchedule("qsr", period=2, alpha=0.3)
+    sched = Schedule("cosine", 0.1, 40)
+    algo = algorithms.make("local-adamw", "top-k", k=2, error_feedback=True, sync=sync)
+    tr = simulate(_oracle(heterogeneity=1.0), algo, sched, repeats=2, log_every=1)
+    ends, k = [], 0
+    while k < 40:
+        k += sync.next_period(k, sched(k), 40 - k)
+        ends.append(k)
+    rounds = tr.rounds.tolist()
+    assert [s for s in range(1, 41) if rounds[s] == rounds[s - 1] + 1] == ends  # an averaging exactly there
+    assert tr.bits[-1] == len(ends) * algo.bits(6)
+    assert tr.sync_period[0] == ends[0] and tr.sync_period[-1] == ends[-1] - ends[-2]
+
+
+def test_local_methods_in_configs_and_their_errors():
+    from compsde.experiments import build as config
+
+    def cfg(**series):
+        return {"run": {"steps": 4, "repeats": 1}, "problem": {"name": "quadratic", "dim": 4},
+                "series": [{"lr": 0.1, "workers": 2, **series}]}
+
+    exp = config.build(config.resolve(cfg(method="local-sgd", sync="qsr", period=2, alpha=0.2, schedule="cosine")))
+    assert exp.series[0].algorithm.sync == SyncSchedule("qsr", period=2, alpha=0.2)
+    assert exp.series[0].label == "Local SGD qsr(period=2,alpha=0.2) cosine"
+    for bad, match in [(dict(method="dsgd", period=3), "applies to the local methods"),
+                       (dict(method="local-sgd", sync="hourly"), "sync must be one of"),
+                       (dict(method="local-sgd", sync="constant", alpha=0.1), "sync 'constant' takes period"),
+                       (dict(method="local-sgd", sync="qsr", period=2), "needs alpha"),
+                       (dict(method="local-sgd", sync="qsr", alpha=0.1, power=1, schedule="poly"), "ambiguous"),
+                       (dict(method="local-adamw", worker={"momentum": 0.9}), "momentum does not apply")]:
+        with pytest.raises(ValueError, match=match):
+            config.build(config.resolve(cfg(**bad)))
+
+
+def test_torch_backend_runs_local_methods_as_the_simulator_does(tmp_path):
+    import torch
+
+    from compsde.experiments import build as config
+    from compsde.experiments.torch_backend import run as run_torch
+    from compsde.sim import simulate
+
+    series = [{"method": "local-sgd", "sync": "qsr", "period": 2, "alpha": 0.3, "schedule": "cosine", "lr": 0.1,
+               "workers": 4, "worker": {"momentum": 0.5}},
+              {"method": "local-adamw", "sync": "constant", "period": 3, "compressor": "top-k", "k": 2,
+               "error_feedback": True, "lr": 0.01, "workers": 4},
+              {"method": "local-sgd", "sync": "post-local", "period": 4, "switch_step": 5, "compressor": "rand-k", "k": 3,
+               "server": {"momentum": 0.9, "nesterov": True}, "outer_lr": 0.7, "lr": 0.1, "workers": 3}]
+    cfg = {"run": {"steps": 16, "repeats": 2, "seed": 2, "log_every": 4, "dtype": "float64"},
+           "problem": {"name": "quadratic", "dim": 6, "heterogeneity": 1.0}, "noise": {"name": "gaussian", "scale": 0.5},
+           "series": series}
+    exp = config.build(config.resolve(cfg), "local")
+    res = run_torch(exp, tmp_path / "out", workers=4, timeout=60, progress=False, plots=False)
+    for spec, tr in zip(exp.series, res.traces):
+        ref = simulate(spec.oracle, spec.algorithm, spec.schedule, repeats=2, seed=2, log_every=4)
+        torch.testing.assert_close(tr.x, ref.x, rtol=1e-12, atol=1e-14)  # the all-reduce of plain averaging may round
+        assert torch.equal(tr.rounds, ref.rounds) and torch.equal(tr.sync_period, ref.sync_period)
+        assert torch.equal(tr.bytes, ref.bytes), spec.label

@@ -9,6 +9,11 @@ the workers' side (before compression) and on the server's side (after aggregati
 * ``dsignsgd``           x ← x − η (1/N) Σ_i sign(g_i)                 (mean of signs)
 * ``dsignsgd-majority``  x ← x − η sign(Σ_i sign(g_i))                 (majority vote)
 * ``ef``                 error feedback around any compressor
+* ``local-sgd``          each worker x_i ← x_i − η T_w(g_i(x_i)) (SGD, with momentum via ``worker``), the
+                         parameters averaged when ``sync`` (a ``SyncSchedule``) ends a period; the deltas
+                         may be compressed (``compressor``, ``error_feedback``), and an outer optimizer
+                         (``server`` transform, ``outer_lr``) applied to their mean (DiLoCo: Nesterov)
+* ``local-adamw``        the same with AdamW as the inner optimizer (``worker.weight_decay``)
 
 Options of every recipe: ``worker`` / ``server`` — a ``compsde.optim.Transform`` or a dict with
 ``momentum`` (β), ``nesterov`` (bool) and ``weight_decay`` (decoupled λ) — and ``normalize`` (the
@@ -26,9 +31,10 @@ from compsde import compressors
 from compsde.algorithms.algorithm import Algorithm, WorkersOut
 from compsde.compressors import Compressor
 from compsde.core.checks import check_bool, describe
-from compsde.optim import Transform, add_decayed_weights, chain, momentum, normalize
+from compsde.algorithms.sync import SyncSchedule
+from compsde.optim import Transform, adam, add_decayed_weights, chain, momentum, normalize
 
-__all__ = ["ALGORITHM_NAMES", "Algorithm", "TRANSFORM_KEYS", "WorkersOut", "implied_compressor", "make", "names",
+__all__ = ["ALGORITHM_NAMES", "Algorithm", "TRANSFORM_KEYS", "WorkersOut", "default_compressor", "implied_compressor", "is_local", "make", "names",
            "transform_from"]
 
 
@@ -38,6 +44,7 @@ class _Recipe:
     aggregation: str
     error_feedback: bool
     display: str  # the name in plot labels
+    inner: str | None = None  # local methods: the inner optimizer ("sgd" or "adamw")
 
 
 _RECIPES: dict[str, _Recipe] = {
@@ -46,6 +53,8 @@ _RECIPES: dict[str, _Recipe] = {
     "dsignsgd": _Recipe("sign", "mean", False, "DSignSGD"),
     "dsignsgd-majority": _Recipe("sign", "majority", False, "DSignSGD-vote"),
     "ef": _Recipe(None, "mean", True, "EF"),
+    "local-sgd": _Recipe(None, "mean", False, "Local SGD", inner="sgd"),
+    "local-adamw": _Recipe(None, "mean", False, "Local AdamW", inner="adamw"),
 }
 ALGORITHM_NAMES = tuple(_RECIPES)
 #: The keys of a ``worker`` / ``server`` transform given as a dict (config tables and ``make``).
@@ -65,6 +74,18 @@ def _recipe(name: Any) -> _Recipe:
 def implied_compressor(name: str) -> str | None:
     """The compressor an algorithm implies (``identity`` for dsgd, ``sign`` for dsignsgd*), or None if it takes any."""
     return _recipe(name).compressor
+
+
+def default_compressor(name: str) -> str | None:
+    """The compressor a series of this algorithm uses when it names none: the implied one, identity for
+    the local methods (plain parameter averaging), None when one must be chosen."""
+    r = _recipe(name)
+    return r.compressor or ("identity" if r.inner is not None else None)
+
+
+def is_local(name: str) -> bool:
+    """Whether the algorithm is a local method (workers average parameters per a sync schedule)."""
+    return _recipe(name).inner is not None
 
 
 def display_name(name: str) -> str:
@@ -98,6 +119,7 @@ def transform_from(spec: Transform | Mapping[str, Any] | None, side: str, *, nor
 
 def make(name: str, compressor: str | Compressor | None = None, *, normalize: bool = False,
          worker: Transform | Mapping[str, Any] | None = None, server: Transform | Mapping[str, Any] | None = None,
+         sync: SyncSchedule | None = None, outer_lr: float = 1.0, error_feedback: bool = False,
          **compressor_params: Any) -> Algorithm:
     """Build an algorithm by name (see module doc).
 
@@ -107,6 +129,17 @@ def make(name: str, compressor: str | Compressor | None = None, *, normalize: bo
     """
     recipe = _recipe(name)
     check_bool("normalize", normalize)
+    check_bool("error_feedback", error_feedback)
+    if recipe.inner is None and (sync is not None or error_feedback):
+        raise ValueError(f"sync and error_feedback are options of the local methods (local-sgd, local-adamw), not of {name!r}")
+    if recipe.inner is not None:
+        if sync is None:
+            raise ValueError(f"algorithm {name!r} needs a synchronisation schedule: sync = SyncSchedule(...) "
+                             "(every-step, constant, post-local or qsr)")
+        if normalize:
+            raise ValueError(f"normalize is not defined for {name!r} (its updates are parameter deltas)")
+        if compressor is None:
+            compressor = default_compressor(name)  # plain averaging of the parameters
     if isinstance(compressor, Compressor):
         if compressor_params:
             raise ValueError(f"compressor parameters {', '.join(sorted(compressor_params))} were given with a built "
@@ -127,5 +160,11 @@ def make(name: str, compressor: str | Compressor | None = None, *, normalize: bo
                          "(use dcsgd or ef for other compressors)")
     if normalize and recipe.error_feedback:
         raise ValueError("normalize = true is not defined for algorithm 'ef' (the step size is inside the compressed message)")
-    return Algorithm(name, comp, recipe.aggregation, recipe.error_feedback, transform_from(worker, "worker"),
-                     transform_from(server, "server", normalize_last=normalize))
+    inner = transform_from(worker, "worker")
+    if recipe.inner == "adamw":
+        if isinstance(worker, Mapping) and worker.get("momentum", 0.0):
+            raise ValueError("local-adamw's inner optimizer is AdamW (β₁ = 0.9, β₂ = 0.999): worker.momentum does not apply")
+        decay = worker.get("weight_decay", 0.0) if isinstance(worker, Mapping) else 0.0
+        inner = chain(adam(), add_decayed_weights(decay)) if decay else adam()
+    return Algorithm(name, comp, recipe.aggregation, recipe.error_feedback or error_feedback, inner,
+                     transform_from(server, "server", normalize_last=normalize), sync=sync, outer_lr=outer_lr)

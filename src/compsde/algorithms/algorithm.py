@@ -20,6 +20,15 @@ payloads) and in where gradients come from (``compsde.objectives``). State is pl
 (``init``): the iterate, the workers' transform states and error-feedback memories (leading worker
 axis), the server's transform state — all of it checkpointed.
 
+Local methods (``sync`` set: Local SGD, Local AdamW; Stich 2019, Lin et al. 2020, Gu et al. 2024):
+each worker steps its own iterate x_i with the worker transform as its inner optimizer,
+x_i ← x_i − η_k T_w(g_i(x_i)), with no communication; when the synchronisation schedule
+(``compsde.algorithms.sync``) ends a period, the deltas Δ_i = x̄ − x_i from the last averaged point x̄
+go through the same compression (and error feedback) and exchange as gradients do, and the outer step
+x̄ ← x̄ − η_out T_s(mean Δ_i) (plain averaging: η_out = 1, T_s = identity; DiLoCo: Nesterov momentum)
+gives the new x̄ every worker restarts from. The state then holds x̄ (``params``), the workers' x_i
+(``local``, leading worker axis) and the schedule's counters (``sync``).
+
 Recipes (``compsde.algorithms.make``): ``dsgd`` (identity compressor), ``dcsgd`` (any compressor),
 ``dsignsgd`` (sign, mean), ``dsignsgd-majority`` (sign, majority vote), ``ef`` (error feedback
 around any compressor; Karimireddy et al. 2019, Stich & Karimireddy 2019). Each takes worker- and
@@ -37,8 +46,9 @@ from torch import Tensor
 
 from compsde.algorithms.aggregation import AGGREGATIONS, aggregate_sum
 from compsde.compressors import Compressor, Payload
-from compsde.core.checks import check_bool, check_choice
+from compsde.core.checks import check_bool, check_choice, check_number
 from compsde.core.streams import Streams
+from compsde.algorithms.sync import SyncSchedule
 from compsde.optim import Transform, identity
 
 __all__ = ["Algorithm", "WorkersOut"]
@@ -63,6 +73,9 @@ class Algorithm:
     error_feedback: bool = False
     worker: Transform = field(default_factory=identity)
     server: Transform = field(default_factory=identity)
+    #: local methods: the synchronisation schedule, and the outer learning rate η_out
+    sync: SyncSchedule | None = None
+    outer_lr: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.compressor, Compressor):
@@ -74,12 +87,24 @@ class Algorithm:
                 raise ValueError(f"{side} must be a compsde.optim.Transform, got {getattr(self, side)!r}")
         if self.error_feedback and "normalize" in self.server.names:
             raise ValueError("normalize is not defined with error feedback (the step size is inside the compressed messages)")
+        if self.sync is not None and not isinstance(self.sync, SyncSchedule):
+            raise ValueError(f"sync must be a compsde SyncSchedule, got {self.sync!r}")
+        if self.sync is not None and self.aggregation != "mean":
+            raise ValueError("a local method averages its workers' parameters: aggregation must be 'mean'")
+        check_number("outer_lr", self.outer_lr, min=0.0, min_open=True)
+        if self.sync is None and self.outer_lr != 1.0:
+            raise ValueError("outer_lr applies to local methods (local-sgd, local-adamw) only")
 
     # ---- properties ---------------------------------------------------------------------------
     @property
+    def local(self) -> bool:
+        """Workers step their own iterates and average them per the ``sync`` schedule."""
+        return self.sync is not None
+
+    @property
     def memoryless(self) -> bool:
         """The step depends on the current iterate only (no error feedback, no transform state)."""
-        return not (self.error_feedback or self.worker.stateful or self.server.stateful)
+        return not (self.error_feedback or self.worker.stateful or self.server.stateful or self.local)
 
     @property
     def single_evaluation(self) -> bool:
@@ -88,8 +113,8 @@ class Algorithm:
 
     @property
     def plain(self) -> bool:
-        """No transforms and no error feedback: g_i → C_i(g_i) → aggregate → η_k · aggregate."""
-        return not (self.error_feedback or self.worker.names or self.server.names)
+        """No transforms, no error feedback, no local steps: g_i → C_i(g_i) → aggregate → η_k · aggregate."""
+        return not (self.error_feedback or self.worker.names or self.server.names or self.local)
 
     def bits(self, d: int) -> int:
         """Bits one worker sends per communication for a vector of length d (uplink)."""
@@ -101,6 +126,8 @@ class Algorithm:
             out += f" worker: {self.worker.describe()}"
         if self.server.names:
             out += f" server: {self.server.describe()}"
+        if self.sync is not None:
+            out += f" sync: {self.sync.describe()}" + (f", outer lr {self.outer_lr:g}" if self.outer_lr != 1.0 else "")
         return out
 
     # ---- state --------------------------------------------------------------------------------
@@ -108,8 +135,12 @@ class Algorithm:
         """The state at the iterate ``params`` (R, d) for a stack of ``workers`` workers held here."""
         stacked = params.expand(workers, *params.shape)
         ef = torch.zeros(stacked.shape, dtype=params.dtype, device=params.device) if self.error_feedback else None
-        return {"params": params.clone(), "worker": self.worker.init(stacked), "ef": ef,
-                "server": self.server.init(params)}
+        state = {"params": params.clone(), "worker": self.worker.init(stacked), "ef": ef,
+                 "server": self.server.init(params)}
+        if self.local:
+            state["local"] = stacked.clone()
+            state["sync"] = {"next": None, "period": 0}  # the step of the next averaging (None: to decide)
+        return state
 
     # ---- the step -----------------------------------------------------------------------------
     def draw(self, streams: Streams, workers: Sequence[int], rows: int, d: int, dtype: torch.dtype) -> Tensor | None:
@@ -149,7 +180,12 @@ class Algorithm:
                 raise ValueError("evaluating gradients needs the parameters")
             grads = self.evaluate(grads, params)
         u, wstate = self.worker.update(grads, state["worker"], params)
-        ef = state["ef"]
+        return self.compress(u, state["ef"], lr, rnd, encode=encode, messages=messages, worker_state=wstate)
+
+    def compress(self, u: Tensor, ef: Tensor | None, lr: float, rnd: Tensor | None, *, encode: bool = False,
+                 messages: bool = True, worker_state: Any = None) -> WorkersOut:
+        """Error feedback and compression of the vectors u (n, ..., d) the workers send: their transformed
+        gradients η-free (``workers_step``), or a local method's parameter deltas (with lr = 1)."""
         if self.error_feedback:
             if ef is None:
                 raise ValueError("error feedback needs its memory in the state (Algorithm.init)")
@@ -162,7 +198,22 @@ class Algorithm:
             m = self.compressor.decode(payload, rnd)
         if self.error_feedback:
             ef = u - m  # e ← v − C(v): stays on its worker
-        return WorkersOut(u, m, payload, {"worker": wstate, "ef": ef})
+        return WorkersOut(u, m, payload, {"worker": worker_state, "ef": ef})
+
+    # ---- local methods ------------------------------------------------------------------------
+    def local_step(self, grads: Tensor, worker_state: Any, local: Tensor, lr: float) -> tuple[Tensor, Any]:
+        """One inner step of a local method for a stack of workers: x_i ← x_i − η T_w(g_i), no communication."""
+        u, wstate = self.worker.update(grads, worker_state, local)
+        return local - lr * u, wstate
+
+    def outer_step(self, total: Tensor, workers: int, state: dict[str, Any]) -> dict[str, Any]:
+        """The averaging round's server half: x̄ ← x̄ − η_out T_s(Σ_i m_i / N) from the sum of the N
+        compressed deltas; the held workers restart from the new x̄."""
+        d, sstate = self.server.update(aggregate_sum(total, workers, "mean"), state["server"], state["params"])
+        params = state["params"] - self.outer_lr * d
+        local = state["local"]
+        local.copy_(params.expand_as(local))
+        return {**state, "params": params, "server": sstate, "local": local}
 
     def direction(self, total: Tensor, workers: int, server_state: Any, params: Tensor | None) -> tuple[Tensor, Any]:
         """The server's direction d = T_s(aggregate(Σ_i m_i)) from the sum of all N messages (``total``

@@ -78,7 +78,9 @@ class SyncSchedule:
             assert self.alpha is not None
             # in logs: (α/η)^p overflows a float for tiny η; H is capped at 2⁶² (and by the steps remaining)
             log_ratio = self.power * (math.log(self.alpha) - math.log(lr))
-            h = max(self.period, math.floor((self.alpha / lr) ** self.power) if log_ratio < 62 * math.log(2) else 2**62)
+            # (1 + 1e-12): α/η rounds in floats, and (0.3/0.1)² = 8.999999999999998 must give 9
+            h = max(self.period, math.floor((self.alpha / lr) ** self.power * (1 + 1e-12))
+                    if log_ratio < 62 * math.log(2) else 2**62)
         if remaining is not None:
             h = min(h, max(1, check_int("remaining", remaining, min=0)))
         return h

@@ -26,7 +26,9 @@ from compsde.experiments import estimates, presets, schema
 from compsde.experiments.overrides import apply_overrides
 from compsde.experiments.schema import resolve
 from compsde.experiments.tomlio import dumps
+from compsde.core.tensors import DTYPES
 from compsde.objectives import Oracle, problems
+from compsde.algorithms.sync import SYNC_PARAMS, SyncSchedule
 from compsde.compressors.blockwise import Blockwise
 from compsde.objectives.network import Network
 from compsde.objectives.noise import Noise
@@ -107,8 +109,13 @@ def build(config: Mapping[str, Any], name: str | None = None) -> Experiment:
         try:
             cspec = schema.compressor_params(s["compressor"])
             cparams = {k: s[k] for k in cspec if k in s}
+            local = {}
+            if s.get("sync"):
+                keys = SYNC_PARAMS[s["sync"]]
+                local = {"sync": SyncSchedule(s["sync"], **{k: s[k] for k in keys if k in s}),
+                         **{k: s[k] for k in ("outer_lr", "error_feedback") if k in s}}
             algorithm = algorithms.make(s["method"], s["compressor"], normalize=s["normalize"],
-                                        worker=s.get("worker"), server=s.get("server"), **cparams)
+                                        worker=s.get("worker"), server=s.get("server"), **local, **cparams)
             schedule = Schedule(s["schedule"], s["lr"], s.get("steps", run["steps"]), _schedule_params(s))
             pdict = schema.merge_problem(cfg["problem"], s.get("problem", {}), f"series.{i}.problem")
             key = repr(sorted(pdict.items()))
@@ -125,12 +132,16 @@ def build(config: Mapping[str, Any], name: str | None = None) -> Experiment:
                     raise ValueError(f"per_layer = true compresses each parameter tensor of a network on its own; "
                                      f"problem {pdict['name']!r} is one vector (use a network: mlp, resnet, vit, gpt)")
                 algorithm = algorithms.make(s["method"], Blockwise(algorithm.compressor, problem.blocks),
-                                            normalize=s["normalize"], worker=s.get("worker"), server=s.get("server"))
+                                            normalize=s["normalize"], worker=s.get("worker"), server=s.get("server"),
+                                            **local)
             ndict = schema.merge_noise(cfg["noise"], s.get("noise", {}))
             scale = ndict.get("scale", 1.0)
             noise = Noise(ndict["name"], tuple(scale) if isinstance(scale, list) else scale, ndict.get("nu", 3.0))
-            oracle = (problem.oracle(noise, workers=s["workers"], batch=s["batch"]) if isinstance(problem, Network)
-                      else Oracle(problem, noise, workers=s["workers"], batch=s["batch"]))
+            if isinstance(problem, Network):
+                oracle = problem.oracle(noise, workers=s["workers"], batch=s["batch"], dtype=DTYPES[run["dtype"]])
+                oracle.check_memory(run["repeats"])  # the minibatches' activations, before anything runs
+            else:
+                oracle = Oracle(problem, noise, workers=s["workers"], batch=s["batch"])
             # Build the compressor's dimension-dependent parts now (k ≤ d etc.), not mid-run.
             algorithm.bits(problem.dim)
         except (ValueError, TypeError) as e:

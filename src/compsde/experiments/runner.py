@@ -25,8 +25,10 @@ files of two runs are never mixed; other files are left alone.
                     repetitions), ``dist_mean`` (mean ‖x − x*‖ over live repetitions; empty where x* is
                     unknown), ``bits`` (cumulative declared bits sent by each worker), ``bytes``
                     (cumulative wire bytes per worker and repetition), ``comm_rounds`` (communication
-                    rounds so far), ``compression_error`` (mean ‖C(v) − v‖²/‖v‖² over workers and live
-                    repetitions at that step; empty at step 0), ``diverged_fraction``. Empty cell = not
+                    rounds so far), ``sync_period`` (a local method's H in force; empty for methods that
+                    communicate every step), ``compression_error`` (mean ‖C(v) − v‖²/‖v‖² over workers and live
+                    repetitions at that step; empty at step 0), ``diverged_fraction``, ``test_loss``,
+                    ``test_accuracy``, ``test_perplexity`` (network problems). Empty cell = not
                     a number; ``inf`` = +∞. ``loss_mean`` is empty only when every repetition diverged.
 * ``summary.json``  ``{"title", "name", "series": [{"label", "group", "method", "compressor",
                     "final": {...}, "bits_per_worker_per_step", ...}]}`` in config order; non-finite
@@ -72,7 +74,7 @@ SINGLE_THREAD_BELOW = 1 << 20
 EVAL_COLUMNS = ("test_loss", "test_accuracy", "test_perplexity")
 METRIC_COLUMNS = [
     "series", "source", "group", "step", "lr", "loss_mean", "loss_median", "loss_q10", "loss_q90",
-    "grad_norm", "dist_mean", "bits", "bytes", "comm_rounds", "compression_error", "diverged_fraction",
+    "grad_norm", "dist_mean", "bits", "bytes", "comm_rounds", "sync_period", "compression_error", "diverged_fraction",
     *EVAL_COLUMNS,
 ]
 #: The files a run writes besides the plots (``plots.PLOT_FILES``); removed at the start of a run.
@@ -145,6 +147,8 @@ class SeriesResult:
     comm_rounds: np.ndarray | None = None
     #: Held-out metrics (``EVAL_COLUMNS``) the problem reports, each a per-step mean.
     evaluation: dict[str, np.ndarray] = field(default_factory=dict)
+    #: A local method's synchronisation period H in force at each logged step (None otherwise).
+    sync_period: np.ndarray | None = None
 
     def row(self, t: int) -> dict[str, Any]:
         return {**{k: (v[t] if (v := self.evaluation.get(k)) is not None else None) for k in EVAL_COLUMNS},
@@ -154,6 +158,7 @@ class SeriesResult:
             "dist_mean": None if self.dist_mean is None else self.dist_mean[t], "bits": self.bits[t],
             "bytes": None if self.bytes is None else self.bytes[t],
             "comm_rounds": None if self.comm_rounds is None else int(self.comm_rounds[t]),
+            "sync_period": None if self.sync_period is None else int(self.sync_period[t]),
             "compression_error": self.compression_error[t], "diverged_fraction": self.diverged_fraction[t],
         }
 
@@ -180,6 +185,7 @@ def metrics_from_trace(spec: SeriesSpec, trace: Trace, seconds: float = 0.0,
         last_diverged_step=int(dived.max()) if dived.size else None, seconds=seconds, source=source,
         bytes=trace.bytes.double().numpy(), comm_rounds=trace.rounds.numpy(),
         evaluation={k: _finite_mean(v.double().numpy()) for k, v in trace.metrics.items()},
+        sync_period=None if trace.sync_period is None else trace.sync_period.numpy(),
     )
 
 

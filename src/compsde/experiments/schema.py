@@ -22,7 +22,9 @@ Schema (unknown keys and wrong types are refused with the valid keys/types)::
                 (constant|cosine|step|poly) with its own keys flat in the table (final_ratio, gamma,
                 every, power), normalize (bool), per_layer (bool: a network's parameter
                 tensors compressed one by one), worker / server (transform tables: momentum,
-                nesterov, weight_decay), steps (a series may run longer than [run] steps), and
+                nesterov, weight_decay), for local-sgd / local-adamw sync (every-step |
+                constant | post-local | qsr) with period, alpha, power, warmup_steps, switch_step
+                as the schedule takes them, outer_lr and error_feedback (compressed deltas), steps (a series may run longer than [run] steps), and
                 inline tables problem = {...} / noise = {...} overriding [problem] / [noise].
 
 Keys that do not apply are refused, not ignored: a compressor parameter the compressor does not take,
@@ -55,7 +57,8 @@ from typing import Any, Iterable, Mapping
 from compsde import algorithms, compressors
 from compsde.algorithms import schedules
 from compsde.algorithms.schedules import SCHEDULE_NAMES
-from compsde.core.checks import MAX_INT64, check_int, check_seed, describe
+from compsde.algorithms.sync import SYNC_NAMES, SYNC_PARAMS
+from compsde.core.checks import MAX_INT64, MAX_WORKERS, check_int, check_seed, describe
 from compsde.core.tensors import DTYPES, resolve_device
 from compsde.objectives import problems
 from compsde.objectives.noise import NOISE_NAMES
@@ -214,7 +217,11 @@ _SERIES_BASE: dict[str, _Param] = {
     "problem": _Param("table", None),
     "noise": _Param("table", None),
 }
-_SERIES_COUNTS = {"workers": (1, 10**6), "batch": (1, MAX_INT64), "steps": (1, MAX_COUNT)}
+_SERIES_COUNTS = {"workers": (1, MAX_WORKERS), "batch": (1, MAX_INT64), "steps": (1, MAX_COUNT)}
+#: Keys of the local methods (local-sgd, local-adamw): the synchronisation schedule's (``SYNC_PARAMS``
+#: says which each takes) and the outer step's.
+LOCAL_KEYS = {"sync": "str", "period": "int", "alpha": "float", "power": "float", "warmup_steps": "int",
+              "switch_step": "int", "outer_lr": "float", "error_feedback": "bool"}
 
 
 def all_compressor_params() -> list[str]:
@@ -261,7 +268,7 @@ def problem_keys(name: str) -> tuple[str, ...]:
 
 def label_keys() -> frozenset[str]:
     """The series keys a derived label is made from (see module doc)."""
-    return frozenset({"method", "compressor", "normalize", "per_layer", "schedule", "worker", "server", "problem", "noise",
+    return frozenset({"method", "compressor", "normalize", "per_layer", *LOCAL_KEYS, "schedule", "worker", "server", "problem", "noise",
                       *all_compressor_params(), *SCHEDULE_KEYS})
 
 
@@ -427,12 +434,17 @@ def derive_label(s: Mapping[str, Any]) -> str:
     normalized poly(power=1) worker(momentum=0.9) ν=1``."""
     parts = [algorithms.display_name(s["method"])]
     comp = s["compressor"]
-    if comp != algorithms.implied_compressor(s["method"]):
+    if comp != algorithms.default_compressor(s["method"]):
         cspec = compressor_params(comp)
         extra = ",".join(f"{k}={s[k]}" for k, p in cspec.items() if k in s and s[k] != p.default)
         parts.append(f"{comp}({extra})" if extra else comp)
     if s["normalize"]:
         parts.append("normalized")
+    if s.get("sync"):
+        extra = ",".join(f"{k}={_fmt(s[k])}" for k in (*SYNC_PARAMS[s["sync"]], "outer_lr") if k in s)
+        parts.append(f"{s['sync']}({extra})" if extra else s["sync"])
+    if s.get("error_feedback"):
+        parts.append("EF")
     if s.get("per_layer"):
         parts.append("per layer")
     if s["schedule"] != "constant":
@@ -461,7 +473,7 @@ def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mappi
     method = s["method"]
     if not isinstance(method, str) or method not in algorithms.ALGORITHM_NAMES:
         raise ValueError(f"{where}.method: unknown method {describe(method)}; valid methods: {', '.join(algorithms.ALGORITHM_NAMES)}")
-    implied = algorithms.implied_compressor(method)
+    implied = algorithms.default_compressor(method)
     comp = s.get("compressor", implied)
     if comp is None:
         raise ValueError(f"{where}: method {method!r} needs a compressor; valid compressors: {', '.join(compressors.names())}")
@@ -475,12 +487,24 @@ def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mappi
         raise ValueError(f"{where}.schedule must be one of {', '.join(SCHEDULE_NAMES)}, got {describe(sched)}")
     sched_keys = list(schedule_keys(sched))
 
-    valid = [*_SERIES_BASE, *cspec, *sched_keys]
+    local = algorithms.is_local(method)
+    sync_name = s.get("sync", "every-step") if local else None
+    if local and (not isinstance(sync_name, str) or sync_name not in SYNC_NAMES):
+        raise ValueError(f"{where}.sync must be one of {', '.join(SYNC_NAMES)}, got {describe(sync_name)}")
+    local_keys = ["sync", *SYNC_PARAMS[sync_name], "outer_lr", "error_feedback"] if local else []
+    if sync_name == "qsr" and sched == "poly" and "power" in s:
+        raise ValueError(f"{where}.power is ambiguous with sync = 'qsr' and schedule = 'poly' (both take a power); "
+                         "use another learning-rate schedule, or QSR's default power 2")
+    valid = [*_SERIES_BASE, *cspec, *sched_keys, *local_keys]
     for k, v in s.items():
         if k in valid:
             continue
-        if k in SCHEDULE_KEYS:
+        if k in SCHEDULE_KEYS and not (local and k in LOCAL_KEYS):
             raise ValueError(f"{where}: key {k!r} (value {describe(v)}) belongs to another schedule; schedule {sched!r} takes: {', '.join(sched_keys) or 'nothing'}")
+        if k in LOCAL_KEYS:
+            why = (f"sync {sync_name!r} takes {', '.join(SYNC_PARAMS[sync_name]) or 'no period keys'}" if local
+                   else f"it applies to the local methods (local-sgd, local-adamw), not to {method!r}")
+            raise ValueError(f"{where}: key {k!r} (value {describe(v)}) does not apply: {why}")
         if k in all_compressor_params():
             raise ValueError(f"{where}: compressor {comp!r} does not take {k!r} (value {describe(v)}); it takes: {', '.join(cspec) or 'nothing'}")
         raise ValueError(f"{where}: unknown key {k!r} (value {describe(v)}); valid keys: {', '.join(valid)}")
@@ -499,6 +523,11 @@ def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mappi
     if "every" in out:
         check_int(f"{where}.every", out["every"], min=1, max=MAX_COUNT)
     out["normalize"] = base["normalize"]
+    for k in local_keys:
+        if k in s:
+            out[k] = _coerce(LOCAL_KEYS[k], f"{where}.{k}", s[k])
+    if local:
+        out["sync"] = sync_name
     if base.get("per_layer"):
         out["per_layer"] = True
     for side in ("worker", "server"):

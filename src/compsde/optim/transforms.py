@@ -24,6 +24,10 @@ Transforms:
 * ``add_decayed_weights(lam)``         u = g + λ x: decoupled weight decay when chained after the
                                         other transforms (Loshchilov & Hutter 2019), x ← x − η(u + λx).
 * ``normalize()``                      u = g / ‖g‖ per row (rows with g = 0 stay 0).
+* ``adam(b1, b2, eps)``                m ← β₁m + (1 − β₁)g, v ← β₂v + (1 − β₂)g², u = m̂/(√v̂ + ε) with the
+                                        bias corrections m̂ = m/(1 − β₁ᵗ), v̂ = v/(1 − β₂ᵗ) (Kingma & Ba
+                                        2015; torch.optim.Adam); chained with ``add_decayed_weights`` it
+                                        is AdamW (Loshchilov & Hutter 2019).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from torch import Tensor
 
 from compsde.core.checks import check_bool, check_number
 
-__all__ = ["Transform", "add_decayed_weights", "chain", "identity", "momentum", "normalize"]
+__all__ = ["Transform", "adam", "add_decayed_weights", "chain", "identity", "momentum", "normalize"]
 
 
 @dataclass(frozen=True)
@@ -137,3 +141,23 @@ def normalize(eps: float = 1e-30) -> Transform:
         return g / g.norm(dim=-1, keepdim=True).clamp_min(eps), state
 
     return Transform("normalize", lambda params: None, update)
+
+
+def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Transform:
+    """Adam's direction m̂/(√v̂ + ε) (see module doc); the step count t is a plain number in the state."""
+    b1 = check_number("b1", b1, min=0.0, max=1.0, max_open=True)
+    b2 = check_number("b2", b2, min=0.0, max=1.0, max_open=True)
+    eps = check_number("eps", eps, min=0.0, min_open=True)
+
+    def init(params: Tensor) -> dict[str, Any]:
+        z = torch.zeros(params.shape, dtype=params.dtype, device=params.device)
+        return {"m": z, "v": z.clone(), "count": 0}
+
+    def update(g: Tensor, state: dict[str, Any], params: Tensor | None) -> tuple[Tensor, dict[str, Any]]:
+        t = state["count"] + 1
+        m = state["m"].mul(b1).add_(g, alpha=1.0 - b1)
+        v = state["v"].mul(b2).addcmul_(g, g, value=1.0 - b2)
+        u = (m / (1.0 - b1**t)).div_((v / (1.0 - b2**t)).sqrt_().add_(eps))
+        return u, {"m": m, "v": v, "count": t}
+
+    return Transform("adam", init, update, {"b1": b1, "b2": b2, "eps": eps}, stateful=True)

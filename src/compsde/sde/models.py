@@ -50,6 +50,8 @@ import torch
 from torch import Tensor
 
 from compsde.algorithms import Algorithm
+from compsde.compressors import Compressor
+from compsde.compressors.blockwise import Blockwise
 from compsde.compressors.signs import Sign
 from compsde.compressors.sparsifiers import Identity, RandK
 from compsde.core.checks import check_int, check_number, describe
@@ -117,7 +119,7 @@ class DSGDSDE(SDEModel):
 
     @classmethod
     def applies(cls, algorithm: Algorithm) -> bool:
-        return algorithm.plain and algorithm.aggregation == "mean" and isinstance(algorithm.compressor, Identity)
+        return algorithm.plain and algorithm.aggregation == "mean" and isinstance(_kind(algorithm.compressor), Identity)
 
     def __init__(self, oracle: GradientOracle, algorithm: Algorithm, eta: float) -> None:
         super().__init__(oracle, algorithm, eta)
@@ -210,7 +212,7 @@ class DSignSGDSDE(SDEModel):
 
     @classmethod
     def applies(cls, algorithm: Algorithm) -> bool:
-        return algorithm.plain and algorithm.aggregation == "mean" and isinstance(algorithm.compressor, Sign)
+        return algorithm.plain and algorithm.aggregation == "mean" and isinstance(_kind(algorithm.compressor), Sign)
 
     def __init__(self, oracle: GradientOracle, algorithm: Algorithm, eta: float) -> None:
         super().__init__(oracle, algorithm, eta)
@@ -288,6 +290,12 @@ def _factor_noise(factors: Tensor, zeta: Tensor, scale: float) -> Tensor:
     return torch.einsum("imkd,mik->md", factors, zeta.reshape(m, n_w, n)).mul_(scale)
 
 
+def _kind(compressor: Compressor) -> Compressor:
+    """The compressor a model sees: a per-block identity or sign is the identity or sign itself."""
+    inner = getattr(compressor, "inner", None)
+    return inner if isinstance(compressor, Blockwise) and isinstance(inner, (Identity, Sign)) else compressor
+
+
 #: The registry, in order: the first model that ``applies`` to an algorithm is its SDE.
 MODELS: list[type[SDEModel]] = [DSGDSDE, RandKSDE, DSignSGDSDE, MonteCarloSDE]
 
@@ -312,6 +320,7 @@ def from_algorithm(oracle: GradientOracle, algorithm: Algorithm, lr: float, *,
                                      "dcsgd with rand-k and dsignsgd")
                 return MonteCarloSDE(oracle, algorithm, lr, mc_samples)
             return cls(oracle, algorithm, lr)
-    why = "error feedback" if algorithm.error_feedback else "a transform with state (momentum)"
+    why = ("the workers' own iterates between averagings" if algorithm.local else
+           "error feedback" if algorithm.error_feedback else "a transform with state (momentum)")
     raise ValueError(f"{algorithm.label()} has no first-order SDE of this form: its update depends on {why} "
                      "carried from step to step, not only on x")

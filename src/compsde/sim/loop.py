@@ -85,7 +85,9 @@ class Loop:
         self.buf = (torch.empty(self.chunk, repeats, d, dtype=oracle.dtype, device=oracle.device)
                     if oracle.scales is not None else None)
         self.k = 0
-        self.rec.record(0, self.state["params"], math.nan, exchange.log.totals())
+        first = (algorithm.sync.next_period(0, schedule(0), schedule.steps)
+                 if algorithm.local and schedule.steps > 0 else None)  # the period the run starts with
+        self.rec.record(0, self.state["params"], math.nan, exchange.log.totals(), period=first)
 
     @property
     def x(self) -> Tensor:
@@ -101,6 +103,8 @@ class Loop:
 
     def step(self) -> None:
         """One step k → k + 1 (see module doc)."""
+        if self.algorithm.local:
+            return self._local_step()
         algo, oracle, ex = self.algorithm, self.oracle, self.exchange
         k, st = self.k, self.state
         lr = self.schedule(k)
@@ -132,6 +136,54 @@ class Loop:
         if log:
             s, c = ex.combine([err_sum, float(err_count)])
             self.rec.record(k + 1, st["params"], s / c if c else math.nan, ex.log.totals())
+        self.rec.freeze(st)
+        self.k = k + 1
+
+    def _local_step(self) -> None:
+        """One step of a local method: every held worker's inner step on its own iterate; when the period
+        ends, its parameter delta is compressed and exchanged like a gradient and the outer step averages
+        (``compsde.algorithms.algorithm``). The period is decided at the step after each averaging."""
+        algo, oracle, ex = self.algorithm, self.oracle, self.exchange
+        k, st = self.k, self.state
+        lr = self.schedule(k)
+        sync = st["sync"]
+        if sync["next"] is None:
+            period = algo.sync.next_period(k, lr, self.schedule.steps - k)
+            sync = {"next": k + period, "period": period}
+        log = self.rec.due(k + 1)
+        averaging = k + 1 == sync["next"]
+        comp = algo.compressor
+        shared = self.draw([]) if averaging and comp.randomized and comp.shared_randomness else None
+        local, wstate, ef = st["local"], st["worker"], st["ef"]
+        err_sum, err_count = 0.0, 0
+        n = len(self.held)
+        for lo in range(0, n, self.chunk):
+            hi = min(n, lo + self.chunk)
+            ws = self.held[lo:hi]
+            z = oracle.sample(self.streams, ws, self.repeats, None if self.buf is None else self.buf[: hi - lo])
+            xl = local[lo:hi]
+            new_x, new_w = algo.local_step(oracle.grads(xl, ws[0], ws[-1] + 1, z), take(wstate, lo, hi), xl, lr)
+            xl.copy_(new_x)
+            wstate = put(wstate, lo, hi, new_w)
+            if averaging:
+                rnd = shared if shared is not None else self.draw(ws)
+                out = algo.compress(st["params"] - xl, None if ef is None else ef[lo:hi], 1.0, rnd,
+                                    encode=ex.needs_payload, messages=log or not ex.needs_payload)
+                if ef is not None:
+                    ef[lo:hi] = out.state["ef"]
+                ex.put(out, ws, rnd)
+                if log:
+                    s, c = compression_error_sum(out.inputs, out.messages, self.rec.alive)
+                    err_sum, err_count = err_sum + s, err_count + c
+        st = {**st, "worker": wstate, "ef": ef, "sync": sync}
+        if averaging:
+            st = algo.outer_step(ex.total(lambda j: self.draw([j])), oracle.workers, st)
+            st["sync"] = {"next": None, "period": sync["period"]}
+        self.state = st
+        self.rec.check(st["params"], k + 1)
+        if log:
+            s, c = ex.combine([err_sum, float(err_count)])
+            self.rec.record(k + 1, st["params"], s / c if c else math.nan, ex.log.totals(), period=sync["period"])
         self.rec.freeze(st)
         self.k = k + 1
 

@@ -51,6 +51,7 @@ class Trace:
     diverged_step: Tensor  # (R,) long, −1 if never
     x: Tensor  # (R, d) final iterates
     metrics: dict[str, Tensor] = field(default_factory=dict)  # name → (T, R)
+    sync_period: Tensor | None = None  # (T,) long: the H in force at each logged step (local methods), else None
 
     def diverged_fraction(self) -> Tensor:
         """Fraction of repetitions diverged at or before each logged step, shape (T,)."""
@@ -101,8 +102,9 @@ class Recorder:
         """The per-step part of the rule: non-finite iterates, or iterates outside the ball."""
         self._mark(~torch.isfinite(x).all(-1) | ((x - self.x0).norm(dim=-1) > self.limit), step)
 
-    def record(self, k: int, x: Tensor, comp_err: float, comm: tuple[float, float, int]) -> None:
-        """Measure x at logged step k (marking repetitions whose loss is not finite as diverged)."""
+    def record(self, k: int, x: Tensor, comp_err: float, comm: tuple[float, float, int], period: int | None = None) -> None:
+        """Measure x at logged step k (marking repetitions whose loss is not finite as diverged); ``period``
+        is a local method's H in force (None for methods that communicate every step)."""
         o = self.oracle
         loss = o.loss(x).double()
         self._mark(~torch.isfinite(loss), k)
@@ -112,7 +114,7 @@ class Recorder:
         alive = self.alive
         dist = o.distance(x)
         extra = {k: v.double().where(alive, math.nan).cpu() for k, v in o.evaluate(x).items()}
-        self.rows.append({"metrics": extra,
+        self.rows.append({"metrics": extra, "period": period,
             "loss": loss.where(alive, math.inf).cpu(),
             "grad_norm": o.grad(x).norm(dim=-1).double().where(alive, math.nan).cpu(),
             "dist": None if dist is None else dist.double().where(alive, math.nan).cpu(),
@@ -132,7 +134,9 @@ class Recorder:
             return t
 
         for key, value in state.items():
-            if key != "params":
+            if key == "local":  # a local method's worker iterates restart from x⁰ too
+                value[:, dead] = self.x0
+            elif key != "params":
                 tree_map(zero, value)
 
     def trace(self, x: Tensor) -> Trace:
@@ -152,6 +156,8 @@ class Recorder:
             diverged_step=self.diverged_step.clone(),
             x=x.cpu(),
             metrics={k: torch.stack([r["metrics"][k] for r in rows]) for k in rows[0].get("metrics", {})},
+            sync_period=(torch.tensor([r.get("period") or 0 for r in rows], dtype=torch.long)
+                         if any(r.get("period") is not None for r in rows) else None),
         )
 
     # ---- checkpoints ----------------------------------------------------------------------------
