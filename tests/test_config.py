@@ -17,7 +17,7 @@ from compsde.experiments.overrides import apply_overrides, parse_value
 from compsde.experiments.presets import load_source
 
 PRESETS = ["cgd-quadratic", "compression-variance", "gpt-scaling-rules", "l0l1-schedules", "mlp-sde-tracking",
-           "noise-resilience", "resnet-compression-variance", "scaling-rules", "sde-heavy-tails", "sde-tracking",
+           "noise-resilience", "qsr", "resnet-compression-variance", "scaling-rules", "sde-heavy-tails", "sde-tracking",
            "top1-divergence", "vit-heavy-tails", "weak-order"]
 
 
@@ -47,7 +47,7 @@ def test_preset_description_is_its_claim(name):
     desc = presets.presets()[name]
     assert first == f"# {desc}"
     assert desc.endswith(".") and "\n" not in desc
-    assert re.search(r"(Compagnoni|Beznosikov).*\b20\d\d\b", header, re.S)  # every preset names the paper it demonstrates
+    assert re.search(r"(Compagnoni|Beznosikov|Gu).*\b20\d\d\b", header, re.S)  # every preset names the paper it demonstrates
 
 
 def test_description_parser():

@@ -343,7 +343,8 @@ CONFIG_KEYS = [("run", k) for k in ("steps", "repeats", "seed", "log_every", "dt
               [("problem", k) for k in ("dim", "eig_min", "eig_max", "rotate", "heterogeneity", "x0_scale", "name", "bogus")] + \
               [("noise", k) for k in ("name", "scale", "nu")] + \
               [("series.0", k) for k in ("lr", "k", "ratio", "workers", "batch", "schedule", "normalize", "label", "group",
-                                         "method", "compressor", "worker", "server", "steps", "noise", "bogus")]
+                                         "method", "compressor", "worker", "server", "steps", "noise", "bogus",
+                                         "sync", "period", "alpha", "outer_lr", "per_layer")]
 
 
 def certainly_invalid(key: str, value: Any) -> bool:
@@ -590,3 +591,33 @@ def test_fuzz_data_files(kind, data, header, tmp_path_factory):
             raise
 
     expect(out, call, True, ())
+
+
+SYNC_VALID = {"period": lambda v: is_int(v, 1, 1 << 40), "alpha": lambda v: v is None or is_num(v, 0.0, 1e6, lo_open=True),
+              "power": lambda v: is_num(v, 0.0, 16.0, lo_open=True), "warmup_steps": lambda v: is_int(v, 0),
+              "switch_step": lambda v: is_int(v, 0)}
+
+
+@FUZZ
+@given(name=st.one_of(*[st.sampled_from(["every-step", "constant", "post-local", "qsr"])] * 3, ANY),
+       key=st.sampled_from(sorted(SYNC_VALID)), value=st.one_of(st.integers(1, 10), st.floats(0.01, 2.0), ANY),
+       lr=st.one_of(*[st.floats(0.0, 1.0)] * 3, ANY), step=st.one_of(*[st.integers(0, 100)] * 3, ANY))
+def test_fuzz_sync_schedules(name, key, value, lr, step):
+    """SyncSchedule and next_period: bad names, keys, values, learning rates and steps are refused by name."""
+    from compsde.algorithms.sync import SYNC_PARAMS, SyncSchedule
+
+    out = Outcome("sync schedules")
+    kw = {key: value}
+    if name == "qsr" and key != "alpha":
+        kw["alpha"] = 0.1
+    valid = (isinstance(name, str) and name in SYNC_PARAMS and SYNC_VALID[key](value)
+             and (key in SYNC_PARAMS[name] or value == SyncSchedule.__dataclass_fields__[key].default)
+             and not (name == "qsr" and key == "alpha" and value is None)
+             and is_num(lr, 0.0) and is_int(step, 0))
+
+    def call() -> None:
+        s = SyncSchedule(name, **kw)
+        h = s.next_period(step, lr, 50)
+        assert 1 <= h <= 50
+
+    expect(out, call, valid, ("sync", key, "lr", "step", "alpha"))

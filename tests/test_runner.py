@@ -23,7 +23,7 @@ PRESETS = sorted(presets.preset_names())  # the exact list is checked in test_co
 # Small sizes; top1-divergence needs ~170 steps at its learning rate to pass the divergence limit.
 SMALL = {name: ["run.steps=20", "run.repeats=3"] for name in PRESETS}
 SMALL["top1-divergence"] = ["run.steps=200", "run.log_every=10"]
-NETWORK_PRESETS = ("gpt-scaling-rules", "mlp-sde-tracking", "resnet-compression-variance", "vit-heavy-tails")
+NETWORK_PRESETS = ("gpt-scaling-rules", "mlp-sde-tracking", "qsr", "resnet-compression-variance", "vit-heavy-tails")
 for _name in NETWORK_PRESETS:  # networks: a few steps end to end (their numbers: the README, measured)
     SMALL[_name] = ["run.steps=4", "run.repeats=1", "run.log_every=2"]
 # Plots cost ~1-5 s per preset and have their own tests (test_plots.py): only these two presets draw
@@ -86,9 +86,10 @@ def test_preset_outputs(preset_runs, name):
         assert int(mine[-1]["step"]) == sc.get("steps", cfg["run"]["steps"])  # a series may run longer
         assert mine[0]["compression_error"] == ""  # nothing sent yet at step 0
         assert float(mine[0]["bits"]) == 0.0 and float(mine[0]["bytes"]) == 0.0 and mine[0]["comm_rounds"] == "0"
-        for r in mine:  # one exchange per step: rounds count steps, bytes grow by the same amount each step
-            assert int(r["comm_rounds"]) == int(r["step"])
-            assert float(r["bytes"]) == pytest.approx(int(r["step"]) * float(mine[1]["bytes"]) / int(mine[1]["step"]))
+        for r in mine:  # one exchange per step or per period: bytes grow by the same amount each round
+            assert int(r["comm_rounds"]) == int(r["step"]) or sc.get("sync")
+            per_round = float(mine[-1]["bytes"]) / int(mine[-1]["comm_rounds"])
+            assert float(r["bytes"]) == pytest.approx(int(r["comm_rounds"]) * per_round)
         # a logged mean is blank exactly when every repetition has diverged
         assert all((r["loss_mean"] == "") == (float(r["diverged_fraction"]) == 1.0) for r in mine)
     summary = _strict_json(d / "summary.json")
@@ -107,6 +108,14 @@ def test_network_presets_report_held_out_metrics(preset_runs, name):
     assert all(r[metric] != "" for r in rows) and all(r["dist_mean"] == "" for r in rows)
     final = _strict_json(preset_runs[name] / "summary.json")["series"][0]["final"]
     assert {"test_loss", metric} <= set(final)
+
+
+def test_qsr_preset_averages_less_often_as_the_learning_rate_decays(preset_runs):
+    rows = _csv_rows(preset_runs["qsr"] / "metrics.csv")
+    last = {r["series"]: r for r in rows}
+    dp, const, qsr = (last[k] for k in ("data parallel (H = 1)", "constant H = 4", "QSR (H_base = 4, α = 0.12)"))
+    assert int(dp["comm_rounds"]) == 4 and int(const["comm_rounds"]) == 1  # 4 steps: H = 1, and H = 4
+    assert all(r["sync_period"] != "" for r in rows)
 
 
 def test_network_preset_tracks_its_sdes(tmp_path):

@@ -84,7 +84,7 @@ def test_partial_divergence_keeps_other_repetitions():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"workers": 0}, "workers must be an integer ≥ 1, got 0"),
+        ({"workers": 0}, "workers must be an integer in \\[1, 1000000\\], got 0"),
         ({"batch": 0}, "batch must be an integer ≥ 1, got 0"),
         ({"repeats": 2.5}, "repeats must be an integer ≥ 1, got 2.5"),
         ({"seed": 2**64}, "seed must be an integer in \\[0, 18446744073709551615\\]"),

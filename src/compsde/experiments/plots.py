@@ -53,12 +53,12 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from compsde.core.checks import MAX_TEXT_LENGTH, check_text  # noqa: E402,F401  (re-exported: plots' own rules)
 
 __all__ = ["MAX_TEXT_LENGTH", "PLOT_FILES", "check_text", "compression_error_figure", "diverged_figure", "figure_png",
-           "eval_metric", "final_figure", "loss_figure", "make_figures", "make_plots", "plain_text", "test_figure",
+           "eval_metric", "final_figure", "loss_figure", "make_figures", "make_plots", "plain_text", "sync_figure", "test_figure",
            "tracking_figure", "tracking_figure_obj", "tracking_test_figure", "weak_order_figure", "weak_order_figure_obj"]
 
 #: Every file name ``make_plots`` (and, for ``compsde track``, ``tracking_figure`` and
 #: ``weak_order_figure``) may produce.
-PLOT_FILES = ("loss.png", "loss_vs_bits.png", "final.png", "compression_error.png", "diverged.png", "test.png",
+PLOT_FILES = ("loss.png", "loss_vs_bits.png", "final.png", "compression_error.png", "diverged.png", "test.png", "sync.png",
               "tracking.png", "tracking_test.png", "weak_order.png")
 
 #: Held-out metrics of network problems, in the order a plot prefers them, with their axis labels.
@@ -828,6 +828,30 @@ def tracking_test_figure(results: Sequence[Any], sdes: Sequence[Any], title: str
     return figure_png(fig)
 
 
+def sync_figure(results: Sequence[Any], title: str) -> Figure | None:
+    """sync.png: for local methods, the synchronisation period H in force and the learning rate along
+    the run (one line per series, step plots); None when no series is a local method."""
+    shown = [r for r in results if getattr(r, "sync_period", None) is not None]
+    if not shown:
+        return None
+    colors, styles, names = _colors(results), _styles(results), _names(results)
+    fig, axes = _grid(2, f"{title}: synchronisation period and learning rate",
+                      "H: local steps between two averagings, as decided after each averaging", sharey=False)
+    for ax, field, ylabel in ((axes[0], "sync_period", "period H (log)"), (axes[1], "lr", "learning rate η")):
+        for r in shown:
+            ax.step(r.steps, np.asarray(getattr(r, field), dtype=np.float64), where="post", color=colors[r.color_key],
+                    linestyle=styles[r.index], linewidth=1.6, label=_legend_text(names[r.index]))
+        if field == "sync_period":
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        _number_axis(ax.xaxis, integer=True)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    _settle_xticks(fig, axes)
+    return fig
+
+
 def diverged_figure(results: Sequence[Any], title: str) -> Figure | None:
     """diverged.png, or None when no repetition of any series diverged."""
     if not any(np.nan_to_num(np.asarray(r.diverged_fraction, dtype=np.float64)).max(initial=0.0) > 0 for r in results):
@@ -846,7 +870,7 @@ def make_figures(results: Sequence[Any], title: str) -> dict[str, Figure]:
         "final.png": final_figure(results, title),
     }
     for name, make in (("compression_error.png", compression_error_figure), ("diverged.png", diverged_figure),
-                       ("test.png", test_figure)):
+                       ("test.png", test_figure), ("sync.png", sync_figure)):
         fig = make(results, title)
         if fig is not None:
             out[name] = fig
@@ -864,6 +888,7 @@ def make_plots(results: Sequence[Any], title: str) -> dict[str, bytes]:
         ("compression_error.png", lambda: compression_error_figure(results, title)),
         ("diverged.png", lambda: diverged_figure(results, title)),
         ("test.png", lambda: test_figure(results, title)),
+        ("sync.png", lambda: sync_figure(results, title)),
     ]
     out = {}
     for name, build in builders:  # one figure alive at a time
