@@ -350,7 +350,7 @@ def test_series_errors():
         resolve(minimal(method="dcsgd", compressor="top-kk"))
     with pytest.raises(ValueError, match="compressor 'top-k' does not take 'levels'.*it takes: k, ratio"):
         resolve(minimal(method="dcsgd", compressor="top-k", k=1, levels=3))
-    with pytest.raises(ValueError, match="'power'.*belongs to another schedule; schedule 'constant' takes: nothing"):
+    with pytest.raises(ValueError, match="'power'.*belongs to another schedule; schedule 'constant' takes: warmup_steps"):
         resolve(minimal(power=0.5))
     with pytest.raises(ValueError, match="unknown key 'lrr'.*valid keys: label, group, method"):
         resolve(minimal(lrr=0.1))

@@ -167,3 +167,30 @@ def test_torch_backend_runs_local_methods_as_the_simulator_does(tmp_path):
         torch.testing.assert_close(tr.x, ref.x, rtol=1e-12, atol=1e-14)  # the all-reduce of plain averaging may round
         assert torch.equal(tr.rounds, ref.rounds) and torch.equal(tr.sync_period, ref.sync_period)
         assert torch.equal(tr.bytes, ref.bytes), spec.label
+
+
+def test_learning_rate_warm_up_and_the_linear_schedule():
+    from compsde import Schedule
+
+    s = Schedule("cosine", 0.1, 110, {"warmup_steps": 10})
+    assert [s(k) for k in (0, 4, 9)] == pytest.approx([0.01, 0.05, 0.1])
+    assert s(10) == pytest.approx(0.1) and s(60) == pytest.approx(0.05)  # cosine over the remaining 100 steps
+    lin = Schedule("linear", 0.2, 100, {"final_ratio": 0.5})
+    assert [lin(0), lin(50), lin(99)] == pytest.approx([0.2, 0.15, 0.2 * (1 - 0.5 * 99 / 100)])
+    with pytest.raises(ValueError, match="warmup_steps"):
+        Schedule("constant", 0.1, 10, {"warmup_steps": 11})
+
+
+def test_qsr_keeps_its_base_period_during_the_learning_rate_warm_up():
+    from compsde.experiments import build as config
+
+    cfg = {"run": {"steps": 40, "repeats": 1, "log_every": 1}, "problem": {"name": "quadratic", "dim": 4},
+           "series": [{"method": "local-sgd", "sync": "qsr", "period": 2, "alpha": 0.5, "lr": 0.1, "schedule": "cosine",
+                       "warmup_steps": 10, "workers": 2}]}
+    spec = config.build(config.resolve(cfg)).series[0]
+    assert spec.algorithm.sync.warmup_steps == 10 and spec.schedule(0) == pytest.approx(0.01)
+    from compsde.sim import simulate
+
+    tr = simulate(spec.oracle, spec.algorithm, spec.schedule, log_every=1)
+    assert set(tr.sync_period[:10].tolist()) == {2}  # at η = 0.01..0.1, (α/η)² = 25..2500 would be far larger
+    assert max(tr.sync_period.tolist()) > 2

@@ -105,7 +105,7 @@ def test_bad_run_arguments(kwargs, match):
         (lambda: algorithms.make("dcsgd"), "needs a compressor"),
         (lambda: algorithms.make("dsgd", compressor="top-k", k=1), "implies compressor 'identity'"),
         (lambda: algorithms.make("ef", compressor="top-k", k=1, normalize=True), "normalize"),
-        (lambda: Schedule("linear", 0.1, 10), "schedule must be one of"),
+        (lambda: Schedule("exponential", 0.1, 10), "schedule must be one of"),
         (lambda: Schedule("constant", -0.1, 10), "lr must be a finite number > 0, got -0.1"),
         (lambda: Schedule("constant", 0.1, -5), "steps must be an integer ≥ 0, got -5"),
         (lambda: algorithms.make("dsgd", compressor=compressors.make("sign")), "implies compressor 'identity'"),

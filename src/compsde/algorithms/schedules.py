@@ -5,6 +5,11 @@
 * ``step``:     η_k = η · γ^⌊k / every⌋ (``gamma`` default 0.1, ``every`` default K/3).
 * ``poly``:     η_k = η / (1 + k)^p (``power`` default 0.5): the classical decaying schedule with
   Σ η_k = ∞ (and Σ η_k² < ∞ for p > ½) that the (L0, L1) analysis (Compagnoni, Islamov, Orvieto, Gorbunov 2025) uses.
+* ``linear``:   η_k = η (1 − (1 − r) k / K), r = ``final_ratio`` (default 0).
+
+Warm-up (``warmup_steps`` = W, every schedule, default 0): η_k = η (k + 1)/W for k < W, then the schedule
+over the remaining K − W steps (its k counted from W). A local method's QSR keeps its base period
+during the warm-up (``compsde.algorithms.sync``).
 
 Normalisation (``normalize = true`` in a series, ``compsde.optim.normalize``) is orthogonal to the
 schedule: the step becomes η_k · u / ‖u‖ with u the aggregated update, i.e. the schedule gains the
@@ -19,9 +24,12 @@ from dataclasses import dataclass, field
 
 from compsde.core.checks import check_choice, check_int, check_number, describe
 
-SCHEDULE_NAMES = ("constant", "cosine", "step", "poly")
+SCHEDULE_NAMES = ("constant", "cosine", "step", "poly", "linear")
 #: The keys each schedule takes.
-SCHEDULE_PARAMS: dict[str, tuple[str, ...]] = {"constant": (), "cosine": ("final_ratio",), "step": ("gamma", "every"), "poly": ("power",)}
+SCHEDULE_PARAMS: dict[str, tuple[str, ...]] = {
+    "constant": ("warmup_steps",), "cosine": ("final_ratio", "warmup_steps"), "step": ("gamma", "every", "warmup_steps"),
+    "poly": ("power", "warmup_steps"), "linear": ("final_ratio", "warmup_steps"),
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,8 @@ class Schedule:
                 if isinstance(v, float) and v.is_integer():
                     v = int(v)
                 check_int(f"{where}: every", v, min=1)
+            elif k == "warmup_steps":
+                check_int(f"{where}: warmup_steps", v, min=0, max=max(self.steps, 0))
             else:
                 check_number(f"{where}: power", v, min=0.0, min_open=True)
         # Every schedule here is non-increasing, so its last step has the smallest η: it must still be a
@@ -64,13 +74,20 @@ class Schedule:
 
     def __call__(self, k: int) -> float:
         eta, p = float(self.lr), self.params
+        warm = int(p.get("warmup_steps", 0))
+        if k < warm:
+            return eta * (k + 1) / warm
+        k, steps = k - warm, self.steps - warm
         if self.name == "constant":
             return eta
         if self.name == "cosine":
             r = float(p.get("final_ratio", 0.0))
-            return eta * (r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * k / max(1, self.steps))))
+            return eta * (r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * k / max(1, steps))))
+        if self.name == "linear":
+            r = float(p.get("final_ratio", 0.0))
+            return eta * (1.0 - (1.0 - r) * k / max(1, steps))
         if self.name == "step":
-            every = int(p.get("every", max(1, self.steps // 3)))
+            every = int(p.get("every", max(1, steps // 3)))
             return eta * float(p.get("gamma", 0.1)) ** (k // every)
         power = float(p.get("power", 0.5))
         try:

@@ -19,8 +19,8 @@ Schema (unknown keys and wrong types are refused with the valid keys/types)::
     [[series]]  one curve each: method (required), compressor (implied for dsgd = identity and
                 dsignsgd = sign), the compressor's own parameters (k, ratio, levels, shared, ...),
                 lr (required), workers (1), batch (1), label, group (plot panel), schedule
-                (constant|cosine|step|poly) with its own keys flat in the table (final_ratio, gamma,
-                every, power), normalize (bool), per_layer (bool: a network's parameter
+                (constant|cosine|step|poly|linear) with its own keys flat in the table (final_ratio,
+                gamma, every, power; warmup_steps for every schedule), normalize (bool), per_layer (bool: a network's parameter
                 tensors compressed one by one), worker / server (transform tables: momentum,
                 nesterov, weight_decay), for local-sgd / local-adamw sync (every-step |
                 constant | post-local | qsr) with period, alpha, power, warmup_steps, switch_step
@@ -57,7 +57,7 @@ from typing import Any, Iterable, Mapping
 from compsde import algorithms, compressors
 from compsde.algorithms import schedules
 from compsde.algorithms.schedules import SCHEDULE_NAMES
-from compsde.algorithms.sync import SYNC_NAMES, SYNC_PARAMS
+from compsde.algorithms.sync import SYNC_NAMES, SYNC_PARAMS, SyncSchedule
 from compsde.core.checks import MAX_INT64, MAX_WORKERS, check_int, check_seed, describe
 from compsde.core.tensors import DTYPES, resolve_device
 from compsde.objectives import problems
@@ -198,8 +198,8 @@ NOISE_KEYS: dict[str, tuple[str, ...]] = {"none": ("name",), "gaussian": ("name"
                                           "student-t": ("name", "scale", "nu")}
 _NOISE_WHY = {"nu": "only 'student-t' noise has degrees of freedom ν",
               "scale": "noise 'none' adds no noise, so it has no scale"}
-_SCHEDULE_DEFAULTS = {"final_ratio": 0.0, "gamma": 0.1, "every": None, "power": 0.5}  # every: steps // 3
-SCHEDULE_KEYS = {"final_ratio": "float", "gamma": "float", "every": "int", "power": "float"}
+_SCHEDULE_DEFAULTS = {"final_ratio": 0.0, "gamma": 0.1, "every": None, "power": 0.5, "warmup_steps": 0}  # every: steps // 3
+SCHEDULE_KEYS = {"final_ratio": "float", "gamma": "float", "every": "int", "power": "float", "warmup_steps": "int"}
 _SERIES_BASE: dict[str, _Param] = {
     "label": _Param("str", None),
     "group": _Param("str", ""),
@@ -441,7 +441,9 @@ def derive_label(s: Mapping[str, Any]) -> str:
     if s["normalize"]:
         parts.append("normalized")
     if s.get("sync"):
-        extra = ",".join(f"{k}={_fmt(s[k])}" for k in (*SYNC_PARAMS[s["sync"]], "outer_lr") if k in s)
+        defaults = {k: f.default for k, f in SyncSchedule.__dataclass_fields__.items()} | {"outer_lr": 1.0}
+        extra = ",".join(f"{k}={_fmt(s[k])}" for k in (*SYNC_PARAMS[s["sync"]], "outer_lr")
+                         if k in s and k != "warmup_steps" and s[k] != defaults[k])  # warm-up: in the schedule's part
         parts.append(f"{s['sync']}({extra})" if extra else s["sync"])
     if s.get("error_feedback"):
         parts.append("EF")
