@@ -152,7 +152,7 @@ def test_torch_backend_runs_local_methods_as_the_simulator_does(tmp_path):
     from compsde.sim import simulate
 
     series = [{"method": "local-sgd", "sync": "qsr", "period": 2, "alpha": 0.3, "schedule": "cosine", "lr": 0.1,
-               "workers": 4, "worker": {"momentum": 0.5}},
+               "workers": 4, "worker": {"momentum": 0.5}, "average_state": True},
               {"method": "local-adamw", "sync": "constant", "period": 3, "compressor": "top-k", "k": 2,
                "error_feedback": True, "lr": 0.01, "workers": 4},
               {"method": "local-sgd", "sync": "post-local", "period": 4, "switch_step": 5, "compressor": "rand-k", "k": 3,
@@ -194,3 +194,25 @@ def test_qsr_keeps_its_base_period_during_the_learning_rate_warm_up():
     tr = simulate(spec.oracle, spec.algorithm, spec.schedule, log_every=1)
     assert set(tr.sync_period[:10].tolist()) == {2}  # at η = 0.01..0.1, (α/η)² = 25..2500 would be far larger
     assert max(tr.sync_period.tolist()) > 2
+
+
+def test_average_state_averages_the_inner_optimizer_at_each_round():
+    import torch
+
+    from compsde import Schedule, algorithms
+    from compsde.sim.exchange import InProcessExchange
+    from compsde.sim.loop import Loop
+
+    o = _oracle(heterogeneity=1.0)
+    for avg in (False, True):
+        algo = algorithms.make("local-adamw", sync=SyncSchedule("constant", period=3), average_state=avg)
+        ex = InProcessExchange(algo, 2, o.dim, o.dtype)
+        loop = Loop(algo, o, Schedule("constant", 0.01, 6), repeats=2, seed=0, log_every=3, exchange=ex)
+        for _ in range(3):
+            loop.step()
+        m = loop.state["worker"]["m"]
+        assert torch.allclose(m, m[:1].expand_as(m)) == avg  # after the round: equal moments only if averaged
+        if avg:
+            assert ex.log.rounds == 1 and ex.log.bytes == 3 * 6 * 8  # per repetition: the delta, then m and v (float64)
+    with pytest.raises(ValueError, match="average_state"):
+        algorithms.make("dsgd", average_state=True)

@@ -120,6 +120,7 @@ def transform_from(spec: Transform | Mapping[str, Any] | None, side: str, *, nor
 def make(name: str, compressor: str | Compressor | None = None, *, normalize: bool = False,
          worker: Transform | Mapping[str, Any] | None = None, server: Transform | Mapping[str, Any] | None = None,
          sync: SyncSchedule | None = None, outer_lr: float = 1.0, error_feedback: bool = False,
+         average_state: bool = False,
          **compressor_params: Any) -> Algorithm:
     """Build an algorithm by name (see module doc).
 
@@ -130,8 +131,9 @@ def make(name: str, compressor: str | Compressor | None = None, *, normalize: bo
     recipe = _recipe(name)
     check_bool("normalize", normalize)
     check_bool("error_feedback", error_feedback)
-    if recipe.inner is None and (sync is not None or error_feedback):
-        raise ValueError(f"sync and error_feedback are options of the local methods (local-sgd, local-adamw), not of {name!r}")
+    if recipe.inner is None and (sync is not None or error_feedback or average_state):
+        raise ValueError(f"sync, error_feedback and average_state are options of the local methods (local-sgd, "
+                         f"local-adamw), not of {name!r}")
     if recipe.inner is not None:
         if sync is None:
             raise ValueError(f"algorithm {name!r} needs a synchronisation schedule: sync = SyncSchedule(...) "
@@ -167,4 +169,5 @@ def make(name: str, compressor: str | Compressor | None = None, *, normalize: bo
         decay = worker.get("weight_decay", 0.0) if isinstance(worker, Mapping) else 0.0
         inner = chain(adam(), add_decayed_weights(decay)) if decay else adam()
     return Algorithm(name, comp, recipe.aggregation, recipe.error_feedback or error_feedback, inner,
-                     transform_from(server, "server", normalize_last=normalize), sync=sync, outer_lr=outer_lr)
+                     transform_from(server, "server", normalize_last=normalize), sync=sync, outer_lr=outer_lr,
+                     average_state=average_state)

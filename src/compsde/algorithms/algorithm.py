@@ -76,6 +76,8 @@ class Algorithm:
     #: local methods: the synchronisation schedule, and the outer learning rate η_out
     sync: SyncSchedule | None = None
     outer_lr: float = 1.0
+    #: local methods: also average the inner optimizer's state (momentum, Adam's moments) at each round
+    average_state: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.compressor, Compressor):
@@ -92,8 +94,9 @@ class Algorithm:
         if self.sync is not None and self.aggregation != "mean":
             raise ValueError("a local method averages its workers' parameters: aggregation must be 'mean'")
         check_number("outer_lr", self.outer_lr, min=0.0, min_open=True)
-        if self.sync is None and self.outer_lr != 1.0:
-            raise ValueError("outer_lr applies to local methods (local-sgd, local-adamw) only")
+        if self.sync is None and (self.outer_lr != 1.0 or self.average_state):
+            raise ValueError("outer_lr and average_state apply to local methods (local-sgd, local-adamw) only")
+        check_bool("average_state", self.average_state)
 
     # ---- properties ---------------------------------------------------------------------------
     @property

@@ -146,6 +146,11 @@ class CollectiveExchange(Exchange):
         dist.all_reduce(t, group=self.group)
         return t.tolist()
 
+    def _sum(self, stacked: Tensor) -> Tensor:
+        t = stacked.sum(0)
+        dist.all_reduce(t, group=self.group)
+        return t
+
 
 def _row0(rnd: Tensor | None) -> Tensor | None:
     return None if rnd is None else rnd[0]

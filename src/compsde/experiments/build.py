@@ -113,7 +113,7 @@ def build(config: Mapping[str, Any], name: str | None = None) -> Experiment:
             if s.get("sync"):
                 keys = SYNC_PARAMS[s["sync"]]
                 local = {"sync": SyncSchedule(s["sync"], **{k: s[k] for k in keys if k in s}),
-                         **{k: s[k] for k in ("outer_lr", "error_feedback") if k in s}}
+                         **{k: s[k] for k in ("outer_lr", "error_feedback", "average_state") if k in s}}
             algorithm = algorithms.make(s["method"], s["compressor"], normalize=s["normalize"],
                                         worker=s.get("worker"), server=s.get("server"), **local, **cparams)
             schedule = Schedule(s["schedule"], s["lr"], s.get("steps", run["steps"]), _schedule_params(s))

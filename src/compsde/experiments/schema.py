@@ -24,7 +24,8 @@ Schema (unknown keys and wrong types are refused with the valid keys/types)::
                 tensors compressed one by one), worker / server (transform tables: momentum,
                 nesterov, weight_decay), for local-sgd / local-adamw sync (every-step |
                 constant | post-local | qsr) with period, alpha, power, warmup_steps, switch_step
-                as the schedule takes them, outer_lr and error_feedback (compressed deltas), steps (a series may run longer than [run] steps), and
+                as the schedule takes them, outer_lr, error_feedback (compressed deltas) and
+                average_state (the inner optimizer's state averaged too), steps (a series may run longer than [run] steps), and
                 inline tables problem = {...} / noise = {...} overriding [problem] / [noise].
 
 Keys that do not apply are refused, not ignored: a compressor parameter the compressor does not take,
@@ -221,7 +222,7 @@ _SERIES_COUNTS = {"workers": (1, MAX_WORKERS), "batch": (1, MAX_INT64), "steps":
 #: Keys of the local methods (local-sgd, local-adamw): the synchronisation schedule's (``SYNC_PARAMS``
 #: says which each takes) and the outer step's.
 LOCAL_KEYS = {"sync": "str", "period": "int", "alpha": "float", "power": "float", "warmup_steps": "int",
-              "switch_step": "int", "outer_lr": "float", "error_feedback": "bool"}
+              "switch_step": "int", "outer_lr": "float", "error_feedback": "bool", "average_state": "bool"}
 
 
 def all_compressor_params() -> list[str]:
@@ -447,6 +448,8 @@ def derive_label(s: Mapping[str, Any]) -> str:
         parts.append(f"{s['sync']}({extra})" if extra else s["sync"])
     if s.get("error_feedback"):
         parts.append("EF")
+    if s.get("average_state"):
+        parts.append("state averaged")
     if s.get("per_layer"):
         parts.append("per layer")
     if s["schedule"] != "constant":
@@ -493,7 +496,7 @@ def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mappi
     sync_name = s.get("sync", "every-step") if local else None
     if local and (not isinstance(sync_name, str) or sync_name not in SYNC_NAMES):
         raise ValueError(f"{where}.sync must be one of {', '.join(SYNC_NAMES)}, got {describe(sync_name)}")
-    local_keys = ["sync", *SYNC_PARAMS[sync_name], "outer_lr", "error_feedback"] if local else []
+    local_keys = ["sync", *SYNC_PARAMS[sync_name], "outer_lr", "error_feedback", "average_state"] if local else []
     if sync_name == "qsr" and sched == "poly" and "power" in s:
         raise ValueError(f"{where}.power is ambiguous with sync = 'qsr' and schedule = 'poly' (both take a power); "
                          "use another learning-rate schedule, or QSR's default power 2")

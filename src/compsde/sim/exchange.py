@@ -33,10 +33,10 @@ class CommLog:
         self.bytes = 0.0
         self.rounds = 0
 
-    def record(self, bits: float, nbytes: float) -> None:
+    def record(self, bits: float, nbytes: float, rounds: int = 1) -> None:
         self.bits += bits
         self.bytes += nbytes
-        self.rounds += 1
+        self.rounds += rounds
 
     def totals(self) -> tuple[float, float, int]:
         return self.bits, self.bytes, self.rounds
@@ -76,6 +76,17 @@ class Exchange:
     def combine(self, values: list[float]) -> list[float]:
         """Sums of scalars over all participants (the compression-error statistics)."""
         return values
+
+    def mean(self, stacked: Tensor, workers: int) -> Tensor:
+        """The mean over all N workers of a per-worker tensor (held workers stacked on dim 0), the same
+        on every participant (a local method's optimizer state, averaged uncompressed in the same round:
+        its bits and bytes are counted, not a new round)."""
+        per_worker = stacked[0].numel() / self.rows
+        self.log.record(8 * per_worker * stacked.element_size(), per_worker * stacked.element_size(), rounds=0)
+        return self._sum(stacked).div_(workers)
+
+    def _sum(self, stacked: Tensor) -> Tensor:
+        return stacked.sum(0)
 
 
 class InProcessExchange(Exchange):

@@ -179,6 +179,10 @@ class Loop:
         if averaging:
             st = algo.outer_step(ex.total(lambda j: self.draw([j])), oracle.workers, st)
             st["sync"] = {"next": None, "period": sync["period"]}
+            if algo.average_state:
+                for t in leaves(st["worker"]):
+                    if t.is_floating_point():
+                        t.copy_(ex.mean(t, oracle.workers).expand_as(t))
         self.state = st
         self.rec.check(st["params"], k + 1)
         if log:
