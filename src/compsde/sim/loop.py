@@ -101,6 +101,26 @@ class Loop:
         """The compressor draws of one step for ``workers`` (see ``Algorithm.draw``)."""
         return self.algorithm.draw(self.streams, workers, self.repeats, self.d, self.oracle.dtype)
 
+    def _chunks(self) -> Any:
+        """The held workers in chunks of ``self.chunk``: (lo, hi, their ids, this step's noise sample)."""
+        n = len(self.held)
+        for lo in range(0, n, self.chunk):
+            hi = min(n, lo + self.chunk)
+            ws = self.held[lo:hi]
+            yield lo, hi, ws, self.oracle.sample(self.streams, ws, self.repeats,
+                                                 None if self.buf is None else self.buf[: hi - lo])
+
+    def _end_step(self, k: int, st: dict[str, Any], log: bool, err: list[float], period: int | None = None) -> None:
+        """The new state, the divergence rule, the logged row (compression error summed over all
+        participants), the freezing of diverged repetitions; then k → k + 1."""
+        self.state = st
+        self.rec.check(st["params"], k + 1)
+        if log:
+            s, c = self.exchange.combine(err)
+            self.rec.record(k + 1, st["params"], s / c if c else math.nan, self.exchange.log.totals(), period=period)
+        self.rec.freeze(st)
+        self.k = k + 1
+
     def step(self) -> None:
         """One step k → k + 1 (see module doc)."""
         if self.algorithm.local:
@@ -113,12 +133,8 @@ class Loop:
         comp = algo.compressor
         shared = self.draw([]) if comp.randomized and comp.shared_randomness else None
         workers_state = {"worker": st["worker"], "ef": st["ef"]}
-        err_sum, err_count = 0.0, 0
-        n = len(self.held)
-        for lo in range(0, n, self.chunk):
-            hi = min(n, lo + self.chunk)
-            ws = self.held[lo:hi]
-            z = oracle.sample(self.streams, ws, self.repeats, None if self.buf is None else self.buf[: hi - lo])
+        err = [0.0, 0.0]
+        for lo, hi, ws, z in self._chunks():
             g = (oracle.grads(x, ws[0], ws[-1] + 1, z) if algo.single_evaluation
                  else oracle.grad_fn(ws[0], ws[-1] + 1, z))
             rnd = shared if shared is not None else self.draw(ws)
@@ -127,17 +143,10 @@ class Loop:
             workers_state = put(workers_state, lo, hi, out.state)
             ex.put(out, ws, rnd)
             if log:
-                s, c = compression_error_sum(out.inputs, out.messages, self.rec.alive)
-                err_sum, err_count = err_sum + s, err_count + c
+                err = [a + b for a, b in zip(err, compression_error_sum(out.inputs, out.messages, self.rec.alive))]
         total = ex.total(lambda j: self.draw([j]))
         st = {**st, **workers_state}
-        self.state = st = algo.server_step(total, oracle.workers, st, lr)
-        self.rec.check(st["params"], k + 1)
-        if log:
-            s, c = ex.combine([err_sum, float(err_count)])
-            self.rec.record(k + 1, st["params"], s / c if c else math.nan, ex.log.totals())
-        self.rec.freeze(st)
-        self.k = k + 1
+        self._end_step(k, algo.server_step(total, oracle.workers, st, lr), log, err)
 
     def _local_step(self) -> None:
         """One step of a local method: every held worker's inner step on its own iterate; when the period
@@ -155,12 +164,8 @@ class Loop:
         comp = algo.compressor
         shared = self.draw([]) if averaging and comp.randomized and comp.shared_randomness else None
         local, wstate, ef = st["local"], st["worker"], st["ef"]
-        err_sum, err_count = 0.0, 0
-        n = len(self.held)
-        for lo in range(0, n, self.chunk):
-            hi = min(n, lo + self.chunk)
-            ws = self.held[lo:hi]
-            z = oracle.sample(self.streams, ws, self.repeats, None if self.buf is None else self.buf[: hi - lo])
+        err = [0.0, 0.0]
+        for lo, hi, ws, z in self._chunks():
             xl = local[lo:hi]
             new_x, new_w = algo.local_step(oracle.grads(xl, ws[0], ws[-1] + 1, z), take(wstate, lo, hi), xl, lr)
             xl.copy_(new_x)
@@ -173,8 +178,7 @@ class Loop:
                     ef[lo:hi] = out.state["ef"]
                 ex.put(out, ws, rnd)
                 if log:
-                    s, c = compression_error_sum(out.inputs, out.messages, self.rec.alive)
-                    err_sum, err_count = err_sum + s, err_count + c
+                    err = [a + b for a, b in zip(err, compression_error_sum(out.inputs, out.messages, self.rec.alive))]
         st = {**st, "worker": wstate, "ef": ef, "sync": sync}
         if averaging:
             st = algo.outer_step(ex.total(lambda j: self.draw([j])), oracle.workers, st)
@@ -183,13 +187,7 @@ class Loop:
                 for t in leaves(st["worker"]):
                     if t.is_floating_point():
                         t.copy_(ex.mean(t, oracle.workers).expand_as(t))
-        self.state = st
-        self.rec.check(st["params"], k + 1)
-        if log:
-            s, c = ex.combine([err_sum, float(err_count)])
-            self.rec.record(k + 1, st["params"], s / c if c else math.nan, ex.log.totals(), period=sync["period"])
-        self.rec.freeze(st)
-        self.k = k + 1
+        self._end_step(k, st, log, err, period=sync["period"])
 
     def trace(self) -> Trace:
         return self.rec.trace(self.x)
