@@ -216,3 +216,27 @@ def test_average_state_averages_the_inner_optimizer_at_each_round():
             assert ex.log.rounds == 1 and ex.log.bytes == 3 * 6 * 8  # per repetition: the delta, then m and v (float64)
     with pytest.raises(ValueError, match="average_state"):
         algorithms.make("dsgd", average_state=True)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.05])
+def test_adam_transform_is_torch_adam_and_adamw(decay):
+    """x ← x − η u with u from ``adam`` (chained with decoupled weight decay) against torch.optim.Adam(W)
+    on the same gradients, 20 steps in float64."""
+    import torch
+
+    from compsde.optim import adam, add_decayed_weights, chain
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(7, dtype=torch.float64, generator=g)
+    grads = [torch.randn(7, dtype=torch.float64, generator=g) for _ in range(20)]
+    t = chain(adam(0.9, 0.99, 1e-8), add_decayed_weights(decay)) if decay else adam(0.9, 0.99, 1e-8)
+    x, st = x0.clone(), t.init(x0)
+    p = x0.clone().requires_grad_(True)
+    opt = (torch.optim.AdamW([p], lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=decay) if decay
+           else torch.optim.Adam([p], lr=0.01, betas=(0.9, 0.99), eps=1e-8))
+    for gr in grads:
+        u, st = t.update(gr, st, x)
+        x = x - 0.01 * u
+        p.grad = gr.clone()
+        opt.step()
+    torch.testing.assert_close(x, p.detach(), rtol=1e-12, atol=1e-14)
