@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from timing import median_seconds
 
 from compsde.compressors import Compressor, Payload, make, names, param_names
 from compsde.compressors.wire import Layout
@@ -58,14 +57,7 @@ def keep_freed_memory() -> bool:
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(fn, repeats, warmup)
 
 
 def build(name: str, ratio: float, levels: int) -> Compressor:

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import statistics
-import time
 
 import torch
+from timing import median_seconds
 
 from compsde.core.streams import Streams
 from compsde.objectives import problems
@@ -47,13 +46,8 @@ def _reset_peak() -> bool:
 
 def _timed(fn, repeats: int, conn) -> None:
     base = _rss_peak_kb() if _reset_peak() else None
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    conn.send((statistics.median(times), (_rss_peak_kb() - base) / 1024 if base is not None else float("nan")))
+    seconds = median_seconds(fn, repeats)
+    conn.send((seconds, (_rss_peak_kb() - base) / 1024 if base is not None else float("nan")))
 
 
 def measure(fn, repeats: int) -> tuple[float, float]:

@@ -18,25 +18,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 
 import torch
+from timing import median_seconds
 
 from compsde import algorithms
 from compsde.objectives import Noise, Oracle, problems
 from compsde.sde import from_algorithm
 from compsde.sde.integrators import EulerMaruyama, integrate
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
 
 
 def main() -> None:
@@ -62,7 +51,7 @@ def main() -> None:
     results: dict[str, float] = {}
     for inc in ("gaussian", "rademacher"):
         solver = EulerMaruyama(inc)
-        results[f"compsde EM ({inc})"] = timed(lambda: integrate(model, x0, t1=steps * dt, dt=dt, generator=gen, solver=solver), reps)
+        results[f"compsde EM ({inc})"] = median_seconds(lambda: integrate(model, x0, t1=steps * dt, dt=dt, generator=gen, solver=solver), reps)
 
     h = prob.eigs.to(dtype)
     c = math.sqrt(eta * dt) * model.std
@@ -73,7 +62,7 @@ def main() -> None:
         for k in range(steps):
             x.sub_(x * h, alpha=dt).add_(xi[k], alpha=c)
 
-    results["bare loop (pre-drawn noise)"] = timed(bare, reps)
+    results["bare loop (pre-drawn noise)"] = median_seconds(bare, reps)
 
     try:
         import torchsde
@@ -88,7 +77,7 @@ def main() -> None:
                 return torch.full_like(y, math.sqrt(eta) * model.std)
 
         ts = torch.tensor([0.0, steps * dt], dtype=dtype)
-        results["torchsde sdeint(euler)"] = timed(lambda: torchsde.sdeint(TS(), x0, ts, method="euler", dt=dt), 1)
+        results["torchsde sdeint(euler)"] = median_seconds(lambda: torchsde.sdeint(TS(), x0, ts, method="euler", dt=dt), 1)
     except ImportError:
         print("torchsde not installed: skipped")
 

@@ -19,10 +19,9 @@ Usage: python benchmarks/bench_simulator.py [--quick]
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import median_seconds
 
 from compsde import algorithms
 from compsde.algorithms.schedules import Schedule
@@ -60,25 +59,14 @@ def per_worker_loop(problem, noise, method, schedule, *, workers, repeats, dtype
     return x
 
 
-def timed(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def bench(label: str, *, workers: int, repeats: int, dim: int, dtype: torch.dtype, steps: int, ref_steps: int,
           method_specs: list[tuple[str, dict]], reps: int) -> None:
     prob = problems.make("quadratic", dim=dim)
     noise = Noise("gaussian", 1.0)
     copy_src = torch.randn(workers, repeats, dim, dtype=dtype)
     copy_dst = torch.empty_like(copy_src)
-    t_copy = timed(lambda: copy_dst.copy_(copy_src), 5)
-    t_fresh = timed(lambda: copy_src.clone(), 5)
+    t_copy = median_seconds(lambda: copy_dst.copy_(copy_src), 5)
+    t_fresh = median_seconds(lambda: copy_src.clone(), 5)
     print(f"\n== {label}: N={workers}, R={repeats}, d={dim}, {str(dtype).replace('torch.', '')} ==")
     print(f"one copy of the (N, R, d) tensor: {t_copy * 1e3:.2f} ms into a reused buffer, {t_fresh * 1e3:.2f} ms into a fresh one")
     print(f"{'method':<34}{'sim ms/step':>12}{'ref ms/step':>12}{'sim/ref':>9}{'loop ms/step':>14}{'sim/loop':>9}{'step/copy':>11}")
@@ -86,10 +74,10 @@ def bench(label: str, *, workers: int, repeats: int, dim: int, dtype: torch.dtyp
         m = algorithms.make(name, **params)
         oracle = Oracle(prob, noise, workers=workers, dtype=dtype)
         kw = dict(workers=workers, repeats=repeats, dtype=dtype)
-        sim = timed(lambda: simulate(oracle, m, Schedule("constant", 0.01, steps), repeats=repeats, log_every=steps), reps) / steps
-        ref = timed(lambda: simulate_reference(oracle, m, Schedule("constant", 0.01, ref_steps), repeats=repeats,
+        sim = median_seconds(lambda: simulate(oracle, m, Schedule("constant", 0.01, steps), repeats=repeats, log_every=steps), reps) / steps
+        ref = median_seconds(lambda: simulate_reference(oracle, m, Schedule("constant", 0.01, ref_steps), repeats=repeats,
                                                log_every=ref_steps), 1) / ref_steps
-        loop = timed(lambda: per_worker_loop(prob, noise, m, Schedule("constant", 0.01, steps), **kw), reps) / steps
+        loop = median_seconds(lambda: per_worker_loop(prob, noise, m, Schedule("constant", 0.01, steps), **kw), reps) / steps
         print(f"{m.label():<34}{sim * 1e3:>12.3f}{ref * 1e3:>12.2f}{ref / sim:>8.1f}×{loop * 1e3:>14.3f}{loop / sim:>8.1f}×{sim / t_copy:>10.1f}×")
 
 
