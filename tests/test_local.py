@@ -240,3 +240,12 @@ def test_adam_transform_is_torch_adam_and_adamw(decay):
         p.grad = gr.clone()
         opt.step()
     torch.testing.assert_close(x, p.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_switching_the_sync_schedule_with_set_drops_the_old_schedules_keys():
+    from compsde.experiments.build import load
+
+    exp = load("qsr", ["series.2.sync=constant", "run.steps=4"])
+    s = exp.series[2]
+    assert s.algorithm.sync.name == "constant" and s.algorithm.sync.period == 4  # period kept, alpha dropped
+    assert "alpha" not in s.config

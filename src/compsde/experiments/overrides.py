@@ -26,6 +26,7 @@ import copy
 import tomllib
 from typing import Any, Iterable, Mapping
 
+from compsde.algorithms.sync import SYNC_PARAMS
 from compsde.experiments import schema
 from compsde.experiments.schema import SECTIONS
 
@@ -114,6 +115,16 @@ def _prune(table: dict[str, Any], keep: Iterable[str], paths: set[tuple[str, ...
         del table[k]
 
 
+#: Series keys that name a choice, the keys each choice takes, and the keys of the whole family: switching
+#: the choice with --set drops the family's keys the new choice does not take. The synchronisation
+#: schedule's family leaves out power and warmup_steps, which the learning-rate schedules take too.
+_SWITCHES = (
+    ("compressor", schema.compressor_params, schema.all_compressor_params),
+    ("schedule", schema.schedule_keys, lambda: schema.SCHEDULE_KEYS),
+    ("sync", SYNC_PARAMS.__getitem__, lambda: ("period", "alpha", "switch_step")),
+)
+
+
 def _follow_switches(out: dict[str, Any], top: set[tuple[str, ...]], per_series: dict[int, set[tuple[str, ...]]]) -> None:
     """The consistency rules of the module doc. Names that are not valid are left for ``resolve``
     to refuse with its message."""
@@ -127,19 +138,14 @@ def _follow_switches(out: dict[str, Any], top: set[tuple[str, ...]], per_series:
     for i, paths in per_series.items():
         s = series[i]
         heads = {p[0] for p in paths}
-        if "compressor" in heads and isinstance(s.get("compressor"), str):
-            try:
-                taken = set(schema.compressor_params(s["compressor"]))
-            except ValueError:
-                taken = None
-            if taken is not None:
-                stale = set(schema.all_compressor_params()) - taken
+        for head, taken_of, family in _SWITCHES:
+            if head in heads and isinstance(s.get(head), str):
+                try:
+                    stale = set(family()) - set(taken_of(s[head]))
+                except (ValueError, KeyError):
+                    continue  # not a valid name: resolve refuses it with its message
                 for k in [k for k in s if k in stale and not _set_by(paths, k)]:
                     del s[k]
-        if "schedule" in heads and isinstance(s.get("schedule"), str):
-            stale = set(schema.SCHEDULE_KEYS) - set(schema.schedule_keys(s["schedule"]))
-            for k in [k for k in s if k in stale and not _set_by(paths, k)]:
-                del s[k]
         for sect, keys_of in (("problem", _problem_keys), ("noise", _noise_keys)):
             inline = s.get(sect)
             if (sect, "name") in paths and isinstance(inline, dict):
