@@ -239,6 +239,7 @@ def test_adam_transform_is_torch_adam_and_adamw(decay):
         x = x - 0.01 * u
         p.grad = gr.clone()
         opt.step()
+    # same formulas; torch applies the decay as p(1 − ηλ) before the step, here as −ηλx inside it: round-off only
     torch.testing.assert_close(x, p.detach(), rtol=1e-12, atol=1e-14)
 
 

@@ -58,8 +58,9 @@ class FlatParams:
         self.sizes = [p.numel() for _, p in named]
         self.dim = sum(self.sizes)
 
-    def flatten(self, params: dict[str, Tensor]) -> Tensor:
-        return torch.cat([params[n].reshape(-1) for n in self.names])
+    def flatten(self, params: dict[str, Tensor], batch: tuple[int, ...] = (), out: Tensor | None = None) -> Tensor:
+        """Named tensors of shapes (*batch, *shape) → rows (*batch, d), written into ``out`` if given."""
+        return torch.cat([params[n].reshape(*batch, -1) for n in self.names], dim=-1, out=out)
 
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         out, lo = {}, 0
@@ -257,16 +258,12 @@ class NetworkOracle(GradientOracle):
 
         The gradient is taken with respect to the named parameter tensors (views of x), not the flat
         row: the backward of slicing a row would zero-fill and add a d-length gradient per tensor
-        (measured 3× slower for an MLP); each tensor's gradient is then written once into its columns.
+        (measured 3× slower for an MLP); the tensors' gradients are then concatenated into rows once.
         """
         per_rep = vmap(grad(self._loss_named), in_dims=(0, 0, 0))  # over repetitions: (R, ...), (R, B, ...)
         shared = x.dim() == 2
         g = vmap(per_rep, in_dims=(None if shared else 0, 0, 0))(self.flat.unflatten(x), xb, yb)  # over workers
-        n, r = xb.shape[0], x.shape[-2]
-        out = torch.empty(n, r, self.dim, dtype=x.dtype, device=x.device)
-        for (name, size), part in zip(zip(self.flat.names, self.flat.sizes), self.flat.unflatten(out).values()):
-            part.copy_(g[name].reshape(part.shape)) if size else None
-        return out
+        return self.flat.flatten(g, (xb.shape[0], x.shape[-2]))
 
     def loop_grads(self, x: Tensor, lo: int, hi: int, sample: MinibatchSample) -> Tensor:
         """The reference: the same gradients with one autograd backward per worker and repetition (x as in
@@ -278,7 +275,7 @@ class NetworkOracle(GradientOracle):
             for r in range(xi.shape[0]):
                 params = {k: v.detach().clone().requires_grad_(True) for k, v in self.flat.unflatten(xi[r]).items()}
                 grads = torch.autograd.grad(self._loss_named(params, xb[i, r], yb[i, r]), list(params.values()))
-                torch.cat([g.reshape(-1) for g in grads], out=out[i, r])
+                self.flat.flatten(dict(zip(params, grads)), out=out[i, r])
         if sample.noise is not None:
             j0 = sample.workers.index(lo)
             out += sample.noise[j0: j0 + hi - lo]
@@ -301,18 +298,8 @@ class NetworkOracle(GradientOracle):
         params = self.flat.unflatten(x)
         for i in range(self.workers):
             g = per_path(params, *self._shard(i))
-            torch.cat([g[k].reshape(x.shape[0], -1) for k in self.flat.names], dim=-1, out=out[i])
+            self.flat.flatten(g, (x.shape[0],), out=out[i])
         return out
-
-    def noise_variances(self) -> Tensor:
-        """The injected noise's variance per coordinate σ_i² Var(T)/B, (N,) float64; refuses infinite variance."""
-        if not self.noise.active:
-            return torch.zeros(self.workers, dtype=torch.float64)
-        var = self.noise.variance()
-        if math.isinf(var):
-            raise ValueError(f"this SDE needs finite gradient-noise variance; the injected Student-t noise with nu = "
-                             f"{self.noise.nu} has infinite variance (nu ≤ 2)")
-        return self.noise.worker_scales(self.workers) ** 2 * var / self.batch
 
     def noise_factors(self, x: Tensor) -> Tensor:
         """F_i with Cov(minibatch noise of worker i) ≈ F_iᵀ F_i, (N, M, n, d): F_i = (G_i − Ḡ_i)/√(n B) from the
@@ -331,7 +318,7 @@ class NetworkOracle(GradientOracle):
                 raise ValueError(f"worker {i}'s shard has {n_i} sample: its gradient noise covariance needs at least 2")
             g = per_sample(params, *self._shard(i, n_i))
             f = out[i, :, :n_i]
-            torch.cat([g[k].reshape(x.shape[0], n_i, -1) for k in self.flat.names], dim=-1, out=f)
+            self.flat.flatten(g, (x.shape[0], n_i), out=f)
             f -= f.mean(dim=1, keepdim=True)
             f /= math.sqrt(n_i * self.batch)
         return out

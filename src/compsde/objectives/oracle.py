@@ -46,6 +46,20 @@ class GradientOracle:
         """Further metrics at the iterates x (R, d), each of shape (R,)."""
         return {}
 
+    def noise_variances(self) -> Tensor:
+        """σ_i² Var(T)/B per worker (float64, (N,)): the (injected) noise's variance per coordinate; refuses
+        noise of infinite variance."""
+        var = self.noise.variance() if self.noise.active else 0.0
+        if math.isinf(var):
+            raise ValueError(
+                f"this SDE needs finite gradient-noise variance; Student-t noise with nu = {self.noise.nu} has infinite "
+                "variance (nu ≤ 2), so DSGD/DCSGD have no diffusion limit there — use dsignsgd, whose SDE stays "
+                "bounded for every nu"
+            )
+        if not self.noise.active:
+            return torch.zeros(self.workers, dtype=torch.float64)
+        return self.noise.worker_scales(self.workers) ** 2 * var / self.batch
+
     #: n, the rank per worker of ``noise_factors`` (0: isotropic noise only).
     noise_rank: int = 0
 
@@ -153,19 +167,6 @@ class Oracle(GradientOracle):
     def mean_grads(self, x: Tensor) -> Tensor:
         """∇f_i(x) of every worker, (N, ..., d)."""
         return self.problem.worker_grads(x, self.workers)
-
-    def noise_variances(self) -> Tensor:
-        """σ_i² Var(T)/B per worker (float64, (N,)); refuses noise of infinite variance."""
-        var = self.noise.variance() if self.noise.active else 0.0
-        if math.isinf(var):
-            raise ValueError(
-                f"this SDE needs finite gradient-noise variance; Student-t noise with nu = {self.noise.nu} has infinite "
-                "variance (nu ≤ 2), so DSGD/DCSGD have no diffusion limit there — use dsignsgd, whose SDE stays "
-                "bounded for every nu"
-            )
-        if not self.noise.active:
-            return torch.zeros(self.workers, dtype=torch.float64)
-        return self.noise.worker_scales(self.workers) ** 2 * var / self.batch
 
     def sign_means(self, x: Tensor) -> Tensor:
         """E sign(g_i(x)) = 2F(√B ∇f_i/σ_i) − 1 per coordinate, (N, ..., d), F the CDF of T (sign(0) = +1)."""
