@@ -15,7 +15,7 @@ backend needs one import for the whole pipeline (text → objects → text).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -127,19 +127,17 @@ def build(config: Mapping[str, Any], name: str | None = None) -> Experiment:
             problem = cache[key]
             if not isinstance(pdict.get("dim"), int):  # the dimension came from the data
                 estimates.check_series_memory(algorithm, run, s, problem.dim)
-            if s.get("per_layer"):
-                if not isinstance(problem, Network):
-                    raise ValueError(f"per_layer = true compresses each parameter tensor of a network on its own; "
-                                     f"problem {pdict['name']!r} is one vector (use a network: mlp, resnet, vit, gpt)")
-                algorithm = algorithms.make(s["method"], Blockwise(algorithm.compressor, problem.blocks),
-                                            normalize=s["normalize"], worker=s.get("worker"), server=s.get("server"),
-                                            **local)
+            if s.get("per_layer") and not isinstance(problem, Network):
+                raise ValueError(f"per_layer = true compresses each parameter tensor of a network on its own; "
+                                 f"problem {pdict['name']!r} is one vector (use a network: mlp, resnet, vit, gpt)")
             ndict = schema.merge_noise(cfg["noise"], s.get("noise", {}))
             scale = ndict.get("scale", 1.0)
             noise = Noise(ndict["name"], tuple(scale) if isinstance(scale, list) else scale, ndict.get("nu", 3.0))
             if isinstance(problem, Network):
                 oracle = problem.oracle(noise, workers=s["workers"], batch=s["batch"], dtype=DTYPES[run["dtype"]])
                 oracle.check_memory(run["repeats"])  # the minibatches' activations, before anything runs
+                if s.get("per_layer"):
+                    algorithm = replace(algorithm, compressor=Blockwise(algorithm.compressor, oracle.flat.blocks()))
             else:
                 oracle = Oracle(problem, noise, workers=s["workers"], batch=s["batch"])
             # Build the compressor's dimension-dependent parts now (k ≤ d etc.), not mid-run.

@@ -391,11 +391,6 @@ class Network:
         o.problem = self
         return o
 
-    @property
-    def blocks(self) -> list[int]:
-        """The sizes of the model's parameter tensors, in the order of the flat row (per-layer compression)."""
-        return [p.numel() for p in self._build().parameters()]
-
     def describe(self) -> str:
         sizes = ", ".join(f"{k} = {list(v) if isinstance(v, tuple) else v}" for k, v in self.sizes.items())
         return f"{self.name} ({sizes}, d = {self.dim:,}) on {self.data.name} ({len(self.data)} training samples)"
