@@ -85,9 +85,10 @@ class Loop:
         self.buf = (torch.empty(self.chunk, repeats, d, dtype=oracle.dtype, device=oracle.device)
                     if oracle.scales is not None else None)
         self.k = 0
-        first = (algorithm.sync.next_period(0, schedule(0), schedule.steps)
-                 if algorithm.local and schedule.steps > 0 else None)  # the period the run starts with
-        self.rec.record(0, self.state["params"], math.nan, exchange.log.totals(), period=first)
+        if algorithm.local and schedule.steps > 0:  # the period the run starts with, decided at step 0
+            self.state["sync"] = self._next_sync(0)
+        period = self.state["sync"]["period"] if algorithm.local else None
+        self.rec.record(0, self.state["params"], math.nan, exchange.log.totals(), period=period)
 
     @property
     def x(self) -> Tensor:
@@ -109,6 +110,11 @@ class Loop:
             ws = self.held[lo:hi]
             yield lo, hi, ws, self.oracle.sample(self.streams, ws, self.repeats,
                                                  None if self.buf is None else self.buf[: hi - lo])
+
+    def _next_sync(self, k: int) -> dict[str, int]:
+        """A local method's next period, decided at step k (right after an averaging, or at the start)."""
+        period = self.algorithm.sync.next_period(k, self.schedule(k), self.schedule.steps - k)
+        return {"next": k + period, "period": period}
 
     def _end_step(self, k: int, st: dict[str, Any], log: bool, err: list[float], period: int | None = None) -> None:
         """The new state, the divergence rule, the logged row (compression error summed over all
@@ -157,8 +163,7 @@ class Loop:
         lr = self.schedule(k)
         sync = st["sync"]
         if sync["next"] is None:
-            period = algo.sync.next_period(k, lr, self.schedule.steps - k)
-            sync = {"next": k + period, "period": period}
+            sync = self._next_sync(k)
         log = self.rec.due(k + 1)
         averaging = k + 1 == sync["next"]
         comp = algo.compressor
