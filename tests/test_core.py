@@ -141,16 +141,11 @@ def test_checks_name_the_argument_value_and_range():
 
 
 def test_a_step_may_evaluate_the_gradient_several_times_with_one_sample():
-    """An algorithm overriding ``evaluate`` (here USAM's ascent step, g = ∇f(x + ρ ∇f(x))) runs in the
-    simulator unchanged; on f = ½ xᵀ H x without noise its step is x ← x − η H (I + ρ H) x."""
-
-    class USAM(algorithms.Algorithm):
-        def evaluate(self, grad, params):
-            return grad(params + 0.1 * grad(params)[0])
-
+    """A probe step (here USAM's ascent step, g = ∇f(x + ρ ∇f(x))) runs in the simulator unchanged; on
+    f = ½ xᵀ H x without noise its step is x ← x − η H (I + ρ H) x."""
     prob = problems.make("quadratic", dim=4)
     base = algorithms.make("dsgd")
-    algo = USAM("usam", base.compressor)
+    algo = algorithms.make("usam", rho=0.1)
     assert not algo.single_evaluation and base.single_evaluation
     tr = simulate(Oracle(prob, Noise("none"), workers=1), algo, Schedule("constant", 0.2, 5), log_every=5)
     h = prob.eigs

@@ -51,7 +51,10 @@ from compsde.core.streams import Streams
 from compsde.algorithms.sync import SyncSchedule
 from compsde.optim import Transform, identity
 
-__all__ = ["Algorithm", "WorkersOut"]
+__all__ = ["Algorithm", "PROBES", "WorkersOut"]
+
+#: The multi-evaluation steps (see module doc); the first three move to a probe point x ± ρ·(·).
+PROBES = ("sam", "usam", "seg", "shgd")
 
 
 class WorkersOut(NamedTuple):
@@ -78,6 +81,12 @@ class Algorithm:
     outer_lr: float = 1.0
     #: local methods: also average the inner optimizer's state (momentum, Adam's moments) at each round
     average_state: bool = False
+    #: several gradient evaluations per step (``PROBES``) and the probe's radius ρ (None for seg: η_k)
+    probe: str | None = None
+    rho: float | None = None
+    #: the optimizer's hyperparameters by name (beta1, beta2, eps, weight_decay, rho), for labels and
+    #: SDE models; the transforms hold the same values
+    hyper: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.compressor, Compressor):
@@ -97,6 +106,16 @@ class Algorithm:
         if self.sync is None and (self.outer_lr != 1.0 or self.average_state):
             raise ValueError("outer_lr and average_state apply to local methods (local-sgd, local-adamw) only")
         check_bool("average_state", self.average_state)
+        if self.probe is not None:
+            check_choice("probe", self.probe, PROBES)
+            if self.local:
+                raise ValueError(f"probe {self.probe!r} is not defined for a local method")
+        if self.rho is not None:
+            if self.probe not in ("sam", "usam", "seg"):
+                raise ValueError(f"rho is the radius of a probe step (sam, usam, seg), not of {self.probe or self.name!r}")
+            check_number("rho", self.rho, min=0.0, min_open=True)
+        elif self.probe in ("sam", "usam"):
+            raise ValueError(f"probe {self.probe!r} needs its radius rho > 0")
 
     # ---- properties ---------------------------------------------------------------------------
     @property
@@ -111,13 +130,13 @@ class Algorithm:
 
     @property
     def single_evaluation(self) -> bool:
-        """One gradient evaluation per step, at the iterate (``evaluate`` is not overridden)."""
-        return type(self).evaluate is Algorithm.evaluate
+        """One gradient evaluation per step, at the iterate (no probe, ``evaluate`` not overridden)."""
+        return self.probe is None and type(self).evaluate is Algorithm.evaluate
 
     @property
     def plain(self) -> bool:
         """No transforms, no error feedback, no local steps: g_i → C_i(g_i) → aggregate → η_k · aggregate."""
-        return not (self.error_feedback or self.worker.names or self.server.names or self.local)
+        return not (self.error_feedback or self.worker.names or self.server.names or self.local or self.probe)
 
     def bits(self, d: int) -> int:
         """Bits one worker sends per communication for a vector of length d (uplink)."""
@@ -125,6 +144,8 @@ class Algorithm:
 
     def label(self) -> str:
         out = f"{self.name}[{self.compressor!r}]"
+        if self.hyper:
+            out += "(" + ", ".join(f"{k}={v:g}" for k, v in self.hyper.items()) + ")"
         if self.worker.names:
             out += f" worker: {self.worker.describe()}"
         if self.server.names:
@@ -157,11 +178,23 @@ class Algorithm:
             return c.draw((1, rows), d, streams.shared, dtype)
         return streams.draw("compressor", workers, lambda g: c.draw((1, rows), d, g, dtype)[0])
 
-    def evaluate(self, grad: Callable[[Tensor], Tensor], params: Tensor) -> Tensor:
-        """The workers' gradients for this step from ``grad`` (params → (n, ..., d), every call with
-        this step's sample: the same noise or minibatch). One evaluation at the iterate here; an
-        algorithm that needs several (SAM's ascent step, extragradient) overrides this."""
-        return grad(params)
+    def evaluate(self, grad: Callable[[Tensor], Tensor], params: Tensor, lr: float = 0.0) -> Tensor:
+        """The workers' gradients for this step from ``grad`` (params (R, d) shared or (n, R, d) one
+        point per worker → (n, R, d), every call with this step's sample: the same noise or minibatch):
+        one evaluation at the iterate, or the probe's (module doc; ``lr`` is η_k, SEG's default radius)."""
+        g = grad(params)
+        if self.probe is None:
+            return g
+        if self.probe == "shgd":
+            z = params.expand(g.shape).detach()
+            field, pullback = torch.func.vjp(grad, z)
+            return pullback(field)[0]
+        rho = self.rho if self.rho is not None else lr
+        if self.probe == "sam":
+            step = g / g.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
+        else:
+            step = g
+        return grad(params + (-rho if self.probe == "seg" else rho) * step)
 
     def workers_step(self, grads: Tensor | Callable[[Tensor], Tensor], state: dict[str, Any], params: Tensor | None,
                      lr: float, rnd: Tensor | None, *, encode: bool = False, messages: bool = True) -> WorkersOut:
@@ -181,7 +214,7 @@ class Algorithm:
         if callable(grads):
             if params is None:
                 raise ValueError("evaluating gradients needs the parameters")
-            grads = self.evaluate(grads, params)
+            grads = self.evaluate(grads, params, lr)
         u, wstate = self.worker.update(grads, state["worker"], params)
         return self.compress(u, state["ef"], lr, rnd, encode=encode, messages=messages, worker_state=wstate)
 
@@ -232,15 +265,17 @@ class Algorithm:
         d, sstate = self.direction(total, workers, state["server"], state["params"])
         return {**state, "params": self.apply_update(state["params"], d, lr), "server": sstate}
 
-    def unit_update(self, grads: Tensor, rnd: Tensor | None) -> Tensor:
+    def unit_update(self, grads: Tensor | Callable[[Tensor], Tensor], rnd: Tensor | None, *, workers: int | None = None,
+                    params: Tensor | None = None, lr: float = 0.0) -> Tensor:
         """The update per unit step size, U = (x_k − x_{k+1})/η, of a memoryless algorithm for
-        independent samples of all N workers' gradients ``grads`` (N, ..., d); used by Monte Carlo
-        SDE models. The messages are summed in worker order, as in every exchange."""
+        independent samples of all N workers' gradients ``grads`` (N, ..., d) — or, for a probe step,
+        the function evaluating them with the samples at ``params`` (``workers`` = N, ``lr`` = η);
+        used by Monte Carlo SDE models. The messages are summed in worker order, as in every exchange."""
         if not self.memoryless:
             raise ValueError(f"{self.label()} carries state from step to step: its update is not a function of x alone")
         from compsde.algorithms.aggregation import sum_messages
 
-        n = grads.shape[0]
-        out = self.workers_step(grads, {"worker": None, "ef": None}, None, 1.0, rnd)
+        n = grads.shape[0] if isinstance(grads, Tensor) else workers
+        out = self.workers_step(grads, {"worker": None, "ef": None}, params, lr, rnd)
         d, _ = self.direction(sum_messages(out.messages), n, None, None)
         return 1.0 * d

@@ -161,7 +161,9 @@ class Quadratic(Problem):
     """f(x) = ½ xᵀ H x with H = Q diag(h) Qᵀ, h evenly spaced in [eig_min, eig_max].
 
     Q = I (``rotate=False``, diagonal: ``hessian`` is None and ``eigs`` holds h) or a random orthogonal
-    matrix (``hessian`` = Q diag(h) Qᵀ). x* = 0, f* = 0, start x⁰ = 1.
+    matrix (``hessian`` = Q diag(h) Qᵀ). x* = 0, f* = 0, start x⁰ = 1. A negative ``eig_min`` makes
+    x = 0 a saddle (f is then unbounded below and the reported loss f(x) − f(0) can be negative):
+    the problem of SAM's attraction to saddles.
     """
 
     name = "quadratic"
@@ -169,11 +171,11 @@ class Quadratic(Problem):
     def __init__(self, dim: int = 10, eig_min: float = 0.5, eig_max: float = 2.0, rotate: bool = False,
                  heterogeneity: float = 0.0, seed: int = 0, x0_scale: float = 1.0) -> None:
         _check_common(self.name, dim, heterogeneity, x0_scale, seed)
-        eig_min = check_number("quadratic: eig_min", eig_min, min=0.0)
-        eig_max = check_number("quadratic: eig_max", eig_max, min=0.0)
+        eig_min = check_number("quadratic: eig_min", eig_min)
+        eig_max = check_number("quadratic: eig_max", eig_max)
         check_bool("quadratic: rotate", rotate)
         if not eig_min <= eig_max:
-            raise ValueError(f"quadratic: need 0 ≤ eig_min ≤ eig_max, got eig_min={eig_min!r}, eig_max={eig_max!r}")
+            raise ValueError(f"quadratic: need eig_min ≤ eig_max, got eig_min={eig_min!r}, eig_max={eig_max!r}")
         if rotate:  # Q, R, the Hessian and the QR workspace: about four d × d float64 matrices
             check_memory(4 * 8 * dim * dim, f"quadratic with rotate = true and dim = {dim}",
                          "reduce dim or use rotate = false (a diagonal Hessian needs O(d) memory)")

@@ -28,6 +28,14 @@ Transforms:
                                         bias corrections m̂ = m/(1 − β₁ᵗ), v̂ = v/(1 − β₂ᵗ) (Kingma & Ba
                                         2015; torch.optim.Adam); chained with ``add_decayed_weights`` it
                                         is AdamW (Loshchilov & Hutter 2019).
+* ``rmsprop(b2, eps)``                 v ← β₂v + (1 − β₂)g², u = g/(√v + ε), no bias correction
+                                        (Tieleman & Hinton 2012; torch.optim.RMSprop with alpha = β₂).
+* ``sign()``                           u = sign(g) (SignSGD; Bernstein et al. 2018), sign(0) = 0 as in
+                                        torch.sign.
+
+Coupled (L2) weight decay is ``add_decayed_weights`` *before* the adaptive transform (the decay enters
+the moments, torch.optim.Adam's ``weight_decay``); decoupled is the same transform after it (AdamW,
+RMSpropW).
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from torch import Tensor
 
 from compsde.core.checks import check_bool, check_number
 
-__all__ = ["Transform", "adam", "add_decayed_weights", "chain", "identity", "momentum", "normalize"]
+__all__ = ["Transform", "adam", "add_decayed_weights", "chain", "identity", "momentum", "normalize", "rmsprop", "sign"]
 
 
 @dataclass(frozen=True)
@@ -161,3 +169,23 @@ def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Transform:
         return u, {"m": m, "v": v, "count": t}
 
     return Transform("adam", init, update, {"b1": b1, "b2": b2, "eps": eps}, stateful=True)
+
+
+def rmsprop(b2: float = 0.99, eps: float = 1e-8) -> Transform:
+    """RMSprop's direction g/(√v + ε) with v ← β₂v + (1 − β₂)g² (see module doc)."""
+    b2 = check_number("b2", b2, min=0.0, max=1.0, max_open=True)
+    eps = check_number("eps", eps, min=0.0, min_open=True)
+
+    def init(params: Tensor) -> dict[str, Any]:
+        return {"v": torch.zeros(params.shape, dtype=params.dtype, device=params.device)}
+
+    def update(g: Tensor, state: dict[str, Any], params: Tensor | None) -> tuple[Tensor, dict[str, Any]]:
+        v = state["v"].mul(b2).addcmul_(g, g, value=1.0 - b2)
+        return g / v.sqrt().add_(eps), {"v": v}
+
+    return Transform("rmsprop", init, update, {"b2": b2, "eps": eps}, stateful=True)
+
+
+def sign() -> Transform:
+    """u = sign(g) per coordinate (SignSGD's direction)."""
+    return Transform("sign", lambda params: None, lambda g, state, params: (torch.sign(g), state))
