@@ -101,7 +101,10 @@ def test_bad_run_arguments(kwargs, match):
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: algorithms.make("adam"), "unknown algorithm 'adam'; valid algorithms: dsgd"),
+        (lambda: algorithms.make("lion"), "unknown algorithm 'lion'; valid algorithms: dsgd"),
+        (lambda: algorithms.make("adam", beta1=1.0), r"beta1 must be a finite number in \[0, 1\), got 1.0"),
+        (lambda: algorithms.make("sam", rho=0.0), "rho must be"),
+        (lambda: algorithms.make("adam", rho=0.1), "algorithm 'adam' does not take rho"),
         (lambda: algorithms.make("dcsgd"), "needs a compressor"),
         (lambda: algorithms.make("dsgd", compressor="top-k", k=1), "implies compressor 'identity'"),
         (lambda: algorithms.make("ef", compressor="top-k", k=1, normalize=True), "normalize"),
