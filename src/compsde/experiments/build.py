@@ -114,8 +114,9 @@ def build(config: Mapping[str, Any], name: str | None = None) -> Experiment:
                 keys = SYNC_PARAMS[s["sync"]]
                 local = {"sync": SyncSchedule(s["sync"], **{k: s[k] for k in keys if k in s}),
                          **{k: s[k] for k in ("outer_lr", "error_feedback", "average_state") if k in s}}
+            hyper = {k: s[k] for k in schema.OPTIMIZER_KEYS if k in s}
             algorithm = algorithms.make(s["method"], s["compressor"], normalize=s["normalize"],
-                                        worker=s.get("worker"), server=s.get("server"), **local, **cparams)
+                                        worker=s.get("worker"), server=s.get("server"), **local, **hyper, **cparams)
             schedule = Schedule(s["schedule"], s["lr"], s.get("steps", run["steps"]), _schedule_params(s))
             pdict = schema.merge_problem(cfg["problem"], s.get("problem", {}), f"series.{i}.problem")
             key = repr(sorted(pdict.items()))

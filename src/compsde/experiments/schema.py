@@ -25,7 +25,10 @@ Schema (unknown keys and wrong types are refused with the valid keys/types)::
                 nesterov, weight_decay), for local-sgd / local-adamw sync (every-step |
                 constant | post-local | qsr) with period, alpha, power, warmup_steps, switch_step
                 as the schedule takes them, outer_lr, error_feedback (compressed deltas) and
-                average_state (the inner optimizer's state averaged too), steps (a series may run longer than [run] steps), and
+                average_state (the inner optimizer's state averaged too), for the single-node optimizers
+                (signsgd, rmsprop, rmspropw, adam, adamw, sam, usam, sgda, seg, shgd) their
+                hyperparameters beta1, beta2, eps, weight_decay, rho as each takes them
+                (``compsde.algorithms.OPTIMIZER_KEYS``), steps (a series may run longer than [run] steps), and
                 inline tables problem = {...} / noise = {...} overriding [problem] / [noise].
 
 Keys that do not apply are refused, not ignored: a compressor parameter the compressor does not take,
@@ -267,9 +270,13 @@ def problem_keys(name: str) -> tuple[str, ...]:
     return ("name", *_signature_params(problems.problem_class(name)))
 
 
+#: The single-node optimizers' hyperparameters (``compsde.algorithms.OPTIMIZER_KEYS`` says which takes which).
+OPTIMIZER_KEYS = ("beta1", "beta2", "eps", "weight_decay", "rho")
+
+
 def label_keys() -> frozenset[str]:
     """The series keys a derived label is made from (see module doc)."""
-    return frozenset({"method", "compressor", "normalize", "per_layer", *LOCAL_KEYS, "schedule", "worker", "server", "problem", "noise",
+    return frozenset({"method", "compressor", "normalize", "per_layer", *LOCAL_KEYS, *OPTIMIZER_KEYS, "schedule", "worker", "server", "problem", "noise",
                       *all_compressor_params(), *SCHEDULE_KEYS})
 
 
@@ -446,6 +453,9 @@ def derive_label(s: Mapping[str, Any]) -> str:
         extra = ",".join(f"{k}={_fmt(s[k])}" for k in (*SYNC_PARAMS[s["sync"]], "outer_lr")
                          if k in s and k != "warmup_steps" and s[k] != defaults[k])  # warm-up: in the schedule's part
         parts.append(f"{s['sync']}({extra})" if extra else s["sync"])
+    hyper = ",".join(f"{k}={_fmt(s[k])}" for k in OPTIMIZER_KEYS if k in s)
+    if hyper:
+        parts.append(f"({hyper})")
     if s.get("error_feedback"):
         parts.append("EF")
     if s.get("average_state"):
@@ -500,7 +510,8 @@ def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mappi
     if sync_name == "qsr" and sched == "poly" and "power" in s:
         raise ValueError(f"{where}.power is ambiguous with sync = 'qsr' and schedule = 'poly' (both take a power); "
                          "use another learning-rate schedule, or QSR's default power 2")
-    valid = [*_SERIES_BASE, *cspec, *sched_keys, *local_keys]
+    opt_keys = list(algorithms.OPTIMIZER_KEYS.get(method, ()))
+    valid = [*_SERIES_BASE, *cspec, *sched_keys, *local_keys, *opt_keys]
     for k, v in s.items():
         if k in valid:
             continue
@@ -510,6 +521,9 @@ def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mappi
             why = (f"sync {sync_name!r} takes {', '.join(SYNC_PARAMS[sync_name]) or 'no period keys'}" if local
                    else f"it applies to the local methods (local-sgd, local-adamw), not to {method!r}")
             raise ValueError(f"{where}: key {k!r} (value {describe(v)}) does not apply: {why}")
+        if k in OPTIMIZER_KEYS:
+            raise ValueError(f"{where}: key {k!r} (value {describe(v)}) does not apply: method {method!r} takes "
+                             f"{', '.join(opt_keys) or 'none of ' + ', '.join(OPTIMIZER_KEYS)}")
         if k in all_compressor_params():
             raise ValueError(f"{where}: compressor {comp!r} does not take {k!r} (value {describe(v)}); it takes: {', '.join(cspec) or 'nothing'}")
         raise ValueError(f"{where}: unknown key {k!r} (value {describe(v)}); valid keys: {', '.join(valid)}")
@@ -533,6 +547,9 @@ def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mappi
             out[k] = _coerce(LOCAL_KEYS[k], f"{where}.{k}", s[k])
     if local:
         out["sync"] = sync_name
+    for k in opt_keys:  # only the keys given: the defaults live in compsde.algorithms
+        if k in s:
+            out[k] = _coerce("float", f"{where}.{k}", s[k])
     if base.get("per_layer"):
         out["per_layer"] = True
     for side in ("worker", "server"):
