@@ -342,8 +342,8 @@ def test_unknown_problem_and_noise_names():
 
 
 def test_series_errors():
-    with pytest.raises(ValueError, match="unknown method 'adam'; valid methods: dsgd, dcsgd"):
-        resolve(minimal(method="adam"))
+    with pytest.raises(ValueError, match="unknown method 'lion'; valid methods: dsgd, dcsgd"):
+        resolve(minimal(method="lion"))
     with pytest.raises(ValueError, match="method 'dcsgd' needs a compressor; valid compressors: identity"):
         resolve(minimal(method="dcsgd"))
     with pytest.raises(ValueError, match="unknown compressor 'top-kk'"):
