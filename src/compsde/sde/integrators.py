@@ -147,11 +147,14 @@ def _euler_loop(model: SDEModel, x0: Tensor, n_steps: int, step_sizes: Callable[
                 observe_every: int, per_observed: int) -> Tensor:
     """X ← X − m dt + sqrt(η dt) S^{1/2} ξ for n_steps steps; (dt, η) = step_sizes(n).
 
-    ``observe`` sees step counts in units of ``per_observed`` integrator steps.
+    ``x0`` is (M, d), or (M, state_dim) for a model with an augmented state (``model.initial`` adds
+    it otherwise); ``observe`` sees the whole state (``model.params`` gives x) and step counts in
+    units of ``per_observed`` integrator steps. ``model.lr`` is set to the current η before each step.
     """
-    if x0.dim() != 2 or x0.shape[1] != model.dim:
-        raise ValueError(f"x0 must have shape (M, d = {model.dim}), got {tuple(x0.shape)}")
-    x = x0.clone()
+    if x0.dim() != 2 or x0.shape[1] not in (model.dim, model.state_dim):
+        raise ValueError(f"x0 must have shape (M, d = {model.dim})" + (f" or (M, {model.state_dim}) (the model's state)"
+                         if model.state_dim != model.dim else "") + f", got {tuple(x0.shape)}")
+    x = model.initial(x0) if x0.shape[1] != model.state_dim else x0.clone()
     xi = torch.empty(x.shape[0], model.noise_dim, dtype=x.dtype, device=x.device)
     deterministic = model.noise_type == "none"
     every = observe_every * per_observed
@@ -159,6 +162,7 @@ def _euler_loop(model: SDEModel, x0: Tensor, n_steps: int, step_sizes: Callable[
         observe(0, x)
     for n in range(n_steps):
         dt, eta = step_sizes(n)
+        model.lr = eta
         if deterministic:
             xi.zero_()
         else:

@@ -57,7 +57,8 @@ from compsde.compressors.sparsifiers import Identity, RandK
 from compsde.core.checks import check_int, check_number, describe
 from compsde.objectives.oracle import GradientOracle, Oracle
 
-__all__ = ["DSGDSDE", "DSignSGDSDE", "MODELS", "MonteCarloSDE", "RandKSDE", "SDEModel", "from_algorithm"]
+__all__ = ["AdaptiveSDE", "DSGDSDE", "DSignSGDSDE", "MODELS", "MonteCarloSDE", "ProbeSDE", "RandKSDE", "SDEModel",
+           "SignSGDSDE", "from_algorithm"]
 
 
 class SDEModel:
@@ -73,7 +74,12 @@ class SDEModel:
     def __init__(self, oracle: GradientOracle, algorithm: Algorithm, eta: float) -> None:
         self.oracle, self.algorithm = oracle, algorithm
         self.eta = check_number("lr", eta, min=0.0, min_open=True)
+        #: η of the optimizer step being integrated (the integrator sets it every step; schedules).
+        self.lr = self.eta
         self.dim = oracle.dim
+        #: the dimension of the SDE's state: d, or more for an augmented state (x, m, v, …) whose first
+        #: d coordinates are x (``initial``, ``params``).
+        self.state_dim = self.dim
         self.workers = oracle.workers
         #: n per worker of the oracle's low-rank noise factors (networks), 0 for isotropic noise.
         self.rank = oracle.noise_rank
@@ -83,6 +89,20 @@ class SDEModel:
     def applies(cls, algorithm: Algorithm) -> bool:
         """Whether this model is the SDE of ``algorithm``."""
         raise NotImplementedError
+
+    @classmethod
+    def fits(cls, oracle: GradientOracle, algorithm: Algorithm) -> bool:
+        """Whether the closed form holds for this oracle (else the next model of ``MODELS`` is tried)."""
+        return True
+
+    def initial(self, x0: Tensor) -> Tensor:
+        """The SDE's initial state (M, state_dim) at the iterates x0 (M, d): x0 itself, or x0 with the
+        optimizer's initial state (moments 0) appended."""
+        return x0
+
+    def params(self, z: Tensor) -> Tensor:
+        """The iterates x (a view: M × d) of states z (M, state_dim)."""
+        return z[:, : self.dim]
 
     def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Return (m(x), S(x)^{1/2} ξ), both of shape (M, d), for x (M, d) and ξ (M, noise_dim).
@@ -101,6 +121,20 @@ class SDEModel:
             o = self.oracle
             cache[key] = o if (o.dtype, o.device) == key else o.to(x.dtype, x.device)
         return cache[key]
+
+    def averaged_noise(self, x: Tensor, xi: Tensor) -> tuple[Tensor, Tensor]:
+        """For the single-node optimizers, which step on the workers' mean gradient ḡ = (1/N) Σ g_i: the
+        per-coordinate variance diag Σ̄ of its noise (M, d) and Σ̄^{1/2} ξ (M, d), from the isotropic
+        variances and (networks) the low-rank factors, Σ̄ = (1/N²) Σ_i (σ_i² v/B I + F_iᵀF_i)."""
+        o, n, d = self.oracle_as(x), self.workers, self.dim
+        var = float(o.noise_variances().sum()) / n**2
+        diag = torch.full_like(x, var)
+        noise = xi[:, :d] * math.sqrt(var)
+        if self.rank:
+            f = o.noise_factors(x)
+            diag = diag + f.square().sum(2).sum(0) / n**2
+            noise = noise + _factor_noise(f, xi[:, d:], 1.0 / n)
+        return diag, noise
 
     def drift(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """m(x) (the SDE's drift is −m)."""
@@ -229,6 +263,200 @@ class DSignSGDSDE(SDEModel):
         return s.mean(0), xi.mul_((1.0 - s * s).sum(0).clamp_min(0).sqrt() / n)
 
 
+class SignSGDSDE(SDEModel):
+    """SignSGD on the workers' mean gradient: m = E sign(ḡ) = s, S = diag(1 − s²) (Compagnoni et al. 2025).
+
+    One worker: s = 2F(√B g/σ) − 1 with F the noise's CDF (``DSignSGDSDE`` with N = 1). N workers: ḡ's
+    noise is Gaussian with the variances diag Σ̄ (exact for Gaussian noise, the central limit for
+    minibatches), s = erf(ḡ / sqrt(2 diag Σ̄)); Student-t noise averaged over N > 1 workers has no closed
+    CDF, and gets the Monte Carlo model.
+    """
+
+    @classmethod
+    def applies(cls, algorithm: Algorithm) -> bool:
+        return _single(algorithm, "signsgd")
+
+    @classmethod
+    def fits(cls, oracle: GradientOracle, algorithm: Algorithm) -> bool:
+        return oracle.workers == 1 or oracle.noise.name != "student-t"
+
+    def __init__(self, oracle: GradientOracle, algorithm: Algorithm, eta: float) -> None:
+        super().__init__(oracle, algorithm, eta)
+        self.noise_dim = self.dim
+        self.description = "SignSGD SDE (closed form): drift E sign(ḡ), diffusion diag(1 − E sign(ḡ)²)"
+
+    def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        o = self.oracle_as(x)
+        if self.workers == 1:
+            s = o.sign_means(x)[0]
+        else:
+            diag, _ = self.averaged_noise(x, torch.zeros(x.shape[0], self.dim + self.workers * self.rank,
+                                                         dtype=x.dtype, device=x.device))
+            g = o.mean_grads(x).mean(0)
+            sign = torch.where(g >= 0, 1.0, -1.0).to(x.dtype)
+            s = torch.where(diag > 0, torch.erf(g / (2 * diag).sqrt().clamp_min(torch.finfo(x.dtype).tiny)), sign)
+        return s, xi.mul_((1.0 - s * s).clamp_min(0).sqrt())
+
+
+class AdaptiveSDE(SDEModel):
+    """RMSprop(W) and Adam(W) with their state: the SDE of the Markov chain (x, m, v, bias corrections).
+
+    One optimizer step with β = 1 − ρη (ρ = (1 − β)/η held fixed as η → 0, so the moments relax on the
+    SDE's time scale; Malladi et al. 2022, Compagnoni et al. 2025) is, by the first-order recipe
+    (docs/theory.md §7), with ḡ = ∇f(x) (+ λx for coupled weight decay), D = diag Σ̄(x) and
+    m' = m + (1 − β₁)(ḡ − m), v' = v + (1 − β₂)(ḡ² + D − v) the one-step means:
+
+    * Adam(W), state (x, m, v, ι₁, ι₂) with ι_i = 1 − β_iᵏ the bias corrections (dι = ρ_i(1 − ι) dt):
+          dx = −[(m'/ι₁')/(sqrt(v'/ι₂') + ε) + λ_w x] dt
+          dm =  ρ₁(ḡ − m) dt + ρ₁ sqrt(η) Σ̄^{1/2} dW
+          dv =  ρ₂(ḡ² + D − v) dt
+    * RMSprop(W), state (x, v):
+          dx = −[ḡ/(sqrt(v') + ε) + λ_w x] dt − sqrt(η) diag(1/(sqrt(v') + ε)) Σ̄^{1/2} dW
+          dv =  ρ₂(ḡ² + D − v) dt
+
+    (λ_w: decoupled weight decay.) v has no diffusion: its one-step standard deviation (1 − β₂)·sd(g²)
+    is the dropped term (a hundredth of m's with the default β's), as in the published SDEs. In
+    Euler–Maruyama with dt = η the m update is exactly Adam's with Gaussian noise.
+    """
+
+    noise_type = "diagonal"
+
+    @classmethod
+    def applies(cls, algorithm: Algorithm) -> bool:
+        return any(_single(algorithm, n) for n in ("rmsprop", "rmspropw", "adam", "adamw"))
+
+    def __init__(self, oracle: GradientOracle, algorithm: Algorithm, eta: float) -> None:
+        super().__init__(oracle, algorithm, eta)
+        oracle.noise_variances()  # E g² must be finite: refuses Student-t with ν ≤ 2
+        h = algorithm.hyper
+        self.adam = algorithm.name.startswith("adam")
+        self.b1, self.b2, self.eps = h.get("beta1", 0.0), h["beta2"], h["eps"]
+        lam = h.get("weight_decay", 0.0)
+        self.decoupled = lam if algorithm.name.endswith("w") else 0.0
+        self.coupled = 0.0 if algorithm.name.endswith("w") else lam
+        d = self.dim
+        self.state_dim = 3 * d + 2 if self.adam else 2 * d
+        what = "Adam" if self.adam else "RMSprop"
+        self.description = (f"{algorithm.name} SDE (closed form, state (x, {'m, v, ι₁, ι₂' if self.adam else 'v'}), "
+                            f"β = 1 − ρη): {what}'s moments relax at rate (1 − β)/η, "
+                            f"{'m' if self.adam else 'x'} carries the gradient noise")
+
+    def initial(self, x0: Tensor) -> Tensor:
+        return torch.cat([x0, torch.zeros(x0.shape[0], self.state_dim - self.dim, dtype=x0.dtype, device=x0.device)], 1)
+
+    def evaluate(self, z: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        d, lr = self.dim, self.lr
+        x = z[:, :d]
+        g = self.oracle_as(x).mean_grads(x).mean(0)
+        if self.coupled:
+            g = g + self.coupled * x
+        diag, noise = self.averaged_noise(x, xi)
+        out = torch.empty_like(z)
+        s_xi = torch.zeros_like(z)
+        c2 = 1.0 - self.b2
+        v = z[:, 2 * d: 3 * d] if self.adam else z[:, d:]
+        target = g * g + diag
+        v1 = v + c2 * (target - v)
+        if self.adam:
+            c1 = 1.0 - self.b1
+            m, i1, i2 = z[:, d: 2 * d], z[:, -2:-1], z[:, -1:]
+            m1 = m + c1 * (g - m)
+            j1, j2 = i1 + c1 * (1.0 - i1), i2 + c2 * (1.0 - i2)
+            out[:, :d] = (m1 / j1) / ((v1 / j2).clamp_min(0).sqrt() + self.eps)
+            out[:, d: 2 * d] = (c1 / lr) * (m - g)
+            out[:, 2 * d: 3 * d] = (c2 / lr) * (v - target)
+            out[:, -2:-1], out[:, -1:] = (c1 / lr) * (i1 - 1.0), (c2 / lr) * (i2 - 1.0)
+            s_xi[:, d: 2 * d] = noise.mul_(-c1 / lr)
+        else:
+            p = v1.clamp_min(0).sqrt() + self.eps
+            out[:, :d] = g / p
+            out[:, d:] = (c2 / lr) * (v - target)
+            s_xi[:, :d] = noise.div_(p)
+        if self.decoupled:
+            out[:, :d] += self.decoupled * x
+        return out, s_xi
+
+
+class ProbeSDE(SDEModel):
+    """USAM, and the game methods SGDA, SEG and SHGD: updates linear in the sampled field, to first order.
+
+    With g = F(x) + Z the sampled gradient (field), J the Jacobian of F (the Hessian for a loss), and
+    c the probe's signed radius, one step's update per unit η is U = L(x) g with
+
+        USAM  L = I + ρJ      (∇f(x + ρ g) = g + ρ H g + O(ρ²): exact on quadratics)
+        SGDA  L = I
+        SEG   L = I − ρJ      (ρ = η unless given: F(x − ρ g) = g − ρ J g + O(ρ²); exact for linear fields)
+        SHGD  L = Jᵀ          (∇½‖g‖² = Jᵀ g with additive noise)
+
+    so m = L F and S^{1/2} ξ = L Σ̄^{1/2} ξ (J by forward- and reverse-mode autodiff through the oracle's
+    exact field). USAM's drift is ∇(f + (ρ/2)‖∇f‖²), the implicitly regularised loss.
+
+    Games (SGDA, SEG, SHGD) add the second-order drift correction of the modified equation,
+    m ← m + (η/2) J_m m (J_m the Jacobian of m; Li, Tai & E 2017): on a game F has a rotational part
+    on which the first-order drift is neutral, and SGDA's spiralling out (|1 − iηb| > 1) and
+    extragradient's contraction are effects of order η per unit time (docs/theory.md §9).
+    """
+
+    noise_type = "diagonal"
+
+    @classmethod
+    def applies(cls, algorithm: Algorithm) -> bool:
+        return any(_single(algorithm, n) for n in ("usam", "sgda", "seg", "shgd"))
+
+    @classmethod
+    def fits(cls, oracle: GradientOracle, algorithm: Algorithm) -> bool:
+        return isinstance(oracle, Oracle)
+
+    def __init__(self, oracle: GradientOracle, algorithm: Algorithm, eta: float) -> None:
+        super().__init__(oracle, algorithm, eta)
+        oracle.noise_variances()  # Σ̄ must be finite
+        self.kind = algorithm.name
+        self.game = self.kind in ("sgda", "seg", "shgd")
+        law = {"usam": "(I + ρH)", "sgda": "I", "seg": "(I − ρJ)", "shgd": "Jᵀ"}[self.kind]
+        self.description = (f"{self.kind.upper()} SDE (closed form): drift {law}F"
+                            + (" + (η/2) J_m m (second-order drift of the modified equation)" if self.game else "")
+                            + f", diffusion {law}Σ̄^{{1/2}}")
+
+    def _radius(self) -> float:
+        rho = self.algorithm.rho
+        return {"usam": rho, "seg": -(rho if rho is not None else self.lr)}.get(self.kind, 0.0)
+
+    def _apply(self, x: Tensor, v: Tensor) -> Tensor:
+        """L(x) v for rows of x and v (M, d)."""
+        field = self.oracle_as(x).grad
+        if self.kind == "shgd":
+            _, pullback = torch.func.vjp(field, x)
+            return pullback(v)[0]
+        c = self._radius()
+        if c == 0.0:
+            return v
+        return v + c * torch.func.jvp(field, (x,), (v,))[1]
+
+    def _first_order(self, x: Tensor) -> Tensor:
+        return self._apply(x, self.oracle_as(x).grad(x))
+
+    def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        _, noise = self.averaged_noise(x, xi)
+        if self.game:
+            m, jm = torch.func.jvp(self._first_order, (x,), (self._first_order(x),))
+            m = m + (0.5 * self.lr) * jm
+        else:
+            m = self._first_order(x)
+        return m, self._apply(x, noise)
+
+
+def _single(algorithm: Algorithm, name: str) -> bool:
+    """``algorithm`` is the single-node optimizer ``name`` as its recipe builds it (identity compressor,
+    no transforms of the user's, no error feedback)."""
+    from compsde.algorithms import make
+
+    if algorithm.name != name or algorithm.local or algorithm.error_feedback or algorithm.worker.names:
+        return False
+    if not isinstance(_kind(algorithm.compressor), Identity) or algorithm.aggregation != "mean":
+        return False
+    return algorithm.server.describe() == make(name, **algorithm.hyper).server.describe()
+
+
 class MonteCarloSDE(SDEModel):
     """Any memoryless algorithm: m and S estimated at each point from K samples of the update.
 
@@ -250,7 +478,7 @@ class MonteCarloSDE(SDEModel):
         self.samples = check_int("mc_samples (Monte Carlo draws per SDE step)", samples, min=2)
         # A normalised step (‖U‖ = 1) or sign messages keep the update bounded under any noise, so
         # its mean and covariance exist for every ν; otherwise the update needs finite noise variance.
-        if not ("normalize" in algorithm.server.names or isinstance(algorithm.compressor, Sign)):
+        if not ({"normalize", "sign"} & set(algorithm.server.names) or isinstance(algorithm.compressor, Sign)):
             oracle.noise_variances()  # raises if Var T = ∞
         self.noise_dim = self.samples
         self.description = (
@@ -264,13 +492,20 @@ class MonteCarloSDE(SDEModel):
             raise ValueError("MonteCarloSDE needs a generator for its Monte Carlo samples")
         o = self.oracle_as(x)
         m_paths, d, n, kk = x.shape[0], self.dim, self.workers, self.samples
-        g = o.mean_grads(x).unsqueeze(1).expand(n, kk, m_paths, d)
         noise = o.noise
-        if noise.active:
-            g = g + noise.sample(n, (kk, m_paths), d, o.batch, generator, x.dtype).to(x.device)
+        z = noise.sample(n, (kk, m_paths), d, o.batch, generator, x.dtype).to(x.device) if noise.active else None
         comp = self.algorithm.compressor
         rnd = comp.draw((1 if comp.shared_randomness else n, kk, m_paths), d, generator, x.dtype)
-        u = self.algorithm.unit_update(g, rnd)  # (K, M, d)
+        if self.algorithm.single_evaluation:
+            g = o.mean_grads(x).unsqueeze(1).expand(n, kk, m_paths, d)
+            u = self.algorithm.unit_update(g if z is None else g + z, rnd)  # (K, M, d)
+        else:  # a probe step evaluates the field again with the same sample, at the K × M points
+            rows = kk * m_paths
+            flat = None if z is None else z.reshape(n, rows, d)
+            rnd = None if rnd is None else rnd.reshape(rnd.shape[0], rows, *rnd.shape[3:])
+            u = self.algorithm.unit_update(o.grad_fn(0, n, flat), rnd, workers=n, lr=self.lr,
+                                           params=x.unsqueeze(0).expand(kk, m_paths, d).reshape(rows, d))
+            u = u.reshape(kk, m_paths, d)
         mean = u.mean(0)
         return mean, (u - mean) / math.sqrt(kk - 1)
 
@@ -297,7 +532,7 @@ def _kind(compressor: Compressor) -> Compressor:
 
 
 #: The registry, in order: the first model that ``applies`` to an algorithm is its SDE.
-MODELS: list[type[SDEModel]] = [DSGDSDE, RandKSDE, DSignSGDSDE, MonteCarloSDE]
+MODELS: list[type[SDEModel]] = [ProbeSDE, DSGDSDE, RandKSDE, DSignSGDSDE, SignSGDSDE, AdaptiveSDE, MonteCarloSDE]
 
 
 def from_algorithm(oracle: GradientOracle, algorithm: Algorithm, lr: float, *,
@@ -312,12 +547,12 @@ def from_algorithm(oracle: GradientOracle, algorithm: Algorithm, lr: float, *,
     if not isinstance(algorithm, Algorithm):
         raise ValueError(f"algorithm must be a compsde Algorithm, got {describe(algorithm)}")
     for cls in MODELS:
-        if cls.applies(algorithm):
+        if cls.applies(algorithm) and cls.fits(oracle, algorithm):
             if cls is MonteCarloSDE:
                 if not isinstance(oracle, Oracle):
-                    raise ValueError(f"{algorithm.label()} has no closed-form SDE, and the Monte Carlo SDE samples a "
-                                     "problem's noise model, not minibatches: on a network the SDEs are those of dsgd, "
-                                     "dcsgd with rand-k and dsignsgd")
+                    raise ValueError(f"{algorithm.label()} has no closed-form SDE on a network, and the Monte Carlo SDE "
+                                     "samples a problem's noise model, not minibatches: on a network the SDEs are those "
+                                     "of dsgd, dcsgd with rand-k, dsignsgd, signsgd, rmsprop(w) and adam(w)")
                 return MonteCarloSDE(oracle, algorithm, lr, mc_samples)
             return cls(oracle, algorithm, lr)
     why = ("the workers' own iterates between averagings" if algorithm.local else

@@ -55,7 +55,7 @@ def simulate_sde(
     if model is None:
         model = models.from_algorithm(oracle, algorithm, schedule.lr, mc_samples=mc_samples)
     d = oracle.dim
-    check_memory(torch.empty((), dtype=oracle.dtype).element_size() * paths * d * (6 + model.noise_dim / max(d, 1)),
+    check_memory(torch.empty((), dtype=oracle.dtype).element_size() * paths * d * (6 + (model.noise_dim + 2 * model.state_dim) / max(d, 1)),
                  f"an SDE integration with {paths} paths × d = {d}", "reduce paths", oracle.device)
     x0 = oracle.x0()
     rec = Recorder(oracle, schedule.steps, log_every, paths, x0)
@@ -64,20 +64,21 @@ def simulate_sde(
 
     nbytes = wire_bytes(algorithm.compressor, paths, d, oracle.dtype) / paths
 
-    def observe(k: int, x: Tensor) -> None:
+    def observe(k: int, z: Tensor) -> None:
+        x = model.params(z)
         if k > 0:
             rec.check(x, k)
             if progress is not None:
                 progress(1)
         if rec.due(k):
             rec.record(k, x, math.nan, (k * bits, k * nbytes, k))
-        if k > 0:
-            rec.freeze({"params": x})  # the simulator's rule, in place
+        if k > 0:  # the simulator's rule, in place: x back to x⁰, the rest of an augmented state to 0
+            rec.freeze({"params": x, "rest": z[:, d:]} if model.state_dim != d else {"params": z})
 
     gen = generator(seed, SDE)
     x = integrate_schedule(model, x0.expand(paths, d).contiguous(), lr=schedule, steps=schedule.steps,
                            substeps=substeps, generator=gen, solver=EulerMaruyama(increments), observe=observe)
-    return rec.trace(x), model
+    return rec.trace(model.params(x)), model
 
 
 def mean_loss(trace: Trace) -> np.ndarray:
