@@ -149,7 +149,8 @@ def _euler_loop(model: SDEModel, x0: Tensor, n_steps: int, step_sizes: Callable[
 
     ``x0`` is (M, d), or (M, state_dim) for a model with an augmented state (``model.initial`` adds
     it otherwise); ``observe`` sees the whole state (``model.params`` gives x) and step counts in
-    units of ``per_observed`` integrator steps. ``model.lr`` is set to the current η before each step.
+    units of ``per_observed`` integrator steps. ``model.lr`` and ``model.dt`` are set to the current η
+    and dt before each step.
     """
     if x0.dim() != 2 or x0.shape[1] not in (model.dim, model.state_dim):
         raise ValueError(f"x0 must have shape (M, d = {model.dim})" + (f" or (M, {model.state_dim}) (the model's state)"
@@ -162,7 +163,7 @@ def _euler_loop(model: SDEModel, x0: Tensor, n_steps: int, step_sizes: Callable[
         observe(0, x)
     for n in range(n_steps):
         dt, eta = step_sizes(n)
-        model.lr = eta
+        model.lr, model.dt = eta, dt
         if deterministic:
             xi.zero_()
         else:

@@ -74,8 +74,9 @@ class SDEModel:
     def __init__(self, oracle: GradientOracle, algorithm: Algorithm, eta: float) -> None:
         self.oracle, self.algorithm = oracle, algorithm
         self.eta = check_number("lr", eta, min=0.0, min_open=True)
-        #: η of the optimizer step being integrated (the integrator sets it every step; schedules).
-        self.lr = self.eta
+        #: η of the optimizer step being integrated and the integrator's step dt (the integrator sets
+        #: both every step: schedules, substeps).
+        self.lr = self.dt = self.eta
         self.dim = oracle.dim
         #: the dimension of the SDE's state: d, or more for an augmented state (x, m, v, …) whose first
         #: d coordinates are x (``initial``, ``params``).
@@ -395,6 +396,10 @@ class ProbeSDE(SDEModel):
     m ← m + (η/2) J_m m (J_m the Jacobian of m; Li, Tai & E 2017): on a game F has a rotational part
     on which the first-order drift is neutral, and SGDA's spiralling out (|1 − iηb| > 1) and
     extragradient's contraction are effects of order η per unit time (docs/theory.md §9).
+    Euler–Maruyama with step dt has the same kind of error, −(dt/2) J_m m per unit time, so the
+    model hands the integrator m + ((η − dt)/2) J_m m: the modified equation with the integrator's own
+    leading error removed, whatever the number of substeps (dt = η: the first-order drift, whose
+    Euler step is the optimizer's; dt → 0: the modified equation itself).
     """
 
     noise_type = "diagonal"
@@ -439,7 +444,7 @@ class ProbeSDE(SDEModel):
         _, noise = self.averaged_noise(x, xi)
         if self.game:
             m, jm = torch.func.jvp(self._first_order, (x,), (self._first_order(x),))
-            m = m + (0.5 * self.lr) * jm
+            m = m + (0.5 * (self.lr - self.dt)) * jm
         else:
             m = self._first_order(x)
         return m, self._apply(x, noise)
