@@ -40,6 +40,8 @@ class QuadraticGame(Problem):
     """f(x, y) = ½ xᵀAx + xᵀBy − ½ yᵀCy (see module doc); ``player_dim`` = n, d = 2n."""
 
     name = "quadratic-game"
+    linear = True
+    symmetric = False
 
     def __init__(self, player_dim: int = 5, a_min: float = 0.2, a_max: float = 1.0, coupling_min: float = 0.5,
                  coupling_max: float = 2.0, c_min: float = 0.2, c_max: float = 1.0, heterogeneity: float = 0.0,
@@ -67,6 +69,12 @@ class QuadraticGame(Problem):
         n = self.player_dim
         x, y = z[..., :n], z[..., n:]
         return torch.cat([self.a * x + self.b * y, self.c * y - self.b * x], -1)
+
+    def vjp(self, z: Tensor, v: Tensor) -> Tensor:
+        """Mᵀ v = (A v_x − B v_y, B v_x + C v_y)."""
+        n = self.player_dim
+        vx, vy = v[..., :n], v[..., n:]
+        return torch.cat([self.a * vx - self.b * vy, self.b * vx + self.c * vy], -1)
 
     def loss(self, z: Tensor) -> Tensor:
         """‖z − z*‖², the squared distance to the equilibrium."""

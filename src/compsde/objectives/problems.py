@@ -52,6 +52,25 @@ class Problem:
         """∇f(x), same shape as x."""
         raise NotImplementedError
 
+    def jvp(self, x: Tensor, v: Tensor) -> Tensor:
+        """J(x) v, the field's (∇f's: the Hessian's) Jacobian times v, for rows of x and v (..., d); by
+        forward-mode autodiff unless the problem is ``linear``."""
+        if self.linear:
+            return self.grad(v)
+        return torch.func.jvp(self.grad, (x,), (v,))[1]
+
+    def vjp(self, x: Tensor, v: Tensor) -> Tensor:
+        """J(x)ᵀ v (for a loss J is the symmetric Hessian; for a game it is not), by reverse-mode autodiff
+        unless the problem overrides it."""
+        if self.linear and self.symmetric:
+            return self.grad(v)
+        return torch.func.vjp(self.grad, x)[1](v)[0]
+
+    #: The field is linear, ∇f(x) = J x (so J v = ∇f(v), and the SDE models skip autodiff).
+    linear: ClassVar[bool] = False
+    #: Its Jacobian is symmetric (a loss's Hessian: every problem but a game).
+    symmetric: ClassVar[bool] = True
+
     def default_x0(self) -> Tensor:
         """The problem's own starting point before ``x0_scale`` (shape (d,))."""
         return torch.ones(self.dim, dtype=torch.float64)
@@ -167,6 +186,7 @@ class Quadratic(Problem):
     """
 
     name = "quadratic"
+    linear = True
 
     def __init__(self, dim: int = 10, eig_min: float = 0.5, eig_max: float = 2.0, rotate: bool = False,
                  heterogeneity: float = 0.0, seed: int = 0, x0_scale: float = 1.0) -> None:
@@ -378,3 +398,60 @@ class L0L1Cosh(Problem):
     def grad(self, x: Tensor) -> Tensor:
         s = self.sharpness
         return torch.sinh(s * x) / s
+
+
+@register
+class DoubleWell(Problem):
+    """A sharp and a flat minimum per coordinate: f(x) = Σ_j φ(x_j), a separable double well.
+
+        φ(u) = gap + (B − gap) ψ(u/ℓ_s)   for u < 0,        ψ(w) = (w² − 1)² / (1 + w²),
+        φ(u) = B ψ(u/ℓ_f)                 for u ≥ 0,
+
+    with ℓ_s = 2 sqrt((B − gap)/h_sharp) and ℓ_f = 2 sqrt(B/h_flat). ψ has minima ψ(±1) = 0 with ψ''(±1) = 4,
+    a maximum ψ(0) = 1 with ψ''(0) = −6 and ψ'(0) = 0, and grows like w² (curvature bounded), so φ is C¹
+    (its curvature jumps at the barrier, u = 0, only) with a sharp minimum at u = −ℓ_s (value ``gap``,
+    curvature φ'' = ``h_sharp``) and a flat one at u = ℓ_f (value 0, curvature ``h_flat``), separated by a
+    barrier of height ``barrier`` = B above the flat minimum. ``gap`` ∈ [0, B): 0 gives two minima of
+    equal depth. x* = ℓ_f·1 (every coordinate in the flat minimum; the global one), f* = 0, and the
+    start x⁰ = −ℓ_s·1 (every coordinate in the sharp minimum) times ``x0_scale``. The problem of SAM's
+    preference for flat minima: which methods leave the sharp well.
+    """
+
+    name = "double-well"
+
+    def __init__(self, dim: int = 10, h_sharp: float = 20.0, h_flat: float = 1.0, barrier: float = 1.0,
+                 gap: float = 0.0, heterogeneity: float = 0.0, seed: int = 0, x0_scale: float = 1.0) -> None:
+        _check_common(self.name, dim, heterogeneity, x0_scale, seed)
+        h_flat = check_number("double-well: h_flat", h_flat, min=0.0, min_open=True)
+        h_sharp = check_number("double-well: h_sharp", h_sharp, min=h_flat)
+        barrier = check_number("double-well: barrier", barrier, min=0.0, min_open=True)
+        gap = check_number("double-well: gap", gap, min=0.0, max=barrier, max_open=True)
+        self.dim, self.heterogeneity, self.seed, self.x0_scale = dim, float(heterogeneity), seed, float(x0_scale)
+        self.h_sharp, self.h_flat, self.barrier, self.gap = h_sharp, h_flat, barrier, gap
+        self.l_sharp = 2.0 * math.sqrt((barrier - gap) / h_sharp)
+        self.l_flat = 2.0 * math.sqrt(barrier / h_flat)
+        self.x_opt = torch.full((dim,), self.l_flat, dtype=torch.float64)
+        self.f_opt = 0.0
+
+    def default_x0(self) -> Tensor:
+        return torch.full((self.dim,), -self.l_sharp, dtype=torch.float64)
+
+    def _parts(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per coordinate: w = u/ℓ, the height scale of ψ, and 1/ℓ on the coordinate's side of the barrier."""
+        left = x < 0
+        inv = torch.where(left, x.new_tensor(1.0 / self.l_sharp), x.new_tensor(1.0 / self.l_flat))
+        return x * inv, torch.where(left, x.new_tensor(self.barrier - self.gap), x.new_tensor(self.barrier)), inv
+
+    def loss(self, x: Tensor) -> Tensor:
+        w, height, _ = self._parts(x)
+        w2 = w * w
+        psi = (w2 - 1.0).square() / (1.0 + w2)
+        return (torch.where(x < 0, x.new_tensor(self.gap), x.new_tensor(0.0)) + height * psi).sum(-1)
+
+    def grad(self, x: Tensor) -> Tensor:
+        w, height, inv = self._parts(x)
+        w2 = w * w
+        return height * inv * (2.0 * w * (w2 - 1.0) * (w2 + 3.0) / (1.0 + w2).square())
+
+    def describe(self) -> str:
+        return f"{self.name}(d={self.dim}, h={self.h_sharp:g}/{self.h_flat:g})"

@@ -393,8 +393,8 @@ class ProbeSDE(SDEModel):
         SEG   L = I − ρJ      (ρ = η unless given: F(x − ρ g) = g − ρ J g + O(ρ²); exact for linear fields)
         SHGD  L = Jᵀ          (∇½‖g‖² = Jᵀ g with additive noise)
 
-    so m = L F and S^{1/2} ξ = L Σ̄^{1/2} ξ (J by forward- and reverse-mode autodiff through the oracle's
-    exact field). USAM's drift is ∇(f + (ρ/2)‖∇f‖²), the implicitly regularised loss.
+    so m = L F and S^{1/2} ξ = L Σ̄^{1/2} ξ (J v and Jᵀ v from the problem: ``Problem.jvp`` / ``vjp``,
+    exact for linear fields, autodiff otherwise). USAM's drift is ∇(f + (ρ/2)‖∇f‖²), the implicitly regularised loss.
 
     Games (SGDA, SEG, SHGD) add the second-order drift correction of the modified equation,
     m ← m + (η/2) J_m m (J_m the Jacobian of m; Li, Tai & E 2017): on a game F has a rotational part
@@ -432,14 +432,13 @@ class ProbeSDE(SDEModel):
 
     def _apply(self, x: Tensor, v: Tensor) -> Tensor:
         """L(x) v for rows of x and v (M, d)."""
-        field = self.oracle_as(x).grad
+        problem = self.oracle_as(x).problem
         if self.kind == "shgd":
-            _, pullback = torch.func.vjp(field, x)
-            return pullback(v)[0]
+            return problem.vjp(x, v)
         c = self._radius()
         if c == 0.0:
             return v
-        return v + c * torch.func.jvp(field, (x,), (v,))[1]
+        return v + c * problem.jvp(x, v)
 
     def _first_order(self, x: Tensor) -> Tensor:
         return self._apply(x, self.oracle_as(x).grad(x))
@@ -447,7 +446,11 @@ class ProbeSDE(SDEModel):
     def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         _, noise = self.averaged_noise(x, xi)
         if self.game:
-            m, jm = torch.func.jvp(self._first_order, (x,), (self._first_order(x),))
+            m = self._first_order(x)
+            if self.oracle_as(x).problem.linear:  # m = (L J) x is linear too: J_m m = m(m)
+                jm = self._first_order(m)
+            else:
+                jm = torch.func.jvp(self._first_order, (x,), (m,))[1]
             m = m + (0.5 * (self.lr - self.dt)) * jm
         else:
             m = self._first_order(x)
