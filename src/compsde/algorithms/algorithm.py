@@ -185,10 +185,11 @@ class Algorithm:
         g = grad(params)
         if self.probe is None:
             return g
-        if self.probe == "shgd":
-            z = params.expand(g.shape).detach()
-            field, pullback = torch.func.vjp(grad, z)
-            return pullback(field)[0]
+        if self.probe == "shgd":  # one backward pass through the field, per worker's copy of x
+            with torch.enable_grad():
+                z = params.expand(g.shape).detach().requires_grad_(True)
+                field = grad(z)
+                return torch.autograd.grad(field, z, field.detach())[0]
         rho = self.rho if self.rho is not None else lr
         if self.probe == "sam":
             step = g / g.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)

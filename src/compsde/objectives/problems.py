@@ -53,18 +53,22 @@ class Problem:
         raise NotImplementedError
 
     def jvp(self, x: Tensor, v: Tensor) -> Tensor:
-        """J(x) v, the field's (∇f's: the Hessian's) Jacobian times v, for rows of x and v (..., d); by
-        forward-mode autodiff unless the problem is ``linear``."""
+        """J(x) v, the field's (∇f's: the Hessian's) Jacobian times v, for rows of x and v (..., d): ∇f(v)
+        for a ``linear`` field, Jᵀv (``vjp``) for a symmetric one, forward-mode autodiff otherwise."""
         if self.linear:
             return self.grad(v)
+        if self.symmetric:
+            return self.vjp(x, v)
         return torch.func.jvp(self.grad, (x,), (v,))[1]
 
     def vjp(self, x: Tensor, v: Tensor) -> Tensor:
-        """J(x)ᵀ v (for a loss J is the symmetric Hessian; for a game it is not), by reverse-mode autodiff
-        unless the problem overrides it."""
+        """J(x)ᵀ v (for a loss J is the symmetric Hessian; for a game it is not), by one backward pass
+        through ``grad`` unless the problem overrides it."""
         if self.linear and self.symmetric:
             return self.grad(v)
-        return torch.func.vjp(self.grad, x)[1](v)[0]
+        with torch.enable_grad():
+            y = x.detach().requires_grad_(True)
+            return torch.autograd.grad(self.grad(y), y, v)[0]
 
     #: The field is linear, ∇f(x) = J x (so J v = ∇f(v), and the SDE models skip autodiff).
     linear: ClassVar[bool] = False
