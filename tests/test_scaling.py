@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from compsde.sde.scaling import RULES, parse_assignments, solve
+from compsde.sde.scaling import RULES, parse_assignments, solve, validate
 
 
 @pytest.mark.parametrize(
@@ -44,13 +44,33 @@ def test_rounding_is_reported():
     assert "rounded from 7.5" in sol.format()
 
 
-def test_square_root_rule_is_marked_a_hypothesis_and_carries_adam_hyperparameters():
+def test_square_root_rule_carries_adam_hyperparameters():
     sol = solve("adamw", {"lr": 1e-3, "batch": 64, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.1}, {"batch": 256})
     assert sol.to["lr"] == pytest.approx(2e-3)
     assert sol.to["beta1"] == pytest.approx(0.6) and sol.to["beta2"] == pytest.approx(0.996)
     assert sol.to["eps"] == pytest.approx(5e-9) and sol.to["weight_decay"] == pytest.approx(0.2)
-    assert sol.as_dict()["invariant"]["hypothesis"] is True
-    assert "HYPOTHESIS" in sol.format()
+    assert sol.as_dict()["invariant"]["hypothesis"] is False and "HYPOTHESIS" not in sol.format()
+    with pytest.raises(ValueError, match="rmsprop has no hyperparameter beta1"):
+        solve("rmsprop", {"lr": 1e-3, "batch": 64, "beta1": 0.9}, {"batch": 256})
+
+
+@pytest.mark.parametrize("method", ["adam", "adamw", "rmsprop"])
+def test_square_root_rule_validates_on_the_stationary_loss(method):
+    """B → 4B with the rule keeps the stationary loss η d σ̄²/(4P) (docs/theory.md §7); the same η at 4B
+    halves it, and the check says the rule then does not hold. 64 runs, relative SE ≈ 2 %."""
+    import dataclasses
+
+    frm = {"lr": 0.01, "batch": 1.0, "eps": 1e-8, "weight_decay": 0.05} | ({"beta1": 0.9} if method.startswith("adam") else {})
+    sol = solve(method, {**frm, "beta2": 0.999}, {"batch": 4})
+    val = validate(sol, dim=10, repeats=64)
+    assert val.holds and val.ratio("theory") == pytest.approx(1.0, rel=1e-9)
+    assert val.ratio("sde") == pytest.approx(1.0, abs=0.1)
+    for row in val.rows:
+        assert row["optimizer"] == pytest.approx(row["theory"], rel=0.1) and row["sde"] == pytest.approx(row["theory"], rel=0.1)
+    naive = dataclasses.replace(sol, to={**sol.to, "lr": frm["lr"]})
+    bad = validate(naive, dim=10, repeats=64)
+    assert not bad.holds and bad.ratio("optimizer") == pytest.approx(0.5, rel=0.1)
+    assert "does NOT hold" in bad.format() and bad.as_dict()["holds"] is False
 
 
 @pytest.mark.parametrize(
