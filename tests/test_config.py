@@ -16,9 +16,10 @@ from compsde.experiments.build import build, dumps, load, resolve
 from compsde.experiments.overrides import apply_overrides, parse_value
 from compsde.experiments.presets import load_source
 
-PRESETS = ["cgd-quadratic", "compression-variance", "gpt-scaling-rules", "l0l1-schedules", "mlp-sde-tracking",
-           "noise-resilience", "qsr", "resnet-compression-variance", "scaling-rules", "sde-heavy-tails", "sde-tracking",
-           "top1-divergence", "vit-heavy-tails", "weak-order"]
+PRESETS = ["adam-scaling-rule", "adaptive-sde-tracking", "cgd-quadratic", "compression-variance", "gpt-scaling-rules",
+           "l0l1-schedules", "minimax-bilinear", "mlp-sde-tracking", "noise-resilience", "qsr",
+           "resnet-compression-variance", "sam-flat-minima", "sam-saddle", "scaling-rules", "sde-heavy-tails",
+           "sde-tracking", "signsgd-vs-sgd-heavy-tails", "top1-divergence", "vit-heavy-tails", "weak-order"]
 
 
 def minimal(**series):

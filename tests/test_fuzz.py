@@ -172,6 +172,70 @@ def test_fuzz_algorithms_make(name, compressor, side, key, value, normalize):
     expect(out, call, valid, ("algorithm", "compressor", key, side, "normalize", "momentum", "implies"))
 
 
+OPTIMIZER_VALID = {"beta1": lambda v: is_num(v, 0.0, 1.0, hi_open=True), "beta2": lambda v: is_num(v, 0.0, 1.0, hi_open=True),
+                   "eps": lambda v: is_num(v, 0.0, lo_open=True), "weight_decay": lambda v: is_num(v, 0.0),
+                   "rho": lambda v: is_num(v, 0.0, lo_open=True)}
+
+
+@FUZZ
+@given(name=st.one_of(st.sampled_from(algorithms.OPTIMIZERS), ANY), key=st.sampled_from(sorted(OPTIMIZER_VALID)),
+       value=st.one_of(st.floats(0.0, 0.999), ANY), workers=st.sampled_from([1, 2]), sde=st.booleans())
+def test_fuzz_single_node_optimizers_and_their_sdes(name, key, value, workers, sde):
+    """Every optimizer with every hyperparameter (those it does not take must be refused by name), one
+    step in the simulator on a quadratic or a game, and its SDE."""
+    out = Outcome("optimizers (make, simulate, SDE)")
+    known = isinstance(name, str) and name in algorithms.OPTIMIZERS
+    valid = known and key in algorithms.OPTIMIZER_KEYS[name] and OPTIMIZER_VALID[key](value)
+
+    def call() -> None:
+        a = algorithms.make(name, **{key: value})
+        game = name in ("sgda", "seg", "shgd")
+        prob = problems.make("bilinear-game", player_dim=2) if game else problems.make("quadratic", dim=3)
+        oracle = Oracle(prob, Noise("gaussian", 0.5), workers=workers)
+        sched = Schedule("constant", 0.05, 2)
+        tr = simulate(oracle, a, sched, repeats=2)
+        assert tr.loss.shape == (3, 2)
+        if sde:
+            from compsde.sde.tracking import simulate_sde
+
+            simulate_sde(oracle, a, sched, paths=2, mc_samples=4)
+
+    expect(out, call, valid, ("algorithm", key))
+
+
+GAME_ARGS = {"player_dim": lambda v: is_int(v, 1), "coupling_min": lambda v: is_num(v), "coupling_max": lambda v: is_num(v),
+             "a_min": lambda v: is_num(v), "a_max": lambda v: is_num(v), "c_min": lambda v: is_num(v),
+             "c_max": lambda v: is_num(v), "x0_scale": lambda v: is_num(v), "heterogeneity": lambda v: is_num(v, 0.0)}
+
+
+@FUZZ
+@given(game=st.sampled_from(["bilinear-game", "quadratic-game"]), key=st.sampled_from(sorted(GAME_ARGS)),
+       value=st.one_of(st.floats(-3.0, 3.0), st.integers(1, 20), ANY))
+def test_fuzz_games(game, key, value):
+    """Games' parameters: ranges (min ≤ max), a pair without a unique equilibrium (a c + b² = 0), a
+    bilinear game's coupling ≤ 0, and keys the bilinear game does not take, all refused by name."""
+    out = Outcome("games")
+    takes = key not in ("a_min", "a_max", "c_min", "c_max") or game == "quadratic-game"
+    valid = takes and GAME_ARGS[key](value)
+    defaults = {"coupling_min": 0.5, "coupling_max": 2.0, "a_min": 0.2, "a_max": 1.0, "c_min": 0.2, "c_max": 1.0}
+    if valid and key in defaults:
+        f = float(value)
+        lo, hi = (f, defaults[key.replace("min", "max")]) if key.endswith("min") else (defaults[key.replace("max", "min")], f)
+        valid = lo <= hi and not (game == "bilinear-game" and key == "coupling_min" and f <= 0)
+        if valid and game == "quadratic-game":  # a_j c_j + b_j² over the pairs (5 evenly spaced values each)
+            r = {k: defaults[k] for k in defaults} | {key: f}
+            pts = [(r["a_min"] + (r["a_max"] - r["a_min"]) * t, r["coupling_min"] + (r["coupling_max"] - r["coupling_min"]) * t,
+                    r["c_min"] + (r["c_max"] - r["c_min"]) * t) for t in (0, 0.25, 0.5, 0.75, 1.0)]
+            valid = all(abs(a * c + b * b) >= 1e-12 for a, b, c in pts)
+
+    def call() -> None:
+        p = problems.make(game, **{key: value})
+        if p.dim <= 1000:
+            simulate(Oracle(p, Noise("gaussian", 0.5), workers=1), algorithms.make("seg"), Schedule("constant", 0.05, 1), repeats=2)
+
+    expect(out, call, valid, (key, game))
+
+
 # ---- schedules, noise, problems, oracles, runs -----------------------------------------------------
 
 
@@ -221,7 +285,7 @@ def test_fuzz_noise(name, scale, nu):
 
 PROBLEM_ARGS = {
     "dim": lambda v: is_int(v, 1),
-    "eig_min": lambda v: is_num(v, 0.0), "eig_max": lambda v: is_num(v, 0.0),
+    "eig_min": lambda v: is_num(v), "eig_max": lambda v: is_num(v),
     "rotate": lambda v: isinstance(v, bool), "heterogeneity": lambda v: is_num(v, 0.0),
     "seed": lambda v: is_int(v, 0, 2**64 - 1), "x0_scale": lambda v: is_num(v),
 }
@@ -288,7 +352,7 @@ def test_fuzz_scaling_solve(method, lr, batch, workers, omega, to_key, to_value)
 
     def call() -> None:
         frm = scaling.parse_assignments(frm_text, "--from")
-        if method in ("adam", "adamw", "rmsprop"):
+        if method in scaling.ADAPTIVE:
             frm = {k: v for k, v in frm.items() if k in ("lr", "batch")}
         elif method != "dcsgd":
             frm.pop("omega", None)
@@ -344,7 +408,7 @@ CONFIG_KEYS = [("run", k) for k in ("steps", "repeats", "seed", "log_every", "dt
               [("noise", k) for k in ("name", "scale", "nu")] + \
               [("series.0", k) for k in ("lr", "k", "ratio", "workers", "batch", "schedule", "normalize", "label", "group",
                                          "method", "compressor", "worker", "server", "steps", "noise", "bogus",
-                                         "sync", "period", "alpha", "outer_lr", "per_layer")]
+                                         "sync", "period", "alpha", "outer_lr", "per_layer", "beta1", "rho")]
 
 
 def certainly_invalid(key: str, value: Any) -> bool:
@@ -365,7 +429,8 @@ def certainly_invalid(key: str, value: Any) -> bool:
         return True
     if key in STR_KEYS and not isinstance(value, str):
         return True
-    return key == "nu"  # with Gaussian noise, ν does not apply
+    # with Gaussian noise ν does not apply; the TINY series (dcsgd, dsignsgd) take no optimizer hyperparameters
+    return key in ("nu", "beta1", "rho")
 
 
 def _toml_ok(value: Any) -> bool:

@@ -15,6 +15,7 @@ SPECS = [
     ("logistic-regression", {"dim": 5, "samples": 60, "heterogeneity": 1.0}),
     ("top1-counterexample", {"dim": 3}),
     ("l0l1-cosh", {"dim": 4, "sharpness": 1.5}),
+    ("double-well", {"dim": 4, "h_sharp": 30.0, "h_flat": 0.5, "barrier": 2.0, "gap": 0.3, "heterogeneity": 1.0}),
 ]
 
 
@@ -63,6 +64,34 @@ def test_l0l1_cosh_is_l0l1_smooth_but_not_l_smooth():
     assert float(hess.max()) > 1e10  # curvature unbounded: no global L
 
 
+@pytest.mark.parametrize("gap", [0.0, 0.4])
+def test_double_well_minima_curvatures_and_barrier(gap):
+    h_s, h_f, b = 25.0, 0.5, 1.5
+    p = problems.make("double-well", dim=3, h_sharp=h_s, h_flat=h_f, barrier=b, gap=gap)
+    sharp, flat = -2 * math.sqrt((b - gap) / h_s), 2 * math.sqrt(b / h_f)
+    torch.testing.assert_close(p.x0(), torch.full((3,), sharp, dtype=torch.float64))  # starts in the sharp minima
+    torch.testing.assert_close(p.x_opt, torch.full((3,), flat, dtype=torch.float64))
+    for u, value, curvature in ((sharp, gap, h_s), (flat, 0.0, h_f), (0.0, b, None)):
+        x = torch.full((3,), u, dtype=torch.float64)
+        assert float(p.grad(x).abs().max()) < 1e-12  # minima and the barrier top are stationary
+        assert float(p.loss(x)) == pytest.approx(3 * value, abs=1e-12)  # equal depths when gap = 0
+        if curvature is not None:
+            hess = torch.autograd.functional.hessian(p.loss, x)
+            torch.testing.assert_close(hess, curvature * torch.eye(3, dtype=torch.float64), rtol=1e-9, atol=1e-9)
+    # Each coordinate's profile: decreasing from the sharp minimum to the barrier top, then down to the flat
+    # one (no other stationary point), curvature at most h_sharp / h_flat on either side, f ≥ f* = 0.
+    u = torch.linspace(-10, 10, 40001, dtype=torch.float64).unsqueeze(-1)
+    g = p.grad(u.expand(-1, 3))[:, 0]
+    inside = (u[:, 0] > sharp + 1e-3) & (u[:, 0] < -1e-3)
+    assert bool((g[inside] > 0).all()) and bool((g[(u[:, 0] > 1e-3) & (u[:, 0] < flat - 1e-3)] < 0).all())
+    assert bool((g[u[:, 0] < sharp - 1e-3] < 0).all()) and bool((g[u[:, 0] > flat + 1e-3] > 0).all())
+    curv = torch.diff(g) / torch.diff(u[:, 0])
+    assert float(curv[u[1:, 0] < 0].max()) <= h_s * (1 + 1e-3) and float(curv[u[1:, 0] > 0].max()) <= h_f * (1 + 1e-3)
+    assert float(p.suboptimality(u.expand(-1, 3)).min()) >= -1e-12
+    q = p.to(torch.float32)  # a cast copy keeps the minima in its own dtype
+    assert q.grad(q.x0()).dtype == torch.float32 and float(q.grad(q.x0()).abs().max()) < 1e-5
+
+
 def test_libsvm_loader_roundtrip_and_errors(tmp_path):
     f = tmp_path / "tiny.libsvm"
     f.write_text("# comment\n+1 1:0.5 3:2\n-1 2:-1.5\n\n1 1:1 2:1 3:1 # trailing\n")
@@ -90,6 +119,10 @@ def test_libsvm_loader_roundtrip_and_errors(tmp_path):
         ("top1-counterexample", {"dim": 4}, "dim = 3 only"),
         ("linear-regression", {"dataset": "/nonexistent"}, "LIBSVM"),
         ("l0l1-cosh", {"sharpness": 0}, "sharpness"),
+        ("double-well", {"h_sharp": 0.5, "h_flat": 1.0}, "h_sharp must be a finite number ≥ 1"),
+        ("double-well", {"h_flat": 0}, "h_flat"),
+        ("double-well", {"barrier": -1.0}, "barrier"),
+        ("double-well", {"gap": 1.0}, r"gap must be a finite number in \[0, 1\)"),
     ],
 )
 def test_bad_problem_input(name, params, match):
