@@ -148,8 +148,6 @@ def test_adaptive_models_match_one_step_moments_of_the_augmented_state(method):
     extra = 2 * rel * drift[:d].abs()
     core = _moments(new["server"])
     if adam:
-        i1 = (1 - b1**count) + (1 - b1) * b1**count
-        p = (vbar / (1 - b2 ** (count + 1))).sqrt() + 1e-8
         um = (m0 - core["m"]) / eta
         both = torch.cat([u, um], 1)
         moments_close(both, drift[: 2 * d], cov[: 2 * d, : 2 * d], extra_mean=torch.cat([extra, 0 * extra]),

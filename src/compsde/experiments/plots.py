@@ -240,20 +240,14 @@ def _limits(rs: Sequence[Any], log: bool) -> tuple[float, float] | None:
     if log:
         return float(fin.min()) / 2.0, float(fin.max()) * 3.0
     lo, hi = min(0.0, float(fin.min())), float(fin.max())
-    pad = 0.1 * (hi - lo if hi > lo else 1.0)
-    return (lo - pad if lo < 0 else lo), hi + pad  # a margin below negative values (a saddle's loss) too
+    return lo, hi + 0.1 * (hi - lo if hi > lo else 1.0)
 
 
 def _shared(lims: Sequence[tuple[float, float] | None], log: bool) -> bool:
     """Share one y range across panels unless one panel's range would flatten the others: share when
-    the upper limits are within three decades (log) or the heights (hi − lo) within a factor 10
-    (linear: the upper limits again when no value is negative, as lo = 0 then; a panel whose runs
-    escape to −10¹² past a saddle must not flatten one whose loss settles near 0)."""
-    if not log:
-        heights = [hi - lo for lo, hi in (lim for lim in lims if lim is not None) if hi > lo]
-        return not heights or max(heights) / min(heights) <= 10.0
+    the upper limits are within three decades (log) or a factor 10 (linear)."""
     tops = [lim[1] for lim in lims if lim is not None and lim[1] > 0]
-    return not tops or max(tops) / min(tops) <= 1e3
+    return not tops or max(tops) / min(tops) <= (1e3 if log else 10.0)
 
 
 def _union(lims: Sequence[tuple[float, float] | None]) -> tuple[float, float] | None:

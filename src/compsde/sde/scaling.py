@@ -375,7 +375,7 @@ def validate(sol: Solution, *, dim: int = 20, scale: float = 1.0, repeats: int =
     from compsde.algorithms.schedules import Schedule
     from compsde.core.checks import check_int
     from compsde.core.streams import SDE, generator
-    from compsde.objectives import Noise, Oracle, problems
+    from compsde.objectives import Noise, Oracle
     from compsde.sde import models
     from compsde.sde.integrators import integrate
     from compsde.sim.simulator import simulate
