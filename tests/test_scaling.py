@@ -56,7 +56,7 @@ def test_square_root_rule_carries_adam_hyperparameters():
 
 @pytest.mark.parametrize("method", ["adam", "adamw", "rmsprop"])
 def test_square_root_rule_validates_on_the_stationary_loss(method):
-    """B → 4B with the rule keeps the stationary loss η d σ̄²/(4P) (docs/theory.md §7); the same η at 4B
+    """B → 4B with the rule keeps the stationary loss η d σ̄²/(4P) (docs/theory.md §9.4); the same η at 4B
     halves it, and the check says the rule then does not hold. 64 runs, relative SE ≈ 2 %."""
     import dataclasses
 

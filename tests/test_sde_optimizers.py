@@ -166,7 +166,7 @@ def test_adam_sde_has_weak_order_one_from_a_warm_start():
 
     From Adam's cold start (m = v = 0) the bias-corrected v̂ averages only k samples at step k, so the
     early steps are sign-like and the error gains a term ~ η Σ_k 1/k ~ η log(1/η) (fitted slope ≈ 0.75 at
-    these η; docs/theory.md §7). Measured here: errors 4.2e-3, 2.2e-3, 1.2e-3 with 40,000 runs and paths
+    these η; docs/theory.md §9.3). Measured here: errors 4.2e-3, 2.2e-3, 1.2e-3 with 40,000 runs and paths
     (standard errors 1.2e-4, 0.9e-4, 0.6e-4), slope 0.92; the bounds allow ±0.3 (≈ 4 SE of the slope)."""
     prob = problems.make("quadratic", dim=2, eig_min=0.5, eig_max=2.0)
     s, t1, runs = 0.5, 1.0, 40_000
@@ -197,7 +197,7 @@ def test_adam_sde_has_weak_order_one_from_a_warm_start():
 def test_stationary_loss_on_a_quadratic_matches_the_closed_form(method, workers):
     """On f = ½ Σ h_j x_j² with Gaussian noise s/√B per coordinate, N workers averaging (ḡ's noise has
     standard deviation σ̄ = s/√(NB)), the linearised SDEs are Ornstein–Uhlenbeck processes
-    (docs/theory.md §7):
+    (docs/theory.md §9.4):
 
     * SignSGD: drift ≈ sqrt(2/π) h x/σ̄, diffusion 1 → Var x_j = sqrt(π/2) η σ̄/(2h_j), E f = sqrt(π/2) η d σ̄/4
     * RMSprop, Adam: v → σ̄², P = σ̄ + ε → Var x_j = η σ̄²/(2 h_j P), E f = η d σ̄²/(4P) ≈ η d σ̄/4
@@ -244,7 +244,7 @@ def test_bilinear_game_closed_forms(method):
     """Noise-free, on f = xᵀBy: the optimizer follows its exact linear map (to rounding), and the SDE's
     modified equation grows or contracts ‖z‖² at the rate that map has to O(η²) per unit time: SGDA
     spirals out at rate η b², SEG contracts at η b², SHGD at 2b² + η b⁴. Integrated with 20 substeps
-    (Euler's own error is removed by the model, docs/theory.md §9), the SDE's ‖z_T‖² matches the closed
+    (Euler's own error is removed by the model, docs/theory.md §9.6), the SDE's ‖z_T‖² matches the closed
     form e^{rate T} to 1e-3 relative (the remaining O(η² T) terms)."""
     prob = problems.make("bilinear-game", player_dim=3, coupling_min=0.5, coupling_max=1.5)
     eta, steps = 0.05, 200

@@ -30,12 +30,23 @@ Closed forms (g_i = ∇f_i(x), noise σ_i T/√B with Var T = v, N workers):
   with F the CDF of T: erf for Gaussian noise, 2F_ν − 1 for Student-t, so m and S stay bounded for
   every ν, Cauchy included (Compagnoni et al. 2025; docs/theory.md §2.7).
 
-Any other memoryless algorithm (another compressor, majority vote, normalised steps): ``MonteCarloSDE``
-estimates m and S at the current point from K samples of the algorithm's own update, and says so in
-its description. DSGD/DCSGD need finite noise variance: for Student-t with ν ≤ 2 their SDE does not
-exist (S is infinite), which is exactly why they break under heavy tails; building one raises an
-error. An algorithm that carries state from step to step (error feedback, momentum) has no SDE of
-this form.
+The single-node optimizers (docs/theory.md §9), stepping on the workers' mean gradient ḡ with noise
+covariance Σ̄ = (1/N²) Σ_i Σ_i:
+
+* SignSGD (``SignSGDSDE``): m = E sign(ḡ), S = diag(1 − m²)
+* RMSprop(W), Adam(W) (``AdaptiveSDE``): an SDE of the augmented state (x, m, v, bias corrections)
+* USAM, SGDA, SEG, SHGD (``ProbeSDE``): U = L g with L = I + ρH, I, I − ρJ, Jᵀ; the games' drift
+  carries the modified equation's second-order term
+
+Any other memoryless algorithm (another compressor, majority vote, normalised steps, SAM):
+``MonteCarloSDE`` estimates m and S at the current point from K samples of the algorithm's own update,
+and says so in its description. DSGD/DCSGD need finite noise variance: for Student-t with ν ≤ 2 their
+SDE does not exist (S is infinite), which is exactly why they break under heavy tails; building one
+raises an error. Other algorithms that carry state from step to step (error feedback, momentum) have
+no SDE of this form.
+
+A model whose state is more than x (``state_dim`` > d) gives ``initial(x0)`` and ``params(z)``; the
+integrator sets ``lr`` and ``dt`` (the current η and step) before each evaluation.
 
 Which model an algorithm gets is decided by the registry ``MODELS``: each model class says which
 algorithms it ``applies`` to, checked in order.
@@ -304,7 +315,7 @@ class AdaptiveSDE(SDEModel):
 
     One optimizer step with β = 1 − ρη (ρ = (1 − β)/η held fixed as η → 0, so the moments relax on the
     SDE's time scale; Malladi et al. 2022, Compagnoni et al. 2025) is, by the first-order recipe
-    (docs/theory.md §7), with ḡ = ∇f(x) (+ λx for coupled weight decay), D = diag Σ̄(x) and
+    (docs/theory.md §9.3), with ḡ = ∇f(x) (+ λx for coupled weight decay), D = diag Σ̄(x) and
     m' = m + (1 − β₁)(ḡ − m), v' = v + (1 − β₂)(ḡ² + D − v) the one-step means:
 
     * Adam(W), state (x, m, v, ι₁, ι₂) with ι_i = 1 − β_iᵏ the bias corrections (dι = ρ_i(1 − ι) dt):
@@ -399,7 +410,7 @@ class ProbeSDE(SDEModel):
     Games (SGDA, SEG, SHGD) add the second-order drift correction of the modified equation,
     m ← m + (η/2) J_m m (J_m the Jacobian of m; Li, Tai & E 2017): on a game F has a rotational part
     on which the first-order drift is neutral, and SGDA's spiralling out (|1 − iηb| > 1) and
-    extragradient's contraction are effects of order η per unit time (docs/theory.md §9).
+    extragradient's contraction are effects of order η per unit time (docs/theory.md §9.6).
     Euler–Maruyama with step dt has the same kind of error, −(dt/2) J_m m per unit time, so the
     model hands the integrator m + ((η − dt)/2) J_m m: the modified equation with the integrator's own
     leading error removed, whatever the number of substeps (dt = η: the first-order drift, whose

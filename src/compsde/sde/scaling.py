@@ -11,7 +11,7 @@ in SDE time, so keeping the invariant keeps the performance:
                                          batch or 2× the agents
 * ``adam``/``adamw``/``rmsprop``/``rmspropw``: the square-root rule B → κB, η → √κ η, 1 − β_i → κ (1 − β_i),
   ε → ε/√κ, weight decay λ → √κ λ (Malladi et al. 2022); invariant η/√B. Derived here for the
-  stationary loss (docs/theory.md §7: E f_∞ = Σ_j η σ̄² h_j/(4P(h_j + λ̃P)), σ̄ = s/√B, P = σ̄ + ε, is
+  stationary loss (docs/theory.md §9.4: E f_∞ = Σ_j η σ̄² h_j/(4P(h_j + λ̃P)), σ̄ = s/√B, P = σ̄ + ε, is
   invariant under the whole map); the β map, which keeps the moments' relaxation in the SDE time
   kη² of Malladi et al.'s noise-dominated regime, is recalled, and ``--validate`` checks the rule.
 
@@ -83,7 +83,7 @@ RULES: dict[str, Rule] = {
     "dsignsgd": Rule("dsignsgd", "η/(N·√B)", {"lr": 1.0, "batch": -0.5, "workers": -1.0}, "docs/theory.md §3 [derived]; Compagnoni et al. 2025"),
     **{
         name: Rule(name, "η/√B (square-root rule)", {"lr": 1.0, "batch": -0.5},
-                   "docs/theory.md §7 [derived for the stationary loss]; Malladi et al. 2022 [recalled: the β map]",
+                   "docs/theory.md §9.4 [derived for the stationary loss]; Malladi et al. 2022 [recalled: the β map]",
                    extra=_sqrt_rule_extra(name))
         for name in ("adam", "adamw", "rmsprop", "rmspropw")
     },
@@ -290,7 +290,7 @@ ADAPTIVE = ("adam", "adamw", "rmsprop", "rmspropw")
 
 
 def adaptive_stationary_loss(method: str, hp: dict[str, float], eigs: Any, scale: float) -> float:
-    """RMSprop(W)/Adam(W)'s stationary loss on f = ½ Σ h_j x_j² with Gaussian noise s/√B (docs/theory.md §7):
+    """RMSprop(W)/Adam(W)'s stationary loss on f = ½ Σ h_j x_j² with Gaussian noise s/√B (docs/theory.md §9.4):
     Σ_j η σ̄² h_j / (4 P (h_j + λ̃)), σ̄ = s/√(NB), P = σ̄ + ε, λ̃ = λP (decoupled) or λ (coupled)."""
     from compsde.algorithms import OPTIMIZER_DEFAULTS
 
