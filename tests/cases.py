@@ -1,6 +1,7 @@
 """Algorithm cases shared by the tests that compare execution paths (simulator vs reference loop,
 simulator vs torch.distributed): every recipe, every compressor family, error feedback around biased
-and unbiased compressors, and the worker- and server-side transforms."""
+and unbiased compressors, the worker- and server-side transforms, and the single-node optimizers (on a
+quadratic the game methods step along ∇f)."""
 
 CASES = [
     ("dsgd", {}),
@@ -22,6 +23,17 @@ CASES = [
     ("dsignsgd", {"worker": {"momentum": 0.9, "weight_decay": 0.01}}),
     ("ef", {"compressor": "scaled-sign", "server": {"momentum": 0.5, "nesterov": True}}),
     ("dsgd", {"server": {"momentum": 0.9, "nesterov": True, "weight_decay": 0.1}}),
+    ("signsgd", {}),
+    ("rmsprop", {"weight_decay": 0.01}),
+    ("rmspropw", {"beta2": 0.9}),
+    ("adam", {"beta1": 0.8, "weight_decay": 0.01}),
+    ("adamw", {}),
+    ("sam", {"rho": 0.1}),
+    ("usam", {"rho": 0.1}),
+    ("sgda", {}),
+    ("seg", {}),
+    ("seg", {"rho": 0.2}),
+    ("shgd", {}),
 ]
 
 

@@ -444,6 +444,13 @@ def test_comm_hook_refuses_bad_arguments_naming_them(tmp_path):
                          ({"compressor": "sign", "worker": 5}, "worker")]:
         with pytest.raises(ValueError, match=name):
             comm_hook(**kwargs)
+    from compsde import algorithms
+    from compsde.algorithms.sync import SyncSchedule
+
+    with pytest.raises(ValueError, match="'sam' evaluates it again at a probe point"):
+        comm_hook(algorithms.make("sam"))
+    with pytest.raises(ValueError, match="local method 'local-sgd' averages parameters"):
+        comm_hook(algorithms.make("local-sgd", sync=SyncSchedule("constant", period=4)))
 
     class Bucket:  # what the hook reads of a dist.GradBucket
         def __init__(self, t):

@@ -52,6 +52,12 @@ class CompressionState:
         if algorithm.worker.uses_params or algorithm.server.uses_params:
             raise ValueError("a DDP hook sees gradients only: use your optimizer's weight_decay instead of the "
                              "algorithm's (it needs the parameters)")
+        if algorithm.probe is not None:
+            raise ValueError(f"a DDP hook sees one gradient per step: {algorithm.name!r} evaluates it again at a probe "
+                             "point (sam, usam, seg, shgd), which the training loop must do before backward")
+        if algorithm.local:
+            raise ValueError(f"a DDP hook averages gradients every step: the local method {algorithm.name!r} averages "
+                             "parameters (use compsde.distributed.LocalSGD)")
         check_seed("seed", seed)
         if not dist.is_initialized():
             raise RuntimeError("comm_hook needs an initialised process group (dist.init_process_group)")

@@ -38,9 +38,40 @@ def _plain(t: Transform, g: Tensor, mem: dict[str, Tensor], x: Tensor) -> Tensor
             g = g + p.params["weight_decay"] * x
         elif p.name == "normalize":
             g = g / g.norm().clamp_min(1e-30)
+        elif p.name == "sign":
+            g = torch.sign(g)
+        elif p.name == "rmsprop":
+            v = mem.get(f"v{i}", torch.zeros_like(g)) * p.params["b2"] + (1 - p.params["b2"]) * g * g
+            mem[f"v{i}"] = v
+            g = g / (v.sqrt() + p.params["eps"])
+        elif p.name == "adam":
+            b1, b2 = p.params["b1"], p.params["b2"]
+            t = mem.get(f"t{i}", 0) + 1
+            m = mem.get(f"m{i}", torch.zeros_like(g)) * b1 + (1 - b1) * g
+            v = mem.get(f"v{i}", torch.zeros_like(g)) * b2 + (1 - b2) * g * g
+            mem[f"t{i}"], mem[f"m{i}"], mem[f"v{i}"] = t, m, v
+            g = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + p.params["eps"])
         else:
             raise ValueError(f"the reference loop has no plain form of transform {p.name!r}")
     return g
+
+
+def _probe(oracle: Oracle, algo: Algorithm, i: int, x: Tensor, g: Tensor, z: Tensor | None, lr: float) -> Tensor:
+    """Worker i's gradient of a probe step, with the step's noise z: at x ± ρ·(its gradient), or
+    (shgd) J(x)ᵀ g by autograd through the worker's exact gradient."""
+
+    def grad_at(p: Tensor) -> Tensor:
+        out = oracle.mean_grads(p)[i]
+        return out if z is None else out + z
+
+    if algo.probe == "shgd":
+        with torch.enable_grad():
+            p = x.detach().clone().requires_grad_(True)
+            return torch.autograd.grad(grad_at(p), p, g)[0]
+    rho = algo.rho if algo.rho is not None else lr
+    if algo.probe == "sam":
+        return grad_at(x + rho * g / g.norm().clamp_min(torch.finfo(g.dtype).tiny))
+    return grad_at(x - rho * g if algo.probe == "seg" else x + rho * g)
 
 
 def simulate_reference(oracle: Oracle, algorithm: Algorithm, schedule: Schedule, *, repeats: int = 1, seed: int = 0,
@@ -74,6 +105,8 @@ def simulate_reference(oracle: Oracle, algorithm: Algorithm, schedule: Schedule,
             total = None
             for i in range(n):
                 g = grads[i] if z is None else grads[i] + z[i, r]
+                if algo.probe is not None:
+                    g = _probe(oracle, algo, i, xs[r], g, None if z is None else z[i, r], lr)
                 u = _plain(algo.worker, g, worker_mem[i], xs[r])
                 v = ef[i] + lr * u if algo.error_feedback else u
                 m = comp.apply(v, None if rnd is None else rnd[min(i, rnd.shape[0] - 1), r])
