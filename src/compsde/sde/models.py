@@ -353,7 +353,7 @@ class AdaptiveSDE(SDEModel):
         what = "Adam" if self.adam else "RMSprop"
         self.description = (f"{algorithm.name} SDE (closed form, state (x, {'m, v, ι₁, ι₂' if self.adam else 'v'}), "
                             f"β = 1 − ρη): {what}'s moments relax at rate (1 − β)/η, "
-                            f"{'m' if self.adam else 'x'} carries the gradient noise")
+                            "the gradient noise enters " + ("through m (x steps on m')" if self.adam else "x"))
 
     def initial(self, x0: Tensor) -> Tensor:
         return torch.cat([x0, torch.zeros(x0.shape[0], self.state_dim - self.dim, dtype=x0.dtype, device=x0.device)], 1)
