@@ -71,6 +71,7 @@ CASES = [
     ("dsignsgd-majority", {}),
     ("ef", {"compressor": "scaled-sign"}),
     ("dcsgd", {"compressor": "rand-k", "k": 2, "worker": {"momentum": 0.9}}),
+    ("signsgd", {}), ("rmspropw", {}), ("adam", {"weight_decay": 0.01}), ("sam", {}), ("seg", {}), ("shgd", {}),
     ("dsgd", {"server": {"momentum": 0.9, "nesterov": True}, "normalize": True}),
 ]
 
@@ -144,11 +145,13 @@ def check_sde(device: str) -> str:
     from compsde.objectives import Noise, Oracle, problems
     from compsde.sde.tracking import simulate_sde
 
-    prob = problems.make("quadratic", dim=10)
+    quad, game = problems.make("quadratic", dim=10), problems.make("bilinear-game", player_dim=5)
     out = []
     for name, params in [("dsgd", {}), ("dcsgd", {"compressor": "rand-k", "k": 3}), ("dsignsgd", {}),
-                         ("dsignsgd-majority", {})]:
+                         ("dsignsgd-majority", {}), ("signsgd", {}), ("rmsprop", {}), ("adamw", {}), ("usam", {}),
+                         ("sam", {}), ("sgda", {}), ("seg", {}), ("shgd", {})]:
         algo = algorithms.make(name, **params)
+        prob = game if name in ("sgda", "seg", "shgd") else quad
         o = Oracle(prob, Noise("gaussian", 1.0), workers=4)
         kw = dict(paths=64, seed=1, log_every=25, mc_samples=8)
         a, _ = simulate_sde(o, algo, Schedule("constant", 0.05, 50), **kw)
