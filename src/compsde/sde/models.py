@@ -89,9 +89,6 @@ class SDEModel:
         #: both every step: schedules, substeps).
         self.lr = self.dt = self.eta
         self.dim = oracle.dim
-        #: the dimension of the SDE's state: d, or more for an augmented state (x, m, v, …) whose first
-        #: d coordinates are x (``initial``, ``params``).
-        self.state_dim = self.dim
         self.workers = oracle.workers
         #: n per worker of the oracle's low-rank noise factors (networks), 0 for isotropic noise.
         self.rank = oracle.noise_rank
@@ -101,6 +98,16 @@ class SDEModel:
     def applies(cls, algorithm: Algorithm) -> bool:
         """Whether this model is the SDE of ``algorithm``."""
         raise NotImplementedError
+
+    @property
+    def state_dim(self) -> int:
+        """The dimension of the SDE's state: d, or more for an augmented state (x, m, v, …) whose first d
+        coordinates are x (``initial``, ``params``)."""
+        return self.__dict__.get("_state_dim", self.dim)
+
+    @state_dim.setter
+    def state_dim(self, value: int) -> None:
+        self._state_dim = value
 
     @classmethod
     def fits(cls, oracle: GradientOracle, algorithm: Algorithm) -> bool:
@@ -140,8 +147,8 @@ class SDEModel:
         variances and (networks) the low-rank factors, Σ̄ = (1/N²) Σ_i (σ_i² v/B I + F_iᵀF_i)."""
         o, n, d = self.oracle_as(x), self.workers, self.dim
         var = float(o.noise_variances().sum()) / n**2
-        diag = torch.full_like(x, var)
-        noise = xi[:, :d] * math.sqrt(var)
+        diag = torch.tensor(var, dtype=x.dtype, device=x.device)  # isotropic: one number, broadcast
+        noise = xi[:, :d].mul_(math.sqrt(var))
         if self.rank:
             f = o.noise_factors(x)
             diag = diag + f.square().sum(2).sum(0) / n**2
@@ -150,12 +157,12 @@ class SDEModel:
 
     def drift(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """m(x) (the SDE's drift is −m)."""
-        return self.evaluate(x, torch.zeros(x.shape[0], self.noise_dim, dtype=x.dtype, device=x.device), generator)[0]
+        return self.evaluate(x, torch.zeros(x.shape[0], self.noise_dim, dtype=x.dtype, device=x.device), generator)[0].clone()
 
     def covariance(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """S(x) as dense (M, d, d) matrices (for tests and small d): A Aᵀ with A = S^{1/2} columns."""
         eye = torch.eye(self.noise_dim, dtype=x.dtype, device=x.device)
-        cols = [self.evaluate(x, eye[j].expand(x.shape[0], -1).clone(), generator)[1] for j in range(self.noise_dim)]
+        cols = [self.evaluate(x, eye[j].expand(x.shape[0], -1).clone(), generator)[1].clone() for j in range(self.noise_dim)]
         a = torch.stack(cols, -1)  # (M, d, noise_dim)
         return a @ a.transpose(-1, -2)
 
@@ -288,6 +295,16 @@ class SignSGDSDE(SDEModel):
     def applies(cls, algorithm: Algorithm) -> bool:
         return _single(algorithm, "signsgd")
 
+    @property
+    def state_dim(self) -> int:
+        """The dimension of the SDE's state: d, or more for an augmented state (x, m, v, …) whose first d
+        coordinates are x (``initial``, ``params``)."""
+        return self.__dict__.get("_state_dim", self.dim)
+
+    @state_dim.setter
+    def state_dim(self, value: int) -> None:
+        self._state_dim = value
+
     @classmethod
     def fits(cls, oracle: GradientOracle, algorithm: Algorithm) -> bool:
         return oracle.workers == 1 or oracle.noise.name != "student-t"
@@ -358,38 +375,44 @@ class AdaptiveSDE(SDEModel):
     def initial(self, x0: Tensor) -> Tensor:
         return torch.cat([x0, torch.zeros(x0.shape[0], self.state_dim - self.dim, dtype=x0.dtype, device=x0.device)], 1)
 
+    def _buffers(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The drift and noise outputs, reused from step to step (the noise's v and ι blocks stay 0)."""
+        key = (z.shape, z.dtype, z.device)
+        if self.__dict__.get("_buf_key") != key:
+            self._buf_key, self._buf = key, (torch.empty_like(z), torch.zeros_like(z))
+        return self._buf
+
     def evaluate(self, z: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        d, lr = self.dim, self.lr
+        d, lr, c2 = self.dim, self.lr, 1.0 - self.b2
         x = z[:, :d]
         g = self.oracle_as(x).mean_grads(x).mean(0)
         if self.coupled:
-            g = g + self.coupled * x
+            g.add_(x, alpha=self.coupled)
         diag, noise = self.averaged_noise(x, xi)
-        out = torch.empty_like(z)
-        s_xi = torch.zeros_like(z)
-        c2 = 1.0 - self.b2
-        v = z[:, 2 * d: 3 * d] if self.adam else z[:, d:]
-        target = g * g + diag
-        v1 = v + c2 * (target - v)
+        out, s_xi = self._buffers(z)
+        vs = slice(2 * d, 3 * d) if self.adam else slice(d, 2 * d)
+        v, ov = z[:, vs], out[:, vs]
+        torch.addcmul(diag, g, g, out=ov)  # E ḡ² = ∇f² + diag Σ̄
+        p = torch.lerp(v, ov, c2)  # v' = v + (1 − β₂)(E ḡ² − v)
+        ov.sub_(v).mul_(-c2 / lr)  # (1 − β₂)/η · (v − E ḡ²)
+        ox = out[:, :d]
         if self.adam:
             c1 = 1.0 - self.b1
             m, i1, i2 = z[:, d: 2 * d], z[:, -2:-1], z[:, -1:]
-            m1 = m + c1 * (g - m)
             j1, j2 = i1 + c1 * (1.0 - i1), i2 + c2 * (1.0 - i2)
-            p = (v1 / j2).clamp_min(0).sqrt() + self.eps
-            out[:, :d] = (m1 / j1) / p
-            out[:, d: 2 * d] = (c1 / lr) * (m - g)
-            out[:, 2 * d: 3 * d] = (c2 / lr) * (v - target)
-            out[:, -2:-1], out[:, -1:] = (c1 / lr) * (i1 - 1.0), (c2 / lr) * (i2 - 1.0)
-            s_xi[:, :d] = noise * (c1 / j1) / p  # x's step uses m', which holds this step's noise
-            s_xi[:, d: 2 * d] = noise.mul_(-c1 / lr)
+            p.div_(j2).clamp_min_(0).sqrt_().add_(self.eps)  # P = sqrt(v'/ι₂') + ε
+            om = torch.sub(m, g, out=out[:, d: 2 * d]).mul_(c1 / lr)  # (1 − β₁)/η · (m − ∇f)
+            torch.add(m, om, alpha=-lr, out=ox).div_(j1).div_(p)  # (m'/ι₁')/P
+            torch.mul(noise, c1 / j1, out=s_xi[:, :d]).div_(p)  # x's step uses m', which holds this step's noise
+            torch.mul(noise, -c1 / lr, out=s_xi[:, d: 2 * d])
+            torch.mul(i1 - 1.0, c1 / lr, out=out[:, -2:-1])
+            torch.mul(i2 - 1.0, c2 / lr, out=out[:, -1:])
         else:
-            p = v1.clamp_min(0).sqrt() + self.eps
-            out[:, :d] = g / p
-            out[:, d:] = (c2 / lr) * (v - target)
-            s_xi[:, :d] = noise.div_(p)
+            p.clamp_min_(0).sqrt_().add_(self.eps)
+            torch.div(g, p, out=ox)
+            torch.div(noise, p, out=s_xi[:, :d])
         if self.decoupled:
-            out[:, :d] += self.decoupled * x
+            ox.add_(x, alpha=self.decoupled)
         return out, s_xi
 
 
@@ -422,6 +445,16 @@ class ProbeSDE(SDEModel):
     @classmethod
     def applies(cls, algorithm: Algorithm) -> bool:
         return any(_single(algorithm, n) for n in ("usam", "sgda", "seg", "shgd"))
+
+    @property
+    def state_dim(self) -> int:
+        """The dimension of the SDE's state: d, or more for an augmented state (x, m, v, …) whose first d
+        coordinates are x (``initial``, ``params``)."""
+        return self.__dict__.get("_state_dim", self.dim)
+
+    @state_dim.setter
+    def state_dim(self, value: int) -> None:
+        self._state_dim = value
 
     @classmethod
     def fits(cls, oracle: GradientOracle, algorithm: Algorithm) -> bool:
