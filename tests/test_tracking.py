@@ -111,10 +111,29 @@ def test_heavy_tails_track_for_dsignsgd_and_refuse_dsgd(tmp_path, capsys):
         se = sum(math.sqrt(2) * (float(r["loss_q90"]) - float(r["loss_q10"])) / 2.563 / float(r["loss_mean"]) / 8
                  for r in mine) / len(mine)
         assert math.isfinite(s["tracking"]["mean_rel_error"]) and s["tracking"]["mean_rel_error"] < 4 * se, (s, se)
-    rc = main(["track", "sde-heavy-tails", "--set", "run.steps=5", "series.method=dsgd", "--out", str(tmp_path / "x"), "--no-progress"])
-    assert rc == 2
-    assert "infinite variance" in capsys.readouterr().err
+    rc = main(["track", "sde-heavy-tails", "--set", "run.steps=5", "series.method=dsgd", "series.noise.nu=1.5", "--out",
+               str(tmp_path / "x"), "--no-progress"])
+    assert rc == 2  # no series has an SDE: refused, naming the reasons
+    err = capsys.readouterr().err
+    assert "no series has an SDE to track" in err and "infinite variance" in err
     assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def test_track_skips_a_series_without_an_sde_and_says_why(tmp_path, capsys):
+    """SGD under ν = 1 beside SignSGD: SignSGD is tracked, SGD runs as the optimizer only, and the output,
+    summary.json and metrics.csv say so."""
+    out = tmp_path / "mix"
+    rc = main(["track", "signsgd-vs-sgd-heavy-tails", "--set", "run.steps=20", "run.repeats=8", "--out", str(out),
+               "--no-progress", "--no-plots"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "SGD ν=1: no SDE, run as the optimizer only (this SDE needs finite gradient-noise variance" in text
+    rows, summary = _read(out)
+    by = {s["label"]: s for s in summary["series"]}
+    assert "infinite variance" in by["SGD ν=1"]["sde"]["none"] and by["SGD ν=1"]["tracking"]["mean_rel_error"] is None
+    assert math.isfinite(by["SignSGD ν=1"]["tracking"]["mean_rel_error"]) and "none" not in by["SignSGD ν=1"]["sde"]
+    sources = {(r["series"], r["source"]) for r in rows}
+    assert ("SGD ν=1", "sde") not in sources and ("SignSGD ν=1", "sde") in sources
 
 
 def test_scale_cli_text_json_validate_and_errors(capsys):

@@ -172,6 +172,9 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str], track: bool = False)
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
         for s in summary["series"]:
             t = s["tracking"]
+            if "none" in s["sde"]:
+                print(f"  {s['label']}: no SDE, run as the optimizer only ({s['sde']['none'].split(': ', 1)[1]})")
+                continue
             fmt = lambda v: "n/a" if v is None else f"{v:.2%}"  # noqa: E731
             print(f"  {s['label']}: SDE tracking error max {fmt(t['max_rel_error'])}, mean {fmt(t['mean_rel_error'])}"
                   f"  [{s['sde']['description']}]")

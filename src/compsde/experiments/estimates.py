@@ -150,7 +150,7 @@ def estimate_run(exp: Any, models: Sequence[Any] = ()) -> Estimate:
     for spec in exp.series:
         s, d = spec.config, spec.problem.dim
         t = series_seconds(run, s, d)
-        if models:
+        if models and not isinstance(models[spec.index], str):  # a string: the series has no SDE
             model = models[spec.index]
             check_memory(_sde_memory(model, run, s, d),
                          f"series {spec.index} ({spec.label!r}): its SDE with {run['paths']} path(s) × d = {d}"

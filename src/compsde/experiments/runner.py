@@ -285,6 +285,10 @@ def summary_dict(exp: Experiment, results: list[SeriesResult],
            "repeats": exp.run["repeats"], "seed": exp.run["seed"], "series": series}
     if tracked is not None:
         for entry, t in zip(series, tracked):
+            if isinstance(t, str):  # no SDE: the reason
+                entry["sde"] = {"none": t}
+                entry["tracking"] = {"max_rel_error": None, "mean_rel_error": None}
+                continue
             entry["sde"] = {"description": t.model.description, "noise_type": t.model.noise_type,
                             "paths": exp.run["paths"], "substeps": exp.run["substeps"],
                             "increments": exp.run["increments"], "final": _final(t.result),
@@ -296,7 +300,8 @@ def summary_dict(exp: Experiment, results: list[SeriesResult],
 
 @dataclass
 class Tracked:
-    """A series' SDE: the aggregated curves, the model, and the tracking error against the optimizer."""
+    """A series' SDE: the aggregated curves, the model, and the tracking error against the optimizer
+    (lists of them hold, for a series without an SDE, the reason as a string)."""
 
     result: SeriesResult
     model: Any
@@ -310,7 +315,7 @@ def weak_order_fits(exp: Experiment, tracked: list[Tracked]) -> list[dict[str, A
 
     fits = []
     for group in dict.fromkeys(spec.group for spec in exp.series):
-        members = [(spec, t) for spec, t in zip(exp.series, tracked) if spec.group == group]
+        members = [(spec, t) for spec, t in zip(exp.series, tracked) if spec.group == group and not isinstance(t, str)]
         lrs = [spec.config["lr"] for spec, _ in members]
         errs = [t.error["mean_rel_error"] for _, t in members]
         if len(set(lrs)) < 2 or len({spec.algorithm.label() for spec, _ in members}) != 1:
@@ -362,15 +367,22 @@ def clear_outputs(out: Path) -> list[str]:
 
 
 def _sde_models(exp: Experiment) -> list[Any]:
-    """Every series' SDE model (``compsde.sde.models.from_algorithm``); ValueError naming the series otherwise."""
+    """Every series' SDE model (``compsde.sde.models.from_algorithm``), or, for a series that has none, the
+    reason as a string (it runs as the optimizer only, e.g. SGD under ν ≤ 2 beside SignSGD); ValueError
+    naming the reasons when no series has an SDE."""
     from compsde.sde.models import from_algorithm
 
-    models = []
+    models: list[Any] = []
+    why: dict[str, list[str]] = {}  # reason → the series it concerns
     for spec in exp.series:
         try:
             models.append(from_algorithm(spec.oracle, spec.algorithm, spec.schedule.lr, mc_samples=exp.run["mc_samples"]))
         except ValueError as e:
-            raise ValueError(f"series {spec.label!r}: {e}") from None
+            models.append(f"series {spec.label!r}: {e}")
+            why.setdefault(str(e), []).append(repr(spec.label))
+    if all(isinstance(m, str) for m in models):
+        raise ValueError("no series has an SDE to track: " + "; ".join(f"series {', '.join(labels)}: {reason}"
+                                                                      for reason, labels in why.items()))
     return models
 
 
@@ -485,7 +497,7 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
     from tqdm.auto import tqdm
 
     exp = _as_experiment(config)  # validates before anything is written
-    models = _sde_models(exp) if track else []  # a method without an SDE is refused before anything is written
+    models = _sde_models(exp) if track else []  # refused before anything is written when no series has an SDE
     estimate = estimates.estimate_run(exp, models)
     out = output_dir(out_dir, exp.name)
     if estimate.seconds > estimates.WARN_SECONDS:
@@ -514,9 +526,10 @@ def _run(exp: Experiment, out: Path, models: list[Any], record: RunRecord, *, pr
     tracked: list[Tracked] = []
 
     def write_metrics(partial: Sequence[SeriesResult] = ()) -> None:
-        atomic_write(out / "metrics.csv", metrics_csv([*results, *partial, *(t.result for t in tracked)]))
+        sdes = [t.result for t in tracked if not isinstance(t, str)]
+        atomic_write(out / "metrics.csv", metrics_csv([*results, *partial, *sdes]))
 
-    total = sum(spec.schedule.steps for spec in exp.series) * (2 if track else 1)
+    total = sum(spec.schedule.steps * (2 if track and not isinstance(models[spec.index], str) else 1) for spec in exp.series)
     threads = torch.get_num_threads()
     with bar_cls(total=total, disable=None if progress else True, unit="step", dynamic_ncols=True,
                  leave=True, mininterval=0.2) as bar:
@@ -539,7 +552,8 @@ def _run(exp: Experiment, out: Path, models: list[Any], record: RunRecord, *, pr
                 trace = _simulate(spec, run, bar.update, snapshot)
                 results.append(metrics_from_trace(spec, trace, time.perf_counter() - t0))
                 if track:
-                    tracked.append(_track(spec, run, trace, models[spec.index], bar.update))
+                    model = models[spec.index]
+                    tracked.append(model if isinstance(model, str) else _track(spec, run, trace, model, bar.update))
             finally:
                 torch.set_num_threads(threads)
             write_metrics()
@@ -549,16 +563,17 @@ def _run(exp: Experiment, out: Path, models: list[Any], record: RunRecord, *, pr
     def tracking_png(title: str) -> dict[str, bytes]:
         from compsde.experiments import plots as plots_mod
 
-        sdes = [t.result for t in tracked]
-        figs = {"tracking.png": plots_mod.tracking_figure(results, sdes, [t.error for t in tracked], title)}
-        test_png = plots_mod.tracking_test_figure(results, sdes, title)
+        pairs = [(r, t) for r, t in zip(results, tracked) if not isinstance(t, str)]  # series with an SDE
+        opt, sdes = [r for r, _ in pairs], [t.result for _, t in pairs]
+        figs = {"tracking.png": plots_mod.tracking_figure(opt, sdes, [t.error for _, t in pairs], title)}
+        test_png = plots_mod.tracking_test_figure(opt, sdes, title)
         if test_png is not None:
             figs["tracking_test.png"] = test_png
         if summary.get("weak_order"):
             figs["weak_order.png"] = plots_mod.weak_order_figure(summary["weak_order"], title)
         return figs
 
-    write_results(out, exp, results, summary, plots=plots, extra_rows=[t.result for t in tracked],
+    write_results(out, exp, results, summary, plots=plots, extra_rows=[t.result for t in tracked if not isinstance(t, str)],
                   extra_figures=tracking_png if track else None)
 
 
