@@ -809,6 +809,8 @@ def tracking_test_figure(results: Sequence[Any], sdes: Sequence[Any], title: str
     if metric is None:
         return None
     colors = _colors(results)
+    pairs = [(r, q) for r, q in zip(results, sdes) if r.evaluation.get(metric) is not None]  # series reporting it
+    results, sdes = [r for r, _ in pairs], [q for _, q in pairs]
     fig, axes = _grid(len(results), f"{title}: {_EVAL_LABELS[metric]}, optimizer vs SDE",
                       "solid: optimizer (mean over runs); dashed: SDE (mean over paths)",
                       title_lines=_title_lines([_wrap(r.label, 55) for r in results]))
