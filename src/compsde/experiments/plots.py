@@ -69,6 +69,14 @@ _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
 _STYLES = ["-", "--", ":", "-."]
 _MARKERS = {"-": "o", "--": "s", ":": "^", "-.": "D"}
 _LOSS_LABEL = "f(x) − f*"
+
+
+def _loss_label(results: Sequence[Any]) -> str:
+    """The loss axis' label: f(x) − f*, or a game's squared distance to its equilibrium (docs/theory.md §9.6)."""
+    from compsde.objectives.games import GAMES
+
+    kinds = {getattr(r, "problem", "") in GAMES for r in results}
+    return "‖z − z*‖²" if kinds == {True} else (_LOSS_LABEL + " or ‖z − z*‖²" if len(kinds) > 1 else _LOSS_LABEL)
 _DPI = 110
 
 
@@ -622,7 +630,7 @@ def loss_figure(results: Sequence[Any], title: str, by_bits: bool = False) -> Fi
             _number_axis(ax.xaxis, integer=True)
         if g:
             _panel_title(ax, titles[g], strip)
-        ax.set_ylabel(_LOSS_LABEL + (" (log)" if log else ""))
+        ax.set_ylabel(_loss_label(results) + (" (log)" if log else ""))
         ax.legend(fontsize=8, loc="best", framealpha=0.85)
         _mark_diverged(ax, [(r, colors[r.color_key], styles[r.index], "") for r in diverged[g]], x_of)
         if rows:
@@ -713,7 +721,7 @@ def final_figure(results: Sequence[Any], title: str) -> Figure:
     if log:
         ax.set_yscale("log")
     ax.set_ylim(ylo, top)
-    ax.set_ylabel(f"final {_LOSS_LABEL}" + (" (log)" if log else ""))
+    ax.set_ylabel(f"final {_loss_label(results)}" + (" (log)" if log else ""))
     ax.grid(True, axis="y", alpha=0.3)
 
     if div:
@@ -952,7 +960,7 @@ def tracking_figure_obj(results: Sequence[Any], sdes: Sequence[Any], errors: Seq
         _panel_title(ax, head, strip, fontsize=9.5)
         ax.set_xlabel("step")
         _number_axis(ax.xaxis, integer=True)
-        ax.set_ylabel(_LOSS_LABEL + (" (log)" if log else ""))
+        ax.set_ylabel(_loss_label(results) + (" (log)" if log else ""))
         ax.legend(fontsize=8, loc="upper right")
         _mark_diverged(ax, d, lambda x: np.asarray(x.steps, dtype=np.float64))
         if rows:

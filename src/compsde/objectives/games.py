@@ -26,7 +26,10 @@ from torch import Tensor
 from compsde.core.checks import check_int, check_number
 from compsde.objectives.problems import Problem, _check_common, register
 
-__all__ = ["BilinearGame", "QuadraticGame"]
+__all__ = ["BilinearGame", "GAMES", "QuadraticGame"]
+
+#: The names of the game problems (their loss is ‖z − z*‖²).
+GAMES = ("quadratic-game", "bilinear-game")
 
 
 def _spread(lo: float, hi: float, n: int, what: str) -> Tensor:
