@@ -8,8 +8,10 @@ f_i(x) = f(x) − ⟨b_i, x⟩ with Σ_i b_i = 0 and ‖b_i‖ ≈ ζ, so the wo
 optimum x* and f* stay exactly those of the homogeneous problem, whatever N is. The Top-1
 counter-example is heterogeneous by construction instead.
 
-Problems: ``quadratic``, ``linear-regression``, ``logistic-regression``, ``top1-counterexample``,
-``l0l1-cosh``. Build one with ``make(name, dim=..., **params)``.
+Problems: ``quadratic`` (saddles with a negative ``eig_min``), ``linear-regression``,
+``logistic-regression``, ``top1-counterexample``, ``l0l1-cosh``, ``double-well`` (a sharp and a flat
+minimum), and, in ``compsde.objectives.games``, ``bilinear-game`` and ``quadratic-game``. Build one with
+``make(name, dim=..., **params)``. ``jvp`` / ``vjp`` give the field's Jacobian products (SDE models).
 """
 
 from __future__ import annotations

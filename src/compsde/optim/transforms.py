@@ -30,8 +30,8 @@ Transforms:
                                         is AdamW (Loshchilov & Hutter 2019).
 * ``rmsprop(b2, eps)``                 v ← β₂v + (1 − β₂)g², u = g/(√v + ε), no bias correction
                                         (Tieleman & Hinton 2012; torch.optim.RMSprop with alpha = β₂).
-* ``sign()``                           u = sign(g) (SignSGD; Bernstein et al. 2018), sign(0) = 0 as in
-                                        torch.sign.
+* ``sign()``                           u = sign(g) (SignSGD; Bernstein et al. 2018), sign(0) = +1 (the
+                                        library's convention, ``compsde.compressors.signs.sign_pm1``).
 
 Coupled (L2) weight decay is ``add_decayed_weights`` *before* the adaptive transform (the decay enters
 the moments, torch.optim.Adam's ``weight_decay``); decoupled is the same transform after it (AdamW,
@@ -187,5 +187,7 @@ def rmsprop(b2: float = 0.99, eps: float = 1e-8) -> Transform:
 
 
 def sign() -> Transform:
-    """u = sign(g) per coordinate (SignSGD's direction)."""
-    return Transform("sign", lambda params: None, lambda g, state, params: (torch.sign(g), state))
+    """u = sign(g) per coordinate (SignSGD's direction), sign(0) = +1 as everywhere in the library."""
+    from compsde.compressors.signs import sign_pm1
+
+    return Transform("sign", lambda params: None, lambda g, state, params: (sign_pm1(g), state))

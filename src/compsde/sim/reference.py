@@ -39,7 +39,7 @@ def _plain(t: Transform, g: Tensor, mem: dict[str, Tensor], x: Tensor) -> Tensor
         elif p.name == "normalize":
             g = g / g.norm().clamp_min(1e-30)
         elif p.name == "sign":
-            g = torch.sign(g)
+            g = torch.where(g >= 0, 1.0, -1.0).to(g.dtype)
         elif p.name == "rmsprop":
             v = mem.get(f"v{i}", torch.zeros_like(g)) * p.params["b2"] + (1 - p.params["b2"]) * g * g
             mem[f"v{i}"] = v
