@@ -295,16 +295,6 @@ class SignSGDSDE(SDEModel):
     def applies(cls, algorithm: Algorithm) -> bool:
         return _single(algorithm, "signsgd")
 
-    @property
-    def state_dim(self) -> int:
-        """The dimension of the SDE's state: d, or more for an augmented state (x, m, v, …) whose first d
-        coordinates are x (``initial``, ``params``)."""
-        return self.__dict__.get("_state_dim", self.dim)
-
-    @state_dim.setter
-    def state_dim(self, value: int) -> None:
-        self._state_dim = value
-
     @classmethod
     def fits(cls, oracle: GradientOracle, algorithm: Algorithm) -> bool:
         return oracle.workers == 1 or oracle.noise.name != "student-t"
@@ -445,16 +435,6 @@ class ProbeSDE(SDEModel):
     @classmethod
     def applies(cls, algorithm: Algorithm) -> bool:
         return any(_single(algorithm, n) for n in ("usam", "sgda", "seg", "shgd"))
-
-    @property
-    def state_dim(self) -> int:
-        """The dimension of the SDE's state: d, or more for an augmented state (x, m, v, …) whose first d
-        coordinates are x (``initial``, ``params``)."""
-        return self.__dict__.get("_state_dim", self.dim)
-
-    @state_dim.setter
-    def state_dim(self, value: int) -> None:
-        self._state_dim = value
 
     @classmethod
     def fits(cls, oracle: GradientOracle, algorithm: Algorithm) -> bool:
