@@ -57,16 +57,18 @@ def _parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("scale", help="solve a scaling rule for the hyperparameter you leave free",
                         description="Keep the invariant of METHOD's scaling rule (dsgd: η/(BN); dcsgd: η(1+ω)/(BN); "
-                                    "dsignsgd: η/(N√B); adam/adamw/rmsprop: the recalled square-root rule, a "
-                                    "hypothesis) while changing some hyperparameters; the one --to leaves out is solved.")
-    sc.add_argument("method", help="dsgd, dcsgd, dsignsgd, adam, adamw or rmsprop")
+                                    "dsignsgd: η/(N√B); adam/adamw/rmsprop/rmspropw: the square-root rule η/√B with "
+                                    "β, ε and weight decay carried along) while changing some hyperparameters; the one "
+                                    "--to leaves out is solved.")
+    sc.add_argument("method", help="dsgd, dcsgd, dsignsgd, adam, adamw, rmsprop or rmspropw")
     sc.add_argument("--from", dest="frm", required=True, metavar="K=V,...",
                     help="the current setting, e.g. lr=0.1,batch=32,workers=4,omega=3")
     sc.add_argument("--to", required=True, metavar="K=V,...",
                     help="the changed values and the fixed ones (KEY=same keeps the --from value); leave out exactly one")
     sc.add_argument("--json", action="store_true", help="print one JSON object")
     sc.add_argument("--validate", action="store_true",
-                    help="run both settings in the simulator and through their SDEs on a quadratic and compare stationary losses")
+                    help="run both settings in the simulator and through their SDEs on a quadratic, compare their "
+                         "stationary losses with the closed form, and say whether the rule holds")
     sc.add_argument("--repeats", type=int, default=64, help="runs (and SDE paths) per setting for --validate (default 64)")
     sc.add_argument("--seed", type=int, default=0, help="seed for --validate (default 0)")
 
