@@ -11,7 +11,14 @@ quadratic: drift −H x, constant diagonal diffusion), the same step dt for ever
 * ``bare loop``    x ← x − dt·h⊙x + c·ξ_k with ξ pre-drawn before the clock starts (the practical
                     limit: no model call, no random numbers inside the loop).
 
-Targets: ≥ 5× torchsde and within 2× of the bare loop. Usage: python benchmarks/bench_sde.py [--quick]
+Targets: ≥ 5× torchsde and within 2× of the bare loop.
+
+Second table, the single-node optimizers' SDEs (SignSGD, RMSprop, Adam with its state (x, m, v, ι), USAM,
+SEG on a game with the modified equation's drift): one integrator step of M paths against one step of
+the optimizer itself on R = M repetitions (``compsde.sim.simulate``, the same oracle, d = 1,000).
+Target: ≤ 2× the optimizer's step.
+
+Usage: python benchmarks/bench_sde.py [--quick]
 """
 
 from __future__ import annotations
@@ -91,6 +98,26 @@ def main() -> None:
             ours = results[f"compsde EM ({inc})"]
             print(f"compsde EM ({inc}): {results['torchsde sdeint(euler)'] / ours:.1f}× faster than torchsde (target ≥ 5×), "
                   f"{ours / bare_t:.2f}× the bare loop (target ≤ 2×)")
+    optimizer_table(steps, reps, dtype)
+
+
+def optimizer_table(steps: int, reps: int, dtype: torch.dtype) -> None:
+    """SDE step vs optimizer step for the single-node optimizers (see module doc)."""
+    from compsde.algorithms.schedules import Schedule
+    from compsde.sde.tracking import simulate_sde
+    from compsde.sim import simulate
+
+    m_paths, d = 1_000, 1_000
+    quad, game = problems.make("quadratic", dim=d), problems.make("bilinear-game", player_dim=d // 2)
+    print(f"\nsingle-node optimizers: M = R = {m_paths}, d = {d}, {steps} steps; target: SDE ≤ 2× the optimizer")
+    print(f"{'method':<10}{'optimizer ms/step':>19}{'SDE ms/step':>13}{'SDE / optimizer':>17}")
+    for name in ("signsgd", "rmsprop", "adam", "usam", "seg"):
+        oracle = Oracle(game if name == "seg" else quad, Noise("gaussian", 1.0), workers=1, dtype=dtype)
+        algo = algorithms.make(name)
+        sched = Schedule("constant", 0.01, steps)
+        opt = median_seconds(lambda: simulate(oracle, algo, sched, repeats=m_paths, log_every=steps), reps)
+        sde = median_seconds(lambda: simulate_sde(oracle, algo, sched, paths=m_paths, log_every=steps), reps)
+        print(f"{name:<10}{opt / steps * 1e3:>19.3f}{sde / steps * 1e3:>13.3f}{sde / opt:>16.2f}×")
 
 
 if __name__ == "__main__":
