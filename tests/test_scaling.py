@@ -54,7 +54,8 @@ def test_square_root_rule_carries_adam_hyperparameters():
         solve("rmsprop", {"lr": 1e-3, "batch": 64, "beta1": 0.9}, {"batch": 256})
 
 
-@pytest.mark.parametrize("method", ["adam", "adamw", "rmsprop"])
+@pytest.mark.parametrize("method", [pytest.param("adam", marks=pytest.mark.slow), "adamw",
+                                    pytest.param("rmsprop", marks=pytest.mark.slow)])
 def test_square_root_rule_validates_on_the_stationary_loss(method):
     """B → 4B with the rule keeps the stationary loss η d σ̄²/(4P) (docs/theory.md §9.4); the same η at 4B
     halves it, and the check says the rule then does not hold. 64 runs, relative SE ≈ 2 %."""

@@ -193,7 +193,9 @@ def test_adam_sde_has_weak_order_one_from_a_warm_start():
     assert 0.7 <= slope <= 1.3, (errors, slope)
 
 
-@pytest.mark.parametrize("method, workers", [("signsgd", 1), ("signsgd", 4), ("rmsprop", 1), ("adam", 1), ("adam", 4)])
+@pytest.mark.parametrize("method, workers", [("signsgd", 1), pytest.param("signsgd", 4, marks=pytest.mark.slow),
+                                             pytest.param("rmsprop", 1, marks=pytest.mark.slow), ("adam", 1),
+                                             pytest.param("adam", 4, marks=pytest.mark.slow)])
 def test_stationary_loss_on_a_quadratic_matches_the_closed_form(method, workers):
     """On f = ½ Σ h_j x_j² with Gaussian noise s/√B per coordinate, N workers averaging (ḡ's noise has
     standard deviation σ̄ = s/√(NB)), the linearised SDEs are Ornstein–Uhlenbeck processes
@@ -270,9 +272,10 @@ def test_seg_stationary_distance_on_a_noisy_bilinear_game():
     """SEG (ρ = η) with Gaussian noise s/√B on f = xᵀBy: per pair, A = (1 − η²b²)I − ηM contracts ‖z‖² by
     1 − η²b² + η⁴b⁴ and the noise −η(I − ηM)Z adds 2η²(1 + η²b²)s²/B, so
     E‖z_∞‖² = Σ_j 2 s²(1 + η²b_j²) / (B b_j² (1 − η²b_j²)) — of order 1 whatever η (the noise and the
-    contraction are both O(η) per unit time). The SDE's OU limit gives 2s²/(B b²) per pair. 256 runs over
-    the second half of 4,000 steps (relaxation ≤ 1/(η b_min²) = 80 steps): ≥ 6,000 samples, relative SE
-    ≈ 1.5 %; allow 6 %, and η² b_max² = 0.9 % more for the SDE."""
+    contraction are both O(η) per unit time). The SDE's OU limit gives 2s²/(B b²) per pair. Relaxation
+    time 1/(η² b_min²) = 400 steps: from z = 0, the second half of 4,000 steps is ≥ 5 relaxation times
+    in (bias ≤ e⁻⁵), and 256 runs give ≥ 1,200 independent samples of a sum of 8 squares (relative SD
+    ≈ 0.5): relative SE ≈ 1.5 %; allow 6 %, and 2η² b_max² = 2 % more for the SDE."""
     prob = problems.make("bilinear-game", player_dim=4, coupling_min=1.0, coupling_max=2.0, x0_scale=0.0)
     eta, s, b, steps = 0.05, 0.5, 2, 4000
     oracle = Oracle(prob, Noise("gaussian", s), workers=1, batch=b)
@@ -284,7 +287,7 @@ def test_seg_stationary_distance_on_a_noisy_bilinear_game():
     keep = tr.steps >= steps // 2
     assert float(tr.loss[keep].mean()) == pytest.approx(exact, rel=0.06)
     sde, _ = simulate_sde(oracle, algo, sched, paths=256, seed=1, log_every=20, substeps=4)
-    assert float(sde.loss[keep].mean()) == pytest.approx(float((2 * s**2 / (b * cb**2)).sum()), rel=0.07)
+    assert float(sde.loss[keep].mean()) == pytest.approx(float((2 * s**2 / (b * cb**2)).sum()), rel=0.08)
 
 
 def test_usam_drift_is_the_gradient_of_the_implicitly_regularised_loss():
