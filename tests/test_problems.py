@@ -119,7 +119,7 @@ def test_libsvm_loader_roundtrip_and_errors(tmp_path):
         ("top1-counterexample", {"dim": 4}, "dim = 3 only"),
         ("linear-regression", {"dataset": "/nonexistent"}, "LIBSVM"),
         ("l0l1-cosh", {"sharpness": 0}, "sharpness"),
-        ("double-well", {"h_sharp": 0.5, "h_flat": 1.0}, "h_sharp must be a finite number ≥ 1"),
+        ("double-well", {"h_sharp": 0.5, "h_flat": 1.0}, "h_sharp must be ≥ h_flat = 1.0"),
         ("double-well", {"h_flat": 0}, "h_flat"),
         ("double-well", {"barrier": -1.0}, "barrier"),
         ("double-well", {"gap": 1.0}, r"gap must be a finite number in \[0, 1\)"),

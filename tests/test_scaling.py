@@ -54,6 +54,16 @@ def test_square_root_rule_carries_adam_hyperparameters():
         solve("rmsprop", {"lr": 1e-3, "batch": 64, "beta1": 0.9}, {"batch": 256})
 
 
+def test_square_root_rule_maps_the_defaults_it_was_not_given():
+    """β, ε and a decoupled λ left out of --from are the optimizer's defaults, and the rule maps them too."""
+    sol = solve("adamw", {"lr": 0.01, "batch": 1}, {"batch": 4})
+    assert sol.to["weight_decay"] == pytest.approx(0.02) and sol.to["eps"] == pytest.approx(5e-9)
+    assert sol.to["beta1"] == pytest.approx(0.6) and sol.frm["beta2"] == 0.999
+    assert solve("rmsprop", {"lr": 0.01, "batch": 1}, {"batch": 4}).to["weight_decay"] == 0.0  # coupled: kept
+    with pytest.raises(ValueError, match="κ = 16 is too large"):
+        solve("adam", {"lr": 0.01, "batch": 1}, {"batch": 16})  # the default β₁ = 0.9 cannot take κ = 16
+
+
 @pytest.mark.parametrize("method", [pytest.param("adam", marks=pytest.mark.slow), "adamw",
                                     pytest.param("rmsprop", marks=pytest.mark.slow)])
 def test_square_root_rule_validates_on_the_stationary_loss(method):

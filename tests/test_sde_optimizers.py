@@ -156,8 +156,9 @@ def test_adaptive_models_match_one_step_moments_of_the_augmented_state(method):
         moments_close(u, drift[:d], cov[:d, :d], extra_mean=extra, extra_cov=2 * rel.max() * cov[:d, :d].abs().max())
     uv = (v0 - core["v"]) / eta
     vs = slice(2 * d, 3 * d) if adam else slice(d, 2 * d)
-    moments_close(uv, drift[vs], cov[vs, vs], extra_cov=torch.diag((1 - b2) ** 2 * var_g2 / eta**2) * 1.1)
-    assert torch.count_nonzero(cov[vs, vs]) == 0  # v is an ODE
+    assert torch.count_nonzero(cov[vs, vs]) == 0  # v is an ODE: the model drops v's one-step covariance,
+    dropped = (1 - b2) ** 2 * (var_g2 if not lam else 4 * gm**2 * s2 + 2 * s2**2) / eta**2
+    moments_close(uv, drift[vs], torch.diag(dropped))  # which is (1 − β₂)² Var(ḡ²)/η², as documented
 
 
 def test_adam_sde_has_weak_order_one_from_a_warm_start():
@@ -276,7 +277,7 @@ def test_seg_stationary_distance_on_a_noisy_bilinear_game():
     contraction are both O(η) per unit time). The SDE's OU limit gives 2s²/(B b²) per pair. Relaxation
     time 1/(η² b_min²) = 400 steps: from z = 0, the second half of 4,000 steps is ≥ 5 relaxation times
     in (bias ≤ e⁻⁵), and 256 runs give ≥ 1,200 independent samples of a sum of 8 squares (relative SD
-    ≈ 0.5): relative SE ≈ 1.5 %; allow 6 %, and 2η² b_max² = 2 % more for the SDE."""
+    ≈ 0.5): relative SE ≈ 1.5 %; allow 6 % for the optimizer and 5 % for the SDE against its OU limit."""
     prob = problems.make("bilinear-game", player_dim=4, coupling_min=1.0, coupling_max=2.0, x0_scale=0.0)
     eta, s, b, steps = 0.05, 0.5, 2, 4000
     oracle = Oracle(prob, Noise("gaussian", s), workers=1, batch=b)
@@ -288,7 +289,7 @@ def test_seg_stationary_distance_on_a_noisy_bilinear_game():
     keep = tr.steps >= steps // 2
     assert float(tr.loss[keep].mean()) == pytest.approx(exact, rel=0.06)
     sde, _ = simulate_sde(oracle, algo, sched, paths=256, seed=1, log_every=20, substeps=4)
-    assert float(sde.loss[keep].mean()) == pytest.approx(float((2 * s**2 / (b * cb**2)).sum()), rel=0.08)
+    assert float(sde.loss[keep].mean()) == pytest.approx(float((2 * s**2 / (b * cb**2)).sum()), rel=0.05)
 
 
 def test_usam_drift_is_the_gradient_of_the_implicitly_regularised_loss():
@@ -310,7 +311,8 @@ def test_usam_drift_is_the_gradient_of_the_implicitly_regularised_loss():
     assert isinstance(sam, models.MonteCarloSDE)
     got = sam.drift(x, torch.Generator().manual_seed(0))
     ref = regularised(x, 1)
-    assert ((got - ref).norm(dim=-1) <= 10 * rho**2 * ref.norm(dim=-1)).all()  # O(ρ²): ρ²·|∇³f|·|∇f|-sized
+    # O(ρ²): measured ≤ 0.6 ρ²‖∇f‖ at these points (the third derivative times ‖∇f‖²/‖∇f‖); allow 2 ρ²
+    assert ((got - ref).norm(dim=-1) <= 2 * rho**2 * ref.norm(dim=-1)).all()
     assert ((got - prob.grad(x)).norm(dim=-1) > 0.5 * rho).all()  # and the regulariser is really there
 
 
@@ -328,3 +330,45 @@ def test_sdes_that_do_not_exist_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="no first-order SDE of this form"):
         models.from_algorithm(Oracle(quad, Noise("gaussian", 1.0), workers=1),
                               algorithms.make("sam", server={"momentum": 0.9}), 0.01)
+
+
+@pytest.mark.parametrize("method", ["usam", "seg", "shgd"])
+def test_probe_sdes_on_a_non_linear_field(method):
+    """On a non-quadratic loss the probe models use autodiff (J v by two reverse passes, composable with the
+    games' second-order term): the SDE integrates, and its first-order drift matches Monte Carlo moments of
+    one step up to the O(ρ²) of the linearised probe (ρ = 0.05: allow 5 SE + 2ρ²‖m‖)."""
+    prob = problems.make("l0l1-cosh", dim=3, sharpness=1.5, x0_scale=0.2)  # start at 0.6: |∇f| ≈ 0.7
+    oracle = Oracle(prob, Noise("gaussian", 0.3), workers=1)
+    algo = algorithms.make(method, **({"rho": 0.05} if method != "shgd" else {}))
+    model = models.from_algorithm(oracle, algo, 0.05)
+    assert isinstance(model, models.ProbeSDE)
+    sde, _ = simulate_sde(oracle, algo, Schedule("constant", 0.05, 20), paths=8, log_every=10, substeps=2)
+    assert bool(torch.isfinite(sde.loss).all())
+    x = 0.5 * torch.ones(1, 3, dtype=F64)
+    u, _ = one_step(oracle, algo, x[0], 0.05, 40_000)
+    mean = model._first_order(x)[0]
+    moments_close(u, mean, model.covariance(x)[0], extra_mean=2 * 0.05**2 * mean.abs().max(),
+                  extra_cov=0.1 * model.covariance(x)[0].abs().max())
+
+
+def test_probe_sdes_need_one_jacobian_for_all_workers():
+    """Each worker probes with its own gradient: with per-worker Hessians (the Top-1 counter-example's
+    three quadratics) the mean step is (1/N) Σ (I + ρH_i) g_i, not (I + ρH̄) ḡ, so USAM gets the Monte
+    Carlo model, whose drift is the step itself (no noise); SGDA (L = I) keeps its closed form."""
+    prob = problems.make("top1-counterexample")
+    oracle = Oracle(prob, Noise("none"), workers=3)
+    usam = algorithms.make("usam", rho=0.1)
+    model = models.from_algorithm(oracle, usam, 0.01, mc_samples=2)
+    assert isinstance(model, models.MonteCarloSDE)
+    x = torch.tensor([[1.0, 0.5, -0.3]], dtype=F64)
+    u, _ = one_step(oracle, usam, x[0], 0.01, 2)
+    torch.testing.assert_close(model.drift(x, torch.Generator().manual_seed(0))[0], u[0], rtol=1e-12, atol=1e-12)
+    assert isinstance(models.from_algorithm(oracle, algorithms.make("sgda"), 0.01), models.ProbeSDE)
+
+
+def test_shgd_step_under_no_grad():
+    """SHGD differentiates the field inside the step; the simulator's callers may hold torch.no_grad."""
+    oracle = Oracle(BILINEAR, Noise("gaussian", 0.1), workers=2)
+    with torch.no_grad():
+        tr = simulate(oracle, algorithms.make("shgd"), Schedule("constant", 0.05, 5), repeats=2)
+    assert bool(torch.isfinite(tr.x).all())

@@ -185,11 +185,9 @@ class Algorithm:
         g = grad(params)
         if self.probe is None:
             return g
-        if self.probe == "shgd":  # one backward pass through the field, per worker's copy of x
-            with torch.enable_grad():
-                z = params.expand(g.shape).detach().requires_grad_(True)
-                field = grad(z)
-                return torch.autograd.grad(field, z, field.detach())[0]
+        if self.probe == "shgd":  # J_iᵀ g_i: a reverse pass through the field at each worker's own copy of x
+            field, pullback = torch.func.vjp(grad, params.detach().expand(g.shape))
+            return pullback(field)[0]
         rho = self.rho if self.rho is not None else lr
         if self.probe == "sam":
             step = g / g.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)

@@ -32,9 +32,9 @@ __all__ = ["BilinearGame", "GAMES", "QuadraticGame"]
 GAMES = ("quadratic-game", "bilinear-game")
 
 
-def _spread(lo: float, hi: float, n: int, what: str) -> Tensor:
+def _spread(lo: float, hi: float, n: int, game: str, what: str) -> Tensor:
     if not lo <= hi:
-        raise ValueError(f"{what}: need {what}_min ≤ {what}_max, got {lo!r} > {hi!r}")
+        raise ValueError(f"{game}: need {what}_min ≤ {what}_max, got {what}_min = {lo!r} > {what}_max = {hi!r}")
     return torch.linspace(lo, hi, n, dtype=torch.float64) if n > 1 else torch.tensor([hi], dtype=torch.float64)
 
 
@@ -55,9 +55,9 @@ class QuadraticGame(Problem):
         vals = {k: check_number(f"{where}: {k}", v) for k, v in
                 (("a_min", a_min), ("a_max", a_max), ("coupling_min", coupling_min), ("coupling_max", coupling_max),
                  ("c_min", c_min), ("c_max", c_max))}
-        self.a = _spread(vals["a_min"], vals["a_max"], n, f"{where}: a")
-        self.b = _spread(vals["coupling_min"], vals["coupling_max"], n, f"{where}: coupling")
-        self.c = _spread(vals["c_min"], vals["c_max"], n, f"{where}: c")
+        self.a = _spread(vals["a_min"], vals["a_max"], n, where, "a")
+        self.b = _spread(vals["coupling_min"], vals["coupling_max"], n, where, "coupling")
+        self.c = _spread(vals["c_min"], vals["c_max"], n, where, "c")
         det = self.a * self.c + self.b * self.b
         if bool((det.abs() < 1e-12).any()):
             raise ValueError(f"{where}: the game has no unique equilibrium: a_j c_j + b_j² = 0 for some pair j "

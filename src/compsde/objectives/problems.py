@@ -56,21 +56,19 @@ class Problem:
 
     def jvp(self, x: Tensor, v: Tensor) -> Tensor:
         """J(x) v, the field's (∇f's: the Hessian's) Jacobian times v, for rows of x and v (..., d): ∇f(v)
-        for a ``linear`` field, Jᵀv (``vjp``) for a symmetric one, forward-mode autodiff otherwise."""
+        for a ``linear`` field, Jᵀv (``vjp``) for a symmetric one, else ``jvp_by_vjp``."""
         if self.linear:
             return self.grad(v)
         if self.symmetric:
             return self.vjp(x, v)
-        return torch.func.jvp(self.grad, (x,), (v,))[1]
+        return jvp_by_vjp(self.grad, x, v)
 
     def vjp(self, x: Tensor, v: Tensor) -> Tensor:
-        """J(x)ᵀ v (for a loss J is the symmetric Hessian; for a game it is not), by one backward pass
-        through ``grad`` unless the problem overrides it."""
+        """J(x)ᵀ v (for a loss J is the symmetric Hessian; for a game it is not), by reverse-mode autodiff
+        (``torch.func.vjp``: it composes with the SDE models' own transforms) unless the problem overrides it."""
         if self.linear and self.symmetric:
             return self.grad(v)
-        with torch.enable_grad():
-            y = x.detach().requires_grad_(True)
-            return torch.autograd.grad(self.grad(y), y, v)[0]
+        return torch.func.vjp(self.grad, x)[1](v)[0]
 
     #: The field is linear, ∇f(x) = J x (so J v = ∇f(v), and the SDE models skip autodiff).
     linear: ClassVar[bool] = False
@@ -128,6 +126,14 @@ class Problem:
 
     def describe(self) -> str:
         return f"{self.name}(d={self.dim})"
+
+
+def jvp_by_vjp(fn: Any, x: Tensor, v: Tensor) -> Tensor:
+    """J v for the Jacobian J of ``fn`` at x by two reverse passes: u ↦ Jᵀu is linear, and its own vjp
+    with cotangent v is J v. (torch's forward mode would do it in one pass, but its decompositions call
+    the deprecated ``torch.jit.script`` in torch 2.13.)"""
+    _, pullback = torch.func.vjp(fn, x)
+    return torch.func.vjp(lambda u: pullback(u)[0], torch.zeros_like(v))[1](v)[0]
 
 
 @lru_cache(maxsize=64)
@@ -429,6 +435,9 @@ class DoubleWell(Problem):
                  gap: float = 0.0, heterogeneity: float = 0.0, seed: int = 0, x0_scale: float = 1.0) -> None:
         _check_common(self.name, dim, heterogeneity, x0_scale, seed)
         h_flat = check_number("double-well: h_flat", h_flat, min=0.0, min_open=True)
+        if not isinstance(h_sharp, bool) and isinstance(h_sharp, (int, float)) and h_sharp < h_flat:
+            raise ValueError(f"double-well: h_sharp must be ≥ h_flat = {h_flat!r} (the sharp minimum is the more "
+                             f"curved one), got {h_sharp!r}")
         h_sharp = check_number("double-well: h_sharp", h_sharp, min=h_flat)
         barrier = check_number("double-well: barrier", barrier, min=0.0, min_open=True)
         gap = check_number("double-well: gap", gap, min=0.0, max=barrier, max_open=True)

@@ -67,6 +67,7 @@ from compsde.compressors.signs import Sign
 from compsde.compressors.sparsifiers import Identity, RandK
 from compsde.core.checks import check_int, check_number, describe
 from compsde.objectives.oracle import GradientOracle, Oracle
+from compsde.objectives.problems import Problem, jvp_by_vjp
 
 __all__ = ["AdaptiveSDE", "DSGDSDE", "DSignSGDSDE", "MODELS", "MonteCarloSDE", "ProbeSDE", "RandKSDE", "SDEModel",
            "SignSGDSDE", "from_algorithm"]
@@ -127,7 +128,9 @@ class SDEModel:
         """Return (m(x), S(x)^{1/2} ξ), both of shape (M, d), for x (M, d) and ξ (M, noise_dim).
 
         ``xi`` is this step's scratch draw: a model may scale it in place and return it (the
-        integrator draws a fresh ξ every step), which saves one pass over (M, d).
+        integrator draws a fresh ξ every step), which saves one pass over (M, d). The returned tensors
+        are valid until the next call (a model may reuse its output buffers; ``drift`` and
+        ``covariance`` copy them).
         """
         raise NotImplementedError
 
@@ -438,7 +441,13 @@ class ProbeSDE(SDEModel):
 
     @classmethod
     def fits(cls, oracle: GradientOracle, algorithm: Algorithm) -> bool:
-        return isinstance(oracle, Oracle)
+        """A problem's oracle (not a network's minibatches) whose workers share one Jacobian (the linear
+        tilts of ``heterogeneity`` keep it; the Top-1 counter-example's workers do not): each worker probes
+        with its own gradient, so (1/N) Σ_i L_i g_i is L ḡ only then. SGDA (L = I) fits any problem."""
+        if not isinstance(oracle, Oracle):
+            return False
+        shared = oracle.workers == 1 or type(oracle.problem).worker_grads is Problem.worker_grads
+        return shared or algorithm.name == "sgda"
 
     def __init__(self, oracle: GradientOracle, algorithm: Algorithm, eta: float) -> None:
         super().__init__(oracle, algorithm, eta)
@@ -474,7 +483,7 @@ class ProbeSDE(SDEModel):
             if self.oracle_as(x).problem.linear:  # m = (L J) x is linear too: J_m m = m(m)
                 jm = self._first_order(m)
             else:
-                jm = torch.func.jvp(self._first_order, (x,), (m,))[1]
+                jm = jvp_by_vjp(self._first_order, x, m)
             m = m + (0.5 * (self.lr - self.dt)) * jm
         else:
             m = self._first_order(x)

@@ -11,7 +11,7 @@ in SDE time, so keeping the invariant keeps the performance:
                                          batch or 2× the agents
 * ``adam``/``adamw``/``rmsprop``/``rmspropw``: the square-root rule B → κB, η → √κ η, 1 − β_i → κ (1 − β_i),
   ε → ε/√κ, weight decay λ → √κ λ (Malladi et al. 2022); invariant η/√B. Derived here for the
-  stationary loss (docs/theory.md §9.4: E f_∞ = Σ_j η σ̄² h_j/(4P(h_j + λ̃P)), σ̄ = s/√B, P = σ̄ + ε, is
+  stationary loss (docs/theory.md §9.4: E f_∞ = Σ_j η σ̄² h_j/(4P(h_j + λ̃)), λ̃ = λP (decoupled) or λ, σ̄ = s/√B, P = σ̄ + ε, is
   invariant under the whole map); the β map, which keeps the moments' relaxation in the SDE time
   kη² of Malladi et al.'s noise-dominated regime, is recalled, and ``--validate`` checks the rule.
 
@@ -182,7 +182,8 @@ def solve(method: str, frm: dict[str, float], to: dict[str, float | str]) -> Sol
     Args:
         method: a key of ``RULES``.
         frm: the current setting: every variable of the rule (and, for the adaptive rule, optionally
-            beta1, beta2, eps, weight_decay, which are carried along).
+            beta1, beta2, eps, weight_decay, which are carried along; those not given are the
+            optimizer's defaults, ``compsde.algorithms.OPTIMIZER_DEFAULTS``).
         to: the new values of the changed variables and, for variables to hold fixed, their value
             or ``"same"``. Exactly one of the rule's variables must be left out.
     """
@@ -197,6 +198,11 @@ def solve(method: str, frm: dict[str, float], to: dict[str, float | str]) -> Sol
     missing = [v for v in rule.variables if v not in frm]
     if missing:
         raise ValueError(f"--from must give every variable of {rule.formula}: missing {', '.join(missing)}")
+    if rule.extra:  # the adaptive rule maps β, ε and λ too: those not given are the optimizer's defaults
+        from compsde.algorithms import OPTIMIZER_DEFAULTS
+
+        defaults = OPTIMIZER_DEFAULTS.get(method, {})
+        frm = {**frm, **{k: defaults[k] for k in rule.extra if k not in frm and defaults.get(k) is not None}}
     for key, v in frm.items():
         _check_value("--from", key, v)
     fixed = {k: (frm[k] if v == KEEP else float(v)) for k, v in to.items()}
