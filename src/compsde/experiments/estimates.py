@@ -108,7 +108,7 @@ def check_series_memory(algorithm: Any, run: Mapping[str, Any], series: Mapping[
 def _sde_memory(model: Any, run: Mapping[str, Any], series: Mapping[str, Any], dim: int) -> float:
     itemsize = torch.empty((), dtype=DTYPES[run["dtype"]]).element_size()
     m, n = run["paths"], series["workers"]
-    out = float(itemsize) * m * dim * (6 + model.noise_dim / max(dim, 1))
+    out = m * model.path_bytes(itemsize)
     if model.noise_type == "sampled":
         out += 4.0 * itemsize * n * model.samples * m * dim
     if getattr(model, "rank", 0):  # a network's noise factors (N, M, n, d) and the per-sample gradients behind them

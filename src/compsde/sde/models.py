@@ -134,6 +134,12 @@ class SDEModel:
         """
         raise NotImplementedError
 
+    def path_bytes(self, itemsize: int) -> float:
+        """Memory per path of an integration: the path and temporaries (~6 d), the noise draws, and an
+        augmented state's extra coordinates (state, drift and noise)."""
+        d = self.dim
+        return float(itemsize) * d * (6 + (self.noise_dim + 3 * (self.state_dim - d)) / max(d, 1))
+
     def oracle_as(self, x: Tensor) -> GradientOracle:
         """The model's oracle with tensors of x's dtype and device (cast once and cached): float32 paths
         must not be promoted to float64 by float64 problem data on every step."""

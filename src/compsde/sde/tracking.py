@@ -55,7 +55,7 @@ def simulate_sde(
     if model is None:
         model = models.from_algorithm(oracle, algorithm, schedule.lr, mc_samples=mc_samples)
     d = oracle.dim
-    check_memory(torch.empty((), dtype=oracle.dtype).element_size() * paths * d * (6 + (model.noise_dim + 2 * model.state_dim) / max(d, 1)),
+    check_memory(paths * model.path_bytes(torch.empty((), dtype=oracle.dtype).element_size()),
                  f"an SDE integration with {paths} paths × d = {d}", "reduce paths", oracle.device)
     x0 = oracle.x0()
     rec = Recorder(oracle, schedule.steps, log_every, paths, x0)
