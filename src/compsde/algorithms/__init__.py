@@ -213,9 +213,7 @@ def make(name: str, compressor: str | Compressor | None = None, *, normalize: bo
     if normalize and recipe.error_feedback:
         raise ValueError("normalize = true is not defined for algorithm 'ef' (the step size is inside the compressed message)")
     inner = transform_from(worker, "worker")
-    server_t = transform_from(server, "server", normalize_last=normalize)
-    if name in _ADAPTIVE:
-        server_t = _adaptive(name, hyper)
+    server_t = _adaptive(name, hyper) if name in _ADAPTIVE else transform_from(server, "server", normalize_last=normalize)
     if recipe.inner == "adamw":
         if isinstance(worker, Mapping) and worker.get("momentum", 0.0):
             raise ValueError("local-adamw's inner optimizer is AdamW (β₁ = 0.9, β₂ = 0.999): worker.momentum does not apply")
@@ -223,7 +221,7 @@ def make(name: str, compressor: str | Compressor | None = None, *, normalize: bo
         inner = chain(adam(), add_decayed_weights(decay)) if decay else adam()
     return Algorithm(name, comp, recipe.aggregation, recipe.error_feedback or error_feedback, inner, server_t,
                      sync=sync, outer_lr=outer_lr, average_state=average_state, probe=recipe.probe,
-                     rho=hyper.get("rho"), hyper={k: v for k, v in hyper.items() if v is not None})
+                     hyper={k: v for k, v in hyper.items() if v is not None})
 
 
 def _optimizer_hyper(name: str, given: Mapping[str, Any]) -> dict[str, Any]:

@@ -81,11 +81,10 @@ class Algorithm:
     outer_lr: float = 1.0
     #: local methods: also average the inner optimizer's state (momentum, Adam's moments) at each round
     average_state: bool = False
-    #: several gradient evaluations per step (``PROBES``) and the probe's radius ρ (None for seg: η_k)
+    #: several gradient evaluations per step (``PROBES``)
     probe: str | None = None
-    rho: float | None = None
     #: the optimizer's hyperparameters by name (beta1, beta2, eps, weight_decay, rho), for labels and
-    #: SDE models; the transforms hold the same values
+    #: SDE models; the transforms hold the same values, and ``rho`` is the probe's radius
     hyper: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -118,6 +117,11 @@ class Algorithm:
             raise ValueError(f"probe {self.probe!r} needs its radius rho > 0")
 
     # ---- properties ---------------------------------------------------------------------------
+    @property
+    def rho(self) -> float | None:
+        """The probe's radius ρ (None for SEG without one: it then probes with η_k)."""
+        return self.hyper.get("rho")
+
     @property
     def local(self) -> bool:
         """Workers step their own iterates and average them per the ``sync`` schedule."""
