@@ -38,8 +38,8 @@ import torch
 from timing import median_seconds
 
 from compsde.compressors import Compressor, Payload, make, names, param_names
-from compsde.compressors.wire import Layout
 from compsde.compressors.sparsifiers import rand_k_indices, top_k_indices
+from compsde.compressors.wire import Layout
 
 
 def keep_freed_memory() -> bool:

@@ -116,15 +116,14 @@ def min_bits(name: str | None, params: dict, d: int) -> float:
 
 def child(d: int, repeats: int, out_path: str) -> None:
     import torch.distributed as dist
-
     from bench_compressors import keep_freed_memory
+
     from compsde import algorithms
     from compsde.algorithms import Algorithm
     from compsde.compressors import Payload, make
     from compsde.compressors.wire import Layout
-    from compsde.distributed.collectives import receive
     from compsde.core.streams import Streams
-    from compsde.distributed.collectives import all_gather_bytes, flat_floats, unflat_floats
+    from compsde.distributed.collectives import all_gather_bytes, flat_floats, receive, unflat_floats
     from compsde.distributed.launch import init_from_env
 
     keep_freed_memory()

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from cases import CASES as SIM_CASES
 
 from compsde.core.tensors import DTYPES
 from compsde.distributed import checkpoint as ckpt_mod
 from compsde.experiments import build as config
 from compsde.experiments.torch_backend import run as run_torch
 from compsde.sim import simulate
-from cases import CASES as SIM_CASES
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")

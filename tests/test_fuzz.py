@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import signal
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch

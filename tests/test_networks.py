@@ -17,7 +17,6 @@ from compsde.objectives.models import build, check_sizes, param_count
 from compsde.objectives.network import NetworkOracle
 from compsde.objectives.noise import Noise
 
-
 # ---- bundled data -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,shape,classes,n", [("digits", (1, 8, 8), 10, 1797), ("breast-cancer", (30,), 2, 569),

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from compsde.experiments import build as config, cli, presets, runner
+from compsde.experiments import build as config
+from compsde.experiments import cli, presets, runner
 from compsde.experiments.runner import METRIC_COLUMNS, quantiles, run_experiment
 
 PRESETS = sorted(presets.preset_names())  # the exact list is checked in test_config

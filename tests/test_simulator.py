@@ -4,13 +4,14 @@ import math
 
 import pytest
 import torch
+from cases import CASES
 
 from compsde import algorithms, compressors
 from compsde.algorithms.schedules import Schedule
 from compsde.objectives import Noise, Oracle, problems
 from compsde.sim import loop as loop_mod
 from compsde.sim import simulate, simulate_reference
-from cases import CASES
+
 
 @pytest.mark.parametrize("method, params", CASES, ids=[f"{m}-{p.get('compressor', '')}-{i}" for i, (m, p) in enumerate(CASES)])
 @pytest.mark.parametrize("noise", [Noise("gaussian", 0.5), Noise("student-t", [0.3, 0.6, 1.0], 2.0)], ids=["gauss", "t2"])

@@ -17,9 +17,8 @@ import math
 import pytest
 
 from compsde import algorithms
-from compsde.objectives import Oracle, problems
-from compsde.objectives import Noise
 from compsde.algorithms.schedules import Schedule
+from compsde.objectives import Noise, Oracle, problems
 from compsde.sim import simulate
 
 

@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from compsde import algorithms
-from compsde.objectives import Oracle, problems
-from compsde.experiments.cli import main
-from compsde.objectives import Noise
 from compsde.algorithms.schedules import Schedule
-from compsde.sim import simulate
+from compsde.experiments.cli import main
+from compsde.objectives import Noise, Oracle, problems
 from compsde.sde.tracking import fit_order, simulate_sde, tracking_error
+from compsde.sim import simulate
 
 
 def test_sde_trace_is_logged_like_the_optimizer_and_tracks_it():

@@ -40,14 +40,15 @@ momentum" is ``make("ef", compressor="scaled-sign", server={"momentum": 0.9})``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from compsde import compressors
 from compsde.algorithms.algorithm import Algorithm, WorkersOut
+from compsde.algorithms.sync import SyncSchedule
 from compsde.compressors import Compressor
 from compsde.core.checks import check_bool, check_number, describe
-from compsde.algorithms.sync import SyncSchedule
 from compsde.optim import Transform, adam, add_decayed_weights, chain, momentum, normalize, rmsprop, sign
 
 __all__ = ["ALGORITHM_NAMES", "Algorithm", "OPTIMIZERS", "OPTIMIZER_DEFAULTS", "OPTIMIZER_KEYS", "TRANSFORM_KEYS", "WorkersOut", "default_compressor", "implied_compressor", "is_local", "make", "names",

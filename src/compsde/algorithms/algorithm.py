@@ -38,17 +38,18 @@ server-side momentum, Nesterov momentum and decoupled weight decay, and ``normal
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from compsde.algorithms.aggregation import AGGREGATIONS, aggregate_sum
+from compsde.algorithms.sync import SyncSchedule
 from compsde.compressors import Compressor, Payload
 from compsde.core.checks import check_bool, check_choice, check_number
 from compsde.core.streams import Streams
-from compsde.algorithms.sync import SyncSchedule
 from compsde.optim import Transform, identity
 
 __all__ = ["Algorithm", "PROBES", "WorkersOut"]

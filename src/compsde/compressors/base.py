@@ -36,8 +36,9 @@ B3(δ) ⇒ B1(1/(4δ²), 2), B2(1/(2δ), 2)); a compressor with tighter constant
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Iterable, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor

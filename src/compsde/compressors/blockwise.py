@@ -9,8 +9,8 @@ compressor of rows of length d = Σ blocks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cached_property
-from typing import Sequence
 
 import torch
 from torch import Tensor

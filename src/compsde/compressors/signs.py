@@ -12,7 +12,7 @@ Beznosikov et al. 2020, "On biased compression for distributed learning" (class 
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch

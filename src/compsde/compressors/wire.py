@@ -25,8 +25,8 @@ coordinate (the per-block cost of payload objects alone was half the sign receiv
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = [
     "MAX_INT64", "MAX_SEED", "MAX_TEXT_LENGTH", "check_bool", "check_choice", "check_int", "check_number", "check_seed",

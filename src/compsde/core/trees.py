@@ -10,7 +10,8 @@ simulator processes workers in chunks and uses ``take``/``put`` to hand a chunk 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -15,7 +15,8 @@ travel) replay that sender's compressor stream: the loop holds every worker's co
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist

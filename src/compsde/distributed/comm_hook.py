@@ -21,7 +21,8 @@ replayed draws match. The state records the bytes handed to the collectives, per
 """
 
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist

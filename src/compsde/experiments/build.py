@@ -15,21 +15,22 @@ backend needs one import for the whole pipeline (text → objects → text).
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from compsde import algorithms
 from compsde.algorithms import Algorithm, schedules
 from compsde.algorithms.schedules import Schedule
+from compsde.algorithms.sync import SYNC_PARAMS, SyncSchedule
+from compsde.compressors.blockwise import Blockwise
+from compsde.core.tensors import DTYPES
 from compsde.experiments import estimates, presets, schema
 from compsde.experiments.overrides import apply_overrides
 from compsde.experiments.schema import resolve
 from compsde.experiments.tomlio import dumps
-from compsde.core.tensors import DTYPES
 from compsde.objectives import Oracle, problems
-from compsde.algorithms.sync import SYNC_PARAMS, SyncSchedule
-from compsde.compressors.blockwise import Blockwise
 from compsde.objectives.network import Network
 from compsde.objectives.noise import Noise
 from compsde.objectives.problems import Problem

@@ -25,8 +25,9 @@ Runs estimated above ``REFUSE_SECONDS`` (24 h) are refused, above ``WARN_SECONDS
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 

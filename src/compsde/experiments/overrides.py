@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import copy
 import tomllib
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from compsde.algorithms.sync import SYNC_PARAMS
 from compsde.experiments import schema

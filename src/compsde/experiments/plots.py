@@ -38,7 +38,8 @@ import io
 import math
 import textwrap
 import unicodedata
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 

@@ -46,9 +46,10 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,7 +62,6 @@ from compsde.experiments.presets import CONFIG_FILE
 from compsde.sim.loop import Loop
 from compsde.sim.recorder import Trace
 from compsde.sim.simulator import simulate
-
 
 __all__ = ["METRIC_COLUMNS", "OUTPUT_FILES", "SNAPSHOT_SECONDS", "SeriesResult", "clear_outputs", "default_out_dir",
            "metrics_from_trace", "quantiles", "run_experiment", "write_results"]
@@ -237,7 +237,7 @@ def _final(r: SeriesResult) -> dict[str, Any]:
 
 
 def summary_dict(exp: Experiment, results: list[SeriesResult],
-                 tracked: list["Tracked"] | None = None) -> dict[str, Any]:
+                 tracked: list[Tracked] | None = None) -> dict[str, Any]:
     """The summary.json content (non-finite numbers as None → null).
 
     With ``tracked`` (``compsde track``), each series also gets ``sde`` (the model's description and
@@ -424,7 +424,7 @@ def _as_experiment(config: Experiment | Mapping[str, Any] | str | Path) -> Exper
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).astimezone().isoformat(timespec="seconds")
 
 
 class RunRecord:

@@ -55,8 +55,9 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from compsde import algorithms, compressors
 from compsde.algorithms import schedules

@@ -42,9 +42,10 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -53,8 +54,22 @@ from compsde.core.checks import MAX_INT64, check_int, check_number
 from compsde.core.tensors import resolve_dtype
 from compsde.distributed import checkpoint as ckpt_mod
 from compsde.distributed.launch import (
-    COMM_FAILURE, EXIT_CONFIG, EXIT_PEER, Context, Interrupted, LaunchError, die_with_parent, dist_backend_for,
-    in_launched_env, init_from_env, interruptible, peer_report, quiet_signals, rank_device, set_threads, spawn,
+    COMM_FAILURE,
+    EXIT_CONFIG,
+    EXIT_PEER,
+    Context,
+    Interrupted,
+    LaunchError,
+    die_with_parent,
+    dist_backend_for,
+    in_launched_env,
+    init_from_env,
+    interruptible,
+    peer_report,
+    quiet_signals,
+    rank_device,
+    set_threads,
+    spawn,
 )
 from compsde.distributed.worker import SeriesOutcome, run_series
 from compsde.experiments import build as config_mod

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -156,7 +156,7 @@ class NetworkOracle(GradientOracle):
     def _input(self, x: Tensor) -> Tensor:
         return (x.to(self.dtype) if x.is_floating_point() else x).to(self.device)
 
-    def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> "NetworkOracle":
+    def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> NetworkOracle:
         """The same oracle (same initial parameters) with tensors of ``dtype`` on ``device``."""
         o = NetworkOracle(copy.deepcopy(self.base_model), self.data, self.noise, workers=self.workers,
                           batch=self.batch, split=self.split, alpha=self.alpha,

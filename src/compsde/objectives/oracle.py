@@ -20,7 +20,7 @@ the per-worker variances σ_i² Var(T)/B (``noise_variances``) and E sign(g_i) (
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -95,7 +95,7 @@ class Oracle(GradientOracle):
         #: σ_i/√B per worker (float64, CPU), None without noise.
         self.scales = noise.worker_scales(workers) / math.sqrt(batch) if noise.active else None
 
-    def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> "Oracle":
+    def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> Oracle:
         """The same oracle with tensors of ``dtype`` on ``device``."""
         return Oracle(self.base_problem, self.noise, workers=self.workers, batch=self.batch, dtype=dtype, device=device)
 

@@ -114,7 +114,7 @@ class Problem:
         """f(x) − f*."""
         return self.loss(x) - self.f_opt
 
-    def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> "Problem":
+    def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> Problem:
         """A shallow copy whose floating tensors have the given dtype and live on ``device``."""
         new = object.__new__(type(self))
         for k, v in vars(self).items():

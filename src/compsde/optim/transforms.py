@@ -40,8 +40,9 @@ RMSpropW).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -68,7 +69,7 @@ class Transform:
     #: needs the parameters in ``update`` (weight decay); a DDP hook without them refuses it.
     uses_params: bool = False
     #: the parts of a chain (empty for a single transform).
-    parts: tuple["Transform", ...] = ()
+    parts: tuple[Transform, ...] = ()
 
     def describe(self) -> str:
         if self.parts:

@@ -23,8 +23,9 @@ solution is rounded and the rounding reported with the invariant's value after i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from compsde.core.checks import MAX_INT64
 

@@ -10,7 +10,7 @@ the tracking error against η (≈ 1 for an order-1 weak approximation).
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

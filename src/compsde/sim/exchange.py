@@ -13,7 +13,8 @@ the bytes of the same wire layout the distributed backend sends), and counts the
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

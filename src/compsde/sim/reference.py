@@ -10,6 +10,7 @@ and the benchmark baseline.
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import Tensor
 

@@ -8,7 +8,7 @@ plain loop over repetitions and workers on the same draws, written separately as
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from compsde.algorithms import Algorithm
 from compsde.algorithms.schedules import Schedule
