@@ -104,7 +104,7 @@ def _state_setter(algo, **values):
         st = algo.init(big, 1)
         core = _moments(st["server"])
         for k, v in values.items():
-            core[k] = v if isinstance(v, int) else v.expand_as(big).clone()
+            core[k] = core[k].fill_(v) if isinstance(v, int) else v.expand_as(big).clone()  # a count: (..., 1)
         return st
 
     return state

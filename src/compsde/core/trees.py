@@ -1,11 +1,13 @@
 """Optimizer and algorithm state as plain data: nested dicts, tuples and lists of tensors and numbers.
 
 Plain containers keep every state checkpointable with ``torch.save`` / ``torch.load(weights_only=True)``
-and inspectable by eye. The helpers below map over the tensor leaves; non-tensor leaves (step counts,
-the current period H, None) pass through unchanged.
+and inspectable by eye. The helpers below map over the tensor leaves; non-tensor leaves (None, a
+schedule's counters outside the workers' state) pass through unchanged.
 
-Worker-side state carries a leading worker axis (one slice per worker held by this process); the
-simulator processes workers in chunks and uses ``take``/``put`` to hand a chunk its slice.
+Worker-side state carries a leading worker axis on every leaf that changes (one slice per worker held
+by this process, counters included: Adam's step count is a tensor); the simulator processes workers in
+chunks and uses ``take``/``put`` to hand a chunk its slice. A non-tensor leaf cannot be sliced, so
+``put`` refuses one that a chunk changed: its value would depend on how the workers were chunked.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor
 
 __all__ = ["leaves", "put", "take", "tree_map"]
@@ -28,7 +29,7 @@ def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     if isinstance(tree, (tuple, list)):
         out = [tree_map(fn, v, *(r[i] for r in rest)) for i, v in enumerate(tree)]
         return type(tree)(out)
-    return tree if not rest else rest[-1]  # a non-tensor leaf: the newest value wins
+    return tree if not rest else rest[-1]  # a non-tensor leaf: the newest value
 
 
 def leaves(tree: Any) -> list[Tensor]:
@@ -44,18 +45,21 @@ def take(tree: Any, lo: int, hi: int) -> Any:
 
 
 def put(tree: Any, lo: int, hi: int, new: Any) -> Any:
-    """Write a chunk's new state ``new`` back into workers lo..hi−1 of ``tree`` (in place for tensors);
-    returns ``tree`` with its non-tensor leaves replaced by the chunk's."""
-
-    def write(t: Tensor, n: Tensor) -> Tensor:
-        if n.data_ptr() != t[lo:hi].data_ptr() or n.shape != t[lo:hi].shape:
-            t[lo:hi] = n
-        return t
-
+    """Write a chunk's new state ``new`` back into workers lo..hi−1 of ``tree`` (in place for tensors)
+    and return ``tree``. Raises if a non-tensor leaf changed (it has no worker axis to write into)."""
     if tree is None:
         return None
-    return tree_map(write, tree, new)
-
-
-def zeros_like_tree(tree: Any) -> Any:
-    return tree_map(torch.zeros_like, tree)
+    if isinstance(tree, Tensor):
+        if new.data_ptr() != tree[lo:hi].data_ptr() or new.shape != tree[lo:hi].shape:
+            tree[lo:hi] = new
+        return tree
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            tree[k] = put(v, lo, hi, new[k])
+        return tree
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(put(v, lo, hi, n) for v, n in zip(tree, new, strict=True))
+    if new is not tree and new != tree:
+        raise ValueError(f"a worker-side state leaf without a worker axis changed from {tree!r} to {new!r} in one "
+                         "chunk of workers: keep per-worker counters in tensors with the worker axis")
+    return tree

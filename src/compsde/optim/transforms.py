@@ -153,23 +153,36 @@ def normalize(eps: float = 1e-30) -> Transform:
 
 
 def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Transform:
-    """Adam's direction m̂/(√v̂ + ε) (see module doc); the step count t is a plain number in the state."""
+    """Adam's direction m̂/(√v̂ + ε) (see module doc).
+
+    The step count t is state like the moments: an integer tensor with the rows' leading axes (shape
+    (..., 1) for params (..., d)), so a stack of workers sliced into chunks advances each worker's
+    count once per step, and a repetition whose state is reset restarts its count."""
     b1 = check_number("b1", b1, min=0.0, max=1.0, max_open=True)
     b2 = check_number("b2", b2, min=0.0, max=1.0, max_open=True)
     eps = check_number("eps", eps, min=0.0, min_open=True)
 
     def init(params: Tensor) -> dict[str, Any]:
         z = torch.zeros(params.shape, dtype=params.dtype, device=params.device)
-        return {"m": z, "v": z.clone(), "count": 0}
+        count = torch.zeros((*params.shape[:-1], 1), dtype=torch.long, device=params.device)
+        return {"m": z, "v": z.clone(), "count": count}
 
     def update(g: Tensor, state: dict[str, Any], params: Tensor | None) -> tuple[Tensor, dict[str, Any]]:
         t = state["count"] + 1
         m = state["m"].mul(b1).add_(g, alpha=1.0 - b1)
         v = state["v"].mul(b2).addcmul_(g, g, value=1.0 - b2)
-        u = (m / (1.0 - b1**t)).div_((v / (1.0 - b2**t)).sqrt_().add_(eps))
+        u = (m / _bias_correction(b1, t, m.dtype)).div_((v / _bias_correction(b2, t, v.dtype)).sqrt_().add_(eps))
         return u, {"m": m, "v": v, "count": t}
 
     return Transform("adam", init, update, {"b1": b1, "b2": b2, "eps": eps}, stateful=True)
+
+
+def _bias_correction(beta: float, t: Tensor, dtype: torch.dtype) -> Tensor:
+    """1 − βᵗ for integer counts t, each value computed once in double precision as a Python float (the
+    rows of a run share one count, or a few after resets), cast to ``dtype``."""
+    values = t.unique()
+    table = torch.tensor([1.0 - beta ** int(c) for c in values.tolist()], dtype=torch.float64, device=t.device)
+    return table[torch.searchsorted(values, t)].to(dtype)
 
 
 def rmsprop(b2: float = 0.99, eps: float = 1e-8) -> Transform:
