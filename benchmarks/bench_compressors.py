@@ -78,16 +78,16 @@ def bench_dim(d: int, repeats: int, ratio: float, levels: int) -> None:
     for name in [*names(), "top-k+natural"]:
         c = build(name, ratio, levels)
         gen = torch.Generator().manual_seed(1)
-        t = median_ms(lambda: c(x, gen), repeats)
+        t = median_ms(lambda c=c, gen=gen: c(x, gen), repeats)
         # The halves, with one draw made outside the clock (a receiver replays it, it does not redraw).
         rnd = c.draw((), d, gen, x.dtype)
         payload = c.encode(x, rnd)
-        te = median_ms(lambda: c.encode(x, rnd), repeats)
-        td = median_ms(lambda: c.decode(payload, rnd), repeats)
+        te = median_ms(lambda c=c, rnd=rnd: c.encode(x, rnd), repeats)
+        td = median_ms(lambda c=c, payload=payload, rnd=rnd: c.decode(payload, rnd), repeats)
         layout = Layout(c.fields(d, x.dtype), 1, d, x.dtype)
         buf = torch.empty(layout.nbytes, dtype=torch.uint8)
         row = Payload({k: v.view(1, -1) for k, v in payload.fields.items()}, d, x.dtype)
-        tp = median_ms(lambda: layout.pack(row, out=buf), repeats)
+        tp = median_ms(lambda layout=layout, row=row, buf=buf: layout.pack(row, out=buf), repeats)
         # The halves must give apply's message (base.py: bit for bit); a mismatch is reported, not hidden.
         same = torch.equal(c.decode(payload, rnd), c.apply(x, rnd))
         note = "" if same else "  decode(encode) != apply!"
@@ -96,8 +96,8 @@ def bench_dim(d: int, repeats: int, ratio: float, levels: int) -> None:
 
     print(f"\n{'top-k':<14} {'top_k_indices ms':>17} {'torch.topk ms':>14} {'speed-up':>9}")
     for k in (max(1, d // 1000), d // 100, d // 10):
-        ours = median_ms(lambda: top_k_indices(x, k), repeats)
-        ref = median_ms(lambda: torch.topk(x.abs(), k), repeats)
+        ours = median_ms(lambda k=k: top_k_indices(x, k), repeats)
+        ref = median_ms(lambda k=k: torch.topk(x.abs(), k), repeats)
         mine, theirs = top_k_indices(x, k), torch.topk(x.abs(), k).indices.sort().values
         # float32 at d = 10⁷ has ties among |x|; the sets can then differ by which tied index is
         # kept (ours: the lowest), but the kept magnitudes must be the same multiset.
@@ -107,8 +107,8 @@ def bench_dim(d: int, repeats: int, ratio: float, levels: int) -> None:
 
     print(f"\n{'rand-k draw':<14} {'rand_k_indices ms':>17} {'randperm[:k] ms':>16} {'speed-up':>9}")
     for k in (max(1, d // 1000), d // 100, d // 10):
-        ours = median_ms(lambda: rand_k_indices((1,), d, k, g), repeats)
-        ref = median_ms(lambda: torch.randperm(d, generator=g)[:k], max(3, repeats // 2), warmup=1)
+        ours = median_ms(lambda k=k: rand_k_indices((1,), d, k, g), repeats)
+        ref = median_ms(lambda k=k: torch.randperm(d, generator=g)[:k], max(3, repeats // 2), warmup=1)
         print(f"k = {k:<10} {ours:17.2f} {ref:16.2f} {ref / ours:9.1f}")
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from functools import partial
 
 import torch
 from timing import median_seconds
@@ -58,7 +59,8 @@ def main() -> None:
     results: dict[str, float] = {}
     for inc in ("gaussian", "rademacher"):
         solver = EulerMaruyama(inc)
-        results[f"compsde EM ({inc})"] = median_seconds(lambda: integrate(model, x0, t1=steps * dt, dt=dt, generator=gen, solver=solver), reps)
+        results[f"compsde EM ({inc})"] = median_seconds(
+            lambda solver=solver: integrate(model, x0, t1=steps * dt, dt=dt, generator=gen, solver=solver), reps)
 
     h = prob.eigs.to(dtype)
     c = math.sqrt(eta * dt) * model.std
@@ -115,8 +117,8 @@ def optimizer_table(steps: int, reps: int, dtype: torch.dtype) -> None:
         oracle = Oracle(game if name == "seg" else quad, Noise("gaussian", 1.0), workers=1, dtype=dtype)
         algo = algorithms.make(name)
         sched = Schedule("constant", 0.01, steps)
-        opt = median_seconds(lambda: simulate(oracle, algo, sched, repeats=m_paths, log_every=steps), reps)
-        sde = median_seconds(lambda: simulate_sde(oracle, algo, sched, paths=m_paths, log_every=steps), reps)
+        opt = median_seconds(partial(simulate, oracle, algo, sched, repeats=m_paths, log_every=steps), reps)
+        sde = median_seconds(partial(simulate_sde, oracle, algo, sched, paths=m_paths, log_every=steps), reps)
         print(f"{name:<10}{opt / steps * 1e3:>19.3f}{sde / steps * 1e3:>13.3f}{sde / opt:>16.2f}×")
 
 

@@ -74,10 +74,12 @@ def bench(label: str, *, workers: int, repeats: int, dim: int, dtype: torch.dtyp
         m = algorithms.make(name, **params)
         oracle = Oracle(prob, noise, workers=workers, dtype=dtype)
         kw = dict(workers=workers, repeats=repeats, dtype=dtype)
-        sim = median_seconds(lambda: simulate(oracle, m, Schedule("constant", 0.01, steps), repeats=repeats, log_every=steps), reps) / steps
-        ref = median_seconds(lambda: simulate_reference(oracle, m, Schedule("constant", 0.01, ref_steps), repeats=repeats,
-                                               log_every=ref_steps), 1) / ref_steps
-        loop = median_seconds(lambda: per_worker_loop(prob, noise, m, Schedule("constant", 0.01, steps), **kw), reps) / steps
+        sim = median_seconds(lambda oracle=oracle, m=m: simulate(oracle, m, Schedule("constant", 0.01, steps), repeats=repeats,
+                                                                 log_every=steps), reps) / steps
+        ref = median_seconds(lambda oracle=oracle, m=m: simulate_reference(oracle, m, Schedule("constant", 0.01, ref_steps),
+                                                                           repeats=repeats, log_every=ref_steps), 1) / ref_steps
+        loop = median_seconds(lambda m=m, kw=kw: per_worker_loop(prob, noise, m, Schedule("constant", 0.01, steps), **kw),
+                              reps) / steps
         print(f"{m.label():<34}{sim * 1e3:>12.3f}{ref * 1e3:>12.2f}{ref / sim:>8.1f}×{loop * 1e3:>14.3f}{loop / sim:>8.1f}×{sim / t_copy:>10.1f}×")
 
 

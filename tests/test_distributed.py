@@ -103,10 +103,12 @@ def _assert_matches_simulator(exp, traces, tol: float) -> None:
                        seed=run["seed"], log_every=run["log_every"])
         # Same streams, same arithmetic, same aggregation: equal in practice; the tolerance only
         # allows for the all-reduce summing the summable payloads in another order.
-        torch.testing.assert_close(tr.x, ref.x, rtol=tol, atol=tol, msg=lambda m: f"{spec.label}: {m}")
-        torch.testing.assert_close(tr.loss, ref.loss, rtol=tol, atol=tol, msg=lambda m: f"{spec.label}: {m}")
-        torch.testing.assert_close(tr.compression_error, ref.compression_error, rtol=1e-9, atol=1e-12, equal_nan=True,
-                                   msg=lambda m: f"{spec.label}: {m}")
+        def msg(m: str, label: str = spec.label) -> str:
+            return f"{label}: {m}"
+
+        torch.testing.assert_close(tr.x, ref.x, rtol=tol, atol=tol, msg=msg)
+        torch.testing.assert_close(tr.loss, ref.loss, rtol=tol, atol=tol, msg=msg)
+        torch.testing.assert_close(tr.compression_error, ref.compression_error, rtol=1e-9, atol=1e-12, equal_nan=True, msg=msg)
         assert torch.equal(tr.diverged_step, ref.diverged_step), spec.label
         assert torch.equal(tr.steps, ref.steps) and torch.equal(tr.bits, ref.bits), spec.label
 

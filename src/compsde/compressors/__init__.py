@@ -68,9 +68,9 @@ def make(name: str, **params: object) -> Compressor:
     accepted: set[str] = set()
     built: list[Compressor] = []
     for part in parts:
-        valid = set(param_names(part))
-        accepted |= valid
-        built.append(compressor_class(part)(**{k: v for k, v in params.items() if k in valid}))
+        takes = set(param_names(part))
+        accepted |= takes
+        built.append(compressor_class(part)(**{k: v for k, v in params.items() if k in takes}))
     bad = sorted(set(params) - accepted)
     if bad:
         raise ValueError(f"compressor {name!r} does not take {', '.join(bad)}; valid parameters: {', '.join(sorted(accepted)) or 'none'}")

@@ -54,8 +54,8 @@ class _Uniforms(Compressor):
         d: int,
         generator: torch.Generator | None,
         dtype: torch.dtype = torch.float64,
-    ) -> Tensor:
-        require_generator(self.name, generator)
+    ) -> Tensor | None:  # a tensor here; None in ``rounding``, the Natural that draws nothing
+        generator = require_generator(self.name, generator)
         if not dtype.is_floating_point:
             dtype = torch.float64
         # uniform_ on an empty tensor: the same distribution as torch.rand, ~1.5× faster on CPU here.
@@ -194,7 +194,7 @@ class Natural(_Uniforms):
         s = payload.fields["negative"].to(it).neg_().bitwise_and_(-(1 << (nbits - 1)))
         return e.bitwise_or_(s).view(payload.dtype)
 
-    def omega(self, d: int) -> float:
+    def omega(self, d: int) -> float | None:
         return 1.0 / 8.0
 
     def bits(self, d: int) -> int:

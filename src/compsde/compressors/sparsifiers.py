@@ -85,6 +85,7 @@ class Sparsifier(Compressor):
     def encode(self, x: Tensor, rnd: Tensor | None) -> Payload:
         d = x.shape[-1]
         idx = self.indices(x, rnd)
+        assert idx is not None  # a sparsifier that keeps all d coordinates (identity) has its own encode
         fields = {"values": self.kept_values(x, idx)}
         if self.sends_indices(d):
             fields["indices"] = idx
@@ -95,7 +96,9 @@ class Sparsifier(Compressor):
         if "indices" in payload.fields:
             return payload.fields["indices"].long()
         shape = (*payload.batch_shape, payload.d)
-        return self.indices(torch.zeros((), device=payload.device).expand(shape), rnd).to(payload.device)
+        idx = self.indices(torch.zeros((), device=payload.device).expand(shape), rnd)
+        assert idx is not None  # a payload without indices comes from a sparsifier that draws them (rand-k)
+        return idx.to(payload.device)
 
     def decode(self, payload: Payload, rnd: Tensor | None) -> Tensor:
         vals = payload.fields["values"]
@@ -484,6 +487,7 @@ def top_k_indices(x: Tensor, k: int) -> Tensor:
     batch = tuple(x.shape[:-1])
     x2 = x.detach().reshape(-1, d)
     rows = x2.shape[0]
+    idx: Tensor | None
     if k == d:
         idx = torch.arange(d, device=x.device).expand(rows, d)
     else:

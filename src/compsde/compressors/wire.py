@@ -116,13 +116,14 @@ def count_ones(ones: Sequence[Tensor]) -> Tensor:
 
 
 def _count(ones: Iterable[np.ndarray], n: int) -> np.ndarray:
-    """Σ of n 0/1 uint8 arrays, accumulated in the first (uint8; a new int32 array for n > 255)."""
-    acc = None
+    """Σ of n ≥ 1 0/1 uint8 arrays, accumulated in the first (uint8; a new int32 array for n > 255)."""
+    acc: np.ndarray | None = None
     for u in ones:
         if acc is None:
             acc = u.astype(np.int32) if n > 255 else u
         else:
             np.add(acc, u, out=acc)
+    assert acc is not None  # callers pass at least one array
     return acc
 
 

@@ -75,10 +75,10 @@ class Streams:
         }
         self.shared = generator(seed, SHARED)
 
-    def draw(self, kind: str, workers: Sequence[int], fn: Callable[[torch.Generator], Tensor | None],
+    def draw(self, kind: str, workers: Sequence[int], fn: Callable[..., Tensor | None],
              out: Tensor | None = None) -> Tensor | None:
         """One draw ``fn(generator)`` per worker of ``workers`` from its ``kind`` stream, stacked on a new
-        leading axis (or written into ``out``'s rows, when ``fn`` fills the tensor it returns).
+        leading axis (or, given ``out``, ``fn(generator, out[j])`` fills worker j's row of ``out``).
 
         The loop is over workers for the random numbers only, so each worker draws exactly what it
         would draw alone in its own process.
@@ -88,7 +88,7 @@ class Streams:
         for j, w in enumerate(workers):
             if w not in gens:
                 raise ValueError(f"this process holds no {kind} stream for worker {w}")
-            r = fn(gens[w]) if out is None else fn(gens[w], out[j])  # type: ignore[call-arg]
+            r = fn(gens[w]) if out is None else fn(gens[w], out[j])
             parts.append(r)
         if out is not None:
             return out

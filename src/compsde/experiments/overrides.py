@@ -135,7 +135,9 @@ def _follow_switches(out: dict[str, Any], top: set[tuple[str, ...]], per_series:
             keep = keys_of(table.get("name"))
             if keep is not None:
                 _prune(table, keep, top, section)
-    series = out.get("series") if isinstance(out.get("series"), list) else []
+    series = out.get("series")
+    if not isinstance(series, list):
+        series = []
     for i, paths in per_series.items():
         s = series[i]
         heads = {p[0] for p in paths}

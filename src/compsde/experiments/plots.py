@@ -551,7 +551,7 @@ def _mark_diverged(ax: Any, entries: Sequence[tuple[Any, str, str, str]], x_of: 
         steps = np.asarray(r.steps, dtype=np.float64)
         ok = np.isfinite(x)
 
-        def at(step: int | None) -> float:
+        def at(step: int | None, steps: np.ndarray = steps, x: np.ndarray = x, ok: np.ndarray = ok) -> float:
             if step is None or not ok.any():
                 return math.nan
             return float(np.interp(step, steps[ok], x[ok]))
@@ -999,7 +999,7 @@ def weak_order_figure_obj(fits: Sequence[Mapping[str, Any]], title: str) -> Figu
             "fit in log–log; dashed: slope 1 (an order-1 weak approximation)")
     pts = [_fit_points(f) for f in fits]
     lims = []
-    for lr, err in pts:
+    for _lr, err in pts:
         lims.append((float(err.min()) / 2.0, float(err.max()) * 2.0) if err.size else None)
     share = _shared(lims, True)
     all_lim = _union(lims)

@@ -538,7 +538,7 @@ def _run(exp: Experiment, out: Path, models: list[Any], record: RunRecord, *, pr
             t0 = time.perf_counter()
             last = [time.monotonic(), 1]  # time of the last write, logged rows written
 
-            def snapshot(loop: Loop, spec: SeriesSpec = spec, t0: float = t0) -> None:
+            def snapshot(loop: Loop, spec: SeriesSpec = spec, t0: float = t0, last: list[float] = last) -> None:
                 if time.monotonic() - last[0] < SNAPSHOT_SECONDS or len(loop.rec.rows) <= last[1]:
                     return
                 write_metrics([metrics_from_trace(spec, loop.trace(), time.perf_counter() - t0)])

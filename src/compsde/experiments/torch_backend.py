@@ -570,7 +570,7 @@ def _write_outputs(exp: Experiment, out: Path, outcomes: list[SeriesOutcome], *,
 
     results = [runner.metrics_from_trace(spec, o.trace, o.seconds) for spec, o in zip(exp.series, outcomes)]  # type: ignore[arg-type]
     summary = runner.summary_dict(exp, results)
-    for s, o, spec in zip(summary["series"], outcomes, exp.series):
+    for s, o in zip(summary["series"], outcomes):
         extra = {
             # Per worker, step and repetition: comparable with bits_per_worker_per_step / 8.
             "wire_bytes_per_worker_per_step": o.wire_bytes_per_step_per_repeat,

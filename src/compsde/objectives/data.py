@@ -118,8 +118,8 @@ def _stdlib_text() -> bytes:
 
 # ---- file formats -------------------------------------------------------------------------------
 
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_TYPES: dict[int, np.dtype[Any]] = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+                                        0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
 def load_idx(path: str | Path) -> np.ndarray:
@@ -135,7 +135,7 @@ def load_idx(path: str | Path) -> np.ndarray:
             if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES or head[3] == 0:
                 raise ValueError(f"{path}: not an IDX file (header bytes {head.hex() or 'missing'}; expected "
                                  "00 00 ⟨type 08–0e⟩ ⟨dimensions ≥ 1⟩)")
-            dtype, ndim = np.dtype(_IDX_TYPES[head[2]]), head[3]
+            dtype, ndim = _IDX_TYPES[head[2]], head[3]
             raw = fh.read(4 * ndim)
             if len(raw) < 4 * ndim:
                 raise ValueError(f"{path}: IDX header truncated ({ndim} dimensions announced)")
@@ -161,7 +161,7 @@ def _first(folder: Path, *names: str) -> Path:
 
 
 def _idx_folder(folder: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    out = []
+    out: list[Tensor] = []
     for part in ("train", "t10k"):
         img = load_idx(_first(folder, f"{part}-images-idx3-ubyte", f"{part}-images.idx3-ubyte"))
         lab = load_idx(_first(folder, f"{part}-labels-idx1-ubyte", f"{part}-labels.idx1-ubyte"))
@@ -367,11 +367,16 @@ def load(name: str, *, path: str | Path | None = None, test_fraction: float = 0.
     check_number("test_fraction", test_fraction, min=0.0, max=1.0, min_open=True, max_open=True)
     seed = check_seed("seed", seed)
     if kind == "text":
-        data = _stdlib_text() if name == "text" else _text_file(Path(path))
+        if name == "text":
+            data = _stdlib_text()
+        else:
+            assert path is not None  # a file format: refused above without a path
+            data = _text_file(Path(path))
         x, y = text_windows(data, context)
         x, y, xt, yt = _split(x, y, test_fraction, seed)
         return Dataset(name, x, y, xt, yt, 256, kind)
     if name in ("mnist-idx", "cifar10"):
+        assert path is not None  # a file format: refused above without a path
         folder = Path(path)
         if not folder.is_dir():
             raise ValueError(f"path {str(path)!r}: no such folder (dataset {name!r} reads a folder)")
@@ -414,7 +419,7 @@ def worker_shards(labels: Tensor, workers: int, *, split: str = "iid", alpha: fl
     if split == "iid":
         return [s.sort().values for s in torch.randperm(n, generator=g).tensor_split(workers)]
     check_number("alpha", alpha, min=0.0, min_open=True, max=1e6)
-    rng = np.random.default_rng(torch.randint(2**62, (1,), generator=g).item())
+    rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=g).item()))
     parts: list[list[Tensor]] = [[] for _ in range(workers)]
     for c in labels.unique().tolist():
         idx = (labels == c).nonzero().view(-1)

@@ -151,7 +151,7 @@ class NetworkOracle(GradientOracle):
         self.x_test, self.y_test = self._input(data.x_test), data.y_test.to(self.device)
         self.scales = noise.worker_scales(workers) / math.sqrt(batch) if noise.active else None
         self._x0 = self.flat.flatten(dict(self.model.named_parameters())).detach().clone()
-        self.problem = self  # what experiments show as the problem
+        self.problem: NetworkOracle | Network = self  # what experiments show as the problem
 
     def _input(self, x: Tensor) -> Tensor:
         return (x.to(self.dtype) if x.is_floating_point() else x).to(self.device)
@@ -224,6 +224,7 @@ class NetworkOracle(GradientOracle):
         workers = list(workers)
         b = self.batch
         u = streams.draw("noise", workers, lambda g: torch.rand(rows, b, generator=g, dtype=torch.float64))
+        assert u is not None  # one draw per worker, and a step's chunk holds at least one worker
         ws = torch.tensor(workers)
         pos = (u * self.sizes[ws].view(-1, 1, 1)).long().clamp_max_(self.sizes[ws].long().view(-1, 1, 1) - 1)
         idx = self.shard_table[pos + self.offsets[ws].view(-1, 1, 1)]
@@ -399,7 +400,7 @@ class Network:
 class MLPNetwork(Network):
     name = "mlp"
 
-    def __init__(self, dataset: str = "digits", hidden: list | int = (64,), path: str | None = None,
+    def __init__(self, dataset: str = "digits", hidden: tuple[int, ...] | list[int] | int = (64,), path: str | None = None,
                  test_fraction: float = 0.2, split: str = "iid", alpha: float = 1.0, eval_samples: int = 512,
                  sde_samples: int = 64, seed: int = 0, samples: int = 2000, features: int = 20,
                  classes: int = 10) -> None:

@@ -42,6 +42,10 @@ class GradientOracle:
     ``noise_factors`` and ``sign_means``. ``Oracle`` (a problem with a noise model) and
     ``compsde.objectives.network.NetworkOracle`` (a network on data) implement it."""
 
+    workers: int
+    batch: int
+    noise: Noise
+
     def evaluate(self, x: Tensor) -> dict[str, Tensor]:
         """Further metrics at the iterates x (R, d), each of shape (R,)."""
         return {}

@@ -422,10 +422,13 @@ def validate(sol: Solution, *, dim: int = 20, scale: float = 1.0, repeats: int =
         opt = float(tr.loss[keep].mean())
         model = models.from_algorithm(oracle, algo, eta)
         acc: list[float] = []
+
+        def observe(i: int, z: torch.Tensor, acc: list[float] = acc, model: models.SDEModel = model, half: int = steps // 2) -> None:
+            if i >= half:
+                acc.append(float(prob.loss(model.params(z)).mean()))
+
         integrate(model, torch.zeros(paths or repeats, dim, dtype=torch.float64), t1=steps * eta, dt=eta,
-                  generator=generator(seed, SDE),
-                  observe=lambda i, z: acc.append(float(prob.loss(model.params(z)).mean())) if i >= steps // 2 else None,
-                  observe_every=log_every)
+                  generator=generator(seed, SDE), observe=observe, observe_every=log_every)
         theory_hp = {**hp, "omega": omega}
         betas = ",".join(f"{k[0]}{k[-1]}={algo.hyper[k]:g}" for k in ("beta1", "beta2") if k in algo.hyper)
         rows.append({"setting": setting, "label": f"{algo.name}({betas})" if algo.hyper else algo.label(),

@@ -98,6 +98,7 @@ class InProcessExchange(Exchange):
         self._total: Tensor | None = None
 
     def put(self, out: WorkersOut, workers: Sequence[int], rnd: Tensor | None) -> None:
+        assert out.messages is not None  # an exchange without payloads always gets the decoded messages
         self._total = sum_messages(out.messages, self._total)
 
     def total(self, draws: Any) -> Tensor:
