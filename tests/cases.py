@@ -24,6 +24,7 @@ CASES = [
     ("ef", {"compressor": "scaled-sign", "server": {"momentum": 0.5, "nesterov": True}}),
     ("dsgd", {"server": {"momentum": 0.9, "nesterov": True, "weight_decay": 0.1}}),
     ("signsgd", {}),
+    ("signum", {"beta": 0.8}),
     ("rmsprop", {"weight_decay": 0.01}),
     ("rmspropw", {"beta2": 0.9}),
     ("adam", {"beta1": 0.8, "weight_decay": 0.01}),

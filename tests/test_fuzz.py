@@ -21,7 +21,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from compsde import algorithms, compressors
+from compsde import algorithms, compressors, optimizers
 from compsde.algorithms.schedules import Schedule
 from compsde.objectives import Noise, Oracle, problems
 from compsde.sde import scaling
@@ -173,20 +173,21 @@ def test_fuzz_algorithms_make(name, compressor, side, key, value, normalize):
     expect(out, call, valid, ("algorithm", "compressor", key, side, "normalize", "momentum", "implies"))
 
 
-OPTIMIZER_VALID = {"beta1": lambda v: is_num(v, 0.0, 1.0, hi_open=True), "beta2": lambda v: is_num(v, 0.0, 1.0, hi_open=True),
+OPTIMIZER_VALID = {"beta": lambda v: is_num(v, 0.0, 1.0, hi_open=True), "beta1": lambda v: is_num(v, 0.0, 1.0, hi_open=True), "beta2": lambda v: is_num(v, 0.0, 1.0, hi_open=True),
                    "eps": lambda v: is_num(v, 0.0, lo_open=True), "weight_decay": lambda v: is_num(v, 0.0),
                    "rho": lambda v: is_num(v, 0.0, lo_open=True)}
 
 
 @FUZZ
-@given(name=st.one_of(st.sampled_from(algorithms.OPTIMIZERS), ANY), key=st.sampled_from(sorted(OPTIMIZER_VALID)),
+@given(name=st.one_of(st.sampled_from(optimizers.names()), ANY), key=st.sampled_from(sorted(OPTIMIZER_VALID)),
        value=st.one_of(st.floats(0.0, 0.999), ANY), workers=st.sampled_from([1, 2]), sde=st.booleans())
 def test_fuzz_single_node_optimizers_and_their_sdes(name, key, value, workers, sde):
     """Every optimizer with every hyperparameter (those it does not take must be refused by name), one
     step in the simulator on a quadratic or a game, and its SDE."""
     out = Outcome("optimizers (make, simulate, SDE)")
-    known = isinstance(name, str) and name in algorithms.OPTIMIZERS
-    valid = known and key in algorithms.OPTIMIZER_KEYS[name] and OPTIMIZER_VALID[key](value)
+    known = isinstance(name, str) and name in optimizers.REGISTRY
+    # None is "not given" (the default) for every hyperparameter keyword of make
+    valid = known and (value is None or key in optimizers.get(name).keys and OPTIMIZER_VALID[key](value))
 
     def call() -> None:
         a = algorithms.make(name, **{key: value})

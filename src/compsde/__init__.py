@@ -10,6 +10,8 @@ The public API (see the README's Python section)::
 * ``optim`` — gradient transformations with state (momentum, weight decay, normalisation);
 * ``algorithms`` — distributed algorithms (one step: workers' half, exchange, server's half) and
   learning-rate schedules;
+* ``optimizers`` — the named optimizers' recipes (SignSGD, Signum, RMSprop, Adam, SAM, game methods), one
+  file each: hyperparameters, transforms, plain forms and SDE models;
 * ``objectives`` — gradient oracles: problems, noise models, data loaders;
 * ``sim`` — N simulated workers × R repetitions (``simulate``) and the reference loop;
 * ``sde`` — SDE models, integrators, tracking, scaling rules;
@@ -24,11 +26,11 @@ try:
 except _metadata.PackageNotFoundError:  # a source tree that is not installed
     __version__ = "0+unknown"
 
-from compsde import algorithms, compressors, objectives, optim, sde, sim  # noqa: E402
+from compsde import algorithms, compressors, objectives, optim, optimizers, sde, sim  # noqa: E402
 from compsde.algorithms.schedules import Schedule  # noqa: E402
 from compsde.objectives import Noise, Oracle, problems  # noqa: E402
 from compsde.sde import simulate_sde, tracking_error  # noqa: E402
 from compsde.sim import simulate, simulate_reference  # noqa: E402
 
-__all__ = ["Noise", "Oracle", "Schedule", "__version__", "algorithms", "compressors", "objectives", "optim", "problems",
+__all__ = ["Noise", "Oracle", "Schedule", "__version__", "algorithms", "compressors", "objectives", "optim", "optimizers", "problems",
            "sde", "sim", "simulate", "simulate_reference", "simulate_sde", "tracking_error"]

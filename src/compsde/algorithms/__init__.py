@@ -15,21 +15,11 @@ the workers' side (before compression) and on the server's side (after aggregati
                          (``server`` transform, ``outer_lr``) applied to their mean (DiLoCo: Nesterov)
 * ``local-adamw``        the same with AdamW as the inner optimizer (``worker.weight_decay``)
 
-Single-node optimizers (``OPTIMIZERS``; with N workers they average the workers' gradients, data
-parallel, and step once on the mean — the server's transform):
-
-* ``signsgd``            x ← x − η sign(ḡ)                                 (Bernstein et al. 2018)
-* ``rmsprop``            v ← β₂v + (1 − β₂)ḡ², x ← x − η ḡ/(√v + ε)          (coupled weight decay)
-* ``rmspropw``           the same with decoupled weight decay x ← x − η(· + λx)
-* ``adam`` / ``adamw``   Adam with bias corrections, coupled / decoupled weight decay (torch.optim)
-* ``sam`` / ``usam``     x ← x − η ḡ(x + ρ g/‖g‖) / ḡ(x + ρ g): each worker probes with its own
-                         gradient and the step's one sample (``compsde.algorithms.algorithm``)
-* ``sgda``               z ← z − η F_γ(z) on a game's vector field F = (∇ₓf, −∇ᵧf)
-* ``seg``                extragradient z ← z − η F_γ(z − ρ F_γ(z)), ρ = η unless given
-* ``shgd``               z ← z − η J_γᵀ F_γ: gradient descent on the Hamiltonian ½‖F_γ‖²
-
-Their hyperparameters (``beta1``, ``beta2``, ``eps``, ``weight_decay``, ``rho``; ``OPTIMIZER_KEYS`` says
-which each takes, ``OPTIMIZER_DEFAULTS`` their defaults, torch.optim's) are keywords of ``make``.
+Named optimizers (``compsde.optimizers``, one recipe file each: ``signsgd``, ``signum``, ``rmsprop``,
+``rmspropw``, ``adam``, ``adamw``, ``sam``, ``usam``, ``sgda``, ``seg``, ``shgd``): with N workers the
+single-node ones average the workers' gradients (data parallel) and step once on the mean; Signum votes.
+Their hyperparameters (``Optimizer.hypers``: ``beta``, ``beta1``, ``beta2``, ``eps``, ``weight_decay``,
+``rho``) are keywords of ``make``.
 
 Options of every recipe: ``worker`` / ``server`` — a ``compsde.optim.Transform`` or a dict with
 ``momentum`` (β), ``nesterov`` (bool) and ``weight_decay`` (decoupled λ) — and ``normalize`` (the
@@ -46,23 +36,25 @@ from typing import Any
 
 from compsde import compressors
 from compsde.algorithms.algorithm import Algorithm, WorkersOut
+from compsde.algorithms.optimizer import Hyper, Optimizer
 from compsde.algorithms.sync import SyncSchedule
 from compsde.compressors import Compressor
-from compsde.core.checks import check_bool, check_number, describe
-from compsde.optim import Transform, adam, add_decayed_weights, chain, momentum, normalize, rmsprop, sign
+from compsde.core.checks import check_bool, describe
+from compsde.optim import Transform, adam, add_decayed_weights, chain, momentum, normalize
 
-__all__ = ["ALGORITHM_NAMES", "Algorithm", "OPTIMIZERS", "OPTIMIZER_DEFAULTS", "OPTIMIZER_KEYS", "TRANSFORM_KEYS", "WorkersOut", "default_compressor", "implied_compressor", "is_local", "make", "names",
-           "transform_from"]
+__all__ = ["TRANSFORM_KEYS", "Algorithm", "Hyper", "Optimizer", "WorkersOut", "default_compressor",
+           "implied_compressor", "is_local", "make", "names", "transform_from"]
 
 
 @dataclass(frozen=True)
 class _Recipe:
+    """A distributed method: what ``make`` builds around the compressor."""
+
     compressor: str | None  # implied compressor, or None if the user must choose one
     aggregation: str
     error_feedback: bool
     display: str  # the name in plot labels
     inner: str | None = None  # local methods: the inner optimizer ("sgd" or "adamw")
-    probe: str | None = None  # several gradient evaluations per step (``PROBES``)
 
 
 _RECIPES: dict[str, _Recipe] = {
@@ -73,46 +65,28 @@ _RECIPES: dict[str, _Recipe] = {
     "ef": _Recipe(None, "mean", True, "EF"),
     "local-sgd": _Recipe(None, "mean", False, "Local SGD", inner="sgd"),
     "local-adamw": _Recipe(None, "mean", False, "Local AdamW", inner="adamw"),
-    "signsgd": _Recipe("identity", "mean", False, "SignSGD"),
-    "rmsprop": _Recipe("identity", "mean", False, "RMSprop"),
-    "rmspropw": _Recipe("identity", "mean", False, "RMSpropW"),
-    "adam": _Recipe("identity", "mean", False, "Adam"),
-    "adamw": _Recipe("identity", "mean", False, "AdamW"),
-    "sam": _Recipe("identity", "mean", False, "SAM", probe="sam"),
-    "usam": _Recipe("identity", "mean", False, "USAM", probe="usam"),
-    "sgda": _Recipe("identity", "mean", False, "SGDA"),
-    "seg": _Recipe("identity", "mean", False, "SEG", probe="seg"),
-    "shgd": _Recipe("identity", "mean", False, "SHGD", probe="shgd"),
 }
-#: The hyperparameters each single-node optimizer takes (``make`` keywords, config keys).
-OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {
-    "signsgd": (), "rmsprop": ("beta2", "eps", "weight_decay"), "rmspropw": ("beta2", "eps", "weight_decay"),
-    "adam": ("beta1", "beta2", "eps", "weight_decay"), "adamw": ("beta1", "beta2", "eps", "weight_decay"),
-    "sam": ("rho",), "usam": ("rho",), "sgda": (), "seg": ("rho",), "shgd": (),
-}
-OPTIMIZERS = tuple(OPTIMIZER_KEYS)
-#: Their defaults (torch.optim's; SAM's ρ = 0.05 from Foret et al. 2021; SEG's ρ = η_k when not given).
-OPTIMIZER_DEFAULTS: dict[str, dict[str, float | None]] = {
-    "rmsprop": {"beta2": 0.99, "eps": 1e-8, "weight_decay": 0.0}, "rmspropw": {"beta2": 0.99, "eps": 1e-8, "weight_decay": 0.01},
-    "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
-    "adamw": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
-    "sam": {"rho": 0.05}, "usam": {"rho": 0.05}, "seg": {"rho": None},
-}
-#: Methods whose transforms are fixed by the recipe (no ``worker`` / ``server`` / ``normalize``).
-_ADAPTIVE = ("signsgd", "rmsprop", "rmspropw", "adam", "adamw")
-ALGORITHM_NAMES = tuple(_RECIPES)
 #: The keys of a ``worker`` / ``server`` transform given as a dict (config tables and ``make``).
 TRANSFORM_KEYS = ("momentum", "nesterov", "weight_decay")
 
 
+def _optimizers() -> dict[str, Optimizer]:
+    from compsde.optimizers import REGISTRY  # the recipes import the SDE models, which import this package
+
+    return REGISTRY
+
+
 def names() -> list[str]:
-    return list(_RECIPES)
+    return [*_RECIPES, *_optimizers()]
 
 
 def _recipe(name: Any) -> _Recipe:
-    if not isinstance(name, str) or name not in _RECIPES:
-        raise ValueError(f"unknown algorithm {describe(name)}; valid algorithms: {', '.join(_RECIPES)}")
-    return _RECIPES[name]
+    if isinstance(name, str) and name in _RECIPES:
+        return _RECIPES[name]
+    opt = _optimizers().get(name) if isinstance(name, str) else None
+    if opt is None:
+        raise ValueError(f"unknown algorithm {describe(name)}; valid algorithms: {', '.join(names())}")
+    return _Recipe(opt.compressor, opt.aggregation, False, opt.display)
 
 
 def implied_compressor(name: str) -> str | None:
@@ -164,20 +138,26 @@ def transform_from(spec: Transform | Mapping[str, Any] | None, side: str, *, nor
 def make(name: str, compressor: str | Compressor | None = None, *, normalize: bool = False,
          worker: Transform | Mapping[str, Any] | None = None, server: Transform | Mapping[str, Any] | None = None,
          sync: SyncSchedule | None = None, outer_lr: float = 1.0, error_feedback: bool = False,
-         average_state: bool = False, beta1: float | None = None, beta2: float | None = None,
-         eps: float | None = None, weight_decay: float | None = None, rho: float | None = None,
-         **compressor_params: Any) -> Algorithm:
+         average_state: bool = False, **params: Any) -> Algorithm:
     """Build an algorithm by name (see module doc).
 
     ``dsgd`` implies ``identity`` and ``dsignsgd*`` imply ``sign`` (the compressor may then be omitted
-    or given as that name or object); ``dcsgd`` and ``ef`` need one. Compressor parameters (``k``,
-    ``ratio``, ``levels``, ``shared``) go to the compressor.
+    or given as that name or object); ``dcsgd`` and ``ef`` need one. ``params`` are the optimizer's
+    hyperparameters (``beta1``, ``rho``, …: ``compsde.optimizers``) and the compressor's parameters
+    (``k``, ``ratio``, ``levels``, ``shared``).
     """
     recipe = _recipe(name)
-    given = {k: v for k, v in (("beta1", beta1), ("beta2", beta2), ("eps", eps), ("weight_decay", weight_decay),
-                               ("rho", rho)) if v is not None}
-    hyper = _optimizer_hyper(name, given)
-    if name in _ADAPTIVE and (worker is not None or server is not None or normalize):
+    opt = _optimizers().get(name)
+    every = {k for o in _optimizers().values() for k in o.keys}
+    given = {k: v for k in sorted(every & set(params)) if (v := params.pop(k)) is not None}  # None: the default
+    compressor_params = params
+    if opt is None and given:
+        key = next(iter(given))
+        takers = [o.name for o in _optimizers().values() if key in o.keys]
+        raise ValueError(f"algorithm {name!r} does not take {key} (value {describe(given[key])}); it is a "
+                         f"hyperparameter of {', '.join(takers)}")
+    hyper = opt.hyper(given) if opt is not None else {}
+    if opt is not None and not opt.takes_transforms and (worker is not None or server is not None or normalize):
         raise ValueError(f"{name!r} is a complete optimizer: worker, server and normalize do not apply (build "
                          "other combinations with make('dsgd', server=compsde.optim.chain(...)))")
     check_bool("normalize", normalize)
@@ -213,46 +193,14 @@ def make(name: str, compressor: str | Compressor | None = None, *, normalize: bo
                          "(use dcsgd or ef for other compressors)")
     if normalize and recipe.error_feedback:
         raise ValueError("normalize = true is not defined for algorithm 'ef' (the step size is inside the compressed message)")
-    inner = transform_from(worker, "worker")
-    server_t = _adaptive(name, hyper) if name in _ADAPTIVE else transform_from(server, "server", normalize_last=normalize)
+    inner = opt.worker(hyper) if opt is not None and opt.worker is not None else transform_from(worker, "worker")
+    server_t = (opt.server(hyper) if opt is not None and opt.server is not None
+                else transform_from(server, "server", normalize_last=normalize))
     if recipe.inner == "adamw":
         if isinstance(worker, Mapping) and worker.get("momentum", 0.0):
             raise ValueError("local-adamw's inner optimizer is AdamW (β₁ = 0.9, β₂ = 0.999): worker.momentum does not apply")
         decay = worker.get("weight_decay", 0.0) if isinstance(worker, Mapping) else 0.0
         inner = chain(adam(), add_decayed_weights(decay)) if decay else adam()
     return Algorithm(name, comp, recipe.aggregation, recipe.error_feedback or error_feedback, inner, server_t,
-                     sync=sync, outer_lr=outer_lr, average_state=average_state, probe=recipe.probe,
+                     sync=sync, outer_lr=outer_lr, average_state=average_state, optimizer=opt,
                      hyper={k: v for k, v in hyper.items() if v is not None})
-
-
-def _optimizer_hyper(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
-    """The optimizer's hyperparameters: ``given`` checked against ``OPTIMIZER_KEYS`` and completed with
-    the defaults; β in [0, 1), ε > 0, λ ≥ 0, ρ > 0."""
-    keys = OPTIMIZER_KEYS.get(name, ())
-    bad = sorted(set(given) - set(keys))
-    if bad:
-        takes = f"it takes {', '.join(keys)}" if keys else "it takes none of beta1, beta2, eps, weight_decay, rho"
-        raise ValueError(f"algorithm {name!r} does not take {', '.join(bad)} (value {describe(given[bad[0]])}); {takes}")
-    out = {**OPTIMIZER_DEFAULTS.get(name, {}), **given}
-    for k, v in out.items():
-        if v is None:
-            continue
-        if k in ("beta1", "beta2"):
-            out[k] = check_number(k, v, min=0.0, max=1.0, max_open=True)
-        elif k == "weight_decay":
-            out[k] = check_number(k, v, min=0.0)
-        else:
-            out[k] = check_number(k, v, min=0.0, min_open=True)
-    return out
-
-
-def _adaptive(name: str, h: Mapping[str, float]) -> Transform:
-    """The server transform of signsgd, rmsprop(w) and adam(w): coupled weight decay before the adaptive
-    transform (it enters the moments), decoupled after it."""
-    if name == "signsgd":
-        return sign()
-    core = adam(h["beta1"], h["beta2"], h["eps"]) if name.startswith("adam") else rmsprop(h["beta2"], h["eps"])
-    if not h["weight_decay"]:
-        return core
-    decay = add_decayed_weights(h["weight_decay"])
-    return chain(core, decay) if name.endswith("w") else chain(decay, core)

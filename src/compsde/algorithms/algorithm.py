@@ -46,16 +46,14 @@ import torch
 from torch import Tensor
 
 from compsde.algorithms.aggregation import AGGREGATIONS, aggregate_sum
+from compsde.algorithms.optimizer import Optimizer
 from compsde.algorithms.sync import SyncSchedule
 from compsde.compressors import Compressor, Payload
 from compsde.core.checks import check_bool, check_choice, check_number
 from compsde.core.streams import Streams
 from compsde.optim import Transform, identity
 
-__all__ = ["Algorithm", "PROBES", "WorkersOut"]
-
-#: The multi-evaluation steps (see module doc); the first three move to a probe point x ± ρ·(·).
-PROBES = ("sam", "usam", "seg", "shgd")
+__all__ = ["Algorithm", "WorkersOut"]
 
 
 class WorkersOut(NamedTuple):
@@ -82,10 +80,11 @@ class Algorithm:
     outer_lr: float = 1.0
     #: local methods: also average the inner optimizer's state (momentum, Adam's moments) at each round
     average_state: bool = False
-    #: several gradient evaluations per step (``PROBES``)
-    probe: str | None = None
-    #: the optimizer's hyperparameters by name (beta1, beta2, eps, weight_decay, rho), for labels and
-    #: SDE models; the transforms hold the same values, and ``rho`` is the probe's radius
+    #: the named optimizer's recipe (``compsde.optimizers``): its probe, plain form and SDE; None for the
+    #: distributed methods, whose SDEs follow from their structure
+    optimizer: Optimizer | None = None
+    #: the optimizer's hyperparameters by name (``Optimizer.hypers``), for labels and SDE models; the
+    #: transforms hold the same values, and ``rho`` is a probe's radius
     hyper: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -106,18 +105,21 @@ class Algorithm:
         if self.sync is None and (self.outer_lr != 1.0 or self.average_state):
             raise ValueError("outer_lr and average_state apply to local methods (local-sgd, local-adamw) only")
         check_bool("average_state", self.average_state)
-        if self.probe is not None:
-            check_choice("probe", self.probe, PROBES)
-            if self.local:
-                raise ValueError(f"probe {self.probe!r} is not defined for a local method")
-        if self.rho is not None:
-            if self.probe not in ("sam", "usam", "seg"):
-                raise ValueError(f"rho is the radius of a probe step (sam, usam, seg), not of {self.probe or self.name!r}")
-            check_number("rho", self.rho, min=0.0, min_open=True)
-        elif self.probe in ("sam", "usam"):
-            raise ValueError(f"probe {self.probe!r} needs its radius rho > 0")
+        if self.optimizer is not None:
+            if not isinstance(self.optimizer, Optimizer):
+                raise ValueError(f"optimizer must be a compsde.algorithms.Optimizer, got {self.optimizer!r}")
+            if self.local and self.optimizer.probes():
+                raise ValueError(f"{self.optimizer.name!r} probes: it is not defined for a local method")
+            self.optimizer.hyper(self.hyper)  # the names and ranges of the hyperparameters
+        elif self.hyper:
+            raise ValueError(f"hyper {self.hyper!r} needs the optimizer that takes it (optimizer=...)")
 
     # ---- properties ---------------------------------------------------------------------------
+    @property
+    def probe(self) -> str | None:
+        """The optimizer's name when its step evaluates the gradient more than once (SAM, SEG, …), else None."""
+        return self.optimizer.name if self.optimizer is not None and self.optimizer.probes() else None
+
     @property
     def rho(self) -> float | None:
         """The probe's radius ρ (None for SEG without one: it then probes with η_k)."""
@@ -181,24 +183,22 @@ class Algorithm:
             return None
         if c.shared_randomness:
             return c.draw((1, rows), d, streams.shared, dtype)
-        return streams.draw("compressor", workers, lambda g: c.draw((1, rows), d, g, dtype)[0])
+
+        def one(g: torch.Generator) -> Tensor:
+            r = c.draw((1, rows), d, g, dtype)
+            assert r is not None  # a randomized compressor draws
+            return r[0]
+
+        return streams.draw("compressor", workers, one)
 
     def evaluate(self, grad: Callable[[Tensor], Tensor], params: Tensor, lr: float = 0.0) -> Tensor:
         """The workers' gradients for this step from ``grad`` (params (R, d) shared or (n, R, d) one
         point per worker → (n, R, d), every call with this step's sample: the same noise or minibatch):
         one evaluation at the iterate, or the probe's (module doc; ``lr`` is η_k, SEG's default radius)."""
         g = grad(params)
-        if self.probe is None:
+        if self.optimizer is None or self.optimizer.evaluate is None:
             return g
-        if self.probe == "shgd":  # J_iᵀ g_i: a reverse pass through the field at each worker's own copy of x
-            field, pullback = torch.func.vjp(grad, params.detach().expand(g.shape))
-            return pullback(field)[0]
-        rho = self.rho if self.rho is not None else lr
-        if self.probe == "sam":
-            step = g / g.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
-        else:
-            step = g
-        return grad(params + (-rho if self.probe == "seg" else rho) * step)
+        return self.optimizer.evaluate(grad, params, g, lr, self.hyper)
 
     def workers_step(self, grads: Tensor | Callable[[Tensor], Tensor], state: dict[str, Any], params: Tensor | None,
                      lr: float, rnd: Tensor | None, *, encode: bool = False, messages: bool = True) -> WorkersOut:
@@ -237,6 +237,7 @@ class Algorithm:
         elif messages or self.error_feedback:
             m = self.compressor.decode(payload, rnd)
         if self.error_feedback:
+            assert m is not None  # decoded above: error feedback needs the messages
             ef = u - m  # e ← v − C(v): stays on its worker
         return WorkersOut(u, m, payload, {"worker": worker_state, "ef": ef})
 
@@ -280,6 +281,9 @@ class Algorithm:
         from compsde.algorithms.aggregation import sum_messages
 
         n = grads.shape[0] if isinstance(grads, Tensor) else workers
+        if n is None:
+            raise ValueError("unit_update with a gradient function needs workers = N")
         out = self.workers_step(grads, {"worker": None, "ef": None}, params, lr, rnd)
+        assert out.messages is not None  # messages=True
         d, _ = self.direction(sum_messages(out.messages), n, None, None)
         return 1.0 * d

@@ -28,7 +28,7 @@ Schema (unknown keys and wrong types are refused with the valid keys/types)::
                 average_state (the inner optimizer's state averaged too), for the single-node optimizers
                 (signsgd, rmsprop, rmspropw, adam, adamw, sam, usam, sgda, seg, shgd) their
                 hyperparameters beta1, beta2, eps, weight_decay, rho as each takes them
-                (``compsde.algorithms.OPTIMIZER_KEYS``), steps (a series may run longer than [run] steps), and
+                (``compsde.optimizers``), steps (a series may run longer than [run] steps), and
                 inline tables problem = {...} / noise = {...} overriding [problem] / [noise].
 
 Keys that do not apply are refused, not ignored: a compressor parameter the compressor does not take,
@@ -59,7 +59,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from compsde import algorithms, compressors
+from compsde import algorithms, compressors, optimizers
 from compsde.algorithms import schedules
 from compsde.algorithms.schedules import SCHEDULE_NAMES
 from compsde.algorithms.sync import SYNC_NAMES, SYNC_PARAMS, SyncSchedule
@@ -271,8 +271,13 @@ def problem_keys(name: str) -> tuple[str, ...]:
     return ("name", *_signature_params(problems.problem_class(name)))
 
 
-#: The single-node optimizers' hyperparameters (``compsde.algorithms.OPTIMIZER_KEYS`` says which takes which).
-OPTIMIZER_KEYS = ("beta1", "beta2", "eps", "weight_decay", "rho")
+#: The named optimizers' hyperparameters (``optimizer_keys`` says which takes which).
+OPTIMIZER_KEYS = optimizers.hyper_keys()
+
+
+def optimizer_keys(method: str) -> tuple[str, ...]:
+    """The hyperparameters method ``method`` takes, in its recipe's order (none for a distributed method)."""
+    return optimizers.get(method).keys if method in optimizers.REGISTRY else ()
 
 
 def label_keys() -> frozenset[str]:
@@ -454,7 +459,7 @@ def derive_label(s: Mapping[str, Any]) -> str:
         extra = ",".join(f"{k}={_fmt(s[k])}" for k in (*SYNC_PARAMS[s["sync"]], "outer_lr")
                          if k in s and k != "warmup_steps" and s[k] != defaults[k])  # warm-up: in the schedule's part
         parts.append(f"{s['sync']}({extra})" if extra else s["sync"])
-    hyper = ",".join(f"{k}={_fmt(s[k])}" for k in OPTIMIZER_KEYS if k in s)
+    hyper = ",".join(f"{k}={_fmt(s[k])}" for k in optimizer_keys(s["method"]) if k in s)
     if hyper:
         parts.append(f"({hyper})")
     if s.get("error_feedback"):
@@ -485,10 +490,10 @@ def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mappi
     where = f"series.{i}"
     s = _check_table(raw, f"[[series]] {i}")
     if "method" not in s:
-        raise ValueError(f"{where}: missing required key 'method'; valid methods: {', '.join(algorithms.ALGORITHM_NAMES)}")
+        raise ValueError(f"{where}: missing required key 'method'; valid methods: {', '.join(algorithms.names())}")
     method = s["method"]
-    if not isinstance(method, str) or method not in algorithms.ALGORITHM_NAMES:
-        raise ValueError(f"{where}.method: unknown method {describe(method)}; valid methods: {', '.join(algorithms.ALGORITHM_NAMES)}")
+    if not isinstance(method, str) or method not in algorithms.names():
+        raise ValueError(f"{where}.method: unknown method {describe(method)}; valid methods: {', '.join(algorithms.names())}")
     implied = algorithms.default_compressor(method)
     comp = s.get("compressor", implied)
     if comp is None:
@@ -511,7 +516,7 @@ def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mappi
     if sync_name == "qsr" and sched == "poly" and "power" in s:
         raise ValueError(f"{where}.power is ambiguous with sync = 'qsr' and schedule = 'poly' (both take a power); "
                          "use another learning-rate schedule, or QSR's default power 2")
-    opt_keys = list(algorithms.OPTIMIZER_KEYS.get(method, ()))
+    opt_keys = list(optimizer_keys(method))
     valid = [*_SERIES_BASE, *cspec, *sched_keys, *local_keys, *opt_keys]
     for k, v in s.items():
         if k in valid:

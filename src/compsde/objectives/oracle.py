@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,6 +46,47 @@ class GradientOracle:
     workers: int
     batch: int
     noise: Noise
+    dim: int
+    dtype: torch.dtype
+    device: torch.device
+    #: per-worker noise scales σ_i/√B (N,), or None without injected noise
+    scales: Tensor | None
+    #: what the gradients are of: a ``Problem`` (its Jacobian products serve the probe SDEs), or a network
+    problem: Any
+
+    def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> GradientOracle:
+        raise NotImplementedError
+
+    def x0(self) -> Tensor:
+        raise NotImplementedError
+
+    def loss(self, x: Tensor) -> Tensor:
+        """f(x) − f* (a problem) or the loss (a network) at the iterates x (R, d), shape (R,)."""
+        raise NotImplementedError
+
+    def grad(self, x: Tensor) -> Tensor:
+        """∇f at the iterates x (R, d)."""
+        raise NotImplementedError
+
+    def sample(self, streams: Streams, workers: Sequence[int], rows: int, out: Tensor | None = None) -> Any:
+        """This step's draw for ``workers`` (noise or minibatches), from their own streams."""
+        raise NotImplementedError
+
+    def grads(self, x: Tensor, lo: int, hi: int, sample: Any, *, keep_sample: bool = False) -> Tensor:
+        """Workers lo..hi−1's stochastic gradients at x with this step's ``sample``, (hi − lo, R, d)."""
+        raise NotImplementedError
+
+    def grad_fn(self, lo: int, hi: int, sample: Any) -> Callable[[Tensor], Tensor]:
+        """``grads`` as a function of the point, with the sample fixed (a probe evaluates it again)."""
+        raise NotImplementedError
+
+    def mean_grads(self, x: Tensor) -> Tensor:
+        """The workers' exact gradients E g_i at x (M, d), (N, M, d)."""
+        raise NotImplementedError
+
+    def sign_means(self, x: Tensor) -> Tensor:
+        """E sign(g_i(x)) per coordinate, (N, M, d)."""
+        raise NotImplementedError
 
     def evaluate(self, x: Tensor) -> dict[str, Tensor]:
         """Further metrics at the iterates x (R, d), each of shape (R,)."""
@@ -96,6 +138,7 @@ class Oracle(GradientOracle):
         self.dtype = dtype
         self.device = torch.device(device)
         self.problem = problem.to(dtype, self.device) if (dtype != problem.dtype or self.device.type != "cpu") else problem
+        self.dim = self.problem.dim
         #: σ_i/√B per worker (float64, CPU), None without noise.
         self.scales = noise.worker_scales(workers) / math.sqrt(batch) if noise.active else None
 
@@ -104,10 +147,6 @@ class Oracle(GradientOracle):
         return Oracle(self.base_problem, self.noise, workers=self.workers, batch=self.batch, dtype=dtype, device=device)
 
     # ---- the problem ----------------------------------------------------------------------------
-    @property
-    def dim(self) -> int:
-        return self.problem.dim
-
     @property
     def name(self) -> str:
         return self.problem.name

@@ -97,8 +97,9 @@ class SDEModel:
 
     @classmethod
     def applies(cls, algorithm: Algorithm) -> bool:
-        """Whether this model is the SDE of ``algorithm``."""
-        raise NotImplementedError
+        """Whether this model is the SDE of ``algorithm`` by its structure (compressor, aggregation, no
+        state): the ``MODELS`` registry. A named optimizer's own model is chosen by its recipe instead."""
+        return False
 
     @property
     def state_dim(self) -> int:
@@ -160,6 +161,7 @@ class SDEModel:
         noise = xi[:, :d].mul_(math.sqrt(var))
         if self.rank:
             f = o.noise_factors(x)
+            assert f is not None  # rank > 0: the oracle has factors
             diag = diag + f.square().sum(2).sum(0) / n**2
             noise = noise + _factor_noise(f, xi[:, d:], 1.0 / n)
         return diag, noise
@@ -198,8 +200,9 @@ class DSGDSDE(SDEModel):
         o = self.oracle_as(x)
         if not self.rank:
             return o.grad(x), xi.mul_(self.std)
-        d = self.dim
-        noise = xi[:, :d].mul_(self.std).add_(_factor_noise(o.noise_factors(x), xi[:, d:], 1.0 / self.workers))
+        d, f = self.dim, o.noise_factors(x)
+        assert f is not None  # rank > 0: the oracle has factors
+        noise = xi[:, :d].mul_(self.std).add_(_factor_noise(f, xi[:, d:], 1.0 / self.workers))
         return o.mean_grads(x).mean(0), noise
 
 
@@ -301,10 +304,6 @@ class SignSGDSDE(SDEModel):
     """
 
     @classmethod
-    def applies(cls, algorithm: Algorithm) -> bool:
-        return _single(algorithm, "signsgd")
-
-    @classmethod
     def fits(cls, oracle: GradientOracle, algorithm: Algorithm) -> bool:
         return oracle.workers == 1 or oracle.noise.name != "student-t"
 
@@ -350,20 +349,20 @@ class AdaptiveSDE(SDEModel):
     """
 
     noise_type = "diagonal"
-
-    @classmethod
-    def applies(cls, algorithm: Algorithm) -> bool:
-        return any(_single(algorithm, n) for n in ("rmsprop", "rmspropw", "adam", "adamw"))
+    #: the recipe's variant (``compsde.optimizers.adam`` / ``rmsprop`` subclass this): Adam's first moment
+    #: and bias corrections, and whether the weight decay is decoupled (AdamW, RMSpropW)
+    first_moment: ClassVar[bool] = False
+    decoupled_decay: ClassVar[bool] = False
 
     def __init__(self, oracle: GradientOracle, algorithm: Algorithm, eta: float) -> None:
         super().__init__(oracle, algorithm, eta)
         oracle.noise_variances()  # E g² must be finite: refuses Student-t with ν ≤ 2
         h = algorithm.hyper
-        self.adam = algorithm.name.startswith("adam")
+        self.adam = self.first_moment
         self.b1, self.b2, self.eps = h.get("beta1", 0.0), h["beta2"], h["eps"]
         lam = h.get("weight_decay", 0.0)
-        self.decoupled = lam if algorithm.name.endswith("w") else 0.0
-        self.coupled = 0.0 if algorithm.name.endswith("w") else lam
+        self.decoupled = lam if self.decoupled_decay else 0.0
+        self.coupled = 0.0 if self.decoupled_decay else lam
         d = self.dim
         self.state_dim = 3 * d + 2 if self.adam else 2 * d
         what = "Adam" if self.adam else "RMSprop"
@@ -440,44 +439,39 @@ class ProbeSDE(SDEModel):
     """
 
     noise_type = "diagonal"
-
-    @classmethod
-    def applies(cls, algorithm: Algorithm) -> bool:
-        return any(_single(algorithm, n) for n in ("usam", "sgda", "seg", "shgd"))
+    #: the recipe's variant (``compsde.optimizers.sam`` / ``games`` subclass this): L written out, whether
+    #: the method is a game's (modified-equation drift), and whether it fits any problem (L = I)
+    law: ClassVar[str] = "I"
+    game: ClassVar[bool] = False
+    any_problem: ClassVar[bool] = False
 
     @classmethod
     def fits(cls, oracle: GradientOracle, algorithm: Algorithm) -> bool:
         """A problem's oracle (not a network's minibatches) whose workers share one Jacobian (the linear
         tilts of ``heterogeneity`` keep it; the Top-1 counter-example's workers do not): each worker probes
-        with its own gradient, so (1/N) Σ_i L_i g_i is L ḡ only then. SGDA (L = I) fits any problem."""
+        with its own gradient, so (1/N) Σ_i L_i g_i is L ḡ only then. L = I (SGDA) fits any problem."""
         if not isinstance(oracle, Oracle):
             return False
         shared = oracle.workers == 1 or type(oracle.problem).worker_grads is Problem.worker_grads
-        return shared or algorithm.name == "sgda"
+        return shared or cls.any_problem
 
     def __init__(self, oracle: GradientOracle, algorithm: Algorithm, eta: float) -> None:
         super().__init__(oracle, algorithm, eta)
         oracle.noise_variances()  # Σ̄ must be finite
-        self.kind = algorithm.name
-        self.game = self.kind in ("sgda", "seg", "shgd")
-        law = {"usam": "(I + ρH)", "sgda": "I", "seg": "(I − ρJ)", "shgd": "Jᵀ"}[self.kind]
-        self.description = (f"{self.kind.upper()} SDE (closed form): drift {law}F"
+        self.description = (f"{algorithm.name.upper()} SDE (closed form): drift {self.law}F"
                             + (" + (η/2) J_m m (second-order drift of the modified equation)" if self.game else "")
-                            + f", diffusion {law}Σ̄^{{1/2}}")
+                            + f", diffusion {self.law}Σ̄^{{1/2}}")
 
     def _radius(self) -> float:
-        rho = self.algorithm.rho
-        return {"usam": rho, "seg": -(rho if rho is not None else self.lr)}.get(self.kind, 0.0)
+        """c in L = I + cJ (0: L = I)."""
+        return 0.0
 
     def _apply(self, x: Tensor, v: Tensor) -> Tensor:
         """L(x) v for rows of x and v (M, d)."""
-        problem = self.oracle_as(x).problem
-        if self.kind == "shgd":
-            return problem.vjp(x, v)
         c = self._radius()
         if c == 0.0:
             return v
-        return v + c * problem.jvp(x, v)
+        return v + c * self.oracle_as(x).problem.jvp(x, v)
 
     def _first_order(self, x: Tensor) -> Tensor:
         return self._apply(x, self.oracle_as(x).grad(x))
@@ -494,18 +488,6 @@ class ProbeSDE(SDEModel):
         else:
             m = self._first_order(x)
         return m, self._apply(x, noise)
-
-
-def _single(algorithm: Algorithm, name: str) -> bool:
-    """``algorithm`` is the single-node optimizer ``name`` as its recipe builds it (identity compressor,
-    no transforms of the user's, no error feedback)."""
-    from compsde.algorithms import make
-
-    if algorithm.name != name or algorithm.local or algorithm.error_feedback or algorithm.worker.names:
-        return False
-    if not isinstance(_kind(algorithm.compressor), Identity) or algorithm.aggregation != "mean":
-        return False
-    return algorithm.server.describe() == make(name, **algorithm.hyper).server.describe()
 
 
 class MonteCarloSDE(SDEModel):
@@ -582,13 +564,15 @@ def _kind(compressor: Compressor) -> Compressor:
     return inner if isinstance(compressor, Blockwise) and isinstance(inner, (Identity, Sign)) else compressor
 
 
-#: The registry, in order: the first model that ``applies`` to an algorithm is its SDE.
-MODELS: list[type[SDEModel]] = [ProbeSDE, DSGDSDE, RandKSDE, DSignSGDSDE, SignSGDSDE, AdaptiveSDE, MonteCarloSDE]
+#: The structural registry, in order: the first model that ``applies`` to an algorithm that is not a named
+#: optimizer with its own model (``compsde.algorithms.Optimizer.sde``) is its SDE.
+MODELS: list[type[SDEModel]] = [DSGDSDE, RandKSDE, DSignSGDSDE, MonteCarloSDE]
 
 
 def from_algorithm(oracle: GradientOracle, algorithm: Algorithm, lr: float, *,
                    mc_samples: int = MonteCarloSDE.DEFAULT_SAMPLES) -> SDEModel:
-    """The SDE model of a configured algorithm: a closed form where one exists, else Monte Carlo.
+    """The SDE model of a configured algorithm: its recipe's model when it is a named optimizer as its
+    recipe builds it, else a structural closed form where one exists, else Monte Carlo.
 
     Raises ValueError naming the reason when the algorithm has none (it carries state from step to
     step, or its update has infinite variance under the oracle's noise).
@@ -597,6 +581,11 @@ def from_algorithm(oracle: GradientOracle, algorithm: Algorithm, lr: float, *,
         raise ValueError(f"oracle must be a compsde.objectives.Oracle or NetworkOracle, got {describe(oracle)}")
     if not isinstance(algorithm, Algorithm):
         raise ValueError(f"algorithm must be a compsde Algorithm, got {describe(algorithm)}")
+    opt = algorithm.optimizer
+    if opt is not None and opt.sde is not None and opt.built(algorithm):
+        model: type[SDEModel] = opt.sde
+        if model.fits(oracle, algorithm):
+            return model(oracle, algorithm, lr)
     for cls in MODELS:
         if cls.applies(algorithm) and cls.fits(oracle, algorithm):
             if cls is MonteCarloSDE:
@@ -606,6 +595,8 @@ def from_algorithm(oracle: GradientOracle, algorithm: Algorithm, lr: float, *,
                                      "of dsgd, dcsgd with rand-k, dsignsgd, signsgd, rmsprop(w) and adam(w)")
                 return MonteCarloSDE(oracle, algorithm, lr, mc_samples)
             return cls(oracle, algorithm, lr)
+    if opt is not None and opt.no_sde:
+        raise ValueError(f"{algorithm.label()} has no SDE here: {opt.no_sde}")
     why = ("the workers' own iterates between averagings" if algorithm.local else
            "error feedback" if algorithm.error_feedback else "a transform with state (momentum)")
     raise ValueError(f"{algorithm.label()} has no first-order SDE of this form: its update depends on {why} "

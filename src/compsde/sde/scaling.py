@@ -184,7 +184,7 @@ def solve(method: str, frm: dict[str, float], to: dict[str, float | str]) -> Sol
         method: a key of ``RULES``.
         frm: the current setting: every variable of the rule (and, for the adaptive rule, optionally
             beta1, beta2, eps, weight_decay, which are carried along; those not given are the
-            optimizer's defaults, ``compsde.algorithms.OPTIMIZER_DEFAULTS``).
+            optimizer's defaults, ``compsde.optimizers``).
         to: the new values of the changed variables and, for variables to hold fixed, their value
             or ``"same"``. Exactly one of the rule's variables must be left out.
     """
@@ -200,9 +200,9 @@ def solve(method: str, frm: dict[str, float], to: dict[str, float | str]) -> Sol
     if missing:
         raise ValueError(f"--from must give every variable of {rule.formula}: missing {', '.join(missing)}")
     if rule.extra:  # the adaptive rule maps β, ε and λ too: those not given are the optimizer's defaults
-        from compsde.algorithms import OPTIMIZER_DEFAULTS
+        from compsde import optimizers
 
-        defaults = OPTIMIZER_DEFAULTS.get(method, {})
+        defaults = optimizers.get(method).defaults
         frm = {**frm, **{k: defaults[k] for k in rule.extra if k not in frm and defaults.get(k) is not None}}
     for key, v in frm.items():
         _check_value("--from", key, v)
@@ -299,12 +299,13 @@ ADAPTIVE = ("adam", "adamw", "rmsprop", "rmspropw")
 def adaptive_stationary_loss(method: str, hp: dict[str, float], eigs: Any, scale: float) -> float:
     """RMSprop(W)/Adam(W)'s stationary loss on f = ½ Σ h_j x_j² with Gaussian noise s/√B (docs/theory.md §9.4):
     Σ_j η σ̄² h_j / (4 P (h_j + λ̃)), σ̄ = s/√(NB), P = σ̄ + ε, λ̃ = λP (decoupled) or λ (coupled)."""
-    from compsde.algorithms import OPTIMIZER_DEFAULTS
+    from compsde import optimizers
 
-    h = {**OPTIMIZER_DEFAULTS[method], **hp}
+    opt = optimizers.get(method)
+    h = {**opt.defaults, **hp}
     sigma = scale / math.sqrt(hp["batch"] * hp.get("workers", 1))
     p = sigma + h["eps"]
-    lam = h["weight_decay"] * (p if method.endswith("w") else 1.0)
+    lam = h["weight_decay"] * (p if getattr(opt.sde, "decoupled_decay", False) else 1.0)
     return float(sum(h["lr"] * sigma**2 * float(hj) / (4 * p * (float(hj) + lam)) for hj in eigs))
 
 
@@ -359,7 +360,9 @@ def _algorithm_for(method: str, hp: dict[str, float], dim: int) -> tuple[Any, fl
     if method in ("dsgd", "dsignsgd"):
         return algorithms.make(method), 0.0
     if method in ADAPTIVE:
-        keys = algorithms.OPTIMIZER_KEYS[method]
+        from compsde import optimizers
+
+        keys = optimizers.get(method).keys
         return algorithms.make(method, **{k: v for k, v in hp.items() if k in keys}), 0.0
     raise ValueError(f"--validate runs dsgd, dcsgd, dsignsgd, {', '.join(ADAPTIVE)}; got {method!r}")
 

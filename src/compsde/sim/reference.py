@@ -10,12 +10,15 @@ and the benchmark baseline.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from compsde.algorithms import Algorithm
 from compsde.algorithms.schedules import Schedule
+from compsde.compressors import Compressor
 from compsde.core.streams import Streams
 from compsde.objectives.oracle import Oracle
 from compsde.optim import Transform
@@ -27,7 +30,9 @@ __all__ = ["simulate_reference"]
 
 
 def _plain(t: Transform, g: Tensor, mem: dict[str, Tensor], x: Tensor) -> Tensor:
-    """Apply the transforms of ``t`` to one vector g, keeping their memory in ``mem`` (by position)."""
+    """Apply the user-facing transforms of ``t`` (momentum, Nesterov, weight decay, normalisation) to one
+    vector g, keeping their memory in ``mem`` (by position). A named optimizer's own direction is its
+    recipe's plain form (``Optimizer.plain``)."""
     parts = t.parts or ((t,) if t.name != "identity" else ())
     for i, p in enumerate(parts):
         if p.name in ("momentum", "nesterov"):
@@ -39,52 +44,46 @@ def _plain(t: Transform, g: Tensor, mem: dict[str, Tensor], x: Tensor) -> Tensor
             g = g + p.params["weight_decay"] * x
         elif p.name == "normalize":
             g = g / g.norm().clamp_min(1e-30)
-        elif p.name == "sign":
-            g = torch.where(g >= 0, 1.0, -1.0).to(g.dtype)
-        elif p.name == "rmsprop":
-            v = mem.get(f"v{i}", torch.zeros_like(g)) * p.params["b2"] + (1 - p.params["b2"]) * g * g
-            mem[f"v{i}"] = v
-            g = g / (v.sqrt() + p.params["eps"])
-        elif p.name == "adam":
-            b1, b2 = p.params["b1"], p.params["b2"]
-            t = mem.get(f"t{i}", 0) + 1
-            m = mem.get(f"m{i}", torch.zeros_like(g)) * b1 + (1 - b1) * g
-            v = mem.get(f"v{i}", torch.zeros_like(g)) * b2 + (1 - b2) * g * g
-            mem[f"t{i}"], mem[f"m{i}"], mem[f"v{i}"] = t, m, v
-            g = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + p.params["eps"])
         else:
-            raise ValueError(f"the reference loop has no plain form of transform {p.name!r}")
+            raise ValueError(f"the reference loop has no plain form of transform {p.name!r} outside an optimizer's recipe")
     return g
 
 
-def _probe(oracle: Oracle, algo: Algorithm, i: int, x: Tensor, g: Tensor, z: Tensor | None, lr: float) -> Tensor:
-    """Worker i's gradient of a probe step, with the step's noise z: at x ± ρ·(its gradient), or
-    (shgd) J(x)ᵀ g by autograd through the worker's exact gradient."""
+def _worker_grad(oracle: Oracle, i: int, z: Tensor | None) -> Callable[[Tensor], Tensor]:
+    """Worker i's gradient at any point with the step's noise z (a probe evaluates it again)."""
 
     def grad_at(p: Tensor) -> Tensor:
         out = oracle.mean_grads(p)[i]
         return out if z is None else out + z
 
-    if algo.probe == "shgd":
-        with torch.enable_grad():
-            p = x.detach().clone().requires_grad_(True)
-            return torch.autograd.grad(grad_at(p), p, g)[0]
-    rho = algo.rho if algo.rho is not None else lr
-    if algo.probe == "sam":
-        return grad_at(x + rho * g / g.norm().clamp_min(torch.finfo(g.dtype).tiny))
-    return grad_at(x - rho * g if algo.probe == "seg" else x + rho * g)
+    return grad_at
+
+
+def _draw(comp: Compressor, gen: torch.Generator, repeats: int, d: int, dtype: torch.dtype) -> Tensor:
+    """A randomized compressor's draw for one worker's R repetitions, (1, R, ·)."""
+    r = comp.draw((1, repeats), d, gen, dtype)
+    assert r is not None  # randomized
+    return r
 
 
 def simulate_reference(oracle: Oracle, algorithm: Algorithm, schedule: Schedule, *, repeats: int = 1, seed: int = 0,
                        log_every: int = 1) -> Trace:
     """The same run as ``compsde.sim.simulate`` (same arguments, same draws), one vector at a time."""
     check_run(oracle, algorithm, schedule, repeats=repeats, seed=seed, log_every=log_every)
+    if algorithm.local:
+        raise ValueError(f"the reference loop does not run local methods ({algorithm.name!r}): their per-worker iterates "
+                         "and averaging rounds are checked against the torch backend and the LocalSGD driver instead")
+    opt = algorithm.optimizer
     n, d, dtype = oracle.workers, oracle.dim, oracle.dtype
     comp, algo = algorithm.compressor, algorithm
     streams = Streams(seed, n)
     x0 = oracle.x0()
     xs = [x0.clone() for _ in range(repeats)]
-    fresh = lambda: ([{} for _ in range(n)], [torch.zeros(d, dtype=dtype) for _ in range(n)], {})  # noqa: E731
+
+    def fresh() -> tuple[list[dict[str, Any]], list[Tensor], dict[str, Any]]:
+        """A repetition's memories: the workers' transforms, their error feedback, the server's."""
+        return [{} for _ in range(n)], [torch.zeros(d, dtype=dtype) for _ in range(n)], {}
+
     mems = [fresh() for _ in range(repeats)]
     rec = Recorder(oracle, schedule.steps, log_every, repeats, x0)
     log = CommLog()
@@ -94,8 +93,8 @@ def simulate_reference(oracle: Oracle, algorithm: Algorithm, schedule: Schedule,
         z = oracle.sample(streams, range(n), repeats)
         rnd = None
         if comp.randomized:
-            rnd = (comp.draw((1, repeats), d, streams.shared, dtype) if comp.shared_randomness else
-                   torch.stack([comp.draw((1, repeats), d, streams.gens["compressor"][i], dtype)[0] for i in range(n)]))
+            rnd = (_draw(comp, streams.shared, repeats, d, dtype) if comp.shared_randomness else
+                   torch.stack([_draw(comp, streams.gens["compressor"][i], repeats, d, dtype)[0] for i in range(n)]))
         lr = schedule(k)
         errs: list[tuple[Tensor, Tensor]] = []
         for r in range(repeats):
@@ -105,9 +104,10 @@ def simulate_reference(oracle: Oracle, algorithm: Algorithm, schedule: Schedule,
             grads = oracle.mean_grads(xs[r])  # (N, d): the exact gradients, once per repetition
             total = None
             for i in range(n):
-                g = grads[i] if z is None else grads[i] + z[i, r]
-                if algo.probe is not None:
-                    g = _probe(oracle, algo, i, xs[r], g, None if z is None else z[i, r], lr)
+                noise = None if z is None else z[i, r]
+                g = grads[i] if noise is None else grads[i] + noise
+                if opt is not None and opt.plain_evaluate is not None:
+                    g = opt.plain_evaluate(_worker_grad(oracle, i, noise), xs[r], g, lr, algo.hyper)
                 u = _plain(algo.worker, g, worker_mem[i], xs[r])
                 v = ef[i] + lr * u if algo.error_feedback else u
                 m = comp.apply(v, None if rnd is None else rnd[min(i, rnd.shape[0] - 1), r])
@@ -115,8 +115,10 @@ def simulate_reference(oracle: Oracle, algorithm: Algorithm, schedule: Schedule,
                     ef[i] = v - m
                 total = m.clone() if total is None else total + m
                 errs.append((v, m))
+            assert total is not None  # N ≥ 1 messages
             a = torch.sign(total) if algo.aggregation == "majority" else total / n
-            step = _plain(algo.server, a, server_mem, xs[r])
+            step = (opt.plain(a, server_mem, xs[r], algo.hyper) if opt is not None and opt.plain is not None
+                    else _plain(algo.server, a, server_mem, xs[r]))
             xs[r] = xs[r] - (step if algo.error_feedback else lr * step)
             if not bool(torch.isfinite(xs[r]).all()) or float((xs[r] - x0).norm()) > rec.limit:
                 rec.diverged_step[r] = k + 1
