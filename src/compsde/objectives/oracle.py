@@ -27,6 +27,7 @@ from torch import Tensor
 
 from compsde.core.checks import MAX_WORKERS, check_int, describe
 from compsde.core.streams import Streams
+from compsde.core.tensors import resolve_device, resolve_dtype
 from compsde.objectives.noise import Noise
 from compsde.objectives.problems import Problem
 
@@ -41,6 +42,9 @@ class GradientOracle:
     accuracy; none by default), and for SDE models the law of the noise: ``mean_grads``, ``noise_variances``,
     ``noise_factors`` and ``sign_means``. ``Oracle`` (a problem with a noise model) and
     ``compsde.objectives.network.NetworkOracle`` (a network on data) implement it."""
+
+    dtype: torch.dtype
+    device: torch.device
 
     def evaluate(self, x: Tensor) -> dict[str, Tensor]:
         """Further metrics at the iterates x (R, d), each of shape (R,)."""
@@ -89,8 +93,8 @@ class Oracle(GradientOracle):
         noise.worker_scales(workers)  # a per-worker scale list must have one entry per worker
         self.noise = noise
         self.base_problem = problem
-        self.dtype = dtype
-        self.device = torch.device(device)
+        self.dtype = dtype = resolve_dtype(dtype)
+        self.device = resolve_device(device)
         self.problem = problem.to(dtype, self.device) if (dtype != problem.dtype or self.device.type != "cpu") else problem
         #: σ_i/√B per worker (float64, CPU), None without noise.
         self.scales = noise.worker_scales(workers) / math.sqrt(batch) if noise.active else None
