@@ -9,17 +9,24 @@ compressor of rows of length d = Σ blocks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from compsde.compressors.base import Compressor, Field, Payload
+from compsde.compressors.base import Compressor, Field, Payload, check_dim
 from compsde.core.checks import check_int, describe
 from compsde.core.tensors import broadcast_shapes
 
 __all__ = ["Blockwise"]
+
+
+def _drawn(rnd: Tensor | None) -> Tensor:
+    """The draw of a randomized inner compressor (which always returns one)."""
+    assert rnd is not None, "a randomized compressor's draw returned None"
+    return rnd
 
 
 class Blockwise(Compressor):
@@ -70,14 +77,14 @@ class Blockwise(Compressor):
         if not self.randomized:
             return tuple(0 for _ in self.blocks)
         g = torch.Generator().manual_seed(0)
-        return tuple(self.inner.draw((1,), b, g).shape[-1] for b in self.blocks)
+        return tuple(_drawn(self.inner.draw((1,), b, g)).shape[-1] for b in self.blocks)
 
     def draw(self, batch_shape: tuple[int, ...], d: int, generator: torch.Generator | None,
              dtype: torch.dtype = torch.float64) -> Tensor | None:
         self._check(d)
         if not self.randomized:
             return None
-        parts = [self.inner.draw(batch_shape, b, generator, dtype) for b in self.blocks]
+        parts = [_drawn(self.inner.draw(batch_shape, b, generator, dtype)) for b in self.blocks]
         shape = broadcast_shapes(*(p.shape[:-1] for p in parts))
         return torch.cat([p.to(torch.float64).expand(*shape, p.shape[-1]) for p in parts], dim=-1)
 
@@ -86,7 +93,8 @@ class Blockwise(Compressor):
             return [None] * len(self.blocks)
         if rnd is None:
             raise ValueError(f"{self!r}: needs the draw from draw(); got rnd=None")
-        out, lo = [], 0
+        out: list[Tensor | None] = []
+        lo = 0
         for w in self._draw_widths:
             out.append(rnd[..., lo: lo + w])
             lo += w
@@ -94,7 +102,7 @@ class Blockwise(Compressor):
 
     def _pieces(self, x: Tensor) -> list[Tensor]:
         self._check(x.shape[-1])
-        return list(torch.split(x, self.blocks, dim=-1))
+        return list(torch.split(x, list(self.blocks), dim=-1))
 
     def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         return torch.cat([self.inner.apply(p, r) for p, r in zip(self._pieces(x), self._split(rnd))], dim=-1)
@@ -123,7 +131,7 @@ class Blockwise(Compressor):
         return any(self.inner.decode_needs_draw(b) for b in self.blocks)
 
     # ---- declared theory -----------------------------------------------------------------
-    def _per_block(self, fn) -> list:  # type: ignore[no-untyped-def]
+    def _per_block(self, fn: Callable[[int], Any]) -> list[Any]:
         return [fn(b) for b in self.blocks]
 
     def support(self, d: int) -> int:
@@ -135,6 +143,7 @@ class Blockwise(Compressor):
         return sum(self._per_block(self.inner.index_bits))
 
     def bits(self, d: int) -> int:
+        check_dim(self.name, d)
         self._check(d)
         return sum(self._per_block(self.inner.bits))
 
@@ -146,7 +155,7 @@ class Blockwise(Compressor):
         ds = self._per_block(self.inner.delta)
         return None if any(v is None for v in ds) else max(ds)
 
-    def _b(self, which) -> tuple[float, float] | None:  # type: ignore[no-untyped-def]
+    def _b(self, which: Callable[[int], Any]) -> tuple[float, float] | None:
         cs = self._per_block(which)
         if any(c is None for c in cs):
             return None
