@@ -189,3 +189,33 @@ def test_a_loop_resumed_from_its_saved_state_ends_with_the_same_iterates():
     assert torch.equal(a.x, b.x) and torch.equal(a.loss, b.loss) and torch.equal(a.bits, b.bits)
     assert torch.equal(a.rounds, b.rounds)
     torch.testing.assert_close(a.compression_error, b.compression_error, rtol=0, atol=0, equal_nan=True)
+
+
+def test_stream_memory_covers_what_a_generator_really_costs():
+    """``Streams.memory`` counts ``GENERATOR_BYTES`` per stream; measured here as the growth of the
+    resident set over 20 000 generators (in a fresh process, so freed memory elsewhere does not hide it),
+    it must not be more than that (the constant is the measured 2.7 kB rounded up)."""
+    from compsde.core.streams import DRAW_BYTES, GENERATOR_BYTES
+
+    code = ("import torch\n"
+            "def rss():\n    return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+            "r = rss(); gens = [torch.Generator().manual_seed(i) for i in range(20000)]\n"
+            "print((rss() - r) / 20000)\n")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self/statm")
+    per = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 1000 < per <= GENERATOR_BYTES, per
+    assert Streams.memory(10, 10) == 21 * GENERATOR_BYTES + 20 * DRAW_BYTES
+
+
+def test_available_memory_respects_an_address_space_limit():
+    """Under ``ulimit -v`` (RLIMIT_AS) only the limit minus what the process has mapped can be allocated,
+    whatever the machine has free."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("RLIMIT_AS and /proc are Linux's")
+    code = ("import resource\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, resource.RLIM_INFINITY))\n"
+            "from compsde.core.tensors import available_memory\n"
+            "print(available_memory())\n")
+    avail = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 0 < avail < 3 << 30

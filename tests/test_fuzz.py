@@ -280,8 +280,10 @@ def test_fuzz_schedules(name, lr, steps, key, value):
 def test_fuzz_noise(name, scale, nu):
     out = Outcome("Noise")
     scales = scale if isinstance(scale, list) else [scale]
+    # ν is Student-t's only: any other noise refuses one (None means "not given")
+    nu_ok = is_num(nu, 0.0, lo_open=True) or nu is None if name == "student-t" else nu is None
     valid = (isinstance(name, str) and name in ("none", "gaussian", "student-t") and len(scales) > 0
-             and all(is_num(s, 0.0) for s in scales) and (name != "student-t" or is_num(nu, 0.0, lo_open=True)))
+             and all(is_num(s, 0.0) for s in scales) and nu_ok)
     expect(out, lambda: Noise(name, scale, nu), valid, ("noise",))
 
 
@@ -361,6 +363,9 @@ def test_fuzz_scaling_solve(method, lr, batch, workers, omega, to_key, to_value)
         sol = scaling.solve(method, frm, scaling.parse_assignments(to_text, "--to"))
         for v in sol.to.values():
             assert math.isfinite(v), sol.to
+        # whatever is solved lies in the range --from accepts (a whole number ≥ 1 and at most the limits)
+        assert 1 <= sol.to.get("batch", 1) <= 2**63 - 1 and 1 <= sol.to.get("workers", 1) <= 10**6, sol.to
+        assert sol.to["lr"] > 0, sol.to
         sol.format()
         sol.as_dict()
 
@@ -388,11 +393,128 @@ def test_fuzz_scaling_solve(method, lr, batch, workers, omega, to_key, to_value)
     (lambda: problems.make("quadratic", dim=10**12), "memory"),
     (lambda: scaling.solve("dsgd", {"lr": 1e-300, "batch": 1.0, "workers": 1.0}, {"lr": 1e300, "batch": "same"}),
      "too extreme"),
+    # a solution the rule cannot keep: a whole number that rounds to 0, or more workers than a run may have
+    (lambda: scaling.solve("dsgd", {"lr": 1.0, "batch": 1.0, "workers": 1.0}, {"lr": 1e-300, "workers": "same"}),
+     "the rule needs batch = 1e-300, which rounds to 0"),
+    (lambda: scaling.solve("dsgd", {"lr": 1.0, "batch": 1.0, "workers": 1.0}, {"lr": 1e100, "batch": "same"}),
+     "the rule needs workers = 1e+100, more than any run can have (at most 1000000)"),
+    (lambda: scaling.solve("dsgd", {"lr": 1.0, "batch": 1e300, "workers": 1.0}, {"lr": 1.0, "workers": "same"}),
+     "--from: batch must be a whole number ≥ 1 and ≤ 9223372036854775807, got 1e+300"),
+    (lambda: scaling.parse_assignments("lr=0.1,lr=0.2", "--from"), "--from: lr is given twice"),
+    # compressors: what they compress and how long a vector is
+    (lambda: compressors.make("rand-k", k=1)(torch.randn(2, 4), "abc"),
+     "compressor 'rand-k': generator must be a torch.Generator or None, got 'abc'"),
+    (lambda: compressors.make("sign")([1.0, 2.0]), "compressor 'sign': x must be a torch.Tensor of shape (..., d), got [1.0, 2.0]"),
+    (lambda: compressors.make("qsgd")(torch.arange(4).reshape(1, 4), torch.Generator()),
+     "compressor 'qsgd': x must be a floating-point tensor (float32 or float64), got dtype torch.int64"),
+    (lambda: compressors.make("sign")(torch.zeros(2, 0)), "compressor 'sign': d (the vector length) must be an integer ≥ 1, got 0"),
+    *[(lambda n=n: compressors.make(n, **({"k": 1} if "k" in compressors.param_names(n) else {})).bits(0),
+       f"compressor {n!r}: d (the vector length) must be an integer ≥ 1, got 0") for n in compressors.names()],
+    (lambda: compressors.make("top-k+natural", k=1).bits(-3), "compressor 'top-k+natural': d (the vector length) must be"),
+    # problems, oracles and runs
+    (lambda: problems.make("quadratic", dim=3).loss(torch.zeros(2, 5)), "quadratic: x must have shape (..., d = 3), got shape (2, 5)"),
+    (lambda: problems.make("quadratic", dim=3).grad([1.0, 2.0, 3.0]), "quadratic: x must be a torch.Tensor of shape (..., d = 3)"),
+    (lambda: Oracle(problems.make("quadratic", dim=3), workers=1, dtype=torch.int64),
+     "dtype must be one of float32, float64, got torch.int64"),
+    (lambda: simulate(Oracle(problems.make("quadratic", dim=3), workers=1), algorithms.make("dsgd"),
+                      Schedule("constant", 0.1, 1), progress=5), "progress must be a function or None, got 5"),
+    (lambda: simulate(Oracle(problems.make("quadratic", dim=3), workers=1), algorithms.make("dsgd"),
+                      Schedule("constant", 0.1, 1), observe="x"), "observe must be a function or None, got 'x'"),
+    (lambda: Noise("gaussian", 1.0, nu=-5), "noise nu = -5 does not apply to noise 'gaussian'"),
+    (lambda: Noise("none", 0.0, nu=3.0), "noise nu = 3.0 does not apply to noise 'none'"),
+    (lambda: Noise("student-t", 1.0, nu=-5), "noise nu (Student-t degrees of freedom) must be a finite number > 0, got -5"),
+    (lambda: _build().load(5), "source must be a preset name, a config file or run folder (a string or pathlib.Path), "
+                               "or a config dict, got 5"),
+    (lambda: _runner().run_experiment(TINY, out_dir=5, progress=False, plots=False),
+     "out_dir must be a path (a string or pathlib.Path), got 5"),
 ])
 def test_examples_of_bad_python_calls(call, words):
     with pytest.raises(ValueError, match=None) as e:
         call()
     assert words in str(e.value), str(e.value)
+
+
+def _build() -> Any:
+    from compsde.experiments import build
+
+    return build
+
+
+def _runner() -> Any:
+    from compsde.experiments import runner
+
+    return runner
+
+
+def _seed_entry_points() -> dict[str, Callable[[Any], Any]]:
+    """Every public function that takes a seed, called with one (and otherwise tiny arguments)."""
+    from compsde.compressors import measure
+    from compsde.distributed import comm_hook
+    from compsde.objectives import data
+    from compsde.objectives import models as nets
+    from compsde.sde.tracking import simulate_sde
+    from compsde.sim import simulate_reference
+
+    def oracle() -> Oracle:
+        return Oracle(problems.make("quadratic", dim=3), Noise("gaussian", 0.5), workers=2)
+
+    sched = Schedule("constant", 0.1, 1)
+    one = scaling.solve("dsgd", {"lr": 0.1, "batch": 1.0, "workers": 1.0}, {"lr": 0.1, "batch": "same"})
+    return {
+        "simulate": lambda s: simulate(oracle(), algorithms.make("dsgd"), sched, seed=s),
+        "simulate_reference": lambda s: simulate_reference(oracle(), algorithms.make("dsgd"), sched, seed=s),
+        "simulate_sde": lambda s: simulate_sde(oracle(), algorithms.make("dsgd"), sched, paths=2, seed=s),
+        "scaling.validate": lambda s: scaling.validate(one, repeats=2, seed=s),
+        "measure.reference_vectors": lambda s: measure.reference_vectors(3, seed=s),
+        "measure.measure": lambda s: measure.measure(compressors.make("sign"), 3, samples=4, seed=s),
+        "measure.compressor_table": lambda s: measure.compressor_table(3, samples=4, seed=s, names=["sign"]),
+        "problems.make": lambda s: problems.make("quadratic", dim=3, heterogeneity=1.0, seed=s),
+        "problems.make(mlp)": lambda s: problems.make("mlp", hidden=[2], eval_samples=8, seed=s),
+        "data.load": lambda s: data.load("teacher", seed=s),
+        "data.worker_shards": lambda s: data.worker_shards(torch.zeros(10, dtype=torch.long), 2, seed=s),
+        "objectives.models.build": lambda s: nets.build("mlp", (4,), 2, seed=s, hidden=[3]),
+        "comm_hook": lambda s: comm_hook("sign", seed=s),
+    }
+
+
+@pytest.mark.parametrize("entry", sorted(_seed_entry_points()))
+@pytest.mark.parametrize("seed", [-1, 2**64, 2**70, 1.0, "0"])
+def test_every_seed_entry_point_refuses_seeds_out_of_range_by_name(entry, seed):
+    """Seeds are integers in [0, 2⁶⁴ − 1] everywhere (``compsde.core.checks.check_seed``): out of range,
+    each entry point names its ``seed`` and the range, rather than torch's "Overflow when unpacking"."""
+    with pytest.raises(ValueError) as e:
+        _seed_entry_points()[entry](seed)
+    assert f"seed must be an integer in [0, {2**64 - 1}], got {seed!r}" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("entry", ["measure.measure", "simulate", "data.load"])
+def test_the_largest_seed_is_accepted(entry):
+    _seed_entry_points()[entry](2**64 - 1)
+
+
+def test_a_million_workers_of_a_tiny_problem_are_refused_up_front():
+    """Each worker holds two torch.Generator streams (~2.7 kB each) whatever d and R are: 10⁶ workers with
+    d = 4 and 2 repetitions need ~8 GB, which a 4 GB address-space limit (``ulimit -v``) refuses before
+    any stream is created — within seconds, not after 46 s and a std::bad_alloc."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, resource.RLIM_INFINITY))\n"
+            "from compsde import Noise, Oracle, Schedule, algorithms, problems, simulate\n"
+            "o = Oracle(problems.make('quadratic', dim=4), Noise('gaussian', 0.5), workers=10**6)\n"
+            "import time; t = time.perf_counter()\n"
+            "try:\n    simulate(o, algorithms.make('dsgd'), Schedule('constant', 0.01, 3), repeats=2)\n"
+            "except ValueError as e:\n    print(f'{time.perf_counter() - t:.3f}', e)\n")
+    t = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    seconds, _, message = res.stdout.strip().partition(" ")
+    assert "a run with 1000000 worker(s) × 2 repetition(s) × d = 4 (with each worker's random streams) needs about" in message
+    assert "reduce repeats, workers or the dimension" in message
+    # the refusal itself: well under a second here (a loaded 2-core machine); 5 s leaves room for load
+    assert float(seconds) < 5.0, seconds
+    assert time.perf_counter() - t < 60  # the whole process, imports included
 
 
 # ---- configs -----------------------------------------------------------------------------------
@@ -529,6 +651,34 @@ def test_fuzz_cli_scale(method, frm, to, flags, capsys):
     to_text = ",".join(f"{k}={v}" for k, v in to)
     code, err = _cli(["scale", method, "--from", frm_text, "--to", to_text, *flags], capsys)
     _check_cli(out, code, err)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compressors", "--dim", "3", "--seed", str(2**70)], f"error: --seed must be an integer in [0, {2**64 - 1}], got {2**70}"),
+    (["compressors", "--dim", "3", "--seed", "-1"], "error: --seed must be an integer in [0, "),
+    (["scale", "dsgd", "--from", "lr=0.1,batch=1,workers=1", "--to", "lr=0.2,batch=same", "--validate", "--seed", str(2**64)],
+     f"error: --seed must be an integer in [0, {2**64 - 1}], got {2**64}"),
+    (["scale", "dsgd", "--from", "lr=0.1,lr=0.2,batch=1,workers=1", "--to", "lr=0.3,batch=same"],
+     "error: --from: lr is given twice"),
+    (["scale", "dsgd", "--from", "lr=1,batch=1,workers=1", "--to", "lr=0.3,lr=0.4,batch=same"], "error: --to: lr is given twice"),
+    (["scale", "dsgd", "--from", "lr=1e300,batch=1e300,workers=1", "--to", "lr=1e-300,workers=same"],
+     "error: --from: batch must be a whole number ≥ 1 and ≤ 9223372036854775807, got 1e+300"),
+    (["scale", "dsgd", "--from", "lr=1e300,batch=1e18,workers=1", "--to", "lr=1e-300,workers=same"],
+     "error: the rule needs batch = 0.0, which underflows to 0"),
+    (["scale", "dsgd", "--from", "lr=1,batch=1,workers=1", "--to", "lr=1e-10,workers=same"],
+     "error: the rule needs batch = 1e-10, which rounds to 0"),
+])
+def test_cli_seed_and_scale_refusals(argv, message, capsys):
+    code, err = _cli(argv, capsys)
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_cli_scale_prints_no_endless_numbers(capsys):
+    from compsde.experiments.cli import main
+
+    assert main(["scale", "dsgd", "--from", "lr=1e20,batch=1,workers=1", "--to", "lr=2e20,batch=same"]) == 0
+    out = capsys.readouterr().out
+    assert "1e+20" in out and "100000000000000000000" not in out, out
 
 
 @FUZZ

@@ -75,3 +75,32 @@ def test_bad_noise_is_rejected(kwargs, match):
 def test_per_worker_scale_must_match_workers():
     with pytest.raises(ValueError, match="workers = 4"):
         Noise("gaussian", [1.0, 2.0]).sample(4, (1,), 2, 1, torch.Generator())
+
+
+def test_nu_belongs_to_student_t_only():
+    assert Noise("student-t").nu == 3.0 and Noise("student-t", nu=2).nu == 2.0
+    assert Noise("gaussian").nu is None and Noise("none").nu is None
+    for name in ("gaussian", "none"):
+        with pytest.raises(ValueError, match=f"noise nu = 3.0 does not apply to noise '{name}'"):
+            Noise(name, nu=3.0)
+    with pytest.raises(ValueError, match="has no degrees of freedom"):
+        _ = Noise("gaussian").dof
+
+
+def test_gaussian_sign_mean_is_erf_with_sign_at_zero_variance():
+    """E sign(G), G ~ N(m, v): erf(m/√(2v)), the point mass's sign where v = 0 (sign(0) = +1); Noise's
+    standardised form (v = 1) is bit for bit erf(z/√2), as it was before it went through the helper."""
+    from compsde.objectives.noise import gaussian_sign_mean
+
+    m = torch.tensor([-2.0, -0.0, 0.0, 0.5, 3.0, -1.0, 0.0], dtype=torch.float64)
+    v = torch.tensor([1.0, 1.0, 1.0, 4.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    want = [math.erf(-2 / math.sqrt(2)), 0.0, 0.0, math.erf(0.5 / math.sqrt(8)), 1.0, -1.0, 1.0]
+    assert gaussian_sign_mean(m, v).tolist() == pytest.approx(want, abs=1e-15)  # float64 rounding of erf
+    # Monte Carlo check of the sign probability at v > 0: 4e5 draws, standard error ≤ 1/√(4e5) ≈ 1.6e-3
+    g = torch.Generator().manual_seed(0)
+    draws = 0.5 + 2.0 * torch.randn(400_000, generator=g, dtype=torch.float64)
+    emp = torch.where(draws >= 0, 1.0, -1.0).mean()
+    assert float(emp) == pytest.approx(float(gaussian_sign_mean(torch.tensor(0.5), torch.tensor(4.0))), abs=5 * 1.6e-3)
+    for dtype in (torch.float32, torch.float64):
+        z = 3 * torch.randn(10_000, generator=g, dtype=dtype)
+        assert torch.equal(Noise("gaussian").sign_mean(z), torch.erf(z / math.sqrt(2.0)))

@@ -506,9 +506,10 @@ def test_time_estimate_is_explained_and_long_runs_announced(capsys, tmp_path, mo
 
     exp = config.load(SMALL_RAW)
     est = estimates.estimate_run(exp)
-    per_series = 20 * (1 * 2 * 3 * estimates.SECONDS_PER_ELEMENT + estimates.SECONDS_PER_STEP)
+    per_series = 20 * (1 * 2 * 3 * estimates.SECONDS_PER_ELEMENT + 1 * estimates.SECONDS_PER_WORKER
+                       + estimates.SECONDS_PER_STEP)
     assert est.per_series == pytest.approx([per_series, per_series])
-    assert "steps × workers × repeats × dim × 150 ns + 1 ms per step" in est.describe()
+    assert "steps × workers × repeats × dim × 150 ns + 20 µs per worker and step + 1 ms per step" in est.describe()
     monkeypatch.setattr(estimates, "WARN_SECONDS", 0.0)
     run_experiment(exp, tmp_path, progress=False, plots=False)
     err = capsys.readouterr().err

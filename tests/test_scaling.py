@@ -92,7 +92,7 @@ def test_square_root_rule_validates_on_the_stationary_loss(method):
         ("dsgd", {"lr": 0.1, "batch": 8, "workers": 1}, {"lr": 0.2, "batch": 8, "workers": 1}, "over-determined"),
         ("dcsgd", {"lr": 0.1, "batch": 8, "workers": 1, "omega": 0}, {"omega": 3}, "under-determined: --to leaves lr, batch, workers free"),
         ("dsgd", {"lr": 0.1, "batch": 8, "workers": 1, "momentum": 0.9}, {"lr": 0.2}, "no hyperparameter momentum"),
-        ("dsgd", {"lr": 0.1, "batch": 8.5, "workers": 1}, {"lr": 0.2, "workers": 1}, "batch must be a whole number ≥ 1, got 8.5"),
+        ("dsgd", {"lr": 0.1, "batch": 8.5, "workers": 1}, {"lr": 0.2, "workers": 1}, "batch must be a whole number ≥ 1 and ≤ 9223372036854775807, got 8.5"),
         ("dsgd", {"lr": -0.1, "batch": 8, "workers": 1}, {"batch": 16, "workers": 1}, "lr must be a number > 0, got -0.1"),
         ("dcsgd", {"lr": 0.1, "batch": 8, "workers": 2, "omega": 0}, {"lr": 0.1, "batch": 4, "workers": 2}, "ω = -0.5 < 0"),
     ],

@@ -43,6 +43,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from compsde.core.checks import check_int, describe
 from compsde.core.tensors import accumulate, broadcast_shapes
 
 #: Bits of one uncompressed value on the wire (float32).
@@ -175,8 +176,17 @@ class Compressor:
         return out.add_(self.decode(payload, rnd))
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Draw from ``generator`` and compress every row of ``x``, a floating-point tensor (..., d), d ≥ 1."""
+        if not isinstance(x, Tensor):
+            raise ValueError(f"compressor {self.name!r}: x must be a torch.Tensor of shape (..., d), got {describe(x)}")
+        if not x.is_floating_point():
+            raise ValueError(f"compressor {self.name!r}: x must be a floating-point tensor (float32 or float64), "
+                             f"got dtype {x.dtype}")
         if x.dim() < 1:
-            raise ValueError(f"x must have at least one dimension (..., d), got shape {tuple(x.shape)}")
+            raise ValueError(f"compressor {self.name!r}: x must have at least one dimension (..., d), got shape {tuple(x.shape)}")
+        check_dim(self.name, x.shape[-1])
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"compressor {self.name!r}: generator must be a torch.Generator or None, got {describe(generator)}")
         if self.randomized:
             require_generator(self.name, generator)
         rnd = self.draw(tuple(x.shape[:-1]), x.shape[-1], generator, x.dtype)
@@ -227,7 +237,8 @@ class Compressor:
         return 0
 
     def bits(self, d: int) -> int:
-        """Exact bits one worker sends for one vector of length d."""
+        """Exact bits one worker sends for one vector of length d ≥ 1 (every implementation refuses d < 1
+        with ``check_dim``: a zero-length vector is not sent)."""
         raise NotImplementedError
 
     # ---- communication -------------------------------------------------------------------
@@ -250,6 +261,11 @@ class Compressor:
     def params(self) -> dict[str, object]:
         """The parameters this compressor was built with (for configs and reports)."""
         return {}
+
+
+def check_dim(name: str, d: object) -> int:
+    """The length d of a compressed vector: an integer ≥ 1 (what ``bits``, ``__call__`` and the theory take)."""
+    return check_int(f"compressor {name!r}: d (the vector length)", d, min=1)
 
 
 def require_generator(name: str, generator: torch.Generator | None) -> torch.Generator:

@@ -16,11 +16,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from compsde.compressors.base import Compressor, Field, Payload
+from compsde.compressors.base import Compressor, Field, Payload, check_dim
 from compsde.core.checks import check_int, describe
 from compsde.core.tensors import broadcast_shapes
 
 __all__ = ["Blockwise"]
+
+
+def _drawn(rnd: Tensor | None) -> Tensor:
+    """The draw of a randomized inner compressor (which always returns one)."""
+    assert rnd is not None, "a randomized compressor's draw returned None"
+    return rnd
 
 
 class Blockwise(Compressor):
@@ -71,21 +77,14 @@ class Blockwise(Compressor):
         if not self.randomized:
             return tuple(0 for _ in self.blocks)
         g = torch.Generator().manual_seed(0)
-        return tuple(self._inner_draw((1,), b, g).shape[-1] for b in self.blocks)
-
-    def _inner_draw(self, batch_shape: tuple[int, ...], b: int, generator: torch.Generator | None,
-                    dtype: torch.dtype = torch.float64) -> Tensor:
-        """The inner's draw for a block of length b (a randomized compressor's draw is a tensor)."""
-        rnd = self.inner.draw(batch_shape, b, generator, dtype)
-        assert rnd is not None
-        return rnd
+        return tuple(_drawn(self.inner.draw((1,), b, g)).shape[-1] for b in self.blocks)
 
     def draw(self, batch_shape: tuple[int, ...], d: int, generator: torch.Generator | None,
              dtype: torch.dtype = torch.float64) -> Tensor | None:
         self._check(d)
         if not self.randomized:
             return None
-        parts = [self._inner_draw(batch_shape, b, generator, dtype) for b in self.blocks]
+        parts = [_drawn(self.inner.draw(batch_shape, b, generator, dtype)) for b in self.blocks]
         shape = broadcast_shapes(*(p.shape[:-1] for p in parts))
         return torch.cat([p.to(torch.float64).expand(*shape, p.shape[-1]) for p in parts], dim=-1)
 
@@ -144,6 +143,7 @@ class Blockwise(Compressor):
         return sum(self._per_block(self.inner.index_bits))
 
     def bits(self, d: int) -> int:
+        check_dim(self.name, d)
         self._check(d)
         return sum(self._per_block(self.inner.bits))
 
@@ -155,7 +155,7 @@ class Blockwise(Compressor):
         ds = self._per_block(self.inner.delta)
         return None if any(v is None for v in ds) else max(ds)
 
-    def _b(self, which: Callable[[int], tuple[float, float] | None]) -> tuple[float, float] | None:
+    def _b(self, which: Callable[[int], Any]) -> tuple[float, float] | None:
         cs = self._per_block(which)
         if any(c is None for c in cs):
             return None

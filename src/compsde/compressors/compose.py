@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from compsde.compressors import compressor_class, names
-from compsde.compressors.base import Compressor, Field, Payload
+from compsde.compressors.base import Compressor, Field, Payload, check_dim
 from compsde.compressors.sparsifiers import Identity, RandKUnscaled, Sparsifier, TopK
 from compsde.core.tensors import broadcast_shapes
 
@@ -155,6 +155,7 @@ class Compose(Compressor):
         return self.inner.index_bits(d) + self.outer.index_bits(self.inner.support(d))
 
     def bits(self, d: int) -> int:
+        check_dim(self.name, d)
         return self.inner.index_bits(d) + self.outer.bits(self.inner.support(d))
 
     def omega(self, d: int) -> float | None:

@@ -33,6 +33,7 @@ from torch import Tensor
 from compsde.compressors import make, param_names
 from compsde.compressors import names as registered_names  # `names` is a parameter below
 from compsde.compressors.base import Compressor
+from compsde.core.checks import MAX_SEED, check_seed
 
 __all__ = ["DEFAULT_EXTRA", "TOL_SE", "compare", "compressor_table", "default_compressor", "format_table", "measure", "reference_vectors"]
 
@@ -51,7 +52,7 @@ def reference_vectors(d: int, seed: int = 0) -> dict[str, Tensor]:
     """A fixed family of float64 test vectors of length d, generated from ``seed`` only."""
     if not isinstance(d, int) or d < 1:
         raise ValueError(f"dim must be an integer ≥ 1, got {d!r}")
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(check_seed("seed", seed))
     f64 = torch.float64
 
     def randn() -> Tensor:
@@ -133,7 +134,7 @@ def measure(c: Compressor, dim: int, samples: int = 2000, seed: int = 0) -> dict
     """
     if not isinstance(samples, int) or samples < 2:
         raise ValueError(f"samples must be an integer ≥ 2, got {samples!r}")
-    gen = torch.Generator().manual_seed(seed + 1)
+    gen = torch.Generator().manual_seed((check_seed("seed", seed) + 1) % (MAX_SEED + 1))
     per = {name: _stats(c, x, samples, gen) for name, x in reference_vectors(dim, seed).items()}
 
     def worst(key: str, sign: float) -> tuple[float, float, str]:
@@ -216,6 +217,7 @@ def compressor_table(dim: int, samples: int = 2000, seed: int = 0, names: list[s
 
     check_int("dim", dim, min=1)
     check_int("samples", samples, min=2)
+    check_seed("seed", seed)
     todo = list(names) if names is not None else [*registered_names(), *DEFAULT_EXTRA]
     n_vectors = len(reference_vectors(1, seed))
     check_memory(8 * dim * (n_vectors + 8) + 8 * _CHUNK_ELEMS * 4, f"measuring compressors at dim = {dim}", "reduce --dim")

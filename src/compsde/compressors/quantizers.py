@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from compsde.compressors import register
-from compsde.compressors.base import FLOAT_BITS, Compressor, Field, Payload, check_draw_batch, require_generator
+from compsde.compressors.base import FLOAT_BITS, Compressor, Field, Payload, check_dim, check_draw_batch, require_generator
 
 __all__ = ["Natural", "NaturalDithering", "QSGD"]
 
@@ -54,12 +54,12 @@ class _Uniforms(Compressor):
         d: int,
         generator: torch.Generator | None,
         dtype: torch.dtype = torch.float64,
-    ) -> Tensor | None:  # a tensor here; None in ``rounding``, the Natural that draws nothing
-        generator = require_generator(self.name, generator)
+    ) -> Tensor | None:
+        gen = require_generator(self.name, generator)
         if not dtype.is_floating_point:
             dtype = torch.float64
         # uniform_ on an empty tensor: the same distribution as torch.rand, ~1.5× faster on CPU here.
-        return torch.empty(*batch_shape, d, dtype=dtype, device=generator.device).uniform_(generator=generator)
+        return torch.empty(*batch_shape, d, dtype=dtype, device=gen.device).uniform_(generator=gen)
 
     def _uniforms(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         if rnd is None:
@@ -198,7 +198,7 @@ class Natural(_Uniforms):
         return 1.0 / 8.0
 
     def bits(self, d: int) -> int:
-        return 9 * d
+        return 9 * check_dim(self.name, d)
 
 
 @register
@@ -264,7 +264,7 @@ class _Dithering(_Uniforms):
         return max(1, math.ceil(math.log2(self.levels + 1)))
 
     def bits(self, d: int) -> int:
-        return FLOAT_BITS + d * (1 + self.width())
+        return FLOAT_BITS + check_dim(self.name, d) * (1 + self.width())
 
     def fields(self, d: int, dtype: torch.dtype) -> list[Field]:
         return [Field("norm", "float", 1), Field("level", "uint", d, self.width()), Field("negative", "bits", d)]

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from compsde.compressors import register
-from compsde.compressors.base import FLOAT_BITS, Compressor, Field, Payload
+from compsde.compressors.base import FLOAT_BITS, Compressor, Field, Payload, check_dim
 from compsde.compressors.wire import count_ones
 
 __all__ = ["ScaledSign", "Sign", "sign_bits", "sign_pm1"]
@@ -122,7 +122,7 @@ class Sign(Compressor):
         return sign_pm1(x)
 
     def bits(self, d: int) -> int:
-        return d
+        return check_dim(self.name, d)
 
 
 @register
@@ -162,7 +162,7 @@ class ScaledSign(Compressor):
         return sign_pm1(x).mul_(self._scale(x))
 
     def bits(self, d: int) -> int:
-        return d + FLOAT_BITS
+        return check_dim(self.name, d) + FLOAT_BITS
 
     def delta(self, d: int) -> float:
         return float(d)

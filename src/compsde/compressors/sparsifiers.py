@@ -35,6 +35,7 @@ from compsde.compressors.base import (
     Compressor,
     Field,
     Payload,
+    check_dim,
     check_draw_batch,
     check_k_ratio,
     index_bits,
@@ -76,6 +77,13 @@ class Sparsifier(Compressor):
             out.append(Field("indices", "uint", k, index_bits(d)))
         return out
 
+    def _kept(self, x: Tensor, rnd: Tensor | None) -> Tensor:
+        """``indices``, which only ``Identity`` leaves None (and it encodes and decodes without them)."""
+        idx = self.indices(x, rnd)
+        if idx is None:
+            raise ValueError(f"{self.name} keeps every coordinate: it has no indices to encode")
+        return idx
+
     def kept_values(self, x: Tensor, idx: Tensor) -> Tensor:
         """s · x_S: the values a sparsifier sends for the kept indices ``idx``."""
         vals = x.gather(-1, idx)
@@ -84,8 +92,7 @@ class Sparsifier(Compressor):
 
     def encode(self, x: Tensor, rnd: Tensor | None) -> Payload:
         d = x.shape[-1]
-        idx = self.indices(x, rnd)
-        assert idx is not None  # a sparsifier that keeps all d coordinates (identity) has its own encode
+        idx = self._kept(x, rnd)
         fields = {"values": self.kept_values(x, idx)}
         if self.sends_indices(d):
             fields["indices"] = idx
@@ -96,9 +103,7 @@ class Sparsifier(Compressor):
         if "indices" in payload.fields:
             return payload.fields["indices"].long()
         shape = (*payload.batch_shape, payload.d)
-        idx = self.indices(torch.zeros((), device=payload.device).expand(shape), rnd)
-        assert idx is not None  # a payload without indices comes from a sparsifier that draws them (rand-k)
-        return idx.to(payload.device)
+        return self._kept(torch.zeros((), device=payload.device).expand(shape), rnd).to(payload.device)
 
     def decode(self, payload: Payload, rnd: Tensor | None) -> Tensor:
         vals = payload.fields["values"]
@@ -132,6 +137,7 @@ class Sparsifier(Compressor):
         return torch.zeros_like(x).scatter_(-1, idx, vals)
 
     def bits(self, d: int) -> int:
+        check_dim(self.name, d)
         return FLOAT_BITS * self.support(d) + self.index_bits(d)
 
 

@@ -8,13 +8,15 @@ deep inside, and the command line turns the message into ``error: ...`` with exi
 from __future__ import annotations
 
 import math
+import os
 import unicodedata
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "MAX_INT64", "MAX_SEED", "MAX_TEXT_LENGTH", "check_bool", "check_choice", "check_int", "check_number", "check_seed",
-    "check_text", "describe",
+    "MAX_INT64", "MAX_SEED", "MAX_TEXT_LENGTH", "MAX_WORKERS", "check_bool", "check_callable", "check_choice",
+    "check_int", "check_number", "check_path", "check_seed", "check_text", "describe",
 ]
 
 #: Largest integer a TOML file, a checkpoint or a torch int64 can hold.
@@ -81,8 +83,24 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
 
 
 def check_seed(name: str, value: Any) -> int:
-    """A seed: an integer in [0, 2⁶⁴)."""
+    """A seed: an integer in [0, 2⁶⁴ − 1] — the one check of every seed the library takes (Python
+    arguments, config keys, command-line flags), so each is refused by its own name with this range."""
     return check_int(name, value, min=0, max=MAX_SEED)
+
+
+def check_path(name: str, value: Any, what: str = "a path (a string or pathlib.Path)") -> str | Path:
+    """A file or directory path: a ``str`` or an ``os.PathLike`` (``pathlib.Path``); ``what`` says what
+    is valid when the argument also takes something else."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"{name} must be {what}, got {describe(value)}")
+    return value if isinstance(value, (str, Path)) else Path(value)
+
+
+def check_callable(name: str, value: Any) -> Any:
+    """A function (anything callable) or None."""
+    if value is not None and not callable(value):
+        raise ValueError(f"{name} must be a function or None, got {describe(value)}")
+    return value
 
 
 def _range(lo: int | None, hi: int | None) -> str:

@@ -77,11 +77,20 @@ def resolve_device(device: Any, name: str = "device") -> torch.device:
 
 
 def available_memory(device: torch.device | str = "cpu") -> int:
-    """Bytes that can still be allocated on ``device`` (MemAvailable on Linux; free memory on CUDA)."""
+    """Bytes that can still be allocated on ``device``: free memory on CUDA; on the CPU the least of
+    the machine's MemAvailable, what this process's address-space limit (``ulimit -v``, RLIMIT_AS) leaves
+    above what it has mapped, and what its container's memory limit (cgroup v2 ``memory.max`` or v1
+    ``memory.limit_in_bytes``) leaves above its usage."""
     dev = torch.device(device)
     if dev.type == "cuda":
         free, _ = torch.cuda.mem_get_info(dev)
         return int(free)
+    avail = _machine_available()
+    limits = [_address_space_left(), *_cgroup_left()]
+    return min([avail, *[v for v in limits if v is not None]])
+
+
+def _machine_available() -> int:
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             for line in f:
@@ -93,6 +102,46 @@ def available_memory(device: torch.device | str = "cpu") -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return 1 << 62  # unknown: do not refuse
+
+
+def _address_space_left() -> int | None:
+    """RLIMIT_AS minus this process's mapped size (VmSize), or None without a limit."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY or soft < 0:
+            return None
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return max(0, soft - int(line.split()[1]) * 1024)
+    except (ImportError, OSError, ValueError):
+        pass
+    return None
+
+
+#: A cgroup limit at or above this is no limit (cgroup v1 reports "unlimited" as about 2⁶³).
+_NO_LIMIT = 1 << 60
+
+
+def _cgroup_left() -> list[int | None]:
+    """What the container's memory limit leaves: (limit, usage) files of cgroup v2 and v1, as a
+    containerised process sees its own cgroup at /sys/fs/cgroup."""
+    out: list[int | None] = []
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_file, encoding="ascii") as f:
+                text = f.read().strip()
+            if text == "max" or int(text) >= _NO_LIMIT:
+                continue
+            with open(usage_file, encoding="ascii") as f:
+                out.append(max(0, int(text) - int(f.read().strip())))
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def format_bytes(n: float) -> str:

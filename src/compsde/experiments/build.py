@@ -25,6 +25,7 @@ from compsde.algorithms import Algorithm, schedules
 from compsde.algorithms.schedules import Schedule
 from compsde.algorithms.sync import SYNC_PARAMS, SyncSchedule
 from compsde.compressors.blockwise import Blockwise
+from compsde.core.checks import check_path
 from compsde.core.tensors import DTYPES
 from compsde.experiments import estimates, presets, schema
 from compsde.experiments.overrides import apply_overrides
@@ -134,7 +135,7 @@ def build(config: Mapping[str, Any], name: str | None = None) -> Experiment:
                                  f"problem {pdict['name']!r} is one vector (use a network: mlp, resnet, vit, gpt)")
             ndict = schema.merge_noise(cfg["noise"], s.get("noise", {}))
             scale = ndict.get("scale", 1.0)
-            noise = Noise(ndict["name"], tuple(scale) if isinstance(scale, list) else scale, ndict.get("nu", 3.0))
+            noise = Noise(ndict["name"], tuple(scale) if isinstance(scale, list) else scale, ndict.get("nu"))
             if isinstance(problem, Network):
                 oracle = problem.oracle(noise, workers=s["workers"], batch=s["batch"], dtype=DTYPES[run["dtype"]])
                 oracle.check_memory(run["repeats"])  # the minibatches' activations, before anything runs
@@ -157,6 +158,7 @@ def load(source: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()) 
     if isinstance(source, Mapping):
         raw, name = dict(source), "config"
     else:
-        raw, name = presets.load_source(source)
+        raw, name = presets.load_source(check_path("source", source, "a preset name, a config file or run folder "
+                                                   "(a string or pathlib.Path), or a config dict"))
     cfg = resolve(apply_overrides(raw, overrides), name)
     return build(cfg)

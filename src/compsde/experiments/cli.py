@@ -23,6 +23,8 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
+from compsde.core.checks import check_seed
+
 __all__ = ["main"]
 
 
@@ -192,6 +194,7 @@ def _cmd_scale(args: argparse.Namespace) -> int:
     from compsde.sde import scaling
 
     try:
+        check_seed("--seed", args.seed)
         frm = scaling.parse_assignments(args.frm, "--from")
         if any(v == scaling.KEEP for v in frm.values()):
             return _error(f"--from takes numbers only ('{scaling.KEEP}' belongs in --to)")
@@ -230,6 +233,7 @@ def _cmd_compressors(args: argparse.Namespace) -> int:
         return _error(f"--samples must be an integer ≥ 2 (a variance needs two draws), got {args.samples}")
     names = [n.strip() for n in args.names.split(",") if n.strip()] if args.names else None
     try:
+        check_seed("--seed", args.seed)
         rows = measure.compressor_table(args.dim, samples=args.samples, seed=args.seed, names=names)
     except ValueError as e:
         return _error(str(e))

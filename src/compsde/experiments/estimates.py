@@ -3,7 +3,8 @@
 Memory (checked with ``compsde.core.tensors.check_memory`` against what is available now):
 
 * a series in the simulator: the loop's own estimate (``compsde.sim.loop.Loop``): dtype size × R × d ×
-  (the algorithm's state per element + 6 × the workers processed per chunk + 4), plus its problem
+  (the algorithm's state per element + 6 × the workers processed per chunk + 4) plus each worker's two
+  random streams and their draws of a step (``compsde.core.streams.Streams.memory``), plus its problem
   (64 bytes per coordinate) and its record: (logged steps) × R × 3 float64 measurements, twice
   (the trace and its aggregation), and ~1 kB of bookkeeping per logged step;
 * a series' SDE (``compsde track``): dtype size × M × d × (6 + noise dimension / d) for the closed-form
@@ -13,11 +14,14 @@ Memory (checked with ``compsde.core.tensors.check_memory`` against what is avail
 ``build`` checks each series' simulator memory before it builds the series' problem (so
 ``problem.dim = 10**9`` is refused at once, not after allocating it); the runner checks the SDEs'.
 
-Time: steps × (N × R × d × ``SECONDS_PER_ELEMENT`` + ``SECONDS_PER_STEP``) per series, and for its SDE
+Time: steps × (N × R × d × ``SECONDS_PER_ELEMENT`` + N × ``SECONDS_PER_WORKER`` + ``SECONDS_PER_STEP``) per
+series (``SECONDS_PER_WORKER``: a worker's own draws from its streams, a few generator calls whatever R
+and d, which dominate when R·d is small), and for its SDE
 steps × substeps × (M × (d + noise dimension) × ``SDE_SECONDS_PER_ELEMENT`` — or N × K × M × d ×
 ``SECONDS_PER_ELEMENT`` for the Monte Carlo model — + ``SDE_SECONDS_PER_STEP``). The constants were
 measured on the development machine (2 cores, float64, DSGD/DCSGD/DSignSGD/EF with Gaussian and
-Student-t noise: 45-300 ns per number and 0.4-3 ms per step on a loaded machine). Against the presets
+Student-t noise: 45-300 ns per number and 0.4-3 ms per step on a loaded machine; 15-25 µs per worker and
+step for the noise draw at d = 4, R = 2, and up to ~150 µs with Rand-k's per-worker index draw). Against the presets
 at their default size the estimate was within a factor of 3 of the measured time (estimate ÷ measured:
 optimizers 0.7-2.6, closed-form SDEs 0.4-2.1); it is a guide to the order of magnitude, not a promise.
 Runs estimated above ``REFUSE_SECONDS`` (24 h) are refused, above ``WARN_SECONDS`` (10 min) announced.
@@ -31,16 +35,20 @@ from typing import Any
 
 import torch
 
+from compsde.core.streams import Streams
 from compsde.core.tensors import DTYPES, check_memory
 from compsde.core.trees import leaves
 from compsde.sim.loop import CHUNK_ELEMENTS
 
-__all__ = ["REFUSE_SECONDS", "SDE_SECONDS_PER_ELEMENT", "SDE_SECONDS_PER_STEP", "SECONDS_PER_ELEMENT", "SECONDS_PER_STEP", "WARN_SECONDS", "Estimate",
-           "check_series_memory", "estimate_run", "format_seconds"]
+__all__ = ["REFUSE_SECONDS", "SDE_SECONDS_PER_ELEMENT", "SDE_SECONDS_PER_STEP", "SECONDS_PER_ELEMENT", "SECONDS_PER_STEP",
+           "SECONDS_PER_WORKER", "WARN_SECONDS", "Estimate", "check_series_memory", "estimate_run", "format_seconds",
+           "optimizer_seconds", "sde_seconds"]
 
 #: Seconds per number (worker × repetition × coordinate) and step, and per step (see module doc).
 SECONDS_PER_ELEMENT = 150e-9
 SECONDS_PER_STEP = 1e-3
+#: Seconds per worker and step beyond its numbers: its draws from its own streams (see module doc).
+SECONDS_PER_WORKER = 20e-6
 #: A closed-form SDE's substep: per number (path × coordinate) and per substep (no exchange, no
 #: per-worker noise or compressor draws; a Monte Carlo SDE draws them, and costs like the optimizer).
 SDE_SECONDS_PER_ELEMENT = 30e-9
@@ -52,8 +60,8 @@ WARN_SECONDS = 600.0
 
 _PER_LOGGED_STEP = 1024  # Python objects of one logged row (dicts, tensor headers)
 _PROBLEM_BYTES_PER_COORD = 64  # a problem's vectors of length d (spectrum, x0, x*, scratch)
-HOW = (f"steps × workers × repeats × dim × {SECONDS_PER_ELEMENT * 1e9:.0f} ns + {SECONDS_PER_STEP * 1e3:.0f} ms "
-       "per step, summed over the series, plus their SDEs' paths for `compsde track`; costs measured on a "
+HOW = (f"steps × workers × repeats × dim × {SECONDS_PER_ELEMENT * 1e9:.0f} ns + {SECONDS_PER_WORKER * 1e6:.0f} µs "
+       f"per worker and step + {SECONDS_PER_STEP * 1e3:.0f} ms per step, summed over the series, plus their SDEs' paths for `compsde track`; costs measured on a "
        "2-core machine")
 
 
@@ -91,8 +99,8 @@ def series_memory(algorithm: Any, run: Mapping[str, Any], series: Mapping[str, A
     chunk = max(1, min(n, CHUNK_ELEMENTS // max(1, r * dim)))
     units = state_units(algorithm, n, dtype)
     steps = series.get("steps", run["steps"])
-    return (float(itemsize) * r * dim * (units + 6 * chunk + 4) + _PROBLEM_BYTES_PER_COORD * float(dim)
-            + _record_bytes(steps, run["log_every"], r))
+    return (float(itemsize) * r * dim * (units + 6 * chunk + 4) + Streams.memory(n, n)
+            + _PROBLEM_BYTES_PER_COORD * float(dim) + _record_bytes(steps, run["log_every"], r))
 
 
 def check_series_memory(algorithm: Any, run: Mapping[str, Any], series: Mapping[str, Any],
@@ -123,13 +131,24 @@ def _sde_seconds(model: Any, run: Mapping[str, Any], series: Mapping[str, Any], 
     if model.noise_type == "sampled":
         per = n * model.samples * m * dim * SECONDS_PER_ELEMENT
     else:  # closed forms: the drift and diffusion from the mean gradient, per path
-        per = m * (dim + model.noise_dim) * SDE_SECONDS_PER_ELEMENT
+        return sde_seconds(steps, m, dim, model.noise_dim)
     return steps * (per + SDE_SECONDS_PER_STEP)
 
 
+def sde_seconds(steps: float, paths: int, dim: int, noise_dim: int) -> float:
+    """Estimated seconds of ``steps`` substeps of a closed-form SDE with ``paths`` paths of dimension ``dim``
+    driven by ``noise_dim`` Brownian coordinates (see module doc)."""
+    return steps * (paths * (dim + noise_dim) * SDE_SECONDS_PER_ELEMENT + SDE_SECONDS_PER_STEP)
+
+
+def optimizer_seconds(steps: float, workers: int, repeats: int, dim: int) -> float:
+    """Estimated seconds of ``steps`` simulator steps of ``workers`` workers × ``repeats`` repetitions ×
+    ``dim`` (see module doc): the one time model of the simulator, also used by ``compsde scale --validate``."""
+    return steps * (workers * repeats * dim * SECONDS_PER_ELEMENT + workers * SECONDS_PER_WORKER + SECONDS_PER_STEP)
+
+
 def series_seconds(run: Mapping[str, Any], series: Mapping[str, Any], dim: int) -> float:
-    steps = series.get("steps", run["steps"])
-    return steps * (series["workers"] * run["repeats"] * dim * SECONDS_PER_ELEMENT + SECONDS_PER_STEP)
+    return optimizer_seconds(series.get("steps", run["steps"]), series["workers"], run["repeats"], dim)
 
 
 @dataclass

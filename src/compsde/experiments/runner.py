@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from compsde.core.checks import check_path
 from compsde.core.files import atomic_write
 from compsde.core.tensors import DTYPES
 from compsde.experiments import estimates
@@ -336,7 +337,7 @@ def default_out_dir(name: str) -> Path:
 def output_dir(out_dir: str | Path | None, name: str) -> Path:
     """The directory a run writes into: ``out_dir``, or ``default_out_dir(name)``. ValueError for an
     empty path or one that names an existing file."""
-    if out_dir is not None and not str(out_dir).strip():
+    if out_dir is not None and not str(check_path("out_dir", out_dir)).strip():
         raise ValueError(f"--out must name a directory, got {str(out_dir)!r}")
     out = Path(out_dir) if out_dir is not None else default_out_dir(name)
     if out.exists() and not out.is_dir():

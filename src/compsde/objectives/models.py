@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from compsde.core.checks import check_choice, check_int
+from compsde.core.checks import check_choice, check_int, check_seed
 from compsde.core.tensors import check_memory
 
 __all__ = ["GPT", "MLP", "MODELS", "ResNet", "SIZE_KEYS", "ViT", "build", "check_sizes", "param_count"]
@@ -195,6 +195,7 @@ def build(name: str, sample_shape: tuple[int, ...], classes: int, *, seed: int =
     """The model ``name`` for samples of ``sample_shape`` and ``classes`` outputs, initialised from ``seed``
     (float32, CPU). Unknown or invalid size keys are a ValueError naming the key."""
     check_choice("model", name, MODELS)
+    check_seed("seed", seed)
     s = check_sizes(name, tuple(sample_shape), sizes)
     estimate = param_count(name, tuple(sample_shape), classes, **s)
     check_memory(4.0 * 8 * estimate, f"model {name!r} with {estimate:,} parameters (and its gradients and state)",

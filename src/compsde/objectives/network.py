@@ -39,7 +39,7 @@ from compsde.objectives import problems
 from compsde.objectives.data import Dataset, worker_shards
 from compsde.objectives.data import load as load_data
 from compsde.objectives.models import build, check_sizes, param_count
-from compsde.objectives.noise import Noise
+from compsde.objectives.noise import Noise, gaussian_sign_mean
 from compsde.objectives.oracle import GradientOracle
 
 __all__ = ["FlatParams", "MinibatchSample", "NETWORKS", "Network", "NetworkOracle", "cross_entropy"]
@@ -334,9 +334,7 @@ class NetworkOracle(GradientOracle):
                              "name = 'gaussian' or 'none')")
         g = self.mean_grads(x)
         var = self.noise_factors(x).square().sum(2) + self.noise_variances().to(x).view(-1, 1, 1)
-        sign = torch.where(g >= 0, 1.0, -1.0).to(x.dtype)
-        z = g / (2 * var).sqrt().clamp_min(torch.finfo(x.dtype).tiny)
-        return torch.where(var > 0, torch.erf(z), sign)
+        return gaussian_sign_mean(g, var)
 
     def check_memory(self, repeats: int) -> None:
         """Refuse a run whose step clearly exceeds memory: N·R gradient rows plus the activations of N·R·B

@@ -26,6 +26,8 @@ from torch import Tensor
 from compsde.core.checks import check_choice, check_number, describe
 
 NOISE_NAMES = ("none", "gaussian", "student-t")
+#: ν of Student-t noise when none is given.
+DEFAULT_NU = 3.0
 
 
 @functools.lru_cache(maxsize=32)
@@ -39,6 +41,16 @@ def _sign_mean_table(nu: float, points: int = 8193) -> Tensor:
     return torch.as_tensor(2.0 * stats.t.cdf(z.numpy(), nu) - 1.0, dtype=torch.float64)
 
 
+def gaussian_sign_mean(mean: Tensor, var: Tensor) -> Tensor:
+    """E sign(G) for G ~ N(mean, var) elementwise, with sign(0) = +1: erf(mean / √(2 var)) where var > 0,
+    sign(mean) where var = 0 (a point mass). The one Gaussian sign probability of the library (the
+    DSignSGD SDE's drift for Gaussian noise, a network's minibatch noise taken Gaussian, several workers'
+    averaged noise); ``Noise.sign_mean`` gives the Student-t one. ``mean`` and ``var`` broadcast."""
+    sign = torch.where(mean >= 0, 1.0, -1.0).to(mean.dtype)
+    z = mean / (2 * var).sqrt().clamp_min(torch.finfo(mean.dtype).tiny)
+    return torch.where(var > 0, torch.erf(z), sign)
+
+
 @dataclass(frozen=True)
 class Noise:
     """Additive gradient noise σ_i T / √B.
@@ -46,12 +58,13 @@ class Noise:
     Args:
         name: one of ``NOISE_NAMES``.
         scale: σ, one float for every worker or a sequence with one σ_i per worker.
-        nu: degrees of freedom ν > 0 of ``student-t`` (ignored otherwise).
+        nu: degrees of freedom ν > 0 of ``student-t`` (default ``DEFAULT_NU``); the other noises have
+            none, and refuse one (it stays None).
     """
 
     name: str = "gaussian"
     scale: float | tuple[float, ...] = 1.0
-    nu: float = 3.0
+    nu: float | None = None
 
     def __post_init__(self) -> None:
         check_choice("noise name", self.name, NOISE_NAMES)
@@ -61,7 +74,19 @@ class Noise:
         if not scales or any(isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s < math.inf for s in scales):
             raise ValueError(f"noise scale must be a finite number ≥ 0 or a list of them (one per worker), got {describe(self.scale)}")
         if self.name == "student-t":
-            check_number("noise nu (Student-t degrees of freedom)", self.nu, min=0.0, min_open=True)
+            nu = DEFAULT_NU if self.nu is None else self.nu
+            object.__setattr__(self, "nu", check_number("noise nu (Student-t degrees of freedom)", nu, min=0.0,
+                                                        min_open=True))
+        elif self.nu is not None:
+            raise ValueError(f"noise nu = {describe(self.nu)} does not apply to noise {self.name!r}: only 'student-t' "
+                             "noise has degrees of freedom ν (leave nu out)")
+
+    @property
+    def dof(self) -> float:
+        """ν of Student-t noise; ValueError for the other noises, which have none."""
+        if self.nu is None:
+            raise ValueError(f"noise {self.name!r} has no degrees of freedom ν (only 'student-t' noise has)")
+        return self.nu
 
     @property
     def active(self) -> bool:
@@ -93,9 +118,9 @@ class Noise:
         if self.name == "student-t":
             # T = Z / sqrt(V/ν), V ~ χ²_ν = 2·Gamma(ν/2). torch's gamma sampler takes the generator
             # (private API, but the only one that does; it is exact for every shape parameter).
-            half = torch.full(tuple(z.shape), self.nu / 2.0, dtype=dtype, device=z.device)
+            half = torch.full(tuple(z.shape), self.dof / 2.0, dtype=dtype, device=z.device)
             v = torch._standard_gamma(half, generator=generator)
-            z.mul_(v.mul_(2.0 / self.nu).rsqrt_())
+            z.mul_(v.mul_(2.0 / self.dof).rsqrt_())
         return z
 
     def sample(self, workers: int, batch_shape: Sequence[int], d: int, batch: int,
@@ -120,7 +145,7 @@ class Noise:
         if self.name == "student-t":
             from scipy import stats  # imported here: scipy.stats is slow to import
 
-            return torch.as_tensor(stats.t.cdf(zz.numpy(), self.nu), dtype=torch.float64)
+            return torch.as_tensor(stats.t.cdf(zz.numpy(), self.dof), dtype=torch.float64)
         raise ValueError(f"noise {self.name!r} has no continuous distribution")
 
     def sign_mean(self, z: Tensor) -> Tensor:
@@ -131,9 +156,9 @@ class Noise:
         below 1e-6; computing F_ν with SciPy at every SDE step would dominate the integration.
         """
         if self.name == "gaussian":
-            return torch.erf(z / math.sqrt(2.0))
+            return gaussian_sign_mean(z, torch.ones((), dtype=z.dtype, device=z.device))
         if self.name == "student-t":
-            table = _sign_mean_table(float(self.nu)).to(device=z.device, dtype=z.dtype)
+            table = _sign_mean_table(float(self.dof)).to(device=z.device, dtype=z.dtype)
             u = torch.atan(z) * (2.0 / math.pi)  # in [−1, 1]
             pos = (u + 1.0) * ((table.numel() - 1) / 2.0)
             i0 = pos.floor().clamp(0, table.numel() - 2)
@@ -147,7 +172,7 @@ class Noise:
         if self.name == "gaussian":
             return 1.0 / math.sqrt(2.0 * math.pi)
         if self.name == "student-t":
-            return math.exp(math.lgamma((self.nu + 1) / 2) - math.lgamma(self.nu / 2)) / math.sqrt(self.nu * math.pi)
+            return math.exp(math.lgamma((self.dof + 1) / 2) - math.lgamma(self.dof / 2)) / math.sqrt(self.dof * math.pi)
         raise ValueError(f"noise {self.name!r} has no density")
 
     def variance(self) -> float:
@@ -156,4 +181,4 @@ class Noise:
             return 0.0
         if self.name == "gaussian":
             return 1.0
-        return self.nu / (self.nu - 2.0) if self.nu > 2 else math.inf
+        return self.dof / (self.dof - 2.0) if self.dof > 2 else math.inf

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from compsde.core.checks import MAX_WORKERS, check_int, describe
 from compsde.core.streams import Streams
+from compsde.core.tensors import resolve_device, resolve_dtype
 from compsde.objectives.noise import Noise
 from compsde.objectives.problems import Problem
 
@@ -135,8 +136,8 @@ class Oracle(GradientOracle):
         noise.worker_scales(workers)  # a per-worker scale list must have one entry per worker
         self.noise = noise
         self.base_problem = problem
-        self.dtype = dtype
-        self.device = torch.device(device)
+        self.dtype = dtype = resolve_dtype(dtype)
+        self.device = resolve_device(device)
         self.problem = problem.to(dtype, self.device) if (dtype != problem.dtype or self.device.type != "cpu") else problem
         self.dim = self.problem.dim
         #: σ_i/√B per worker (float64, CPU), None without noise.

@@ -16,6 +16,7 @@ minimum), and, in ``compsde.objectives.games``, ``bilinear-game`` and ``quadrati
 
 from __future__ import annotations
 
+import functools
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -45,6 +46,24 @@ class Problem:
     x0_scale: float = 1.0
     #: dtype of the problem's tensors (see ``to``).
     dtype: torch.dtype = torch.float64
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every problem's ``loss`` and ``grad`` check their point first (``check_point``), so a wrong
+        shape is a ValueError naming it rather than a broadcasting error from inside the formula."""
+        super().__init_subclass__(**kwargs)
+        for meth in ("loss", "grad"):
+            fn = cls.__dict__.get(meth)
+            if fn is not None and not getattr(fn, "_checks_point", False):
+                setattr(cls, meth, _checking_point(fn))
+
+    def check_point(self, x: Any, name: str = "x") -> None:
+        """Refuse (ValueError) a point that is not a floating-point tensor of shape (..., d)."""
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{self.name}: {name} must be a torch.Tensor of shape (..., d = {self.dim}), got {describe(x)}")
+        if x.dim() < 1 or x.shape[-1] != self.dim:
+            raise ValueError(f"{self.name}: {name} must have shape (..., d = {self.dim}), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"{self.name}: {name} must be a floating-point tensor, got dtype {x.dtype}")
 
     def loss(self, x: Tensor) -> Tensor:
         """f(x) for x of shape (..., d); returns shape (...)."""
@@ -128,11 +147,22 @@ class Problem:
         return f"{self.name}(d={self.dim})"
 
 
+def _checking_point(fn: Any) -> Any:
+    """``fn(self, x)`` preceded by ``self.check_point(x)``."""
+    @functools.wraps(fn)
+    def checked(self: Problem, x: Any) -> Tensor:
+        self.check_point(x)
+        return fn(self, x)
+
+    checked._checks_point = True  # type: ignore[attr-defined]
+    return checked
+
+
 def jvp_by_vjp(fn: Any, x: Tensor, v: Tensor) -> Tensor:
     """J v for the Jacobian J of ``fn`` at x by two reverse passes: u ↦ Jᵀu is linear, and its own vjp
     with cotangent v is J v. (torch's forward mode would do it in one pass, but its decompositions call
     the deprecated ``torch.jit.script`` in torch 2.13.)"""
-    _, pullback = torch.func.vjp(fn, x)
+    pullback = torch.func.vjp(fn, x)[1]
     return torch.func.vjp(lambda u: pullback(u)[0], torch.zeros_like(v))[1](v)[0]
 
 

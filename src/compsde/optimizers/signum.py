@@ -121,7 +121,7 @@ class SignumSDE(SDEModel):
         noise = self.oracle.noise
         if noise.name == "gaussian":
             return torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-        nu = float(noise.nu)
+        nu = noise.dof
         density = noise.density_at_zero() * (1 + z * z / nu) ** (-(nu + 1) / 2)
         return (nu + z * z) / (nu - 1) * density
 

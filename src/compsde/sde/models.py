@@ -66,6 +66,7 @@ from compsde.compressors.blockwise import Blockwise
 from compsde.compressors.signs import Sign
 from compsde.compressors.sparsifiers import Identity, RandK
 from compsde.core.checks import check_int, check_number, describe
+from compsde.objectives.noise import gaussian_sign_mean
 from compsde.objectives.oracle import GradientOracle, Oracle
 from compsde.objectives.problems import Problem, jvp_by_vjp
 
@@ -320,8 +321,7 @@ class SignSGDSDE(SDEModel):
             diag, _ = self.averaged_noise(x, torch.zeros(x.shape[0], self.dim + self.workers * self.rank,
                                                          dtype=x.dtype, device=x.device))
             g = o.mean_grads(x).mean(0)
-            sign = torch.where(g >= 0, 1.0, -1.0).to(x.dtype)
-            s = torch.where(diag > 0, torch.erf(g / (2 * diag).sqrt().clamp_min(torch.finfo(x.dtype).tiny)), sign)
+            s = gaussian_sign_mean(g, diag)
         return s, xi.mul_((1.0 - s * s).clamp_min(0).sqrt())
 
 

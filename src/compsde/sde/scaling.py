@@ -22,12 +22,13 @@ solution is rounded and the rounding reported with the invariant's value after i
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from compsde.core.checks import MAX_INT64
+from compsde.core.checks import MAX_INT64, MAX_WORKERS
 
 KEEP = "same"
 
@@ -155,7 +156,7 @@ class Solution:
 def _fmt(v: float | None) -> str:
     if v is None:
         return "-"
-    return str(int(v)) if float(v).is_integer() else f"{v:.6g}"
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:.6g}"
 
 
 def parse_assignments(text: str, arg: str) -> dict[str, float | str]:
@@ -166,6 +167,8 @@ def parse_assignments(text: str, arg: str) -> dict[str, float | str]:
         key = key.strip()
         if not sep or not key:
             raise ValueError(f"{arg}: expected KEY=VALUE pairs separated by commas, got {part!r}")
+        if key in out:
+            raise ValueError(f"{arg}: {key} is given twice; give each hyperparameter once")
         val = val.strip()
         if val == KEEP:
             out[key] = KEEP
@@ -203,7 +206,7 @@ def solve(method: str, frm: dict[str, float], to: dict[str, float | str]) -> Sol
         from compsde import optimizers
 
         defaults = optimizers.get(method).defaults
-        frm = {**frm, **{k: defaults[k] for k in rule.extra if k not in frm and defaults.get(k) is not None}}
+        frm = {**frm, **{k: v for k in rule.extra if k not in frm and (v := defaults.get(k)) is not None}}
     for key, v in frm.items():
         _check_value("--from", key, v)
     fixed = {k: (frm[k] if v == KEEP else float(v)) for k, v in to.items()}
@@ -239,10 +242,18 @@ def solve(method: str, frm: dict[str, float], to: dict[str, float | str]) -> Sol
         raise ValueError(f"the rule needs {solved} = {exact!r}, which underflows to 0: the change you asked for is too extreme")
     value, rounded = exact, False
     if solved in INTEGER:
-        if exact > MAX_INT64:
-            raise ValueError(f"the rule needs {solved} = {exact:.4g}, more than any run can have")
+        if exact > _LIMITS[solved]:
+            raise ValueError(f"the rule needs {solved} = {exact:.4g}, more than any run can have (at most "
+                             f"{_LIMITS[solved]}): the change you asked for is too extreme")
+        if exact < 0.5:
+            raise ValueError(f"the rule needs {solved} = {exact:.4g}, which rounds to 0 ({solved} must be a whole "
+                             "number ≥ 1): the change you asked for is too extreme for this rule")
         value = float(max(1, round(exact)))
         rounded = not math.isclose(value, exact, rel_tol=1e-9)
+    try:
+        _check_value("the rule's solution", solved, value)
+    except ValueError as e:
+        raise ValueError(f"{e}: the change you asked for is too extreme for this rule") from None
     new[solved] = value
     if rule.extra:
         kappa = new["batch"] / frm["batch"]
@@ -259,15 +270,21 @@ def solve(method: str, frm: dict[str, float], to: dict[str, float | str]) -> Sol
     return Solution(rule, dict(frm), ordered, solved, exact, rounded)
 
 
+#: The largest batch and worker count a run may have (those of a config, ``compsde.experiments.schema``).
+_LIMITS = {"batch": MAX_INT64, "workers": MAX_WORKERS}
+
+
 def _check_value(arg: str, key: str, v: float) -> None:
+    """The range of each hyperparameter, for --from, --to and the solution alike."""
     ok = math.isfinite(v) and (v >= 0 if key in ("omega", "weight_decay") else v > 0)
     if key in ("beta1", "beta2"):
         ok = 0 <= v < 1
     if key in INTEGER:
-        ok = ok and float(v).is_integer() and v >= 1
+        ok = ok and float(v).is_integer() and 1 <= v <= _LIMITS[key]
     if not ok:
-        what = {"omega": "a number ≥ 0", "batch": "a whole number ≥ 1", "workers": "a whole number ≥ 1",
-                "beta1": "in [0, 1)", "beta2": "in [0, 1)", "weight_decay": "a number ≥ 0"}.get(key, "a number > 0")
+        what = {"omega": "a number ≥ 0", "batch": f"a whole number ≥ 1 and ≤ {_LIMITS['batch']}",
+                "workers": f"a whole number ≥ 1 and ≤ {_LIMITS['workers']}", "beta1": "in [0, 1)", "beta2": "in [0, 1)",
+                "weight_decay": "a number ≥ 0"}.get(key, "a number > 0")
         raise ValueError(f"{arg}: {key} must be {what}, got {v!r}")
 
 
@@ -302,7 +319,7 @@ def adaptive_stationary_loss(method: str, hp: dict[str, float], eigs: Any, scale
     from compsde import optimizers
 
     opt = optimizers.get(method)
-    h = {**opt.defaults, **hp}
+    h: dict[str, float] = {**{k: v for k, v in opt.defaults.items() if v is not None}, **hp}
     sigma = scale / math.sqrt(hp["batch"] * hp.get("workers", 1))
     p = sigma + h["eps"]
     lam = h["weight_decay"] * (p if getattr(opt.sde, "decoupled_decay", False) else 1.0)
@@ -363,7 +380,8 @@ def _algorithm_for(method: str, hp: dict[str, float], dim: int) -> tuple[Any, fl
         from compsde import optimizers
 
         keys = optimizers.get(method).keys
-        return algorithms.make(method, **{k: v for k, v in hp.items() if k in keys}), 0.0
+        hyper: dict[str, Any] = {k: v for k, v in hp.items() if k in keys}
+        return algorithms.make(method, **hyper), 0.0
     raise ValueError(f"--validate runs dsgd, dcsgd, dsignsgd, {', '.join(ADAPTIVE)}; got {method!r}")
 
 
@@ -378,19 +396,22 @@ def validate(sol: Solution, *, dim: int = 20, scale: float = 1.0, repeats: int =
 
     Each run lasts 2 × ``relax_times`` relaxation times 1/(η h_min · drift gain) of the slowest
     coordinate and averages the loss over its second half. Settings whose runs would take longer than
-    ``MAX_VALIDATE_SECONDS`` (estimated from the steps and sizes) are refused with the estimate.
+    ``MAX_VALIDATE_SECONDS`` (estimated from the steps and sizes with the time model of a config run,
+    ``compsde.experiments.estimates``) are refused with the estimate.
     """
     import torch
 
     from compsde.algorithms.schedules import Schedule
-    from compsde.core.checks import check_int
+    from compsde.core.checks import check_int, check_seed
     from compsde.core.streams import SDE, generator
+    from compsde.experiments import estimates
     from compsde.objectives import Noise, Oracle
     from compsde.sde import models
     from compsde.sde.integrators import integrate
     from compsde.sim.simulator import simulate
 
     check_int("repeats", repeats, min=1, max=1 << 20)
+    check_seed("seed", seed)
     prob = _validation_problem(dim)
     noise = Noise("gaussian", scale)
     plans = []
@@ -405,8 +426,10 @@ def validate(sol: Solution, *, dim: int = 20, scale: float = 1.0, repeats: int =
         elif sol.rule.method in ADAPTIVE:
             gain = 1.0 / (scale / math.sqrt(b) + float(algo.hyper["eps"]))
         steps_f = 2 * relax_times / (eta * prob.eig_min * gain)
-        # about 30 ns per number drawn or moved, plus ~50 µs of fixed cost per step (measured here)
-        seconds = max(200.0, steps_f) * (3e-8 * n * repeats * dim + 5e-5) * 2
+        # the optimizer's run and its SDE's (one path per repetition, diagonal noise), as a config run's
+        steps_run = max(200.0, steps_f)
+        seconds = (estimates.optimizer_seconds(steps_run, n, repeats, dim)
+                   + estimates.sde_seconds(steps_run, paths or repeats, dim, dim))
         plans.append((setting, hp, algo, omega, eta, b, n, steps_f, seconds))
     total = sum(p[-1] for p in plans)
     if not math.isfinite(total) or total > MAX_VALIDATE_SECONDS:
@@ -426,12 +449,10 @@ def validate(sol: Solution, *, dim: int = 20, scale: float = 1.0, repeats: int =
         model = models.from_algorithm(oracle, algo, eta)
         acc: list[float] = []
 
-        def observe(i: int, z: torch.Tensor, acc: list[float] = acc, model: models.SDEModel = model, half: int = steps // 2) -> None:
-            if i >= half:
-                acc.append(float(prob.loss(model.params(z)).mean()))
-
         integrate(model, torch.zeros(paths or repeats, dim, dtype=torch.float64), t1=steps * eta, dt=eta,
-                  generator=generator(seed, SDE), observe=observe, observe_every=log_every)
+                  generator=generator(seed, SDE),
+                  observe=functools.partial(_observe_loss, acc, prob, model, steps // 2),
+                  observe_every=log_every)
         theory_hp = {**hp, "omega": omega}
         betas = ",".join(f"{k[0]}{k[-1]}={algo.hyper[k]:g}" for k in ("beta1", "beta2") if k in algo.hyper)
         rows.append({"setting": setting, "label": f"{algo.name}({betas})" if algo.hyper else algo.label(),
@@ -440,6 +461,12 @@ def validate(sol: Solution, *, dim: int = 20, scale: float = 1.0, repeats: int =
                      "theory": stationary_loss_theory(sol.rule.method if sol.rule.method != "dcsgd" or omega > 0 else "dsgd",
                                                       theory_hp, dim=dim, scale=scale)})
     return Validation(rows)
+
+
+def _observe_loss(acc: list[float], prob: Any, model: Any, first: int, i: int, z: Any) -> None:
+    """Collect the mean loss of the SDE's paths z at its steps i ≥ ``first`` into ``acc``."""
+    if i >= first:
+        acc.append(float(prob.loss(model.params(z)).mean()))
 
 
 def _duration(seconds: float) -> str:

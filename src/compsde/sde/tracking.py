@@ -50,7 +50,7 @@ def simulate_sde(
     it was built; pass ``model`` to reuse one built by ``from_algorithm``). A path that becomes
     non-finite or runs away is marked diverged, as in the simulator.
     """
-    check_run(oracle, algorithm, schedule, repeats=paths, seed=seed, log_every=log_every)
+    check_run(oracle, algorithm, schedule, repeats=paths, seed=seed, log_every=log_every, progress=progress)
     check_int("substeps", substeps, min=1)
     if model is None:
         model = models.from_algorithm(oracle, algorithm, schedule.lr, mc_samples=mc_samples)

@@ -76,8 +76,9 @@ class Loop:
         self.chunk = max(1, min(n, per // (repeats * d)))
         itemsize = torch.empty((), dtype=oracle.dtype).element_size()
         units = sum(t.numel() for t in leaves(algorithm.init(torch.zeros(1, 1, dtype=oracle.dtype), n)))
-        check_memory(itemsize * repeats * d * (units + 6 * self.chunk + 4),
-                     f"a run with {n} worker(s) × {repeats} repetition(s) × d = {d}",
+        check_memory(itemsize * repeats * d * (units + 6 * self.chunk + 4)
+                     + Streams.memory(n, n_all if exchange.replay else n),
+                     f"a run with {n} worker(s) × {repeats} repetition(s) × d = {d} (with each worker's random streams)",
                      "reduce repeats, workers or the dimension", oracle.device)
         self.streams = Streams(seed, n_all, noise=self.held, compressor=range(n_all) if exchange.replay else self.held)
         x0 = oracle.x0()

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 from compsde.algorithms import Algorithm
 from compsde.algorithms.schedules import Schedule
-from compsde.core.checks import check_int, check_seed, describe
+from compsde.core.checks import check_callable, check_int, check_seed, describe
+from compsde.core.tensors import DTYPES
 from compsde.objectives.oracle import GradientOracle
 from compsde.sim.exchange import InProcessExchange
 from compsde.sim.loop import Loop
@@ -22,8 +23,9 @@ __all__ = ["check_run", "simulate"]
 
 
 def check_run(oracle: GradientOracle, algorithm: Algorithm, schedule: Schedule, *, repeats: int, seed: int,
-              log_every: int) -> None:
-    """Validate the arguments every entry point (simulator, reference loop, SDE) shares."""
+              log_every: int, progress: object = None, observe: object = None) -> None:
+    """Validate the arguments every entry point (simulator, reference loop, SDE) shares: the oracle (of
+    a floating dtype), the algorithm, the schedule, the counts, the seed and the callbacks."""
     if not isinstance(oracle, GradientOracle):
         raise ValueError("oracle must be a compsde.objectives.Oracle (a problem, a noise model, workers, batch) or "
                          f"NetworkOracle (a model on data), got {describe(oracle)}")
@@ -34,6 +36,10 @@ def check_run(oracle: GradientOracle, algorithm: Algorithm, schedule: Schedule, 
     check_int("repeats", repeats, min=1)
     check_seed("seed", seed)
     check_int("log_every", log_every, min=1)
+    if oracle.dtype not in DTYPES.values():
+        raise ValueError(f"oracle dtype must be one of {', '.join(map(str, DTYPES.values()))}, got {describe(oracle.dtype)}")
+    check_callable("progress", progress)
+    check_callable("observe", observe)
     algorithm.compressor.bits(oracle.dim)  # the compressor fits the dimension (k ≤ d, ...)
 
 
@@ -47,7 +53,8 @@ def simulate(oracle: GradientOracle, algorithm: Algorithm, schedule: Schedule, *
     called with the number of steps just completed (for a progress bar), ``observe`` with the loop
     after every step (e.g. to write the rows logged so far while the run goes).
     """
-    check_run(oracle, algorithm, schedule, repeats=repeats, seed=seed, log_every=log_every)
+    check_run(oracle, algorithm, schedule, repeats=repeats, seed=seed, log_every=log_every, progress=progress,
+              observe=observe)
     exchange = InProcessExchange(algorithm, repeats, oracle.dim, oracle.dtype)
     loop = Loop(algorithm, oracle, schedule, repeats=repeats, seed=seed, log_every=log_every, exchange=exchange)
     while not loop.done:
