@@ -266,11 +266,11 @@ def test_idle_ranks_stop_when_a_lone_worker_stalls():
     import torch.distributed as dist
 
     from compsde.distributed.launch import Context, LaunchError
-    from compsde.experiments.torch_backend import _Heartbeat, _wait_idle
+    from compsde.distributed.backend import Heartbeat, wait_idle
 
     def leader(store, seconds: float, then_done: bool) -> threading.Thread:
         """Rank 0 making steps for ``seconds``, then ending the series or hanging."""
-        beat = _Heartbeat(Context(0, 2, store, timeout=0.4), 5)
+        beat = Heartbeat(Context(0, 2, store, timeout=0.4), 5)
 
         def steps() -> None:
             t0 = time.monotonic()
@@ -289,14 +289,14 @@ def test_idle_ranks_stop_when_a_lone_worker_stalls():
     t0 = time.monotonic()
     worker = leader(store, 1.0, then_done=False)  # 1 s of steps (longer than the timeout), then it hangs
     with pytest.raises(LaunchError, match=r"rank 0 made no progress in series 5 \(one worker\) for 0.4 s"):
-        _wait_idle(idle, 5, stall=0.4, poll=0.01)
+        wait_idle(idle, 5, stall=0.4, poll=0.01)
     worker.join()
     assert 1.0 < time.monotonic() - t0 < 5
     assert idle.failed_ranks() == [1]  # the other ranks learn it through the store
 
     store = dist.HashStore()
     worker = leader(store, 1.0, then_done=True)  # steps, then the series ends: no failure
-    _wait_idle(Context(1, 2, store, timeout=0.4), 5, stall=0.4, poll=0.01)
+    wait_idle(Context(1, 2, store, timeout=0.4), 5, stall=0.4, poll=0.01)
     worker.join()
 
 
@@ -363,13 +363,12 @@ def test_killed_rank_is_named_and_the_run_resumes_with_the_same_iterates(tmp_pat
 
 
 def test_bad_backend_options_are_refused_without_launching(tmp_path, capfd, monkeypatch):
-    from compsde.distributed import launch
-    from compsde.experiments import torch_backend
+    from compsde.distributed import backend, launch
 
     def no_launch(*a, **k):
         raise AssertionError("a process was launched")
 
-    monkeypatch.setattr(torch_backend, "spawn", no_launch)
+    monkeypatch.setattr(backend, "spawn", no_launch)
     monkeypatch.setattr(launch, "spawn", no_launch)
     cfg = tmp_path / "c.toml"
     cfg.write_text(config.dumps(config.resolve(_config([{"method": "dsgd", "lr": 0.05, "workers": 2}], steps=4))))
@@ -514,10 +513,10 @@ def test_signal_stops_every_rank_with_one_line(tmp_path, sig, to_group):
     tmp.mkdir()
     out = tmp_path / "o"
     proc = subprocess.Popen([sys.executable, "-m", "compsde", "run", str(cfg), "--backend", "torch", "--out", str(out),
-                             "--no-progress", "--no-plots"], env=_env(TMPDIR=str(tmp)), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             "--no-progress", "--no-plots", "--checkpoint-every", "50"], env=_env(TMPDIR=str(tmp)),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _wait_for(out / "config.toml", proc)  # rank 0 is in the loop
+        _wait_for(out / "checkpoint.pt", proc)  # rank 0 is in the loop
         kids = _children(proc.pid)
         assert len(kids) == 2 and [p for p in tmp.iterdir() if p.name.startswith("compsde-dist-")]
         t0 = time.monotonic()
@@ -548,9 +547,10 @@ def test_joined_ranks_exit_quietly_on_a_signal(tmp_path):
         for rank in (0, 1):
             env = _env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), COMPSDE_INIT_METHOD=f"file://{store}")
             procs.append(subprocess.Popen([sys.executable, "-m", "compsde", "run", str(cfg), "--backend", "torch",
-                                           "--out", str(tmp_path / "o"), "--no-progress", "--no-plots"],
+                                           "--out", str(tmp_path / "o"), "--no-progress", "--no-plots",
+                                           "--checkpoint-every", "50"],
                                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT))
-        _wait_for(tmp_path / "o" / "config.toml", procs[0])
+        _wait_for(tmp_path / "o" / "checkpoint.pt", procs[0])  # both ranks are in the loop
         time.sleep(0.3)
         for p in procs:
             p.send_signal(signal.SIGTERM)
