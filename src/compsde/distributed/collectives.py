@@ -181,8 +181,8 @@ class CollectiveExchange(Exchange):
 
     def __init__(self, algorithm: Algorithm, rows: int, d: int, dtype: torch.dtype, *, workers: int, rank: int,
                  group: dist.ProcessGroup | None = None, device: torch.device | str = "cpu") -> None:
-        super().__init__(algorithm, rows, d, dtype)
         check_wire(algorithm.compressor, "the distributed backend")
+        super().__init__(algorithm, rows, d, dtype)
         self.workers, self.rank, self.group, self.device = workers, rank, group, torch.device(device)
         self.wire = Wire(algorithm.compressor, rows, d, dtype, workers=workers, rank=rank, group=group, device=device)
         self.replay = self.wire.replay
