@@ -103,10 +103,10 @@ def _assert_matches_simulator(exp, traces, tol: float) -> None:
                        seed=run["seed"], log_every=run["log_every"])
         # Same streams, same arithmetic, same aggregation: equal in practice; the tolerance only
         # allows for the all-reduce summing the summable payloads in another order.
-        torch.testing.assert_close(tr.x, ref.x, rtol=tol, atol=tol, msg=lambda m: f"{spec.label}: {m}")
-        torch.testing.assert_close(tr.loss, ref.loss, rtol=tol, atol=tol, msg=lambda m: f"{spec.label}: {m}")
+        torch.testing.assert_close(tr.x, ref.x, rtol=tol, atol=tol, msg=lambda m, label=spec.label: f"{label}: {m}")
+        torch.testing.assert_close(tr.loss, ref.loss, rtol=tol, atol=tol, msg=lambda m, label=spec.label: f"{label}: {m}")
         torch.testing.assert_close(tr.compression_error, ref.compression_error, rtol=1e-9, atol=1e-12, equal_nan=True,
-                                   msg=lambda m: f"{spec.label}: {m}")
+                                   msg=lambda m, label=spec.label: f"{label}: {m}")
         assert torch.equal(tr.diverged_step, ref.diverged_step), spec.label
         assert torch.equal(tr.steps, ref.steps) and torch.equal(tr.bits, ref.bits), spec.label
 
@@ -268,8 +268,8 @@ def test_idle_ranks_stop_when_a_lone_worker_stalls():
 
     import torch.distributed as dist
 
-    from compsde.distributed.launch import Context, LaunchError
     from compsde.distributed.backend import Heartbeat, wait_idle
+    from compsde.distributed.launch import Context, LaunchError
 
     def leader(store, seconds: float, then_done: bool) -> threading.Thread:
         """Rank 0 making steps for ``seconds``, then ending the series or hanging."""

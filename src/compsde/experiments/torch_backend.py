@@ -159,6 +159,7 @@ def _default_out(exp: Experiment, out_dir: str | Path | None, resume: str | Path
 
     return default_out_dir(exp.name)
 
+
 def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path | None = None, *,
         workers: int | None = None, timeout: float = DEFAULT_TIMEOUT, checkpoint_every: int | None = None,
         resume: str | Path | None = None, progress: bool = True, plots: bool = True,
