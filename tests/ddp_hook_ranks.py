@@ -4,9 +4,12 @@ configuration).
 
     python tests/ddp_hook_ranks.py OUT.json     (RANK, WORLD_SIZE, COMPSDE_INIT_METHOD set by spawn)
 
-Each configuration trains a fresh DistributedDataParallel MLP on the synthetic task of
-``examples/ddp_train.py`` (a fixed teacher; each rank its own batches) with the hook; rank 0 writes, per
-configuration, the held-out losses, whether the replicas ended identical, and the bytes per step.
+First, ranks registering different configurations (``MISMATCHES``: rank r passes its own entry) must
+each get a ValueError from their first backward, naming what differs, and the group must stay usable.
+Then each configuration of ``CONFIGS`` trains a fresh DistributedDataParallel MLP on the synthetic task
+of ``examples/ddp_train.py`` (a fixed teacher; each rank its own batches) with the hook; rank 0 writes,
+per configuration, the held-out losses, whether the replicas ended identical, and the bytes per step,
+and every rank its mismatch messages: ``{"train": {...}, "mismatch": {rank: {name: message}}}``.
 """
 
 import gc
@@ -27,6 +30,13 @@ CONFIGS = {
     "top-k-ef": ({"compressor": "top-k", "ratio": 0.05, "error_feedback": True}, 0.05),
     "rand-k": ({"compressor": "rand-k", "ratio": 0.25}, 0.02),  # indices replayed by the receivers, not sent
     "qsgd": ({"compressor": "qsgd", "levels": 4}, 0.05),
+}
+#: name → comm_hook arguments of rank 0 and rank 1 (without the checks, the first two abort inside gloo
+#: on buffers of different sizes, and the third runs on with replicas drifting apart)
+MISMATCHES = {
+    "compressor": ({"compressor": "sign"}, {"compressor": "top-k", "k": 2}),
+    "k": ({"compressor": "top-k", "k": 2}, {"compressor": "top-k", "k": 3}),
+    "seed": ({"compressor": "rand-k", "k": 3, "seed": 7}, {"compressor": "rand-k", "k": 3, "seed": 8}),
 }
 STEPS, BATCH, DIM, HIDDEN = 150, 32, 16, 64
 
@@ -69,14 +79,30 @@ def train(name: str, rank: int, world: int) -> dict:
             "declared_bits_per_step": state.declared_bits_per_step(), "fp32_bytes_per_step": 4 * flat.numel()}
 
 
+def mismatch(name: str, rank: int) -> str:
+    """One backward with this rank's entry of ``MISMATCHES[name]``: the error's type and message."""
+    torch.manual_seed(0)
+    model = DDP(mlp())
+    state, hook = comm_hook(**MISMATCHES[name][rank])
+    model.register_comm_hook(state, hook)
+    try:
+        model(torch.randn(BATCH, DIM)).sum().backward()
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return "no error"
+
+
 def main(out: str) -> None:
     torch.set_num_threads(1)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group("gloo", init_method=os.environ["COMPSDE_INIT_METHOD"], rank=rank, world_size=world)
-    results = {name: train(name, rank, world) for name in CONFIGS}
+    refused = {name: mismatch(name, rank) for name in MISMATCHES}
+    every: list = [None] * world
+    dist.all_gather_object(every, refused)
+    results = {name: train(name, rank, world) for name in CONFIGS}  # the group still works
     if rank == 0:
         with open(out, "w") as f:
-            json.dump(results, f)
+            json.dump({"train": results, "mismatch": every}, f)
     gc.collect()  # DDP processes sometimes abort at exit without this (environment.md)
     dist.barrier()
     dist.destroy_process_group()

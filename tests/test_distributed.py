@@ -206,6 +206,9 @@ def test_cli_writes_the_simulator_files_plus_wire_bytes(tmp_path, capfd):
     rec = json.loads((tmp_path / "t" / "run.json").read_text())
     assert rec["backend"] == "torch" and rec["status"] == "completed" and rec["started"] and rec["ended"]
     assert rec["versions"]["torch"] == torch.__version__ and (tmp_path / "t" / "notes.txt").read_text() == "mine"
+    # the run folder set up as the simulator's (runner.start_run), with the command that re-runs it
+    assert (tmp_path / "t" / "config.toml").read_text().startswith(
+        "# compsde resolved config (config); re-run with: compsde run config.toml --backend torch --workers 2")
     (tmp_path / "t" / "notes.txt").unlink()
     code, _, err = _main(["run", str(path), "--out", str(tmp_path / "s"), "--no-progress", "--no-plots"], capfd)
     assert code == 0, err
@@ -267,12 +270,12 @@ def test_idle_ranks_stop_when_a_lone_worker_stalls():
 
     import torch.distributed as dist
 
+    from compsde.distributed.backend import Heartbeat, wait_idle
     from compsde.distributed.launch import Context, LaunchError
-    from compsde.experiments.torch_backend import _Heartbeat, _wait_idle
 
     def leader(store, seconds: float, then_done: bool) -> threading.Thread:
         """Rank 0 making steps for ``seconds``, then ending the series or hanging."""
-        beat = _Heartbeat(Context(0, 2, store, timeout=0.4), 5)
+        beat = Heartbeat(Context(0, 2, store, timeout=0.4), 5)
 
         def steps() -> None:
             t0 = time.monotonic()
@@ -291,15 +294,38 @@ def test_idle_ranks_stop_when_a_lone_worker_stalls():
     t0 = time.monotonic()
     worker = leader(store, 1.0, then_done=False)  # 1 s of steps (longer than the timeout), then it hangs
     with pytest.raises(LaunchError, match=r"rank 0 made no progress in series 5 \(one worker\) for 0.4 s"):
-        _wait_idle(idle, 5, stall=0.4, poll=0.01)
+        wait_idle(idle, 5, stall=0.4, poll=0.01)
     worker.join()
     assert 1.0 < time.monotonic() - t0 < 5
     assert idle.failed_ranks() == [1]  # the other ranks learn it through the store
 
     store = dist.HashStore()
     worker = leader(store, 1.0, then_done=True)  # steps, then the series ends: no failure
-    _wait_idle(Context(1, 2, store, timeout=0.4), 5, stall=0.4, poll=0.01)
+    wait_idle(Context(1, 2, store, timeout=0.4), 5, stall=0.4, poll=0.01)
     worker.join()
+
+
+def test_dead_idle_rank_is_named_and_finished_series_are_written(tmp_path, capfd, monkeypatch):
+    """World 2: series 0 runs on both ranks, series 1 on rank 0 alone; rank 1 is killed while it waits.
+    The healthy rank 0 (no collective tells it) is stopped by the launcher after the grace time: the
+    message blames rank 1, not rank 0; and metrics.csv keeps series 0, which had finished."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(config.dumps(config.resolve(_config([
+        {"method": "dsgd", "lr": 0.05, "workers": 2, "label": "both", "steps": 5},
+        {"method": "dsgd", "lr": 0.05, "workers": 1, "label": "alone", "steps": 10_000_000}]))))
+    monkeypatch.setenv("COMPSDE_TEST_FAULT", "kill:1@0/1")  # rank 1, as it starts waiting for series 1
+    t0 = time.monotonic()
+    code, _, err = _main(["run", str(cfg), "--backend", "torch", "--out", str(tmp_path / "o"), "--no-progress",
+                          "--no-plots", "--timeout", "1"], capfd)
+    assert code not in (0, None)
+    assert "rank 1 killed by signal SIGKILL" in err, err
+    assert "rank 0 was still running (3 s after rank 1 failed; terminated)" in err and "hung" not in err, err
+    assert time.monotonic() - t0 < 40
+    rows = (tmp_path / "o" / "metrics.csv").read_text().splitlines()
+    step = rows[0].split(",").index("step")
+    # series 0's logged steps (log_every 4, and the last), nothing of series 1
+    assert [(r.split(",")[0], r.split(",")[step]) for r in rows[1:]] == [("both", "0"), ("both", "4"), ("both", "5")]
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["status"].startswith("failed")
 
 
 @pytest.mark.slow
@@ -365,13 +391,12 @@ def test_killed_rank_is_named_and_the_run_resumes_with_the_same_iterates(tmp_pat
 
 
 def test_bad_backend_options_are_refused_without_launching(tmp_path, capfd, monkeypatch):
-    from compsde.distributed import launch
-    from compsde.experiments import torch_backend
+    from compsde.distributed import backend, launch
 
     def no_launch(*a, **k):
         raise AssertionError("a process was launched")
 
-    monkeypatch.setattr(torch_backend, "spawn", no_launch)
+    monkeypatch.setattr(backend, "spawn", no_launch)
     monkeypatch.setattr(launch, "spawn", no_launch)
     cfg = tmp_path / "c.toml"
     cfg.write_text(config.dumps(config.resolve(_config([{"method": "dsgd", "lr": 0.05, "workers": 2}], steps=4))))
@@ -436,6 +461,7 @@ def test_workers_default_to_the_largest_series_and_must_match_torchrun(tmp_path,
 def test_comm_hook_refuses_bad_arguments_naming_them(tmp_path):
     import torch.distributed as dist
 
+    from compsde import algorithms
     from compsde.distributed import comm_hook
 
     for kwargs, name in [({"compressor": 5}, "compressor"), ({"compressor": "sign", "aggregation": "avg"}, "aggregation"),
@@ -443,10 +469,31 @@ def test_comm_hook_refuses_bad_arguments_naming_them(tmp_path):
                          ({"compressor": "sign", "seed": 1.5}, "seed"),
                          ({"compressor": "sign", "error_feedback": "yes"}, "error_feedback"),
                          ({"compressor": "nope"}, "compressor"), ({"compressor": "top-k", "ratio": 2.0}, "ratio"),
-                         ({"compressor": "sign", "worker": 5}, "worker")]:
+                         ({"compressor": "sign", "worker": 5}, "worker"),
+                         ({"compressor": "sign", "process_group": "world"}, "process_group must be a torch.distributed "
+                          "ProcessGroup .* or None for the default group, got 'world'")]:
         with pytest.raises(ValueError, match=name):
             comm_hook(**kwargs)
-    from compsde import algorithms
+
+    from compsde.compressors import Compressor
+    from compsde.distributed.collectives import CollectiveExchange
+
+    class Halve(Compressor):  # apply and bits only: it cannot send payloads
+        name = "halve"
+
+        def apply(self, x, rnd):
+            return x / 2
+
+        def bits(self, d):
+            return 32 * d
+
+    # Refused at registration (not at the first backward, with a bare NotImplementedError), naming
+    # what is missing; the distributed backend's exchange likewise.
+    with pytest.raises(ValueError, match=r"halve\(\) \(.*Halve\) does not implement fields, encode, decode: "
+                                         r"comm_hook sends payloads"):
+        comm_hook(Halve())
+    with pytest.raises(ValueError, match="does not implement fields, encode, decode: the distributed backend"):
+        CollectiveExchange(algorithms.make("dcsgd", Halve()), 1, 4, torch.float64, workers=1, rank=0)
     from compsde.algorithms.sync import SyncSchedule
 
     with pytest.raises(ValueError, match="'sam' evaluates it again at a probe point"):
@@ -516,12 +563,15 @@ def test_signal_stops_every_rank_with_one_line(tmp_path, sig, to_group):
     tmp.mkdir()
     out = tmp_path / "o"
     proc = subprocess.Popen([sys.executable, "-m", "compsde", "run", str(cfg), "--backend", "torch", "--out", str(out),
-                             "--no-progress", "--no-plots"], env=_env(TMPDIR=str(tmp)), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             "--no-progress", "--no-plots", "--checkpoint-every", "50"], env=_env(TMPDIR=str(tmp)),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _wait_for(out / "config.toml", proc)  # rank 0 is in the loop
+        _wait_for(out / "checkpoint.pt", proc)  # rank 0 is in the loop
         kids = _children(proc.pid)
-        assert len(kids) == 2 and [p for p in tmp.iterdir() if p.name.startswith("compsde-dist-")]
+        jobs = [p for p in tmp.iterdir() if p.name.startswith("compsde-dist-")]
+        assert len(kids) == 2 and len(jobs) == 1
+        # the job folder names its owner, so that a later launch can tell it stale if this one is SIGKILLed
+        assert (jobs[0] / "owner").read_text().split()[0] == str(proc.pid)
         t0 = time.monotonic()
         if to_group:
             os.killpg(proc.pid, sig)  # the command is its own process group's leader
@@ -539,6 +589,40 @@ def test_signal_stops_every_rank_with_one_line(tmp_path, sig, to_group):
     assert not [k for k in kids if _alive(k)]
 
 
+def test_stale_job_folders_are_removed_at_the_next_launch(tmp_path, monkeypatch):
+    """A launcher killed with SIGKILL cannot remove its job folder (the signal test above shows a live
+    one naming its owner); the next launch removes the folders whose owner process is gone — and only
+    those."""
+    from compsde.distributed import launch
+
+    def folder(name: str, owner: str | None) -> Path:
+        p = tmp_path / f"compsde-dist-{name}"
+        p.mkdir()
+        (p / "store").write_text("")
+        if owner is not None:
+            (p / "owner").write_text(owner)
+        return p
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    start = launch._start_time(os.getpid())
+    assert start is not None
+    stale = folder("dead", f"{gone.pid} 12345")  # its owner has exited
+    reused = folder("reused", f"{os.getpid()} {int(start) - 1}")  # a live pid, but another process's start time
+    live = folder("live", f"{os.getpid()} {start}")  # this process
+    unknown = [folder("creating", None), folder("garbled", "not a pid")]  # being created, or not ours: kept
+    other = tmp_path / "other-dir"
+    other.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    job = launch.spawn(1, ["-c", "pass"], timeout=10)
+    try:
+        assert not stale.exists() and not reused.exists()
+        assert live.is_dir() and all(p.is_dir() for p in unknown) and other.is_dir()
+        assert job.parent == tmp_path and (job / "owner").read_text() == f"{os.getpid()} {start}"
+    finally:
+        shutil.rmtree(job)
+
+
 def test_joined_ranks_exit_quietly_on_a_signal(tmp_path):
     """Ranks joined by hand (as torchrun starts them: RANK/WORLD_SIZE set), each sent SIGTERM as torchrun
     forwards it: each exits with one line and status 143, without a traceback."""
@@ -550,9 +634,10 @@ def test_joined_ranks_exit_quietly_on_a_signal(tmp_path):
         for rank in (0, 1):
             env = _env(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), COMPSDE_INIT_METHOD=f"file://{store}")
             procs.append(subprocess.Popen([sys.executable, "-m", "compsde", "run", str(cfg), "--backend", "torch",
-                                           "--out", str(tmp_path / "o"), "--no-progress", "--no-plots"],
+                                           "--out", str(tmp_path / "o"), "--no-progress", "--no-plots",
+                                           "--checkpoint-every", "50"],
                                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT))
-        _wait_for(tmp_path / "o" / "config.toml", procs[0])
+        _wait_for(tmp_path / "o" / "checkpoint.pt", procs[0])  # both ranks are in the loop
         time.sleep(0.3)
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -611,12 +696,28 @@ def test_cli_joins_the_group_under_torchrun(tmp_path):
 
 
 def test_ddp_hook_trains_models_in_one_group(tmp_path):
-    """The DDP hook on 2 ranks for several compressors (one local launch; see tests/ddp_hook_ranks.py)."""
+    """The DDP hook on 2 ranks: mismatched configurations refused, then several compressors trained (one
+    local launch; see tests/ddp_hook_ranks.py)."""
     from compsde.distributed.launch import spawn
 
     out = tmp_path / "hook.json"
     spawn(2, [str(ROOT / "tests" / "ddp_hook_ranks.py"), str(out)], timeout=60, jobdir=tmp_path / "job")
-    results = json.loads(out.read_text())
+    got = json.loads(out.read_text())
+    # Ranks that registered different configurations: a ValueError on every rank at its first backward,
+    # naming the setting and both ranks' values (not gloo's "Received data size doesn't match", nor a
+    # silent drift for different seeds).
+    for rank, refused in enumerate(got["mismatch"]):
+        assert sorted(refused) == ["compressor", "k", "seed"], refused
+        for name, message in refused.items():
+            assert message.startswith(f"ConfigMismatch: rank {rank}: the comm_hook configuration differs across "
+                                      "ranks: rank 1 differs from rank 0 in "), (rank, name, message)
+        assert "compressor (rank 0: 'sign()', rank 1: 'top-k(k=2)')" in refused["compressor"], refused
+        assert "compressor (rank 0: 'top-k(k=2)', rank 1: 'top-k(k=3)')" in refused["k"], refused
+        assert "from rank 0 in seed (rank 0: 7, rank 1: 8) (" in refused["seed"], refused  # the seed only
+    from compsde.distributed.launch import ConfigMismatch
+
+    assert issubclass(ConfigMismatch, ValueError)
+    results = got["train"]
     assert sorted(results) == ["qsgd", "rand-k", "sign-majority", "top-k-ef"]
     for name, r in results.items():
         assert r["replicas_identical"], name  # every rank applied the same aggregate (replayed draws agree)

@@ -101,7 +101,10 @@ def index_bits(d: int) -> int:
 
 
 class Compressor:
-    """Base class. Subclasses set ``name``, implement ``apply`` and the declared theory."""
+    """Base class. Subclasses set ``name`` and implement ``fields``, ``encode``, ``decode`` (whatever
+    sends payloads needs them: the distributed backend, the DDP hook, the wire accounting), ``bits``
+    and the declared theory; ``apply`` defaults to decode ∘ encode and may be overridden with a faster,
+    equal path."""
 
     name: ClassVar[str] = ""
     #: E C(x) = x for every x.

@@ -3,7 +3,10 @@
 * ``collectives`` — the exchange of a step over collectives (all-reduce for summable payloads,
   all-gather of serialised payloads otherwise), bytes counted per event;
 * ``worker`` — one process's part of a series: the simulator's loop with ``held = [rank]``;
-* ``launch`` — join a torchrun group or start N local processes, failure reporting;
+* ``launch`` — join a torchrun group or start N local processes, failure reporting, agreement of the
+  ranks' settings;
+* ``backend`` — a run of several series over one group: each rank's session, idle ranks,
+  checkpoints and resume (``compsde run --backend torch`` hands it the series);
 * ``checkpoint`` — atomic checkpoints of every rank's state;
 * ``comm_hook`` — a DDP communication hook for your own PyTorch models;
 * ``local_sgd`` — ``LocalSGD``: periodic parameter averaging (constant, post-local, QSR) around any

@@ -10,6 +10,10 @@ event: the bytes of the tensors actually handed to the collective are counted wh
 Receivers that need a sender's draw to decode (rand-k with independent indices: the indices never
 travel) replay that sender's compressor stream: the loop holds every worker's compressor stream
 (``replay``) and hands the exchange each one's draw.
+
+``Wire`` is this exchange for one shape; the distributed backend's ``CollectiveExchange`` (one step of
+the simulator's loop) and the DDP hook (``compsde.distributed.comm_hook``, one gradient bucket,
+asynchronously) both send through it.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from torch import Tensor
 
 from compsde.algorithms import Algorithm, WorkersOut
 from compsde.algorithms.aggregation import aggregate_sum
-from compsde.compressors import Payload
+from compsde.compressors import Compressor, Payload
 from compsde.compressors.wire import Layout, decode_sum
 from compsde.sim.exchange import Exchange
 
-__all__ = ["CollectiveExchange", "all_gather_bytes", "flat_floats", "receive", "unflat_floats"]
+__all__ = ["WIRE_METHODS", "CollectiveExchange", "Wire", "all_gather_bytes", "check_wire", "finish_direction", "flat_floats",
+           "receive", "unflat_floats"]
 
 
 def all_gather_bytes(out: Tensor, inp: Tensor, group: dist.ProcessGroup | None = None, async_op: bool = False):
@@ -58,46 +63,130 @@ def unflat_floats(flat: Tensor, like: Payload) -> Payload:
     return Payload(out, like.d, like.dtype)
 
 
+#: What a compressor must implement for its payloads to travel (``Compressor``'s defaults raise
+#: NotImplementedError): the payload's fields, both halves, and the declared bits.
+WIRE_METHODS = ("fields", "encode", "decode", "bits")
+
+
+def check_wire(compressor: Compressor, who: str) -> None:
+    """ValueError naming what ``compressor`` lacks when it cannot travel through collectives: ``who``
+    sends its payloads, which needs ``WIRE_METHODS`` (and ``decode_count`` when it declares ``counted``),
+    not only ``apply``."""
+    need = list(WIRE_METHODS) + (["decode_count"] if compressor.counted is not None else [])
+    missing = [m for m in need if getattr(type(compressor), m) is getattr(Compressor, m)]
+    if missing:
+        raise ValueError(
+            f"{who}: the compressor {compressor!r} ({type(compressor).__qualname__}) does not implement "
+            f"{', '.join(missing)}: {who} sends payloads (compressors/base.py: fields declares them, encode "
+            "writes them, decode reads them, bits counts them), so a Compressor subclass must implement these "
+            "as well as apply")
+
+
 def receive(algorithm: Algorithm, layout: Layout, buffers: Tensor, rnds: Sequence[Tensor | None], out: Tensor,
             server_state: Any) -> tuple[Tensor, Any]:
     """The server's direction from n workers' all-gathered buffers: Σ_i decode(payload_i) (``decode_sum``),
-    the aggregate and the server transform. Without server transforms the aggregate (mean or sign) is
-    elementwise and is applied to each block as it is decoded, in cache (the same bits as afterwards)."""
-    n = buffers.shape[0]
+    the aggregate and the server transform (``finish_direction``)."""
+    return finish_direction(algorithm, buffers.shape[0], server_state,
+                            lambda finish: decode_sum(algorithm.compressor, layout, buffers, rnds, out=out, finish=finish))
+
+
+def finish_direction(algorithm: Algorithm, workers: int, server_state: Any,
+                     total: Callable[[Callable[[Tensor], Tensor] | None], Tensor]) -> tuple[Tensor, Any]:
+    """The server's direction d = T_s(aggregate(Σ_i m_i)) without the iterate, from ``total(finish)``
+    (which decodes Σ_i m_i and applies ``finish`` to it, in place). Without server transforms the
+    aggregate (mean or sign) is elementwise and is handed to the decoder as ``finish``, which applies
+    it to each block as it is decoded, in cache (the same bits as afterwards)."""
     if not algorithm.server.names:
         how = algorithm.aggregation
-        return decode_sum(algorithm.compressor, layout, buffers, rnds, out=out,
-                          finish=lambda t: aggregate_sum(t, n, how)), server_state
-    return algorithm.direction(decode_sum(algorithm.compressor, layout, buffers, rnds, out=out), n, server_state, None)
+        return total(lambda t: aggregate_sum(t, workers, how)), server_state
+    return algorithm.direction(total(None), workers, server_state, None)
+
+
+class Wire:
+    """The collective that carries one worker's payload of ``rows`` rows of length d, in ``dtype``, to
+    Σ_i m_i over the ``workers`` ranks of ``group``, with buffers reused from exchange to exchange.
+
+    Summable payloads (``Compressor.summable``) are all-reduced as their float fields and decoded once;
+    every other payload is packed into its wire format (``Layout``), all-gathered and decoded worker by
+    worker, in worker order (``decode_sum``). ``start`` packs and starts the collective (synchronously,
+    or asynchronously for a DDP hook); once it has completed, ``total`` or ``direction`` decodes.
+    Receivers replay the draws that a payload omits (``replay``: rand-k's indices): ``draws`` lists
+    every worker's draw, to be taken before the collective, in the same order on every rank.
+    """
+
+    def __init__(self, compressor: Compressor, rows: int, d: int, dtype: torch.dtype, *, workers: int, rank: int,
+                 group: dist.ProcessGroup | None = None, device: torch.device | str = "cpu") -> None:
+        self.compressor, self.rows, self.d = compressor, rows, d
+        self.workers, self.rank, self.group = workers, rank, group
+        self.summable = compressor.summable
+        self.layout = None if self.summable else Layout(compressor.fields(d, dtype), rows, d, dtype)
+        #: decoding another worker's payload needs its draw, which this process replays
+        self.replay = (not self.summable and compressor.randomized and not compressor.shared_randomness
+                       and compressor.decode_needs_draw(d))
+        # Buffers reused every step (fresh d-length tensors would pay page faults on every step).
+        if self.layout is not None:
+            self.send = torch.empty(self.layout.nbytes, dtype=torch.uint8, device=device)
+            self.recv = torch.empty(workers, self.layout.nbytes, dtype=torch.uint8, device=device)
+        else:
+            n = sum(f.count for f in compressor.fields(d, dtype)) * rows
+            self.send = torch.empty(n, dtype=dtype, device=device)
+        #: bytes this worker hands to the collective per exchange
+        self.nbytes = self.send.numel() * self.send.element_size()
+
+    @property
+    def collective(self) -> str:
+        return "all_reduce" if self.summable else "all_gather"
+
+    def draws(self, own: Tensor | None, draw: Callable[[int], Tensor | None]) -> list[Tensor | None]:
+        """Every worker's draw for decoding: this rank's ``own``, and, where the payloads omit what the
+        draws determine (``replay``), worker j's replayed ``draw(j)`` (leading axis 1), in worker order."""
+        if self.replay:
+            return [own if j == self.rank else _row0(draw(j)) for j in range(self.workers)]
+        return [own] * self.workers  # a shared draw, or none needed to decode
+
+    def start(self, payload: Payload, *, async_op: bool = False) -> dist.Work | None:
+        """Write this worker's ``payload`` (fields of shape (rows, count)) into the send buffer and start
+        the collective; with ``async_op`` return its work handle."""
+        if self.layout is None:
+            flat_floats(payload, out=self.send)  # a copy: the all-reduce works in place
+            return dist.all_reduce(self.send, group=self.group, async_op=async_op)
+        self.layout.pack(payload, out=self.send)
+        return all_gather_bytes(self.recv.view(-1), self.send, group=self.group, async_op=async_op)
+
+    def total(self, payload: Payload, rnds: Sequence[Tensor | None], out: Tensor | None = None,
+              finish: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Σ_i m_i (rows, d) once the collective has completed (``payload`` is this worker's, for the
+        shapes; ``rnds`` from ``draws``), written into ``out`` when the decoder can; ``finish`` (an
+        elementwise in-place function) is applied to it."""
+        if self.layout is None:
+            summed = self.compressor.decode(unflat_floats(self.send, payload), rnds[self.rank])
+            return summed if finish is None else finish(summed)
+        return decode_sum(self.compressor, self.layout, self.recv, rnds, out=out, finish=finish)
+
+    def direction(self, algorithm: Algorithm, payload: Payload, rnds: Sequence[Tensor | None], out: Tensor | None,
+                  server_state: Any) -> tuple[Tensor, Any]:
+        """The server's direction (``finish_direction``) from the completed collective."""
+        return finish_direction(algorithm, self.workers, server_state,
+                                lambda finish: self.total(payload, rnds, out=out, finish=finish))
 
 
 class CollectiveExchange(Exchange):
     """One worker's side of a step's communication, for a fixed algorithm, shape and process group.
 
-    ``total`` returns Σ_i m_i (rows, d), identical on every worker: sum mode → decode(all_reduce(payload));
-    gather mode → ``decode_sum`` over the all-gathered buffers.
+    ``total`` returns Σ_i m_i (rows, d), identical on every worker, through a ``Wire``: sum mode →
+    decode(all_reduce(payload)); gather mode → ``decode_sum`` over the all-gathered buffers.
     """
 
     needs_payload = True
 
     def __init__(self, algorithm: Algorithm, rows: int, d: int, dtype: torch.dtype, *, workers: int, rank: int,
                  group: dist.ProcessGroup | None = None, device: torch.device | str = "cpu") -> None:
+        check_wire(algorithm.compressor, "the distributed backend")
         super().__init__(algorithm, rows, d, dtype)
-        comp = algorithm.compressor
         self.workers, self.rank, self.group, self.device = workers, rank, group, torch.device(device)
-        self.summable = comp.summable
-        self.layout = None if self.summable else Layout(comp.fields(d, dtype), rows, d, dtype)
-        #: decoding another worker's payload needs its draw, which this process replays
-        self.replay = (not self.summable and comp.randomized and not comp.shared_randomness
-                       and comp.decode_needs_draw(d))
-        # Buffers reused every step (fresh d-length tensors would pay page faults on every step).
-        if self.layout is not None:
-            self.send = torch.empty(self.layout.nbytes, dtype=torch.uint8, device=device)
-            self.recv = torch.empty(workers, self.layout.nbytes, dtype=torch.uint8, device=device)
-            self.out = torch.empty(rows, d, dtype=dtype, device=device)
-        else:
-            n = sum(f.count for f in comp.fields(d, dtype)) * rows
-            self.send = torch.empty(n, dtype=dtype, device=device)
+        self.wire = Wire(algorithm.compressor, rows, d, dtype, workers=workers, rank=rank, group=group, device=device)
+        self.replay = self.wire.replay
+        self.out = None if self.wire.summable else torch.empty(rows, d, dtype=dtype, device=device)
         self._payload: Payload | None = None
         self._rnd: Tensor | None = None
         #: seconds inside the collectives, and decoding + summing
@@ -106,7 +195,7 @@ class CollectiveExchange(Exchange):
 
     @property
     def collective(self) -> str:
-        return "all_reduce" if self.summable else "all_gather"
+        return self.wire.collective
 
     def put(self, out: WorkersOut, workers: Sequence[int], rnd: Tensor | None) -> None:
         if out.payload is None:
@@ -114,31 +203,17 @@ class CollectiveExchange(Exchange):
         self._payload, self._rnd = out.payload, None if rnd is None else rnd[0]
 
     def total(self, draws: Callable[[int], Tensor | None]) -> Tensor:
-        payload, own = self._payload, self._rnd
+        payload = self._payload
         if payload is None:
             raise RuntimeError("total() before put(): no payload this step")
         payload = Payload({k: v[0] for k, v in payload.fields.items()}, payload.d, payload.dtype)  # this worker's
-        comp = self.algorithm.compressor
         t0 = time.perf_counter()
-        if self.layout is None:
-            send = flat_floats(payload, out=self.send)  # a copy: the all-reduce works in place
-            dist.all_reduce(send, group=self.group)
-            sent = send.numel() * send.element_size()
-            t1 = time.perf_counter()
-            out = comp.decode(unflat_floats(send, payload), own)
-        else:
-            self.layout.pack(payload, out=self.send)
-            all_gather_bytes(self.recv.view(-1), self.send, group=self.group)
-            sent = self.send.numel()
-            t1 = time.perf_counter()
-            if self.replay:
-                rnds: list[Any] = [own if j == self.rank else _row0(draws(j)) for j in range(self.workers)]
-            else:
-                rnds = [own] * self.workers  # a shared draw, or none needed to decode
-            out = decode_sum(comp, self.layout, self.recv, rnds, out=self.out)
+        self.wire.start(payload)
+        t1 = time.perf_counter()
+        out = self.wire.total(payload, self.wire.draws(self._rnd, draws), out=self.out)
         self.t_comm += t1 - t0
         self.t_aggregate += time.perf_counter() - t1
-        self.log.record(self.bits_per_round, sent / self.rows)
+        self.log.record(self.bits_per_round, self.wire.nbytes / self.rows)
         self._payload = None
         return out
 

@@ -13,11 +13,18 @@ for ``"sign"``), which replaces the bucket's gradient for your optimizer.
 
 The payloads travel in the wire format of ``compsde.compressors.wire`` (signs bit-packed, top-k values
 and indices, quantiser levels and norms) through an all-reduce when the compressor is summable and an
-all-gather otherwise, asynchronously (the hook returns the collective's future, continued by the
-decoding). Random compressors draw from ``compsde.core.streams``: rank i uses its compressor stream,
+all-gather otherwise — the distributed backend's exchange (``compsde.distributed.collectives.Wire``),
+started asynchronously here (the hook returns the collective's future, continued by the decoding). Random compressors draw from ``compsde.core.streams``: rank i uses its compressor stream,
 shared ones the shared stream, and receivers replay the senders' streams for rand-k, whose indices
 never travel. Buckets are processed in the same order on every rank (DDP guarantees it), so the
 replayed draws match. The state records the bytes handed to the collectives, per bucket and per step.
+
+Every rank must run the same configuration: a different compressor or k would make the collectives'
+sizes differ, and a different seed would silently decode other draws than were encoded. At its first
+bucket the hook all-gathers the configuration (algorithm, compressor and its parameters, seed) and
+stops every rank with a ``ValueError`` naming what differs (``launch.check_same_settings``, the check
+``compsde run --backend torch`` makes at start). A compressor must implement ``fields``, ``encode``,
+``decode`` and ``bits`` (checked at registration), not only ``apply``.
 """
 
 import warnings
@@ -31,10 +38,10 @@ from compsde import algorithms as algorithms_mod
 from compsde.algorithms import Algorithm
 from compsde.algorithms.aggregation import AGGREGATIONS
 from compsde.compressors import Compressor, Payload
-from compsde.compressors.wire import Layout
 from compsde.core.checks import check_bool, check_choice, check_seed, describe
 from compsde.core.streams import Streams
-from compsde.distributed.collectives import all_gather_bytes, flat_floats, receive, unflat_floats
+from compsde.distributed.collectives import Wire, check_wire
+from compsde.distributed.launch import check_same_settings
 
 __all__ = ["BUCKET_DTYPES", "CompressionState", "comm_hook"]
 
@@ -59,7 +66,11 @@ class CompressionState:
         if algorithm.local:
             raise ValueError(f"a DDP hook averages gradients every step: the local method {algorithm.name!r} averages "
                              "parameters (use compsde.distributed.LocalSGD)")
+        check_wire(algorithm.compressor, "comm_hook")
         check_seed("seed", seed)
+        if process_group is not None and not isinstance(process_group, dist.ProcessGroup):
+            raise ValueError(f"process_group must be a torch.distributed ProcessGroup (dist.new_group(...)) or None "
+                             f"for the default group, got {describe(process_group)}")
         if not dist.is_initialized():
             raise RuntimeError("comm_hook needs an initialised process group (dist.init_process_group)")
         # ---- tunables
@@ -69,14 +80,17 @@ class CompressionState:
         self.process_group = process_group
         # ---- internal state
         self.rank = dist.get_rank(process_group)
+        if self.rank < 0:
+            raise ValueError("process_group: this process is not a member of the given group")
         self.world = dist.get_world_size(process_group)
+        #: whether the ranks have checked that they run the same configuration (at the first bucket)
+        self.agreed = False
         #: every rank's compressor stream (this rank's own, the others' replayed) and the shared one
         self.streams = Streams(seed, self.world, noise=[], compressor=range(self.world))
         #: per bucket index: the algorithm's per-worker state (error feedback, momentum) and server state
         #: (reset when a bucket changes size, as DDP rebuilds its buckets after the first iteration)
         self.buckets: dict[int, dict[str, Any]] = {}
         self.iteration = 0
-        self._layouts: dict[tuple[int, torch.dtype], Layout] = {}
         # ---- statistics
         #: bytes this rank handed to collectives: in total, and per bucket in the last iteration
         self.wire_bytes = 0
@@ -103,11 +117,27 @@ class CompressionState:
             self.buckets[idx] = st
         return st
 
-    def layout(self, n: int, dtype: torch.dtype) -> Layout:
-        key = (n, dtype)
-        if key not in self._layouts:
-            self._layouts[key] = Layout(self.compressor.fields(n, dtype), 1, n, dtype)
-        return self._layouts[key]
+    def wire(self, st: dict[str, Any]) -> Wire:
+        """The bucket's ``Wire`` (its collective and reused buffers), made at its first exchange."""
+        if "wire" not in st:
+            st["wire"] = Wire(self.compressor, 1, st["numel"], st["dtype"], workers=self.world, rank=self.rank,
+                              group=self.process_group, device=st["device"])
+        return st["wire"]
+
+    def settings(self) -> dict[str, Any]:
+        """What every rank must agree on: the algorithm (method, aggregation, transforms), the compressor
+        with its parameters, and the seed of the compressor streams."""
+        algo = self.algorithm
+        method = [algo.name, f"aggregation {algo.aggregation}"]
+        method += [f"{side}: {t.describe()}" for side, t in (("worker", algo.worker), ("server", algo.server)) if t.names]
+        return {"algorithm": ", ".join(method), "compressor": repr(self.compressor), "seed": self.seed}
+
+    def agree(self) -> None:
+        """Check once, collectively, that every rank runs the same ``settings``; ValueError otherwise."""
+        if not self.agreed:
+            check_same_settings(self.settings(), what="comm_hook configuration", group=self.process_group,
+                                why="every rank must register the same compressor, parameters, algorithm and seed")
+            self.agreed = True
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # pragma: no cover - DDP may pickle states
         self.__dict__.update(state)
@@ -124,53 +154,36 @@ def _compressed_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.
     if dtype not in BUCKET_DTYPES:
         raise ValueError(f"comm_hook: gradient bucket {idx} has dtype {dtype}; the compressor {state.compressor!r} "
                          f"works on floating-point buckets ({', '.join(str(d) for d in BUCKET_DTYPES)})")
+    state.agree()
     algo, comp = state.algorithm, state.compressor
     st = state.bucket_state(idx, buf)
+    wire = state.wire(st)
     draw = lambda j: algo.draw(state.streams, [j], 1, n, dtype)  # noqa: E731
     rnd = draw(state.rank) if not (comp.randomized and comp.shared_randomness) else algo.draw(state.streams, [], 1, n, dtype)
-    own = _row0(rnd)
     out = algo.workers_step(buf.view(1, 1, n), {"worker": st["worker"], "ef": st["ef"]}, None, 1.0, rnd, encode=True,
                             messages=False)
     st["worker"], st["ef"] = out.state["worker"], out.state["ef"]
     assert out.payload is not None
     payload = Payload({k: v[0] for k, v in out.payload.fields.items()}, n, dtype)
-    world = state.world
+    # Draw (or replay) every rank's randomness now, in bucket order: the decoding runs later.
+    rnds = wire.draws(_row0(rnd), draw)
+    work = wire.start(payload, async_op=True)
+    assert work is not None
+    _count(state, idx, n, wire.nbytes)
 
-    def finish(total: torch.Tensor) -> torch.Tensor:
-        direction, st["server"] = algo.direction(total, world, st["server"], None)
+    def done(fut: torch.futures.Future) -> torch.Tensor:
+        # Decoded straight into the bucket where the decoder can (its gradient has been encoded already).
+        direction, st["server"] = wire.direction(algo, payload, rnds, buf.view(1, n), st["server"])
         if direction.data_ptr() != buf.data_ptr():
             buf.copy_(direction.view(-1))
         return buf
 
-    if comp.summable:
-        send = flat_floats(payload)
-        fut = dist.all_reduce(send, group=state.process_group, async_op=True).get_future()
-        _count(state, idx, n, send)
-        done = lambda f: finish(comp.decode(unflat_floats(f.value()[0], payload), own))  # noqa: E731
-    else:
-        layout = state.layout(n, dtype)
-        send = layout.pack(payload)
-        recv = st.setdefault("recv", torch.empty(world, layout.nbytes, dtype=torch.uint8, device=buf.device))
-        # Draw (or replay) every rank's randomness now, in bucket order, whether or not decoding needs it.
-        if comp.randomized and not comp.shared_randomness and comp.decode_needs_draw(n):
-            rnds = [own if j == state.rank else _row0(draw(j)) for j in range(world)]
-        else:
-            rnds = [own] * world
-        fut = all_gather_bytes(recv.view(-1), send, group=state.process_group, async_op=True).get_future()
-        _count(state, idx, n, send)
-        def done(f: torch.futures.Future) -> torch.Tensor:
-            # Decoded straight into the bucket (its gradient has been encoded already): no d-length buffer.
-            direction, st["server"] = receive(algo, layout, recv, rnds, buf.view(1, n), st["server"])
-            if direction.data_ptr() != buf.data_ptr():
-                buf.copy_(direction.view(-1))
-            return buf
     if bucket.is_last():
         state.iteration += 1
-    return fut.then(done)
+    return work.get_future().then(done)
 
 
-def _count(state: CompressionState, idx: int, n: int, sent: torch.Tensor) -> None:
-    b = sent.numel() * sent.element_size()
+def _count(state: CompressionState, idx: int, n: int, b: int) -> None:
     state.wire_bytes += b
     state.bucket_bytes[idx] = b
     state.bucket_numel[idx] = n
@@ -189,7 +202,10 @@ def comm_hook(compressor: Compressor | str | Algorithm, *, error_feedback: bool 
         aggregation: ``"mean"`` (mean of the decompressed messages) or ``"majority"`` (sign of their
             sum: majority vote for ``"sign"``).
         seed: the seed of the compressor streams (``compsde.core.streams``); must be equal on all ranks.
-        process_group: the group to communicate in (default: the default group).
+        process_group: the ``torch.distributed.ProcessGroup`` to communicate in (None: the default group).
+
+    Every rank must pass the same arguments: the hook checks it at its first bucket (one small
+    all-gather) and raises a ValueError on every rank naming what differs.
         worker, server: transforms before compression and after aggregation (``compsde.algorithms.make``),
             e.g. ``worker={"momentum": 0.9}``.
     """

@@ -22,7 +22,14 @@ Failures: a child that dies (signal or non-zero exit) or hangs makes the parent 
 report which rank failed; the children themselves fail fast because every collective has the
 user's ``timeout``, and a rank whose collective fails writes ``compsde/failed/<rank>`` into the store
 and names the ranks that did not (``peer_report``), which is what identifies the rank under
-``torchrun`` too.
+``torchrun`` too. Ranks started with different settings would fail inside a collective with a
+message about sizes (or, worse, not at all): ``check_same_settings`` compares them first and stops
+every rank naming the difference.
+
+Job directories: ``spawn`` keeps the FileStore in a fresh ``compsde-dist-*`` directory of the
+temporary directory that records its owner (pid and start time); a launcher killed with SIGKILL
+cannot remove it, so every new job directory first removes the stale ones whose owner is gone
+(``new_job_dir``).
 """
 
 from __future__ import annotations
@@ -30,23 +37,25 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 __all__ = [
-    "EXIT_CONFIG", "EXIT_PEER", "Context", "Interrupted", "LaunchError", "describe_exit", "die_with_parent",
-    "dist_backend_for", "in_launched_env", "init_from_env", "interruptible", "peer_report", "quiet_signals",
-    "rank_device", "spawn",
+    "EXIT_CONFIG", "EXIT_PEER", "JOB_PREFIX", "ConfigMismatch", "Context", "Interrupted", "LaunchError",
+    "check_same_settings", "describe_exit", "die_with_parent", "dist_backend_for", "in_launched_env", "init_from_env",
+    "interruptible", "new_job_dir", "peer_report", "quiet_signals", "rank_device", "remove_stale_jobs", "spawn",
 ]
 
 #: Exit status of a rank whose collective failed because a peer died or hung.
@@ -61,6 +70,10 @@ PARENT_ENV = "COMPSDE_PARENT_PID"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: Prefix of the failure note of a rank whose collective failed (a victim, not a cause).
 COMM_FAILURE = "lost contact"
+#: Name prefix of ``spawn``'s job directories in the temporary directory, and the file in each that
+#: names its owner.
+JOB_PREFIX = "compsde-dist-"
+OWNER_FILE = "owner"
 
 
 class LaunchError(RuntimeError):
@@ -69,6 +82,13 @@ class LaunchError(RuntimeError):
     def __init__(self, message: str, status: int = 1) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ConfigMismatch(LaunchError, ValueError):
+    """The ranks were given different settings (raised on every rank; exit status 2)."""
+
+    def __init__(self, message: str, status: int = EXIT_CONFIG) -> None:
+        super().__init__(message, status)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -259,6 +279,32 @@ def _default_store() -> dist.Store | None:
         return None
 
 
+def check_same_settings(mine: Mapping[str, Any], *, what: str, why: str, group: dist.ProcessGroup | None = None) -> None:
+    """All-gather ``mine`` (a few small, picklable settings by name that every rank of ``group`` must
+    share: digests, names, seeds) and, if any rank's differ from rank 0's, raise ``ConfigMismatch`` on
+    every rank naming the ranks, the settings and their values (those whose repr is short). ``what``
+    names the whole ("configuration"), ``why`` says what must agree. One collective, before the ranks
+    rely on the settings agreeing (differing sizes would otherwise fail inside a collective, and
+    differing seeds not at all)."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    every: list[Any] = [None] * world
+    dist.all_gather_object(every, dict(mine), group=group)
+    bad = [r for r in range(world) if every[r] != every[0]]
+    if not bad:
+        return
+    parts = []
+    for key in sorted({k for r in bad for k in {*every[r], *every[0]} if every[r].get(k) != every[0].get(k)}):
+        values = {r: every[r].get(key) for r in [0, *bad] if r == 0 or every[r].get(key) != every[0].get(key)}
+        if all(len(repr(v)) <= 40 for v in values.values()):
+            parts.append(f"{key} ({', '.join(f'rank {r}: {v!r}' for r, v in values.items())})")
+        else:
+            parts.append(key)
+    many = len(bad) > 1
+    raise ConfigMismatch(f"rank {rank}: the {what} differs across ranks: rank{'s' if many else ''} "
+                         f"{', '.join(map(str, bad))} differ{'' if many else 's'} from rank 0 in {'; '.join(parts)} "
+                         f"({why})")
+
+
 def peer_report(ctx: Context, where: str, wait: float = 1.0) -> str:
     """After a failed collective: record the failure, give the others ``wait`` seconds to do the
     same, and name the ranks that did not (the dead or hung ones)."""
@@ -311,7 +357,7 @@ def spawn(workers: int, argv: Sequence[str], *, timeout: float, env: dict[str, s
     """
     if workers < 1:
         raise ValueError(f"workers must be an integer ≥ 1, got {workers}")
-    job = Path(jobdir) if jobdir is not None else Path(tempfile.mkdtemp(prefix="compsde-dist-"))
+    job = Path(jobdir) if jobdir is not None else new_job_dir()
     job.mkdir(parents=True, exist_ok=True)
     store = job / "store"
     if store.exists():
@@ -334,6 +380,70 @@ def spawn(workers: int, argv: Sequence[str], *, timeout: float, env: dict[str, s
     finally:
         _stop(procs)
     return job
+
+
+def new_job_dir() -> Path:
+    """A fresh ``compsde-dist-*`` directory in the temporary directory (``tempfile.gettempdir()``), with
+    its owner (this process) recorded in it, after removing the stale ones (``remove_stale_jobs``)."""
+    remove_stale_jobs()
+    job = Path(tempfile.mkdtemp(prefix=JOB_PREFIX))
+    (job / OWNER_FILE).write_text(_process_id(os.getpid()))
+    return job
+
+
+def remove_stale_jobs(where: str | Path | None = None) -> list[Path]:
+    """Remove this user's job directories in ``where`` (default: the temporary directory) whose owner
+    process is gone — left by a launcher killed with SIGKILL, which cannot clean up. Directories
+    without a readable owner record (being created, or of another program) are left alone. Returns
+    the directories removed."""
+    removed = []
+    for job in Path(where if where is not None else tempfile.gettempdir()).glob(f"{JOB_PREFIX}*"):
+        try:
+            if not job.is_dir() or job.stat().st_uid != os.getuid():
+                continue
+            pid_text, _, start = (job / OWNER_FILE).read_text().partition(" ")
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            continue
+        if not _running(pid, start.strip()):
+            shutil.rmtree(job, ignore_errors=True)
+            removed.append(job)
+    return removed
+
+
+def _process_id(pid: int) -> str:
+    """``"PID STARTTIME"``: the start time (in clock ticks since boot, from /proc; "?" elsewhere) tells
+    the owner from a later process that reuses its pid."""
+    return f"{pid} {_start_time(pid) or '?'}"
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _start_time(pid: int) -> str | None:
+    fields = _proc_stat(pid)
+    return fields[19] if fields is not None and len(fields) > 19 else None  # field 22 of proc(5)
+
+
+def _running(pid: int, start: str) -> bool:
+    """Whether the process ``pid`` that started at ``start`` (``_process_id``) still runs."""
+    if Path("/proc/self/stat").exists():
+        fields = _proc_stat(pid)
+        if fields is None or fields[0] in ("Z", "X"):  # gone, or a zombie (dead, not yet reaped)
+            return False
+        return start in ("?", "") or fields[19] == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _watch(procs: list[subprocess.Popen], grace: float, poll: float) -> None:
@@ -361,10 +471,15 @@ def _watch(procs: list[subprocess.Popen], grace: float, poll: float) -> None:
 
 def _failure_message(codes: list[int | None], hung: list[int], grace: float, first: int) -> str:
     """Name the culprits first: ranks that died or crashed, then ranks that hung; then the ranks that
-    only stopped because of them."""
+    only stopped because of them. A rank still running after the others failed is called hung only
+    when no rank died, crashed or refused to start: otherwise it was merely not stopped by them (a
+    healthy rank running a series alone has no collective that would fail)."""
     culprits = [r for r, c in enumerate(codes) if r not in hung and c not in (0, EXIT_PEER, EXIT_CONFIG)]
     parts = [f"rank {r} {describe_exit(codes[r])}" for r in culprits]
-    parts += [f"rank {r} hung (still running {grace:.0f} s after rank {first} failed; terminated)" for r in hung]
+    explained = any(c not in (0, EXIT_PEER) for r, c in enumerate(codes) if r not in hung)
+    running = f"{grace:.0f} s after rank {first} failed; terminated"
+    parts += [f"rank {r} was still running ({running})" if explained else f"rank {r} hung (still running {running})"
+              for r in hung]
     victims = [r for r, c in enumerate(codes) if c == EXIT_PEER and r not in hung]
     config = [r for r, c in enumerate(codes) if c == EXIT_CONFIG]
     if config:

@@ -30,10 +30,11 @@ from compsde.objectives.oracle import Oracle
 from compsde.sim.loop import Loop
 from compsde.sim.recorder import Trace
 
-__all__ = ["FAULT_ENV", "SeriesOutcome", "run_series", "tensor_digest"]
+__all__ = ["FAULT_ENV", "SeriesOutcome", "inject_fault", "run_series", "tensor_digest"]
 
 #: Test-only fault injection: ``ACTION:RANK@STEP`` or ``ACTION:RANK@STEP/SERIES`` with ACTION one of
-#: ``kill`` (SIGKILL itself), ``hang`` (sleep forever), ``raise`` (an exception) — before that step.
+#: ``kill`` (SIGKILL itself), ``hang`` (sleep forever), ``raise`` (an exception) — before that step (a
+#: rank that sits a series out meets its step 0 as it starts waiting).
 FAULT_ENV = "COMPSDE_TEST_FAULT"
 
 
@@ -52,7 +53,8 @@ class SeriesOutcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _fault(rank: int, series: int, step: int) -> None:
+def inject_fault(rank: int, series: int, step: int) -> None:
+    """Carry out the fault ``FAULT_ENV`` names if it is for this rank, series and step (tests only)."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
@@ -102,7 +104,7 @@ def run_series(
 
     ``resume`` continues from this rank's checkpointed part (``{"loop": Loop.state_dict(), "seconds"}``);
     ``checkpoint(part)`` is called by every rank after each ``checkpoint_every``-th step with its part
-    (the caller gathers and writes them; see ``compsde.distributed.backend``).
+    (the caller gathers and writes them: ``compsde.distributed.backend.SeriesRunner``).
     """
     t_start = time.perf_counter()
     exchange = CollectiveExchange(algorithm, repeats, oracle.dim, oracle.dtype, workers=oracle.workers, rank=rank,
@@ -118,7 +120,7 @@ def run_series(
     try:
         while not loop.done:
             k = loop.k
-            _fault(rank, index, k)
+            inject_fault(rank, index, k)
             loop.step()
             if progress is not None:
                 progress(1)

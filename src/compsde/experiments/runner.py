@@ -65,7 +65,7 @@ from compsde.sim.recorder import Trace
 from compsde.sim.simulator import simulate
 
 __all__ = ["METRIC_COLUMNS", "OUTPUT_FILES", "SNAPSHOT_SECONDS", "SeriesResult", "clear_outputs", "default_out_dir",
-           "metrics_from_trace", "quantiles", "run_experiment", "write_results"]
+           "metrics_from_trace", "quantiles", "run_experiment", "start_run", "write_results"]
 
 #: Below this many elements per step (d x repeats x workers) a series is simulated on one thread.
 SINGLE_THREAD_BELOW = 1 << 20
@@ -470,6 +470,23 @@ def failure_status(e: BaseException) -> str:
     return f"failed: {type(e).__name__}" + (f": {text[0][:300]}" if text else "")
 
 
+def start_run(out: Path, exp: Experiment, *, command: str | None, backend: str, track: bool,
+              estimate: estimates.Estimate | None, rerun: str, clear: bool = True) -> RunRecord:
+    """Set up the run folder ``out`` (every backend): announce an estimate above ten minutes on stderr,
+    create the folder, remove an earlier run's outputs (``clear_outputs``; a resumed run passes
+    ``clear=False``), and write run.json (status "running") and config.toml, headed by the command
+    that re-runs it (``rerun``). Returns the ``RunRecord`` to end."""
+    if estimate is not None and estimate.seconds > estimates.WARN_SECONDS:
+        sys.stderr.write(f"compsde: warning: this run will take {estimate.describe()}\n")
+        sys.stderr.flush()
+    out.mkdir(parents=True, exist_ok=True)
+    if clear:
+        clear_outputs(out)
+    record = RunRecord(out, exp, command, backend, track, estimate)
+    atomic_write(out / CONFIG_FILE, dumps(exp.config, header=f"compsde resolved config ({exp.name}); re-run with: {rerun}"))
+    return record
+
+
 def _python_call(config: Any, out_dir: Any, track: bool) -> str:
     what = f"<Experiment {config.name!r}>" if isinstance(config, Experiment) else (
         "<config dict>" if isinstance(config, Mapping) else repr(str(config)))
@@ -501,12 +518,8 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
     models = _sde_models(exp) if track else []  # refused before anything is written when no series has an SDE
     estimate = estimates.estimate_run(exp, models)
     out = output_dir(out_dir, exp.name)
-    if estimate.seconds > estimates.WARN_SECONDS:
-        sys.stderr.write(f"compsde: warning: this run will take {estimate.describe()}\n")
-        sys.stderr.flush()
-    out.mkdir(parents=True, exist_ok=True)
-    clear_outputs(out)
-    record = RunRecord(out, exp, command or _python_call(config, out_dir, track), "sim", track, estimate)
+    record = start_run(out, exp, command=command or _python_call(config, out_dir, track), backend="sim", track=track,
+                       estimate=estimate, rerun=f"compsde run {CONFIG_FILE} (or compsde run DIR, the folder holding it)")
     try:
         _run(exp, out, models, record, progress=progress, plots=plots, track=track, bar_cls=tqdm)
     except BaseException as e:
@@ -519,10 +532,6 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
 def _run(exp: Experiment, out: Path, models: list[Any], record: RunRecord, *, progress: bool, plots: bool, track: bool,
          bar_cls: Any) -> None:
     run = exp.run
-    header = (f"compsde resolved config ({exp.name}); re-run with: compsde run {CONFIG_FILE} "
-              "(or compsde run DIR, the folder holding it)")
-    atomic_write(out / CONFIG_FILE, dumps(exp.config, header=header))
-
     results: list[SeriesResult] = []
     tracked: list[Tracked] = []
 
