@@ -1,5 +1,5 @@
-"""A distributed algorithm: worker transform → (error feedback) → compress → exchange → aggregate →
-server transform → step. One step, whatever carries the messages.
+"""A distributed algorithm: worker transforms → compression (directly or through error feedback) →
+exchange → aggregate → server transforms → step. One step, whatever carries the messages.
 
 With N workers holding stochastic gradients g_i and learning rate η_k, one step is
 
@@ -7,6 +7,7 @@ With N workers holding stochastic gradients g_i and learning rate η_k, one step
     v_i = u_i            or  e_i + η_k u_i  (error feedback: the worker compresses its step plus what
                                              compression dropped before, e_i ← v_i − C_i(v_i))
     m_i = C_i(v_i)                          compression: the payload of v_i travels, m_i is decoded
+                                            (``compsde.algorithms.feedback``: ``Direct`` or ``ErrorFeedback``)
     s   = m_0 + m_1 + … + m_{N−1}           the exchange: sum of the decoded messages, in worker order
     a   = s / N  or  sign(s)                aggregation: mean, or majority vote
     d   = T_s(a)                            server transform (identity, normalize, momentum, …)
@@ -40,12 +41,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from compsde.algorithms.aggregation import AGGREGATIONS, aggregate_sum
+from compsde.algorithms.feedback import Direct, ErrorFeedback
 from compsde.algorithms.optimizer import Optimizer
 from compsde.algorithms.sync import SyncSchedule
 from compsde.compressors import Compressor, Payload
@@ -115,6 +118,11 @@ class Algorithm:
             raise ValueError(f"hyper {self.hyper!r} needs the optimizer that takes it (optimizer=...)")
 
     # ---- properties ---------------------------------------------------------------------------
+    @cached_property
+    def sending(self) -> Direct | ErrorFeedback:
+        """How the workers' vectors become messages: directly, or through error feedback (``feedback``)."""
+        return ErrorFeedback(self.compressor) if self.error_feedback else Direct(self.compressor)
+
     @property
     def probe(self) -> str | None:
         """The optimizer's name when its step evaluates the gradient more than once (SAM, SEG, …), else None."""
@@ -165,12 +173,11 @@ class Algorithm:
     def init(self, params: Tensor, workers: int) -> dict[str, Any]:
         """The state at the iterate ``params`` (R, d) for a stack of ``workers`` workers held here."""
         stacked = params.expand(workers, *params.shape)
-        ef = torch.zeros(stacked.shape, dtype=params.dtype, device=params.device) if self.error_feedback else None
-        state = {"params": params.clone(), "worker": self.worker.init(stacked), "ef": ef,
+        state = {"params": params.clone(), "worker": self.worker.init(stacked), "ef": self.sending.init(stacked),
                  "server": self.server.init(params)}
         if self.local:
             state["local"] = stacked.clone()
-            state["sync"] = {"next": None, "period": 0}  # the step of the next averaging (None: to decide)
+            state["sync"] = SyncSchedule.init_state()  # the step of the next averaging (None: to decide), H
         return state
 
     # ---- the step -----------------------------------------------------------------------------
@@ -224,22 +231,11 @@ class Algorithm:
 
     def compress(self, u: Tensor, ef: Tensor | None, lr: float, rnd: Tensor | None, *, encode: bool = False,
                  messages: bool = True, worker_state: Any = None) -> WorkersOut:
-        """Error feedback and compression of the vectors u (n, ..., d) the workers send: their transformed
-        gradients η-free (``workers_step``), or a local method's parameter deltas (with lr = 1)."""
-        if self.error_feedback:
-            if ef is None:
-                raise ValueError("error feedback needs its memory in the state (Algorithm.init)")
-            u = ef + lr * u  # v = e + η u
-        payload = self.compressor.encode(u, rnd) if encode else None
-        m = None
-        if payload is None:
-            m = self.compressor.apply(u, rnd)
-        elif messages or self.error_feedback:
-            m = self.compressor.decode(payload, rnd)
-        if self.error_feedback:
-            assert m is not None  # decoded above: error feedback needs the messages
-            ef = u - m  # e ← v − C(v): stays on its worker
-        return WorkersOut(u, m, payload, {"worker": worker_state, "ef": ef})
+        """Compression of the vectors u (n, ..., d) the workers send — their transformed gradients η-free
+        (``workers_step``), or a local method's parameter deltas (with lr = 1) — by ``sending``, with the
+        error-feedback memory ``ef`` of these workers when it has one."""
+        out = self.sending(u, ef, lr, rnd, encode=encode, messages=messages)
+        return WorkersOut(out.inputs, out.messages, out.payload, {"worker": worker_state, "ef": out.memory})
 
     # ---- local methods ------------------------------------------------------------------------
     def local_step(self, grads: Tensor, worker_state: Any, local: Tensor, lr: float) -> tuple[Tensor, Any]:
@@ -263,7 +259,7 @@ class Algorithm:
 
     def apply_update(self, params: Tensor, direction: Tensor, lr: float) -> Tensor:
         """x ← x − η_k d (x − d with error feedback, whose messages already hold η_k)."""
-        return params - (direction if self.error_feedback else lr * direction)
+        return params - (direction if self.sending.carries_lr else lr * direction)
 
     def server_step(self, total: Tensor, workers: int, state: dict[str, Any], lr: float) -> dict[str, Any]:
         """The server's half: ``state`` with the new iterate and server state."""

@@ -14,12 +14,18 @@ about to be taken and the number of steps remaining, for the next period H ≥ 1
                   rate warms up (step < ``warmup_steps``), when a small η would give a huge H.
 
 Every period is capped by the steps remaining, so a run always ends with an averaging.
+
+The schedule's state — the step of the next averaging and the period H in force — is data in the
+algorithm's state (``state["sync"]``), advanced by ``begin`` at every step and ``end_round`` after each
+averaging: the one state machine of the simulator, the torch.distributed worker and the ``LocalSGD``
+driver for users' own loops.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from compsde.core.checks import check_choice, check_int, check_number
 
@@ -61,7 +67,7 @@ class SyncSchedule:
                 takes = ", ".join(SYNC_PARAMS[self.name]) or "no keys"
                 raise ValueError(f"sync {self.name!r} does not take {key} = {getattr(self, key)!r}; it takes {takes}")
 
-    def next_period(self, step: int, lr: float, remaining: int) -> int:
+    def next_period(self, step: int, lr: float, remaining: int | None) -> int:
         """H for the local steps from ``step`` on, decided right after an averaging (or at step 0) with
         ``lr`` the learning rate of step ``step`` and ``remaining`` steps left (None: no cap)."""
         check_int("step", step, min=0)
@@ -84,6 +90,25 @@ class SyncSchedule:
         if remaining is not None:
             h = min(h, max(1, check_int("remaining", remaining, min=0)))
         return h
+
+    @staticmethod
+    def init_state() -> dict[str, Any]:
+        """The state before the first step: the next averaging not decided yet (None), no period."""
+        return {"next": None, "period": 0}
+
+    def begin(self, state: dict[str, Any], step: int, lr: float, total: int | None) -> tuple[dict[str, Any], bool]:
+        """The state at the start of step ``step`` (0-based; a period is decided right after an averaging, and
+        at the start, with this step's ``lr`` and the steps left of ``total``, None: no cap) and whether this
+        step ends with an averaging."""
+        if state["next"] is None:
+            period = self.next_period(step, lr, None if total is None else total - step)
+            state = {"next": step + period, "period": period}
+        return state, step + 1 == state["next"]
+
+    @staticmethod
+    def end_round(state: dict[str, Any]) -> dict[str, Any]:
+        """The state after an averaging: the next period is decided at the next step."""
+        return {"next": None, "period": state["period"]}
 
     def describe(self) -> str:
         if self.name == "every-step":

@@ -24,8 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from compsde.algorithms import Algorithm
+from compsde.algorithms import Algorithm, WorkersOut
 from compsde.algorithms.schedules import Schedule
+from compsde.algorithms.sync import SyncSchedule
 from compsde.core.streams import Streams
 from compsde.core.tensors import check_memory
 from compsde.core.trees import leaves, put, take
@@ -88,7 +89,7 @@ class Loop:
                     if oracle.scales is not None else None)
         self.k = 0
         if algorithm.local and schedule.steps > 0:  # the period the run starts with, decided at step 0
-            self.state["sync"] = self._next_sync(0)
+            self.state["sync"] = self._sync(0)[0]
         period = self.state["sync"]["period"] if algorithm.local else None
         self.rec.record(0, self.state["params"], math.nan, exchange.log.totals(), period=period)
 
@@ -113,10 +114,12 @@ class Loop:
             yield lo, hi, ws, self.oracle.sample(self.streams, ws, self.repeats,
                                                  None if self.buf is None else self.buf[: hi - lo])
 
-    def _next_sync(self, k: int) -> dict[str, int]:
-        """A local method's next period, decided at step k (right after an averaging, or at the start)."""
-        period = self.algorithm.sync.next_period(k, self.schedule(k), self.schedule.steps - k)
-        return {"next": k + period, "period": period}
+    def _sync(self, k: int) -> tuple[dict[str, Any], bool]:
+        """A local method's synchronisation state at step k, and whether step k averages
+        (``SyncSchedule.begin``)."""
+        sync = self.algorithm.sync
+        assert sync is not None  # a local method
+        return sync.begin(self.state["sync"], k, self.schedule(k), self.schedule.steps)
 
     def _end_step(self, k: int, st: dict[str, Any], log: bool, err: list[float], period: int | None = None) -> None:
         """The new state, the divergence rule, the logged row (compression error summed over all
@@ -151,7 +154,7 @@ class Loop:
             workers_state = put(workers_state, lo, hi, out.state)
             ex.put(out, ws, rnd)
             if log:
-                err = [a + b for a, b in zip(err, compression_error_sum(out.inputs, out.messages, self.rec.alive))]
+                err = self._add_error(err, out)
         total = ex.total(lambda j: self.draw([j]))
         st = {**st, **workers_state}
         self._end_step(k, algo.server_step(total, oracle.workers, st, lr), log, err)
@@ -163,11 +166,8 @@ class Loop:
         algo, oracle, ex = self.algorithm, self.oracle, self.exchange
         k, st = self.k, self.state
         lr = self.schedule(k)
-        sync = st["sync"]
-        if sync["next"] is None:
-            sync = self._next_sync(k)
+        sync, averaging = self._sync(k)
         log = self.rec.due(k + 1)
-        averaging = k + 1 == sync["next"]
         comp = algo.compressor
         shared = self.draw([]) if averaging and comp.randomized and comp.shared_randomness else None
         local, wstate, ef = st["local"], st["worker"], st["ef"]
@@ -185,16 +185,21 @@ class Loop:
                     ef[lo:hi] = out.state["ef"]
                 ex.put(out, ws, rnd)
                 if log:
-                    err = [a + b for a, b in zip(err, compression_error_sum(out.inputs, out.messages, self.rec.alive))]
+                    err = self._add_error(err, out)
         st = {**st, "worker": wstate, "ef": ef, "sync": sync}
         if averaging:
             st = algo.outer_step(ex.total(lambda j: self.draw([j])), oracle.workers, st)
-            st["sync"] = {"next": None, "period": sync["period"]}
+            st["sync"] = SyncSchedule.end_round(sync)
             if algo.average_state:
                 for t in leaves(st["worker"]):
                     if t.is_floating_point():
                         t.copy_(ex.mean(t, oracle.workers).expand_as(t))
         self._end_step(k, st, log, err, period=sync["period"])
+
+    def _add_error(self, err: list[float], out: WorkersOut) -> list[float]:
+        """The running sum and count of the compression error with this chunk's (messages decoded: logged)."""
+        assert out.messages is not None  # asked for on logged steps
+        return [a + b for a, b in zip(err, compression_error_sum(out.inputs, out.messages, self.rec.alive))]
 
     def trace(self) -> Trace:
         return self.rec.trace(self.x)
