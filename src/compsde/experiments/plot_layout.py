@@ -334,7 +334,7 @@ def _grow_bottom(fig: Figure, inches: float) -> None:
     nh = h + inches
     for ax in fig.axes:
         p = ax.get_position()
-        ax.set_position([p.x0, (p.y0 * h + inches) / nh, p.width, p.height * h / nh])
+        ax.set_position((p.x0, (p.y0 * h + inches) / nh, p.width, p.height * h / nh))
     for t in fig.texts:
         x, y = t.get_position()
         t.set_position((x, (y * h + inches) / nh))
@@ -419,7 +419,9 @@ def _thin_fixed(axis: Any) -> bool:
 def settle_xticks(fig: Figure, axes: Sequence[Any], make_room: bool = False) -> None:
     """Thin the x tick labels of ``axes`` until no two overlap; with ``make_room``, also grow the
     figure at the bottom when the (e.g. wrapped) labels or the x label reach below it."""
-    renderer = fig.canvas.get_renderer()
+    canvas = fig.canvas
+    assert isinstance(canvas, FigureCanvasAgg)  # every figure comes from ``grid``
+    renderer = canvas.get_renderer()
     for ax in axes:
         for _ in range(12):
             labels = _xlabels(ax)
