@@ -37,23 +37,39 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-__all__ = ["LEFT", "MARKERS", "PALETTE", "RIGHT", "STRIP_GAP", "STRIP_ROW", "clip_band", "colors", "compact", "diverged_entries", "figure_png", "final_fraction", "grid", "groups", "legend_label", "legend_text", "limits", "loss_label", "mark_diverged", "names", "number_axis", "occurrence", "offset_into_label", "panel_title", "plain_text", "positive", "settle_xticks", "shared", "strip_frame", "strip_height", "strip_transform", "strip_y", "styles", "title_lines", "union", "use_log", "wrap"]
+__all__ = ["LEFT", "MARKERS", "PALETTE", "RIGHT", "STRIP_GAP", "STRIP_ROW", "clip_band", "colors", "compact",
+           "diverged_entries", "figure_png", "final_fraction", "grid", "groups", "legend", "legend_label",
+           "legend_text", "limits", "loss_label", "mark_diverged", "names", "number_axis", "occurrence",
+           "offset_into_label", "panel_title", "plain_text", "positive", "settle_xticks", "shared", "strip_frame",
+           "strip_height", "strip_transform", "strip_y", "styles", "tail_range", "title_lines", "union", "use_log",
+           "wrap"]
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
             "#bcbd22", "#17becf", "#393b79", "#ad494a"]
 _STYLES = ["-", "--", ":", "-."]
 MARKERS = {"-": "o", "--": "s", ":": "^", "-.": "D"}
-_LOSS_LABEL = "f(x) − f*"
+#: What the loss of each kind of problem is, as an axis label.
+_LOSS_LABELS = {"objective": "f(x) − f*", "game": "‖z − z*‖²", "network": "training cross-entropy"}
 
 
 def loss_label(results: Sequence[Any]) -> str:
-    """The loss axis' label: f(x) − f*, or a game's squared distance to its equilibrium (docs/theory.md §9.6)."""
+    """The loss axis' label, from the problems of ``results``: f(x) − f* for objectives, a game's squared
+    distance to its equilibrium ‖z − z*‖² (docs/theory.md §9.6), the training cross-entropy for networks
+    (their f* is unknown: the loss itself, on a fixed subset of the training set); the kinds a run mixes
+    are joined by "or"."""
     from compsde.objectives.games import GAMES
+    from compsde.objectives.network import NETWORKS
 
-    kinds = {getattr(r, "problem", "") in GAMES for r in results}
-    return "‖z − z*‖²" if kinds == {True} else (_LOSS_LABEL + " or ‖z − z*‖²" if len(kinds) > 1 else _LOSS_LABEL)
+    networks = {cls.name for cls in NETWORKS}
+
+    def kind(problem: str) -> str:
+        return "game" if problem in GAMES else "network" if problem in networks else "objective"
+
+    kinds = {kind(getattr(r, "problem", "")) for r in results}
+    return " or ".join(label for k, label in _LOSS_LABELS.items() if k in kinds)
+
+
 _DPI = 110
-
 
 
 # ---- user text -----------------------------------------------------------------------------------
@@ -237,6 +253,27 @@ def shared(lims: Sequence[tuple[float, float] | None], log: bool) -> bool:
 def union(lims: Sequence[tuple[float, float] | None]) -> tuple[float, float] | None:
     ok = [lim for lim in lims if lim is not None]
     return (min(lo for lo, _ in ok), max(hi for _, hi in ok)) if ok else None
+
+
+def tail_range(curves: Sequence[tuple[Any, Any]], fraction: float = 0.5,
+               ratio: float = 3.0) -> tuple[float, float, float, float] | None:
+    """The ranges that show the end of a run: x from step (1 − ``fraction``) × the last step to the last
+    step, y (linear) the span of the curves' (steps, values) there with 15 % of it added on each side;
+    when the whole run's y span is more than ``ratio`` times wider (else None: the whole run reads at its
+    own scale). Returns (bottom, top, first step, last step)."""
+    last = max((float(np.nanmax(np.asarray(s, dtype=np.float64))) for s, _ in curves), default=math.nan)
+    if not math.isfinite(last):
+        return None
+    start = (1.0 - fraction) * last
+    tail = _finite([np.asarray(v, dtype=np.float64)[np.asarray(s, dtype=np.float64) >= start] for s, v in curves])
+    whole = _finite([v for _, v in curves])
+    if tail.size < 2 or not whole.size:
+        return None
+    lo, hi = float(tail.min()), float(tail.max())
+    span = hi - lo if hi > lo else max(abs(hi), 1.0) * 1e-3
+    if float(whole.max() - whole.min()) <= ratio * span:
+        return None
+    return lo - 0.15 * span, hi + 0.15 * span, start, last
 
 
 def compact(v: float, digits: int = 3) -> str:
@@ -440,6 +477,126 @@ def figure_png(fig: Figure, dpi: int = _DPI) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
+
+
+# ---- legends -------------------------------------------------------------------------------------
+
+#: Where a legend may go inside its panel, in order of preference.
+_LEGEND_LOCS = ("upper right", "upper left", "lower left", "lower right", "center right", "center left",
+                "upper center", "lower center", "center")
+_LEGEND_PAD = 3.0   # pixels around a legend that data should not enter either
+_MARK_WEIGHT = 20   # a marker inside a legend counts as this many points of a line
+_BAND_GRID = (8, 4)  # points per legend (x, y) tested against the bands
+
+
+def _dense(xy: np.ndarray, spacing: float = 2.0) -> np.ndarray:
+    """Points every ``spacing`` pixels along the polyline ``xy`` (n, 2) in display coordinates, for its
+    finite segments (a non-finite vertex breaks the line, as matplotlib draws it)."""
+    a, b = xy[:-1], xy[1:]
+    ok = np.isfinite(a).all(1) & np.isfinite(b).all(1)
+    a, b = a[ok], b[ok]
+    if not a.size:
+        return xy[np.isfinite(xy).all(1)]
+    n = np.maximum(1, np.ceil(np.hypot(*(b - a).T) / spacing)).astype(int)
+    t = np.concatenate([np.arange(k) / k for k in n])
+    start = np.repeat(a, n, axis=0)
+    return np.vstack([start + t[:, None] * (np.repeat(b, n, axis=0) - start), b[-1:]])
+
+
+def _data_in_display(ax: Any) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    """What a legend on ``ax`` should not cover, in display coordinates: points along every line drawn
+    (steps included), the markers of marker-only lines, and the bands (filled paths)."""
+    from matplotlib import cbook
+    from matplotlib.collections import LineCollection
+
+    line_pts, marks, bands = [np.empty((0, 2))], [np.empty((0, 2))], []
+    for line in ax.get_lines():
+        if not line.get_visible():
+            continue
+        x, y = (np.asarray(v, dtype=np.float64) for v in line.get_data())
+        if line.get_linestyle() in ("None", "none", "", " "):
+            marks.append(line.get_transform().transform(np.column_stack([x, y])))
+            continue
+        style = line.get_drawstyle()
+        if style in cbook.STEP_LOOKUP_MAP and style != "default":
+            x, y = cbook.STEP_LOOKUP_MAP[style](x, y)
+        line_pts.append(_dense(line.get_transform().transform(np.column_stack([x, y]))))
+    for coll in ax.collections:
+        if not coll.get_visible():
+            continue
+        tr = coll.get_transform()
+        if isinstance(coll, LineCollection):  # e.g. error bars
+            line_pts += [_dense(tr.transform(np.asarray(seg, dtype=np.float64))) for seg in coll.get_segments() if len(seg)]
+        else:
+            bands += [tr.transform_path(p) for p in coll.get_paths()]
+    inside = ax.bbox
+    pts, mk = np.vstack(line_pts), np.vstack(marks)
+    keep = lambda p: p[np.isfinite(p).all(1) & (p[:, 0] >= inside.x0) & (p[:, 0] <= inside.x1)  # noqa: E731
+                       & (p[:, 1] >= inside.y0) & (p[:, 1] <= inside.y1)]
+    return keep(pts), keep(mk), bands
+
+
+def _covered(box: Any, pts: np.ndarray, marks: np.ndarray, bands: Sequence[Any]) -> float:
+    """How much data a legend at display box ``box`` covers: line points inside it, markers (weighted
+    ``_MARK_WEIGHT``), and the share of a grid over it that falls in a band."""
+    def within(p: np.ndarray, pad: float) -> int:
+        return int(((p[:, 0] >= box.x0 - pad) & (p[:, 0] <= box.x1 + pad)
+                    & (p[:, 1] >= box.y0 - pad) & (p[:, 1] <= box.y1 + pad)).sum())
+
+    score = float(within(pts, _LEGEND_PAD) + _MARK_WEIGHT * within(marks, _LEGEND_PAD + 4.0))
+    if bands:
+        gx, gy = np.meshgrid(np.linspace(box.x0, box.x1, _BAND_GRID[0]), np.linspace(box.y0, box.y1, _BAND_GRID[1]))
+        grid_pts = np.column_stack([gx.ravel(), gy.ravel()])
+        hit = np.zeros(len(grid_pts), dtype=bool)
+        for path in bands:
+            hit |= path.contains_points(grid_pts)
+        score += float(hit.sum())
+    return score
+
+
+def legend(ax: Any, handles: Sequence[Any] | None = None, labels: Sequence[str] | None = None, **kw: Any) -> Any:
+    """The legend of ``ax`` (of ``handles`` and ``labels`` when given), placed where it covers no data.
+
+    Every place of ``_LEGEND_LOCS`` is scored by the data it would cover (lines, markers, bands: see
+    ``_covered``), and the first with the least is taken. When each of them covers data and the panel
+    does not share its y axis, the top of the y range grows by the legend's height, so that the legend
+    sits in an upper corner above the data. Call it once the panel's data and limits are final.
+    """
+    kw = {"fontsize": 8, "framealpha": 0.85, **kw}
+    leg = ax.legend(*(() if handles is None else (handles, labels)), loc=_LEGEND_LOCS[0], **kw)
+    fig = ax.get_figure(root=True)
+    canvas = fig.canvas
+    assert isinstance(canvas, FigureCanvasAgg)  # every figure comes from ``grid``
+    renderer = canvas.get_renderer()
+    ax.get_xlim(), ax.get_ylim()  # the view limits as they will be drawn
+
+    def best() -> tuple[float, str]:
+        pts, marks, bands = _data_in_display(ax)
+        scores = []
+        for loc in _LEGEND_LOCS:
+            leg.set_loc(loc)
+            scores.append((_covered(leg.get_window_extent(renderer), pts, marks, bands), loc))
+            if scores[-1][0] == 0:
+                break
+        return min(scores, key=lambda s: s[0])  # the first of the least covered
+
+    score, loc = best()
+    if score > 0 and len(ax.get_shared_y_axes().get_siblings(ax)) == 1:
+        _room_above(ax, leg.get_window_extent(renderer).height + 2 * _LEGEND_PAD)
+        score, loc = best()
+    leg.set_loc(loc)
+    return leg
+
+
+def _room_above(ax: Any, pixels: float) -> None:
+    """Grow the top of ``ax``'s y range so that the data leave ``pixels`` free at the top of the panel."""
+    frac = min(0.6, pixels / ax.bbox.height)
+    lo, hi = ax.get_ylim()
+    if ax.get_yscale() == "log":
+        llo, lhi = math.log10(lo), math.log10(hi)
+        ax.set_ylim(lo, 10.0 ** (llo + (lhi - llo) / (1.0 - frac)))
+    else:
+        ax.set_ylim(lo, lo + (hi - lo) / (1.0 - frac))
 
 
 # ---- the diverged strip --------------------------------------------------------------------------

@@ -7,13 +7,16 @@ has the file name, when it applies, and how it draws:
 * ``loss.png``               the loss against the step: mean over non-diverged repetitions (line) and the
                              q10–q90 band over all repetitions; one panel per ``group``.
 * ``loss_vs_bits.png``       the same against the cumulative bits each worker sent — the budget that
-                             compression saves (log x when the series' bit rates differ ≥ 10×).
+                             compression saves (log x when the series' bit rates differ ≥ 10×); only
+                             when some series has more than one worker (a single worker sends nothing).
 * ``final.png``              the final loss of every series, panels side by side on one axis (e.g.
                              the loss against ν in the noise-resilience preset), with q10–q90 bars.
 * ``compression_error.png``  ‖C(v) − v‖²/‖v‖² along the run, when some series compresses lossily.
 * ``diverged.png``           the diverged fraction against the step, when it is nonzero somewhere.
-* ``test.png``               the held-out metric (test accuracy or perplexity), for network problems.
-* ``sync.png``               the synchronisation period H and the learning rate, for local methods.
+* ``test.png``               the held-out metric (test accuracy or perplexity), for network problems; it
+                             shows the last half of the run when the start would flatten it.
+* ``sync.png``               the synchronisation period H and the learning rate (drawn once when the
+                             series share one schedule), for local methods.
 
 The loss is f(x) − f* for objectives, ‖z − z*‖² for games and the training cross-entropy for networks
 (``plot_layout.loss_label``). ``compsde track`` adds ``tracking.png`` (``tracking_figure``: each
@@ -121,7 +124,7 @@ def loss_figure(results: Sequence[Any], title: str, by_bits: bool = False) -> Fi
         if g:
             lay.panel_title(ax, titles[g], strip)
         ax.set_ylabel(lay.loss_label(results) + (" (log)" if log else ""))
-        ax.legend(fontsize=8, loc="best", framealpha=0.85)
+        lay.legend(ax)
         lay.mark_diverged(ax, [(r, colors[r.color_key], styles[r.index], "") for r in diverged[g]], x_of)
         if rows:
             lay.offset_into_label(ax)
@@ -254,7 +257,7 @@ def final_figure(results: Sequence[Any], title: str) -> Figure:
     _final_axes(fig, ax, results, groups, log, ylo, top)
     if div:
         legend += _final_diverged(ax, div, xpos, colors)
-    ax.legend([h for h, _ in legend], [lab for _, lab in legend], fontsize=8, loc="best", framealpha=0.85)
+    lay.legend(ax, [h for h, _ in legend], [lab for _, lab in legend])
     lay.settle_xticks(fig, [ax], make_room=True)
     return fig
 
@@ -263,11 +266,15 @@ def final_figure(results: Sequence[Any], title: str) -> Figure:
 
 
 def _simple_figure(results: Sequence[Any], title: str, field: str | Callable[[Any], Any], ylabel: str, what: str,
-                   log_ok: bool = True, skip_zero: bool = False, log_ratio: float = 100.0) -> Figure:
+                   log_ok: bool = True, skip_zero: bool = False, log_ratio: float = 100.0,
+                   zoom_tail: bool = False) -> Figure:
     """One line per series (no band) of ``field`` (an attribute name, or a function of the result)
     against the step, panels per group.
 
     ``skip_zero`` leaves out series whose values are all 0 (e.g. the identity's compression error).
+    ``zoom_tail`` shows the last half of the run, with a linear y range fitted to it, when the start
+    would flatten it (``plot_layout.tail_range``; the note says so): where a claim is about the end of
+    the run, e.g. the final test accuracy of methods that all climb from chance.
     """
     groups = lay.groups(results)
     colors, styles, names = lay.colors(results), lay.styles(results), lay.names(results)
@@ -279,9 +286,11 @@ def _simple_figure(results: Sequence[Any], title: str, field: str | Callable[[An
     shown = [r for r in results if np.isfinite(values(r)).any()
              and not (skip_zero and (values(r)[np.isfinite(values(r))] == 0).all())]
     titles = {g: lay.wrap(g, 48) for g in groups}
-    fig, axes = lay.grid(len(groups), f"{title}: {what}", panel_titles=any(groups),
-                      title_lines=lay.title_lines(list(titles.values())))
     log = log_ok and lay.use_log([values(r) for r in shown], log_ratio)
+    tail = lay.tail_range([(r.steps, values(r)) for r in shown]) if zoom_tail and not log else None
+    note = f"the last half of the run (steps {lay.compact(tail[2])}–{lay.compact(tail[3])})" if tail else ""
+    fig, axes = lay.grid(len(groups), f"{title}: {what}", note, panel_titles=any(groups),
+                         title_lines=lay.title_lines(list(titles.values())))
     for ax, g in zip(axes, groups):
         for r in (r for r in shown if r.group == g):
             ax.plot(r.steps, values(r), color=colors[r.color_key], linestyle=styles[r.index], linewidth=1.6,
@@ -294,8 +303,11 @@ def _simple_figure(results: Sequence[Any], title: str, field: str | Callable[[An
         lay.number_axis(ax.xaxis, integer=True)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
+        if tail:
+            ax.set_xlim(tail[2], tail[3])
+            ax.set_ylim(tail[0], tail[1])
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="best", framealpha=0.85)
+            lay.legend(ax)
     lay.settle_xticks(fig, axes)
     return fig
 
@@ -315,7 +327,15 @@ def _test(results: Sequence[Any], title: str) -> Figure:
     metric = eval_metric(results)
     assert metric is not None  # the registry draws test.png only then
     return _simple_figure(results, title, lambda r: r.evaluation.get(metric), _EVAL_LABELS[metric],
-                          _EVAL_LABELS[metric], log_ok=metric == "test_perplexity")
+                          _EVAL_LABELS[metric], log_ok=metric == "test_perplexity", zoom_tail=True)
+
+
+def _same_curve(rs: Sequence[Any], field: str) -> bool:
+    """Whether the series ``rs`` have one curve of ``field``: the same logged steps and values."""
+    first = rs[0]
+    return all(np.array_equal(r.steps, first.steps)
+               and np.array_equal(np.asarray(getattr(r, field), dtype=np.float64),
+                                  np.asarray(getattr(first, field), dtype=np.float64), equal_nan=True) for r in rs[1:])
 
 
 def _sync(results: Sequence[Any], title: str) -> Figure:
@@ -324,16 +344,22 @@ def _sync(results: Sequence[Any], title: str) -> Figure:
     fig, axes = lay.grid(2, f"{title}: synchronisation period and learning rate",
                          "H: local steps between two averagings, as decided after each averaging", sharey=False)
     for ax, field, ylabel in ((axes[0], "sync_period", "period H (log)"), (axes[1], "lr", "learning rate η")):
-        for r in shown:
-            ax.step(r.steps, np.asarray(getattr(r, field), dtype=np.float64), where="post", color=colors[r.color_key],
-                    linestyle=styles[r.index], linewidth=1.6, label=lay.legend_text(names[r.index]))
+        if field == "lr" and len(shown) > 1 and _same_curve(shown, "lr"):  # one schedule: drawn once
+            r = shown[0]
+            ax.step(r.steps, np.asarray(r.lr, dtype=np.float64), where="post", color="#444444", linewidth=1.6,
+                    label=f"the same schedule for all {len(shown)} series")
+        else:
+            for r in shown:
+                ax.step(r.steps, np.asarray(getattr(r, field), dtype=np.float64), where="post",
+                        color=colors[r.color_key], linestyle=styles[r.index], linewidth=1.6,
+                        label=lay.legend_text(names[r.index]))
         if field == "sync_period":
             ax.set_yscale("log")
         ax.set_xlabel("step")
         lay.number_axis(ax.xaxis, integer=True)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="best", framealpha=0.85)
+        lay.legend(ax)
     lay.settle_xticks(fig, axes)
     return fig
 
@@ -364,6 +390,11 @@ def _always(results: Sequence[Any]) -> bool:
     return True
 
 
+def _communicates(results: Sequence[Any]) -> bool:
+    """Some series has more than one worker, so it sends something (one worker alone sends nothing)."""
+    return any(r.workers > 1 for r in results)
+
+
 def _lossy(results: Sequence[Any]) -> bool:
     """Some series compresses lossily (a positive compression error somewhere)."""
     ce = [np.asarray(r.compression_error, dtype=np.float64) for r in results]
@@ -388,7 +419,7 @@ def _local(results: Sequence[Any]) -> bool:
 #: The figures of ``make_plots``, in the order they are drawn.
 FIGURES = (
     FigureSpec("loss.png", _always, lambda results, title: loss_figure(results, title, by_bits=False)),
-    FigureSpec("loss_vs_bits.png", _always, lambda results, title: loss_figure(results, title, by_bits=True)),
+    FigureSpec("loss_vs_bits.png", _communicates, lambda results, title: loss_figure(results, title, by_bits=True)),
     FigureSpec("final.png", _always, final_figure),
     FigureSpec("compression_error.png", _lossy, _compression_error),
     FigureSpec("diverged.png", _any_diverged, _diverged),
@@ -462,7 +493,7 @@ def tracking_test_figure(results: Sequence[Any], sdes: Sequence[Any], title: str
         lay.number_axis(ax.xaxis, integer=True)
         ax.set_ylabel(_EVAL_LABELS[metric])
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        lay.legend(ax)
     lay.settle_xticks(fig, axes)
     return figure_png(fig)
 
@@ -517,7 +548,7 @@ def tracking_figure_obj(results: Sequence[Any], sdes: Sequence[Any], errors: Seq
         ax.set_xlabel("step")
         lay.number_axis(ax.xaxis, integer=True)
         ax.set_ylabel(lay.loss_label(results) + (" (log)" if log else ""))
-        ax.legend(fontsize=8, loc="upper right")
+        lay.legend(ax)
         lay.mark_diverged(ax, d, lambda x: np.asarray(x.steps, dtype=np.float64))
         if rows:
             lay.offset_into_label(ax)
@@ -599,7 +630,7 @@ def weak_order_figure_obj(fits: Sequence[Mapping[str, Any]], title: str) -> Figu
         ax.set_ylabel("mean relative tracking error (log)")
         ax.grid(True, which="major", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="best", framealpha=0.85)
+            lay.legend(ax)
     lay.settle_xticks(fig, axes)
     return fig
 

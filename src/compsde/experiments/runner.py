@@ -128,6 +128,8 @@ class SeriesResult:
     compressor: str
     problem: str
     color_key: str
+    #: Workers N of the method (one worker alone sends nothing: its bits count the messages it would send).
+    workers: int
     bits_per_step: int
     steps: np.ndarray
     lr: np.ndarray
@@ -176,7 +178,7 @@ def metrics_from_trace(spec: SeriesSpec, trace: Trace, seconds: float = 0.0,
     dived = div[div >= 0]
     return SeriesResult(
         index=spec.index, label=spec.label, group=spec.group, method=spec.algorithm.name,
-        compressor=spec.config["compressor"], problem=spec.problem.name, color_key=spec.color_key,
+        compressor=spec.config["compressor"], problem=spec.problem.name, color_key=spec.color_key, workers=spec.workers,
         bits_per_step=int(spec.algorithm.bits(spec.problem.dim)),
         steps=steps, lr=np.array([spec.schedule(int(k)) for k in steps], dtype=np.float64),
         loss_mean=_finite_mean(loss), loss_median=q50, loss_q10=q10, loss_q90=q90,
