@@ -13,15 +13,18 @@ is ``compsde run PRESET --set run.steps=5`` (the one ``--set`` word without ``=`
     compsde --version
 
 Bad input (unknown key, wrong type, unknown preset, impossible method/compressor pair) prints
-``error: ...`` on stderr and exits with status 2, without a traceback.
+``error: ...`` on stderr and exits with status 2, without a traceback. A simulator run stopped by Ctrl-C
+exits with 130, one stopped by SIGTERM with 143, each after recording it in run.json. ``run`` and
+``track`` print the output folder and one line per series with its final numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
+from typing import Any
 
 __all__ = ["main"]
 
@@ -179,7 +182,7 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str], track: bool = False)
     return 0
 
 
-def _series_report(summary: dict) -> list[str]:
+def _series_report(summary: Mapping[str, Any]) -> list[str]:
     """One line per series of a run's summary.json: its final numbers (mean and median loss, the held-out
     metric of a network problem, the diverged fraction when nonzero) and, after ``compsde track``, first
     its SDE's tracking error (or why it has no SDE); then the weak-order fits of ``track``."""
