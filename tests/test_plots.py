@@ -430,3 +430,19 @@ def test_legends_do_not_cover_the_curves():
                 enumerate((1 + 9 * t, 10 - 9 * t, 5.5 + 4.4 * np.sin(6 * np.pi * t), np.full(41, 5.5)))]
     (ax,) = panels(plots.loss_figure(crossing, "t"))
     assert _covered_points(ax) == 0 and ax.get_ylim()[1] > 10.0 * 1.1
+
+
+def test_legends_of_panels_sharing_y_avoid_the_curves_drawn_later():
+    # compression_error.png of the compression-variance preset: the second panel's curves widen the shared
+    # y range after the first panel is drawn, and its only free place is the gap between two curves.
+    levels = {"Top-k vs Rand-k": (0.45, 4.0), "biased vs unbiased": (0.8, 4.0, 0.08)}
+    res, i = [], 0
+    for group, values in levels.items():
+        for v in values:
+            r = fake(i, f"C{i}", group, f"k{i}", decay(1, 1, 41))
+            r.compression_error = v * (1 + 0.05 * np.sin(np.arange(41.0)))
+            res.append(r)
+            i += 1
+    fig = plots.compression_error_figure(res, "t")
+    for ax in panels(fig):
+        assert _covered_points(ax) == 0, ax.get_title()

@@ -25,7 +25,7 @@ import io
 import math
 import textwrap
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import matplotlib
@@ -38,7 +38,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 __all__ = ["LEFT", "MARKERS", "PALETTE", "RIGHT", "STRIP_GAP", "STRIP_ROW", "clip_band", "colors", "compact",
-           "diverged_entries", "figure_png", "final_fraction", "grid", "groups", "legend", "legend_label",
+           "diverged_entries", "figure_png", "final_fraction", "grid", "groups", "legend", "legend_label", "legends",
            "legend_text", "limits", "loss_label", "mark_diverged", "names", "number_axis", "occurrence",
            "offset_into_label", "panel_title", "plain_text", "positive", "settle_xticks", "shared", "strip_frame",
            "strip_height", "strip_transform", "strip_y", "styles", "tail_range", "title_lines", "union", "use_log",
@@ -554,11 +554,24 @@ def _covered(box: Any, pts: np.ndarray, marks: np.ndarray, bands: Sequence[Any])
     return score
 
 
+def _places(ax: Any, leg: Any, renderer: Any) -> Iterator[Any]:
+    """Where ``legend`` tries the legend: the places of ``_LEGEND_LOCS``, then its lower left corner
+    (axes fraction) at the left, the middle and the right of the panel, at 15 heights from bottom to top
+    (a gap between curves that no corner or centre reaches)."""
+    yield from _LEGEND_LOCS
+    box = leg.get_window_extent(renderer)
+    w, h = box.width / ax.bbox.width, box.height / ax.bbox.height
+    pad = 0.02
+    for y in np.linspace(pad, max(pad, 1.0 - pad - h), 15):
+        for x in (pad, (1.0 - w) / 2, max(pad, 1.0 - pad - w)):
+            yield (float(x), float(y))
+
+
 def legend(ax: Any, handles: Sequence[Any] | None = None, labels: Sequence[str] | None = None, **kw: Any) -> Any:
     """The legend of ``ax`` (of ``handles`` and ``labels`` when given), placed where it covers no data.
 
-    Every place of ``_LEGEND_LOCS`` is scored by the data it would cover (lines, markers, bands: see
-    ``_covered``), and the first with the least is taken. When each of them covers data and the panel
+    Every place of ``_places`` (the usual corners and centres first) is scored by the data it would
+    cover (lines, markers, bands: see ``_covered``), and the first with the least is taken. When each of them covers data and the panel
     does not share its y axis, the top of the y range grows by the legend's height, so that the legend
     sits in an upper corner above the data. Call it once the panel's data and limits are final.
     """
@@ -570,10 +583,10 @@ def legend(ax: Any, handles: Sequence[Any] | None = None, labels: Sequence[str] 
     renderer = canvas.get_renderer()
     ax.get_xlim(), ax.get_ylim()  # the view limits as they will be drawn
 
-    def best() -> tuple[float, str]:
+    def best() -> tuple[float, Any]:
         pts, marks, bands = _data_in_display(ax)
-        scores = []
-        for loc in _LEGEND_LOCS:
+        scores: list[tuple[float, Any]] = []
+        for loc in _places(ax, leg, renderer):
             leg.set_loc(loc)
             scores.append((_covered(leg.get_window_extent(renderer), pts, marks, bands), loc))
             if scores[-1][0] == 0:
@@ -586,6 +599,14 @@ def legend(ax: Any, handles: Sequence[Any] | None = None, labels: Sequence[str] 
         score, loc = best()
     leg.set_loc(loc)
     return leg
+
+
+def legends(axes: Sequence[Any]) -> None:
+    """``legend`` on every panel of ``axes`` that has labelled artists, after all of them are drawn: a
+    panel drawn later can still move the y limits of the panels that share them."""
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            legend(ax)
 
 
 def _room_above(ax: Any, pixels: float) -> None:

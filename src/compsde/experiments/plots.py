@@ -124,10 +124,10 @@ def loss_figure(results: Sequence[Any], title: str, by_bits: bool = False) -> Fi
         if g:
             lay.panel_title(ax, titles[g], strip)
         ax.set_ylabel(lay.loss_label(results) + (" (log)" if log else ""))
-        lay.legend(ax)
         lay.mark_diverged(ax, [(r, colors[r.color_key], styles[r.index], "") for r in diverged[g]], x_of)
         if rows:
             lay.offset_into_label(ax)
+    lay.legends(axes)  # once every panel's data and limits are final (panels may share y)
     lay.settle_xticks(fig, axes)
     return fig
 
@@ -306,8 +306,7 @@ def _simple_figure(results: Sequence[Any], title: str, field: str | Callable[[An
         if tail:
             ax.set_xlim(tail[2], tail[3])
             ax.set_ylim(tail[0], tail[1])
-        if ax.get_legend_handles_labels()[0]:
-            lay.legend(ax)
+    lay.legends(axes)  # once every panel's data and limits are final (panels may share y)
     lay.settle_xticks(fig, axes)
     return fig
 
@@ -359,7 +358,7 @@ def _sync(results: Sequence[Any], title: str) -> Figure:
         lay.number_axis(ax.xaxis, integer=True)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
-        lay.legend(ax)
+    lay.legends(axes)  # once every panel's data and limits are final (panels may share y)
     lay.settle_xticks(fig, axes)
     return fig
 
@@ -493,7 +492,7 @@ def tracking_test_figure(results: Sequence[Any], sdes: Sequence[Any], title: str
         lay.number_axis(ax.xaxis, integer=True)
         ax.set_ylabel(_EVAL_LABELS[metric])
         ax.grid(True, alpha=0.3)
-        lay.legend(ax)
+    lay.legends(axes)  # once every panel's data and limits are final (panels may share y)
     lay.settle_xticks(fig, axes)
     return figure_png(fig)
 
@@ -548,10 +547,10 @@ def tracking_figure_obj(results: Sequence[Any], sdes: Sequence[Any], errors: Seq
         ax.set_xlabel("step")
         lay.number_axis(ax.xaxis, integer=True)
         ax.set_ylabel(lay.loss_label(results) + (" (log)" if log else ""))
-        lay.legend(ax)
         lay.mark_diverged(ax, d, lambda x: np.asarray(x.steps, dtype=np.float64))
         if rows:
             lay.offset_into_label(ax)
+    lay.legends(axes)  # once every panel's data and limits are final (panels may share y)
     lay.settle_xticks(fig, axes)
     return fig
 
@@ -629,8 +628,7 @@ def weak_order_figure_obj(fits: Sequence[Mapping[str, Any]], title: str) -> Figu
         ax.set_xlabel("learning rate η (log)")
         ax.set_ylabel("mean relative tracking error (log)")
         ax.grid(True, which="major", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            lay.legend(ax)
+    lay.legends(axes)  # once every panel's data and limits are final (panels may share y)
     lay.settle_xticks(fig, axes)
     return fig
 
