@@ -533,7 +533,7 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
     Ctrl-C (KeyboardInterrupt) or, when called from the main thread, by SIGTERM (``Terminated``) records
     its status in run.json ("failed: interrupted", "failed: terminated") before the exception propagates.
     """
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]  # (no type information)
 
     exp = _as_experiment(config)  # validates before anything is written
     models = _sde_models(exp) if track else []  # refused before anything is written when no series has an SDE
