@@ -19,7 +19,7 @@ from compsde.experiments import plots
 
 
 def fake(index, label, group, color_key, loss, *, steps=None, q=0.3, diverged=None, bits_per_step=1000,
-         problem="quadratic", source="optimizer"):
+         problem="quadratic", source="optimizer", workers=4):
     """A SeriesResult-like object; ``diverged=(k, fraction)``: that fraction of the repetitions
     diverged at logged step k (all of them: the mean is NaN from there, the quantiles +inf)."""
     loss = np.asarray(loss, dtype=np.float64)
@@ -42,7 +42,7 @@ def fake(index, label, group, color_key, loss, *, steps=None, q=0.3, diverged=No
         index=index, label=label, group=group, color_key=color_key, steps=steps, loss_mean=loss, loss_median=loss,
         loss_q10=q10, loss_q90=q90, bits=steps * float(bits_per_step), bits_per_step=bits_per_step,
         compression_error=np.full(t, 0.5), diverged_fraction=frac, first_diverged_step=first,
-        last_diverged_step=last, problem=problem, source=source)
+        last_diverged_step=last, problem=problem, source=source, workers=workers)
 
 
 def decay(start, end, n=21):
@@ -341,3 +341,108 @@ def test_track_writes_weak_order_png(tmp_path, monkeypatch):
                  "--out", str(out), "--no-progress"]) == 0
     assert (out / "weak_order.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert fits == [json.loads((out / "summary.json").read_text())["weak_order"]]
+
+
+def test_loss_axis_names_what_the_loss_is():
+    objective = fake(0, "A", "", "a", decay(10, 0.1))
+    game = fake(1, "B", "", "b", decay(10, 0.1), problem="bilinear-game")
+    network = fake(2, "C", "", "c", decay(2.3, 0.4), problem="mlp")
+    for res, label in (([objective], "f(x) − f*"), ([game], "‖z − z*‖²"), ([network], "training cross-entropy"),
+                       ([objective, game], "f(x) − f* or ‖z − z*‖²")):
+        (ax,) = panels(plots.loss_figure(res, "t"))
+        assert ax.get_ylabel().removesuffix(" (log)") == label
+        (ax,) = panels(plots.final_figure(res, "t"))
+        assert ax.get_ylabel().removesuffix(" (log)") == f"final {label}"
+
+
+def test_loss_vs_bits_only_when_some_series_communicates():
+    single = [fake(0, "SGD", "", "a", decay(10, 0.1), workers=1), fake(1, "SignSGD", "", "b", decay(10, 0.2), workers=1)]
+    assert "loss_vs_bits.png" not in plots.make_plots(single, "t")  # one worker sends nothing
+    single[1].workers = 2
+    assert "loss_vs_bits.png" in plots.make_plots(single, "t")
+
+
+def _local(index, label, color_key, lr, period):
+    r = fake(index, label, "", color_key, decay(2.3, 0.4, len(lr)))
+    r.lr, r.sync_period = np.asarray(lr, dtype=np.float64), np.asarray(period)
+    return r
+
+
+def test_sync_figure_draws_a_shared_schedule_once():
+    cosine = 0.1 * (1 + np.cos(np.pi * np.arange(21) / 20)) / 2
+    res = [_local(i, f"H = {h}", f"k{i}", cosine, np.full(21, h)) for i, h in enumerate((1, 4, 8))]
+    period, lr = panels(plots.sync_figure(res, "t"))
+    assert len(period.get_lines()) == 3
+    (line,) = lr.get_lines()
+    assert line.get_label() == "the same schedule for all 3 series"
+    np.testing.assert_array_equal(line.get_ydata(), cosine)
+    res[2].lr = cosine / 2  # schedules that differ: one line each, in the series' colours
+    period, lr = panels(plots.sync_figure(res, "t"))
+    assert [ln.get_label() for ln in lr.get_lines()] == ["H = 1", "H = 4", "H = 8"]
+
+
+def test_test_figure_shows_the_tail_its_claim_is_about():
+    steps = np.arange(0, 301, 10)
+    rise = 0.9 - 0.75 * np.exp(-steps / 30)  # from 0.15 to ~0.9, as a test accuracy climbs from chance
+    res = []
+    for i, end in enumerate((0.0, 0.004, 0.008)):  # they differ by under 1 % at the end
+        r = fake(i, f"M{i}", "", f"k{i}", decay(2.3, 0.4, steps.size), steps=steps)
+        r.evaluation = {"test_accuracy": rise + end * steps / 300}
+        res.append(r)
+    fig = plots.test_figure(res, "t")
+    (ax,) = panels(fig)
+    assert ax.get_xlim() == (150.0, 300.0)
+    lo, hi = ax.get_ylim()
+    tail = np.concatenate([r.evaluation["test_accuracy"][steps >= 150] for r in res])
+    assert lo < tail.min() and tail.max() < hi and hi - lo < 1.5 * np.ptp(tail)  # the tail fills the axis
+    assert "the last half of the run (steps 150–300)" in [t.get_text() for t in fig.texts]
+    for r in res:  # a run that stays in one range is shown whole
+        r.evaluation = {"test_accuracy": 0.9 + 0.01 * np.sin(steps / 20.0)}
+    (ax,) = panels(plots.test_figure(res, "t"))
+    assert ax.get_xlim()[0] < 0 < 300 < ax.get_xlim()[1]
+
+
+def _covered_points(ax):
+    """Points along every line of ``ax`` (display coordinates) that its legend covers."""
+    from compsde.experiments import plot_layout
+
+    fig = ax.get_figure()
+    fig.canvas.draw()
+    box = ax.get_legend().get_window_extent(fig.canvas.get_renderer())
+    pts, marks, _ = plot_layout._data_in_display(ax)
+    inside = lambda p: ((p[:, 0] >= box.x0) & (p[:, 0] <= box.x1) & (p[:, 1] >= box.y0) & (p[:, 1] <= box.y1)).sum()  # noqa: E731
+    return int(inside(pts) + inside(marks))
+
+
+def test_legends_do_not_cover_the_curves():
+    # Losses rising to the upper right corner (as SGDA's, spiralling out), where a fixed legend sat on them.
+    t = np.linspace(0, 1, 41)
+    rising = [fake(i, f"S{i}", "", f"k{i}", 1 + 0.2 * i + 9 * t, q=0.02) for i in range(3)]
+    (ax,) = panels(plots.loss_figure(rising, "t"))
+    assert _covered_points(ax) == 0
+    ax.get_legend().set_loc("upper right")
+    assert _covered_points(ax) > 0  # where it used to be
+    err = [{"max_rel_error": 0.1, "mean_rel_error": 0.05}]
+    (ax,) = panels(plots.tracking_figure_obj(rising[:1], rising[:1], err, "t"))
+    assert _covered_points(ax) == 0
+    # Curves through every corner and the middle: the range grows so the legend sits above them.
+    crossing = [fake(i, f"S{i}", "g", f"k{i}", v, q=0.02) for i, v in
+                enumerate((1 + 9 * t, 10 - 9 * t, 5.5 + 4.4 * np.sin(6 * np.pi * t), np.full(41, 5.5)))]
+    (ax,) = panels(plots.loss_figure(crossing, "t"))
+    assert _covered_points(ax) == 0 and ax.get_ylim()[1] > 10.0 * 1.1
+
+
+def test_legends_of_panels_sharing_y_avoid_the_curves_drawn_later():
+    # compression_error.png of the compression-variance preset: the second panel's curves widen the shared
+    # y range after the first panel is drawn, and its only free place is the gap between two curves.
+    levels = {"Top-k vs Rand-k": (0.45, 4.0), "biased vs unbiased": (0.8, 4.0, 0.08)}
+    res, i = [], 0
+    for group, values in levels.items():
+        for v in values:
+            r = fake(i, f"C{i}", group, f"k{i}", decay(1, 1, 41))
+            r.compression_error = v * (1 + 0.05 * np.sin(np.arange(41.0)))
+            res.append(r)
+            i += 1
+    fig = plots.compression_error_figure(res, "t")
+    for ax in panels(fig):
+        assert _covered_points(ax) == 0, ax.get_title()

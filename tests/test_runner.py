@@ -113,12 +113,39 @@ def test_network_presets_report_held_out_metrics(preset_runs, name):
     assert {"test_loss", metric} <= set(final)
 
 
-def test_qsr_preset_averages_less_often_as_the_learning_rate_decays(preset_runs):
+QSR_LABELS = ("data parallel (H = 1)", "constant H = 4", "QSR (H_base = 4, α = 0.12)")
+
+
+def test_qsr_preset_small_run_records_its_periods(preset_runs):
     rows = _csv_rows(preset_runs["qsr"] / "metrics.csv")
     last = {r["series"]: r for r in rows}
-    dp, const, qsr = (last[k] for k in ("data parallel (H = 1)", "constant H = 4", "QSR (H_base = 4, α = 0.12)"))
-    assert int(dp["comm_rounds"]) == 4 and int(const["comm_rounds"]) == 1  # 4 steps: H = 1, and H = 4
+    dp, const, qsr = (last[k] for k in QSR_LABELS)
+    # 4 steps: H = 1 averages every step; H = 4 once; QSR keeps H_base = 4 while (α/η)² = 1.44 < 4
+    assert int(dp["comm_rounds"]) == 4 and int(const["comm_rounds"]) == 1 and int(qsr["comm_rounds"]) == 1
     assert all(r["sync_period"] != "" for r in rows)
+    assert {r["sync_period"] for r in rows if r["series"] == QSR_LABELS[2]} == {"4"}
+
+
+def test_qsr_preset_averages_less_often_as_the_learning_rate_decays(tmp_path):
+    """The preset's claim on a shorter cosine schedule (200 steps, ~10 s): QSR's period stays H_base = 4
+    while η ≥ α/√5 ((α/η)² < 5) and grows past it as η decays, so it averages less often than constant H = 4,
+    at the same held-out accuracy."""
+    d = tmp_path / "qsr"
+    assert cli.main(["run", "qsr", "--no-progress", "--no-plots", "--out", str(d), "--set", "run.steps=200",
+                     "run.repeats=1", "run.log_every=10"]) == 0
+    rows = _csv_rows(d / "metrics.csv")
+    dp, const, qsr = ([r for r in rows if r["series"] == label] for label in QSR_LABELS)
+    alpha = 0.12
+    for r in qsr:
+        if float(r["lr"]) >= alpha / math.sqrt(5):
+            assert r["sync_period"] == "4", r
+    assert all(int(r["sync_period"]) > 4 for r in qsr if int(r["step"]) >= 150)  # η ≤ 0.015 there: H ≥ 25
+    rounds = [int(s[-1]["comm_rounds"]) for s in (dp, const, qsr)]
+    assert rounds[0] == 200 and rounds[1] == 50 and rounds[2] < 0.8 * rounds[1]  # 31 here
+    # Same accuracy: the three share one test set of 1,000 digits (one digit = 0.001); measured 0.863 / 0.861 /
+    # 0.861. The bound allows 20 digits; a method that stopped learning after its first rounds would be ≥ 0.1 off.
+    acc = [float(s[-1]["test_accuracy"]) for s in (dp, const, qsr)]
+    assert abs(acc[2] - acc[1]) <= 0.02 and abs(acc[2] - acc[0]) <= 0.02, acc
 
 
 def test_network_preset_tracks_its_sdes(tmp_path):
@@ -392,7 +419,7 @@ def test_cli_runs_a_run_folder_under_its_own_name(capsys, tmp_path, monkeypatch)
     code, out, err = _run_cli(capsys, ["run", str(first), "--no-progress", "--no-plots"])  # default --out
     assert code == 0, err
     (again,) = (tmp_path / "runs").iterdir()
-    assert again.name.startswith("top1-divergence-") and out == f"wrote {again.relative_to(tmp_path)}\n"
+    assert again.name.startswith("top1-divergence-") and out.startswith(f"wrote {again.relative_to(tmp_path)}\n")
     assert (again / "metrics.csv").read_text() == (first / "metrics.csv").read_text()
     assert (again / "config.toml").read_text() == (first / "config.toml").read_text()
     (tmp_path / "empty").mkdir()
@@ -447,6 +474,68 @@ def test_killed_run_keeps_the_series_it_completed(tmp_path, monkeypatch):
     assert [(r["series"], r["step"]) for r in rows] == [("DSGD", str(k)) for k in (0, 5, 10, 15, 20)]
     assert not (tmp_path / "summary.json").exists()
     assert tomllib.loads((tmp_path / "config.toml").read_text(encoding="utf-8"))["run"]["steps"] == 20
+
+
+def test_cli_run_prints_each_series_final_numbers(capsys, tmp_path):
+    d = tmp_path / "o"
+    code, out, err = _run_cli(capsys, ["run", "top1-divergence", "--set", *SMALL["top1-divergence"], "--out", str(d),
+                                       "--no-progress", "--no-plots"])
+    assert code == 0, err
+    head, *lines = out.splitlines()
+    summary = _strict_json(d / "summary.json")
+    assert head == f"wrote {d}" and len(lines) == len(summary["series"])
+    for line, s in zip(lines, summary["series"]):  # one line per series, config order, the numbers of summary.json
+        f = s["final"]
+        label, numbers = line.strip().split(": ", 1)
+        assert label == s["label"]
+        if f["diverged_fraction"] == 1.0:
+            assert numbers == "final loss mean n/a (median n/a), all repetitions diverged"
+        else:
+            assert numbers == f"final loss mean {f['loss_mean']:.4g} (median {f['loss_median']:.4g})"
+    assert "all repetitions diverged" in lines[0]  # Top-1 without error feedback, by step 200
+
+
+def test_sigterm_to_a_cli_run_records_its_status(tmp_path):
+    """`compsde run` stopped by SIGTERM (what `kill`, a job scheduler or a container stop sends) records
+    "failed: terminated" in run.json, keeps the rows computed, and exits with 128 + 15 without a traceback."""
+    import signal
+    import time
+
+    import compsde
+
+    d = tmp_path / "t"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(compsde.__file__).parents[1]),
+                                                          os.environ.get("PYTHONPATH", "")])}
+    # Long enough (~10 min here) that the signal arrives during the simulation.
+    proc = subprocess.Popen([sys.executable, "-m", "compsde", "run", "noise-resilience", "--out", str(d), "--no-progress",
+                             "--no-plots", "--set", "run.steps=200000", "run.repeats=4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (d / "metrics.csv").exists():  # written by the first snapshot: the simulation is running
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        assert _strict_json(d / "run.json")["status"] == "running"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().endswith("error: terminated by SIGTERM (run.json records it; metrics.csv keeps the rows computed)")
+    assert "Traceback" not in err and "wrote" not in out
+    rec = _strict_json(d / "run.json")
+    assert rec["status"] == "failed: terminated" and rec["ended"] is not None
+    assert _csv_rows(d / "metrics.csv")[0]["step"] == "0"
+
+
+def test_sigterm_handler_is_restored_after_a_run(tmp_path):
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    run_experiment(SMALL_RAW, tmp_path, progress=False, plots=False)
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_metrics_are_written_within_a_series(tmp_path, monkeypatch):

@@ -13,15 +13,18 @@ is ``compsde run PRESET --set run.steps=5`` (the one ``--set`` word without ``=`
     compsde --version
 
 Bad input (unknown key, wrong type, unknown preset, impossible method/compressor pair) prints
-``error: ...`` on stderr and exits with status 2, without a traceback.
+``error: ...`` on stderr and exits with status 2, without a traceback. A simulator run stopped by Ctrl-C
+exits with 130, one stopped by SIGTERM with 143, each after recording it in run.json. ``run`` and
+``track`` print the output folder and one line per series with its final numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
+from typing import Any
 
 from compsde.core.checks import check_seed
 
@@ -169,23 +172,51 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str], track: bool = False)
     except KeyboardInterrupt:
         print("error: interrupted (run.json records it; metrics.csv keeps the rows computed)", file=sys.stderr)
         return 130
+    except runner.Terminated:
+        print("error: terminated by SIGTERM (run.json records it; metrics.csv keeps the rows computed)", file=sys.stderr)
+        return 128 + 15
     print(f"wrote {out}")
-    if track:
-        import json
+    import json
 
-        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-        for s in summary["series"]:
-            t = s["tracking"]
-            if "none" in s["sde"]:
-                print(f"  {s['label']}: no SDE, run as the optimizer only ({s['sde']['none'].split(': ', 1)[1]})")
-                continue
-            fmt = lambda v: "n/a" if v is None else f"{v:.2%}"  # noqa: E731
-            print(f"  {s['label']}: SDE tracking error max {fmt(t['max_rel_error'])}, mean {fmt(t['mean_rel_error'])}"
-                  f"  [{s['sde']['description']}]")
-        for fit in summary.get("weak_order", []):
-            slope = "n/a" if fit["slope"] is None else f"{fit['slope']:.2f}"
-            print(f"  weak order ({fit['group'] or 'all series'}): fitted slope {slope} over η = {fit['lr']}")
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    for line in _series_report(summary):
+        print(line)
     return 0
+
+
+def _series_report(summary: Mapping[str, Any]) -> list[str]:
+    """One line per series of a run's summary.json: its final numbers (mean and median loss, the held-out
+    metric of a network problem, the diverged fraction when nonzero) and, after ``compsde track``, first
+    its SDE's tracking error (or why it has no SDE); then the weak-order fits of ``track``."""
+
+    def num(v: float | None, spec: str = ".4g") -> str:
+        return "n/a" if v is None else format(v, spec)
+
+    lines = []
+    for s in summary["series"]:
+        f = s["final"]
+        parts = [f"final loss mean {num(f['loss_mean'])} (median {num(f['loss_median'])})"]
+        if "test_accuracy" in f:
+            parts.append(f"test accuracy {num(f['test_accuracy'], '.2%')}")
+        if "test_perplexity" in f:
+            parts.append(f"test perplexity {num(f['test_perplexity'])}")
+        frac = f["diverged_fraction"] or 0.0
+        if frac:
+            parts.append("all repetitions diverged" if frac >= 1.0 else f"diverged {frac:.0%}")
+        final = ", ".join(parts)
+        if "sde" not in s:  # `compsde run`
+            lines.append(f"  {s['label']}: {final}")
+        elif "none" in s["sde"]:
+            lines.append(f"  {s['label']}: no SDE, run as the optimizer only ({s['sde']['none'].split(': ', 1)[1]}); "
+                         f"{final}")
+        else:
+            t = s["tracking"]
+            lines.append(f"  {s['label']}: SDE tracking error max {num(t['max_rel_error'], '.2%')}, mean "
+                         f"{num(t['mean_rel_error'], '.2%')}; {final}  [{s['sde']['description']}]")
+    for fit in summary.get("weak_order", []):
+        lines.append(f"  weak order ({fit['group'] or 'all series'}): fitted slope {num(fit['slope'], '.2f')} "
+                     f"over η = {fit['lr']}")
+    return lines
 
 
 def _cmd_scale(args: argparse.Namespace) -> int:

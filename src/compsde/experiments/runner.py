@@ -44,9 +44,12 @@ import io
 import json
 import math
 import platform
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,8 +67,8 @@ from compsde.sim.loop import Loop
 from compsde.sim.recorder import Trace
 from compsde.sim.simulator import simulate
 
-__all__ = ["METRIC_COLUMNS", "OUTPUT_FILES", "SNAPSHOT_SECONDS", "SeriesResult", "clear_outputs", "default_out_dir",
-           "metrics_from_trace", "quantiles", "run_experiment", "start_run", "write_results"]
+__all__ = ["METRIC_COLUMNS", "OUTPUT_FILES", "SNAPSHOT_SECONDS", "SeriesResult", "Terminated", "clear_outputs",
+           "default_out_dir", "metrics_from_trace", "quantiles", "run_experiment", "start_run", "write_results"]
 
 #: Below this many elements per step (d x repeats x workers) a series is simulated on one thread.
 SINGLE_THREAD_BELOW = 1 << 20
@@ -126,6 +129,8 @@ class SeriesResult:
     compressor: str
     problem: str
     color_key: str
+    #: Workers N of the method (one worker alone sends nothing: its bits count the messages it would send).
+    workers: int
     bits_per_step: int
     steps: np.ndarray
     lr: np.ndarray
@@ -174,7 +179,7 @@ def metrics_from_trace(spec: SeriesSpec, trace: Trace, seconds: float = 0.0,
     dived = div[div >= 0]
     return SeriesResult(
         index=spec.index, label=spec.label, group=spec.group, method=spec.algorithm.name,
-        compressor=spec.config["compressor"], problem=spec.problem.name, color_key=spec.color_key,
+        compressor=spec.config["compressor"], problem=spec.problem.name, color_key=spec.color_key, workers=spec.workers,
         bits_per_step=int(spec.algorithm.bits(spec.problem.dim)),
         steps=steps, lr=np.array([spec.schedule(int(k)) for k in steps], dtype=np.float64),
         loss_mean=_finite_mean(loss), loss_median=q50, loss_q10=q10, loss_q90=q90,
@@ -238,7 +243,7 @@ def _final(r: SeriesResult) -> dict[str, Any]:
 
 
 def summary_dict(exp: Experiment, results: list[SeriesResult],
-                 tracked: list[Tracked] | None = None) -> dict[str, Any]:
+                 tracked: Sequence[Tracked | str] | None = None) -> dict[str, Any]:
     """The summary.json content (non-finite numbers as None → null).
 
     With ``tracked`` (``compsde track``), each series also gets ``sde`` (the model's description and
@@ -309,7 +314,7 @@ class Tracked:
     error: dict[str, float]
 
 
-def weak_order_fits(exp: Experiment, tracked: list[Tracked]) -> list[dict[str, Any]]:
+def weak_order_fits(exp: Experiment, tracked: Sequence[Tracked | str]) -> list[dict[str, Any]]:
     """Per group whose series share a method but differ in η: the slope of log(mean tracking error)
     against log(η), which an order-1 weak approximation makes ≈ 1."""
     from compsde.sde.tracking import fit_order
@@ -463,9 +468,41 @@ class RunRecord:
         self.write()
 
 
+class Terminated(BaseException):
+    """The process received SIGTERM during a run (``run_experiment`` raises it in the main thread, so that
+    run.json records how the run ended, as it does for Ctrl-C)."""
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``Terminated`` in the main thread instead of ending the process
+    at once; the handler in force before is restored after the block (and when the signal arrives, so a
+    second SIGTERM during the clean-up acts as it did before). Outside the main thread, where Python
+    cannot install signal handlers, the block runs unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    restore = signal.SIG_DFL if previous is None else previous  # None: a handler not installed from Python
+
+    def terminated(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, restore)
+        raise Terminated("terminated by SIGTERM")
+
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, restore)
+
+
 def failure_status(e: BaseException) -> str:
+    """run.json's status for a run that ended by ``e``: "failed: interrupted" (Ctrl-C), "failed: terminated"
+    (SIGTERM), else "failed: <exception type>: <first line of its message>"."""
     if isinstance(e, KeyboardInterrupt):
         return "failed: interrupted"
+    if isinstance(e, Terminated):
+        return "failed: terminated"
     text = str(e).strip().splitlines()
     return f"failed: {type(e).__name__}" + (f": {text[0][:300]}" if text else "")
 
@@ -510,7 +547,9 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
         command: the command line to record in run.json (default: this Python call).
 
     Returns the output directory. Bad input (config, sizes, ``out_dir``) raises ValueError before
-    anything is written. A diverging series never raises: the Trace marks it diverged.
+    anything is written. A diverging series never raises: the Trace marks it diverged. A run stopped by
+    Ctrl-C (KeyboardInterrupt) or, when called from the main thread, by SIGTERM (``Terminated``) records
+    its status in run.json ("failed: interrupted", "failed: terminated") before the exception propagates.
     """
     from tqdm.auto import tqdm
 
@@ -518,14 +557,16 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
     models = _sde_models(exp) if track else []  # refused before anything is written when no series has an SDE
     estimate = estimates.estimate_run(exp, models)
     out = output_dir(out_dir, exp.name)
-    record = start_run(out, exp, command=command or _python_call(config, out_dir, track), backend="sim", track=track,
-                       estimate=estimate, rerun=f"compsde run {CONFIG_FILE} (or compsde run DIR, the folder holding it)")
-    try:
-        _run(exp, out, models, record, progress=progress, plots=plots, track=track, bar_cls=tqdm)
-    except BaseException as e:
-        record.end(failure_status(e))
-        raise
-    record.end("completed")
+    with sigterm_raises():
+        record = start_run(out, exp, command=command or _python_call(config, out_dir, track), backend="sim",
+                           track=track, estimate=estimate,
+                           rerun=f"compsde run {CONFIG_FILE} (or compsde run DIR, the folder holding it)")
+        try:
+            _run(exp, out, models, record, progress=progress, plots=plots, track=track, bar_cls=tqdm)
+        except BaseException as e:
+            record.end(failure_status(e))
+            raise
+        record.end("completed")
     return out
 
 
@@ -533,7 +574,7 @@ def _run(exp: Experiment, out: Path, models: list[Any], record: RunRecord, *, pr
          bar_cls: Any) -> None:
     run = exp.run
     results: list[SeriesResult] = []
-    tracked: list[Tracked] = []
+    tracked: list[Tracked | str] = []  # per series: its SDE, or why it has none
 
     def write_metrics(partial: Sequence[SeriesResult] = ()) -> None:
         sdes = [t.result for t in tracked if not isinstance(t, str)]
