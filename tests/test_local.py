@@ -250,3 +250,35 @@ def test_switching_the_sync_schedule_with_set_drops_the_old_schedules_keys():
     s = exp.series[2]
     assert s.algorithm.sync.name == "constant" and s.algorithm.sync.period == 4  # period kept, alpha dropped
     assert "alpha" not in s.config
+
+
+@pytest.mark.parametrize("case", ["diloco-top-k-ef", "rand-k-state-averaged"])
+def test_local_sgd_driver_equals_the_simulator(tmp_path, case):
+    """``LocalSGD`` for users' loops runs the simulator's algorithm: torch.optim.SGD with momentum as the inner
+    optimizer of 2 ranks fed the simulator's gradients, compressed deltas (top-k with error feedback and DiLoCo's
+    Nesterov outer step; rand-k, whose indices the receivers replay, with the inner state averaged) end at the
+    simulator's iterate, with its rounds and bytes. (Tolerance 1e-12: torch's SGD step x.add_(buf, alpha=−η)
+    may round differently from the simulator's x − η·m.)"""
+    import sys as _sys
+
+    import torch
+
+    from compsde import algorithms
+    from compsde.algorithms.schedules import Schedule
+    from compsde.distributed.launch import spawn
+    from compsde.sim import simulate
+
+    _sys.path.insert(0, str(ROOT / "tests"))
+    import local_sgd_equivalence_ranks as ranks
+
+    out = tmp_path / "eq.json"
+    spawn(2, [str(ROOT / "tests" / "local_sgd_equivalence_ranks.py"), str(out), case], timeout=60, jobdir=tmp_path / "job")
+    r = json.loads(out.read_text())
+    kw = dict(ranks.CASES[case])
+    algo = algorithms.make("local-sgd", kw.pop("compressor"), sync=kw.pop("sync"), server=kw.pop("outer", None),
+                           worker={"momentum": ranks.MOMENTUM}, **kw)
+    tr = simulate(ranks.oracle(2), algo, Schedule("constant", ranks.LR, ranks.STEPS), seed=ranks.SEED,
+                  log_every=ranks.STEPS)
+    torch.testing.assert_close(torch.tensor(r["x"], dtype=torch.float64), tr.x[0], rtol=1e-12, atol=1e-12)
+    assert r["rounds"] == int(tr.rounds[-1]) and r["bytes"] == float(tr.bytes[-1])
+    assert not torch.equal(tr.x[0], ranks.oracle(2).x0())
