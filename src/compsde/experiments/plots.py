@@ -889,7 +889,7 @@ def make_figures(results: Sequence[Any], title: str) -> dict[str, Figure]:
 
 
 def make_plots(results: Sequence[Any], title: str) -> dict[str, bytes]:
-    """Render every applicable figure; ``results`` are ``compsde.runner.SeriesResult``s."""
+    """Render every applicable figure; ``results`` are ``compsde.experiments.runner.SeriesResult``s."""
     if not results:
         return {}
     builders: list[tuple[str, Callable[[], Figure | None]]] = [
@@ -915,7 +915,7 @@ def make_plots(results: Sequence[Any], title: str) -> dict[str, bytes]:
 def tracking_figure_obj(results: Sequence[Any], sdes: Sequence[Any], errors: Sequence[Mapping[str, float]],
                         title: str) -> Figure:
     """tracking.png: one panel per series, the optimizer's mean loss and q10–q90 band against its
-    SDE's (dashed); ``errors`` are ``compsde.tracking.tracking_error`` results, one per series. The
+    SDE's (dashed); ``errors`` are ``compsde.sde.tracking.tracking_error`` results, one per series. The
     panels share one y scale (and their limits when comparable)."""
     colors = _colors(results)
     log = _use_log([np.r_[x.loss_mean, x.loss_q10, x.loss_q90] for x in list(results) + list(sdes)])
@@ -990,7 +990,7 @@ def _fit_points(fit: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 def weak_order_figure_obj(fits: Sequence[Mapping[str, Any]], title: str) -> Figure:
     """weak_order.png: per group of ``fits`` (the ``weak_order`` entry of summary.json, see
-    ``compsde.runner.weak_order_fits``: {"group", "lr", "mean_rel_error", "slope"}), the mean
+    ``compsde.experiments.runner.weak_order_fits``: {"group", "lr", "mean_rel_error", "slope"}), the mean
     relative tracking error against η on log–log axes, the least-squares line through the points
     (its slope in the legend) and a slope-1 reference line (an order-1 weak approximation)."""
     fits = list(fits)
