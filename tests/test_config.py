@@ -19,7 +19,7 @@ from compsde.experiments.presets import load_source
 PRESETS = ["adam-scaling-rule", "adaptive-sde-tracking", "cgd-quadratic", "compression-variance", "gpt-scaling-rules",
            "l0l1-schedules", "minimax-bilinear", "mlp-sde-tracking", "noise-resilience", "qsr",
            "resnet-compression-variance", "sam-flat-minima", "sam-saddle", "scaling-rules", "sde-heavy-tails",
-           "sde-tracking", "signsgd-vs-sgd-heavy-tails", "top1-divergence", "vit-heavy-tails", "weak-order"]
+           "sde-tracking", "signsgd-vs-sgd-heavy-tails", "signum-majority", "top1-divergence", "vit-heavy-tails", "weak-order"]
 
 
 def minimal(**series):
@@ -48,7 +48,7 @@ def test_preset_description_is_its_claim(name):
     desc = presets.presets()[name]
     assert first == f"# {desc}"
     assert desc.endswith(".") and "\n" not in desc
-    assert re.search(r"(Compagnoni|Beznosikov|Gu).*\b20\d\d\b", header, re.S)  # every preset names the paper it demonstrates
+    assert re.search(r"(Compagnoni|Beznosikov|Gu|Bernstein).*\b20\d\d\b", header, re.S)  # every preset names the paper it demonstrates
 
 
 def test_description_parser():
@@ -196,6 +196,29 @@ def test_schedule_defaults_and_compressor_defaults_filled():
     s = cfg["series"][0]
     assert s["shared"] is False and s["gamma"] == 0.1 and s["every"] == 3
     assert "ratio" not in s  # None defaults stay out (TOML has no null)
+
+
+def test_step_every_default_after_a_warm_up_is_the_one_the_schedule_runs():
+    """With a warm-up W and no ``every``, the resolved config, the derived label and the schedule the run
+    builds agree with ``Schedule``'s own default: a third of the K − W steps after the warm-up."""
+    from compsde.algorithms.schedules import Schedule
+
+    raw = {**minimal(schedule="step", warmup_steps=12), "run": {"steps": 30, "repeats": 2}}
+    s = resolve(raw)["series"][0]
+    assert s["every"] == (30 - 12) // 3 and s["label"] == "DSGD step(warmup_steps=12)"
+    own = Schedule("step", 0.1, 30, {"warmup_steps": 12})
+    run = build(resolve(raw)).series[0].schedule
+    assert [run(k) for k in range(30)] == [own(k) for k in range(30)]  # the same formula: equal bit for bit
+    assert own(12 + 6) == pytest.approx(0.01, rel=1e-12)  # the first decay after (K − W)/3 = 6 steps
+    # every given: the label shows it exactly when it differs from that default
+    raw["series"][0]["every"] = 6
+    assert resolve(raw)["series"][0]["label"] == "DSGD step(warmup_steps=12)"
+    raw["series"][0]["every"] = 10
+    assert resolve(raw)["series"][0]["label"] == "DSGD step(warmup_steps=12,every=10)"
+    # a warm-up beyond the series' steps is refused when the config is resolved, naming the key
+    raw["series"][0]["warmup_steps"] = 31
+    with pytest.raises(ValueError, match=r"series.0.warmup_steps must be an integer in \[0, 30\], got 31"):
+        resolve(raw)
 
 
 def test_toml_writer_escapes_strings():

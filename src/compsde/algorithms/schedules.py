@@ -2,7 +2,8 @@
 
 * ``constant``: η_k = η.
 * ``cosine``:   η_k = η (r + (1 − r) · ½ (1 + cos(π k / K))), r = ``final_ratio`` (default 0).
-* ``step``:     η_k = η · γ^⌊k / every⌋ (``gamma`` default 0.1, ``every`` default K/3).
+* ``step``:     η_k = η · γ^⌊k / every⌋ (``gamma`` default 0.1, ``every`` default max(1, ⌊(K − W)/3⌋):
+  a third of the steps after the warm-up).
 * ``poly``:     η_k = η / (1 + k)^p (``power`` default 0.5): the classical decaying schedule with
   Σ η_k = ∞ (and Σ η_k² < ∞ for p > ½) that the (L0, L1) analysis (Compagnoni, Islamov, Orvieto, Gorbunov 2025) uses.
 * ``linear``:   η_k = η (1 − (1 − r) k / K), r = ``final_ratio`` (default 0).
@@ -20,6 +21,7 @@ and heavy tails.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from compsde.core.checks import check_choice, check_int, check_number, describe
@@ -30,6 +32,24 @@ SCHEDULE_PARAMS: dict[str, tuple[str, ...]] = {
     "constant": ("warmup_steps",), "cosine": ("final_ratio", "warmup_steps"), "step": ("gamma", "every", "warmup_steps"),
     "poly": ("power", "warmup_steps"), "linear": ("final_ratio", "warmup_steps"),
 }
+#: The defaults of the schedules' keys but ``every``, whose default depends on the run (``default_every``).
+SCHEDULE_DEFAULTS: dict[str, float] = {"final_ratio": 0.0, "gamma": 0.1, "power": 0.5, "warmup_steps": 0}
+
+
+def default_every(steps: int, warmup_steps: int = 0) -> int:
+    """The step schedule's default period for a run of K = ``steps`` steps with W = ``warmup_steps``:
+    max(1, ⌊(K − W)/3⌋), a third of the steps after the warm-up (the schedule runs over those)."""
+    return max(1, (steps - warmup_steps) // 3)
+
+
+def schedule_params(name: str, steps: int, params: Mapping[str, float]) -> dict[str, float]:
+    """Every key schedule ``name`` takes, from ``params`` where given, else its default for a run of
+    ``steps`` steps (``SCHEDULE_DEFAULTS``, ``default_every``). The one source of the defaults:
+    ``Schedule`` runs them, the config schema writes them into a resolved config and leaves them out of
+    derived labels."""
+    warm = int(params.get("warmup_steps", SCHEDULE_DEFAULTS["warmup_steps"]))
+    defaults = {**SCHEDULE_DEFAULTS, "every": default_every(steps, warm)}
+    return {k: params[k] if k in params else defaults[k] for k in SCHEDULE_PARAMS[name]}
 
 
 @dataclass(frozen=True)
@@ -73,23 +93,22 @@ class Schedule:
                                  f"η = {last!r} at step {self.steps - 1} (underflow): the learning rate must stay > 0")
 
     def __call__(self, k: int) -> float:
-        eta, p = float(self.lr), self.params
-        warm = int(p.get("warmup_steps", 0))
+        eta, p = float(self.lr), schedule_params(self.name, self.steps, self.params)
+        warm = int(p["warmup_steps"])
         if k < warm:
             return eta * (k + 1) / warm
         k, steps = k - warm, self.steps - warm
         if self.name == "constant":
             return eta
         if self.name == "cosine":
-            r = float(p.get("final_ratio", 0.0))
+            r = float(p["final_ratio"])
             return eta * (r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * k / max(1, steps))))
         if self.name == "linear":
-            r = float(p.get("final_ratio", 0.0))
+            r = float(p["final_ratio"])
             return eta * (1.0 - (1.0 - r) * k / max(1, steps))
         if self.name == "step":
-            every = int(p.get("every", max(1, steps // 3)))
-            return eta * float(p.get("gamma", 0.1)) ** (k // every)
-        power = float(p.get("power", 0.5))
+            return eta * float(p["gamma"]) ** (k // int(p["every"]))
+        power = float(p["power"])
         try:
             return eta / (1.0 + k) ** power
         except OverflowError:  # (1 + k)^p beyond the float range: η_k underflows to 0

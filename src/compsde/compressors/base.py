@@ -14,7 +14,7 @@ deterministic compressor. The receiver decodes with the sender's draw: a payload
 draw determines (Rand-k's indices), and the receiver replays the sender's stream instead.
 
 A payload is a set of named fields (``fields(d, dtype)`` declares them per row: float values, single
-bits, or unsigned integers of a given width); the wire format (``compsde.distributed.wire``) only
+bits, or unsigned integers of a given width); the wire format (``compsde.compressors.wire``) only
 serialises them — bit-packing the bits, packing the integers into ``width``-bit planes — and never
 re-derives a compressor's arithmetic. ``apply`` may be a faster path than decode ∘ encode; a
 conformance test checks that both agree bit for bit, special values (±0, subnormals, ±inf, NaN)

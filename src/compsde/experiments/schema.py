@@ -63,7 +63,7 @@ from compsde import algorithms, compressors, optimizers
 from compsde.algorithms import schedules
 from compsde.algorithms.schedules import SCHEDULE_NAMES
 from compsde.algorithms.sync import SYNC_NAMES, SYNC_PARAMS, SyncSchedule
-from compsde.core.checks import MAX_INT64, MAX_WORKERS, check_int, check_seed, describe
+from compsde.core.checks import MAX_INT64, MAX_TEXT_LENGTH, MAX_WORKERS, check_int, check_seed, describe
 from compsde.core.tensors import DTYPES, resolve_device
 from compsde.objectives import problems
 from compsde.objectives.noise import NOISE_NAMES
@@ -165,8 +165,8 @@ class _Param:
 def _signature_params(cls: type) -> dict[str, _Param]:
     """Constructor parameters of ``cls`` (excluding self) with their kinds and defaults."""
     out = {}
-    for name, p in inspect.signature(cls.__init__).parameters.items():
-        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+    for name, p in inspect.signature(cls).parameters.items():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         out[name] = _Param(_annotation_kind(p.annotation), p.default)
     return out
@@ -203,7 +203,6 @@ NOISE_KEYS: dict[str, tuple[str, ...]] = {"none": ("name",), "gaussian": ("name"
                                           "student-t": ("name", "scale", "nu")}
 _NOISE_WHY = {"nu": "only 'student-t' noise has degrees of freedom ν",
               "scale": "noise 'none' adds no noise, so it has no scale"}
-_SCHEDULE_DEFAULTS = {"final_ratio": 0.0, "gamma": 0.1, "every": None, "power": 0.5, "warmup_steps": 0}  # every: steps // 3
 SCHEDULE_KEYS = {"final_ratio": "float", "gamma": "float", "every": "int", "power": "float", "warmup_steps": "int"}
 _SERIES_BASE: dict[str, _Param] = {
     "label": _Param("str", None),
@@ -443,6 +442,18 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def _schedule_label(s: Mapping[str, Any]) -> str:
+    """The schedule's name with its keys that differ from their defaults (``schedules.SCHEDULE_DEFAULTS``,
+    ``schedules.default_every``), ``every`` last and only when ``s["steps"]`` is known (its default depends
+    on the run's length and warm-up)."""
+    name, steps = s["schedule"], s.get("steps")
+    keys = [k for k in schedule_keys(name) if k != "every"] + (["every"] if steps is not None else [])
+    defaults = {**schedules.SCHEDULE_DEFAULTS,
+                "every": schedules.default_every(steps or 0, s.get("warmup_steps", schedules.SCHEDULE_DEFAULTS["warmup_steps"]))}
+    extra = ",".join(f"{k}={_fmt(s[k])}" for k in keys if k in s and s[k] != defaults[k])
+    return f"{name}({extra})" if extra else name
+
+
 def derive_label(s: Mapping[str, Any]) -> str:
     """A resolved series' label from what distinguishes it (see module doc): e.g. ``DCSGD rand-k(ratio=0.25)
     normalized poly(power=1) worker(momentum=0.9) ν=1``."""
@@ -469,12 +480,7 @@ def derive_label(s: Mapping[str, Any]) -> str:
     if s.get("per_layer"):
         parts.append("per layer")
     if s["schedule"] != "constant":
-        steps = s.get("steps")
-        extra = ",".join(f"{k}={_fmt(s[k])}" for k in schedule_keys(s["schedule"])
-                         if k in s and k != "every" and s[k] != _SCHEDULE_DEFAULTS[k])
-        if "every" in s and steps is not None and s["every"] != max(1, steps // 3):
-            extra = ",".join(filter(None, [extra, f"every={s['every']}"]))
-        parts.append(f"{s['schedule']}({extra})" if extra else s["schedule"])
+        parts.append(_schedule_label(s))
     for side in ("worker", "server"):
         if s.get(side):
             parts.append(f"{side}(" + ",".join(f"{k}={_fmt(v)}" for k, v in s[side].items()) + ")")
@@ -485,17 +491,44 @@ def derive_label(s: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mapping[str, Any],
-                    top_noise: Mapping[str, Any]) -> dict[str, Any]:
-    where = f"series.{i}"
-    s = _check_table(raw, f"[[series]] {i}")
+@dataclass(frozen=True)
+class _SeriesKind:
+    """What decides the keys a series takes: its method, compressor, schedule and (local methods only)
+    synchronisation schedule."""
+
+    method: str
+    compressor: str
+    compressor_params: dict[str, _Param]
+    schedule: str
+    sync: str | None  # None: not a local method
+
+    @property
+    def schedule_keys(self) -> tuple[str, ...]:
+        return schedule_keys(self.schedule)
+
+    @property
+    def local_keys(self) -> tuple[str, ...]:
+        if self.sync is None:
+            return ()
+        return ("sync", *SYNC_PARAMS[self.sync], "outer_lr", "error_feedback", "average_state")
+
+    @property
+    def optimizer_keys(self) -> tuple[str, ...]:
+        return optimizer_keys(self.method)
+
+    @property
+    def valid_keys(self) -> list[str]:
+        return [*_SERIES_BASE, *self.compressor_params, *self.schedule_keys, *self.local_keys, *self.optimizer_keys]
+
+
+def _series_kind(s: Mapping[str, Any], where: str) -> _SeriesKind:
+    """A series' method, compressor (given or implied by the method), schedule and sync, each checked."""
     if "method" not in s:
         raise ValueError(f"{where}: missing required key 'method'; valid methods: {', '.join(algorithms.names())}")
     method = s["method"]
     if not isinstance(method, str) or method not in algorithms.names():
         raise ValueError(f"{where}.method: unknown method {describe(method)}; valid methods: {', '.join(algorithms.names())}")
-    implied = algorithms.default_compressor(method)
-    comp = s.get("compressor", implied)
+    comp = s.get("compressor", algorithms.default_compressor(method))
     if comp is None:
         raise ValueError(f"{where}: method {method!r} needs a compressor; valid compressors: {', '.join(compressors.names())}")
     comp = _coerce("str", f"{where}.compressor", comp)
@@ -506,94 +539,128 @@ def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mappi
     sched = s.get("schedule", "constant")
     if not isinstance(sched, str) or sched not in SCHEDULE_NAMES:
         raise ValueError(f"{where}.schedule must be one of {', '.join(SCHEDULE_NAMES)}, got {describe(sched)}")
-    sched_keys = list(schedule_keys(sched))
-
-    local = algorithms.is_local(method)
-    sync_name = s.get("sync", "every-step") if local else None
-    if local and (not isinstance(sync_name, str) or sync_name not in SYNC_NAMES):
-        raise ValueError(f"{where}.sync must be one of {', '.join(SYNC_NAMES)}, got {describe(sync_name)}")
-    local_keys = ["sync", *SYNC_PARAMS[sync_name], "outer_lr", "error_feedback", "average_state"] if local else []
-    if sync_name == "qsr" and sched == "poly" and "power" in s:
+    sync = None
+    if algorithms.is_local(method):
+        sync = s.get("sync", "every-step")
+        if not isinstance(sync, str) or sync not in SYNC_NAMES:
+            raise ValueError(f"{where}.sync must be one of {', '.join(SYNC_NAMES)}, got {describe(sync)}")
+    if sync == "qsr" and sched == "poly" and "power" in s:
         raise ValueError(f"{where}.power is ambiguous with sync = 'qsr' and schedule = 'poly' (both take a power); "
                          "use another learning-rate schedule, or QSR's default power 2")
-    opt_keys = list(optimizer_keys(method))
-    valid = [*_SERIES_BASE, *cspec, *sched_keys, *local_keys, *opt_keys]
+    return _SeriesKind(method, comp, cspec, sched, sync)
+
+
+def _reject_inapplicable(s: Mapping[str, Any], kind: _SeriesKind, where: str) -> None:
+    """Refuse a key the series does not take, saying why: another schedule's, a local method's, another
+    optimizer's, another compressor's, or no key at all."""
+    valid = kind.valid_keys
     for k, v in s.items():
         if k in valid:
             continue
-        if k in SCHEDULE_KEYS and not (local and k in LOCAL_KEYS):
-            raise ValueError(f"{where}: key {k!r} (value {describe(v)}) belongs to another schedule; schedule {sched!r} takes: {', '.join(sched_keys) or 'nothing'}")
+        if k in SCHEDULE_KEYS and not (kind.sync is not None and k in LOCAL_KEYS):
+            raise ValueError(f"{where}: key {k!r} (value {describe(v)}) belongs to another schedule; schedule "
+                             f"{kind.schedule!r} takes: {', '.join(kind.schedule_keys) or 'nothing'}")
         if k in LOCAL_KEYS:
-            why = (f"sync {sync_name!r} takes {', '.join(SYNC_PARAMS[sync_name]) or 'no period keys'}" if local
-                   else f"it applies to the local methods (local-sgd, local-adamw), not to {method!r}")
+            why = (f"sync {kind.sync!r} takes {', '.join(SYNC_PARAMS[kind.sync]) or 'no period keys'}" if kind.sync is not None
+                   else f"it applies to the local methods (local-sgd, local-adamw), not to {kind.method!r}")
             raise ValueError(f"{where}: key {k!r} (value {describe(v)}) does not apply: {why}")
         if k in OPTIMIZER_KEYS:
-            raise ValueError(f"{where}: key {k!r} (value {describe(v)}) does not apply: method {method!r} takes "
-                             f"{', '.join(opt_keys) or 'none of ' + ', '.join(OPTIMIZER_KEYS)}")
+            raise ValueError(f"{where}: key {k!r} (value {describe(v)}) does not apply: method {kind.method!r} takes "
+                             f"{', '.join(kind.optimizer_keys) or 'none of ' + ', '.join(OPTIMIZER_KEYS)}")
         if k in all_compressor_params():
-            raise ValueError(f"{where}: compressor {comp!r} does not take {k!r} (value {describe(v)}); it takes: {', '.join(cspec) or 'nothing'}")
+            raise ValueError(f"{where}: compressor {kind.compressor!r} does not take {k!r} (value {describe(v)}); "
+                             f"it takes: {', '.join(kind.compressor_params) or 'nothing'}")
         raise ValueError(f"{where}: unknown key {k!r} (value {describe(v)}); valid keys: {', '.join(valid)}")
 
-    base = _resolve_fields(s, _SERIES_BASE, where)
-    out: dict[str, Any] = {"label": base.get("label"), "group": base["group"], "method": method, "compressor": comp}
-    out.update(_resolve_fields(s, cspec, where))
-    out["lr"] = base["lr"]
-    out["schedule"] = sched
-    series_steps = base.get("steps", run["steps"])
-    for k in sched_keys:
-        if k in s:
-            out[k] = _coerce(SCHEDULE_KEYS[k], f"{where}.{k}", s[k])
-        else:
-            out[k] = _SCHEDULE_DEFAULTS[k] if k != "every" else max(1, series_steps // 3)
-    if "every" in out:
-        check_int(f"{where}.every", out["every"], min=1, max=MAX_COUNT)
-    out["normalize"] = base["normalize"]
-    for k in local_keys:
-        if k in s:
-            out[k] = _coerce(LOCAL_KEYS[k], f"{where}.{k}", s[k])
-    if local:
-        out["sync"] = sync_name
-    for k in opt_keys:  # only the keys given: the defaults live in compsde.algorithms
-        if k in s:
-            out[k] = _coerce("float", f"{where}.{k}", s[k])
-    if base.get("per_layer"):
-        out["per_layer"] = True
+
+def _resolve_schedule(s: Mapping[str, Any], name: str, steps: int, where: str) -> dict[str, Any]:
+    """Every key of schedule ``name``: the given ones type-checked, the others at their defaults for a
+    series of ``steps`` steps (``every`` depends on the run)."""
+    given = {k: _coerce(SCHEDULE_KEYS[k], f"{where}.{k}", s[k]) for k in schedule_keys(name) if k in s}
+    if "every" in given:
+        check_int(f"{where}.every", given["every"], min=1, max=MAX_COUNT)
+    if "warmup_steps" in given:  # before it sets every's default
+        check_int(f"{where}.warmup_steps", given["warmup_steps"], min=0, max=steps)
+    return schedules.schedule_params(name, steps, given)
+
+
+def _resolve_transforms(base: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The non-empty worker / server transform tables, their keys checked."""
+    out = {}
     for side in ("worker", "server"):
         if side in base:
             table = base[side]
             bad = sorted(set(table) - set(algorithms.TRANSFORM_KEYS))
             if bad:
-                raise ValueError(f"{where}.{side}: unknown key {bad[0]!r} (value {describe(table[bad[0]])}); valid keys: {', '.join(algorithms.TRANSFORM_KEYS)}")
+                raise ValueError(f"{where}.{side}: unknown key {bad[0]!r} (value {describe(table[bad[0]])}); "
+                                 f"valid keys: {', '.join(algorithms.TRANSFORM_KEYS)}")
             if table:
                 out[side] = dict(table)
+    return out
+
+
+def _resolve_overrides(base: Mapping[str, Any], top_problem: Mapping[str, Any], top_noise: Mapping[str, Any],
+                       where: str) -> dict[str, Any]:
+    """A series' problem / noise overrides, resolved and kept only where they differ from [problem] / [noise]."""
+    out = {}
+    if "problem" in base:
+        merged = merge_problem(top_problem, base["problem"], f"{where}.problem")
+        d = _diff(_resolve_problem(merged, f"{where}.problem"), top_problem)
+        if d:
+            out["problem"] = d
+    if "noise" in base:
+        d = _diff(_resolve_noise(base["noise"], f"{where}.noise", inherited=top_noise), top_noise)
+        if d:
+            out["noise"] = d
+    return out
+
+
+def _series_label(out: Mapping[str, Any], steps: int, where: str) -> str:
+    """The series' label as given, or derived (``derive_label``) and cut to leave room for a " #123" suffix."""
+    if out["label"] is not None:
+        _check_text(out["label"], f"{where}.label")
+        return str(out["label"])
+    label = derive_label({**out, "steps": steps})
+    if len(label) > MAX_TEXT_LENGTH - 6:
+        label = label[: MAX_TEXT_LENGTH - 7] + "…"
+    _check_text(label, f"{where}.label (derived)")
+    return label
+
+
+def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mapping[str, Any],
+                    top_noise: Mapping[str, Any]) -> dict[str, Any]:
+    """Series ``i`` checked key by key, with its defaults filled in and its label derived if not given."""
+    where = f"series.{i}"
+    s = _check_table(raw, f"[[series]] {i}")
+    kind = _series_kind(s, where)
+    _reject_inapplicable(s, kind, where)
+    base = _resolve_fields(s, _SERIES_BASE, where)
+    out: dict[str, Any] = {"label": base.get("label"), "group": base["group"], "method": kind.method,
+                           "compressor": kind.compressor}
+    out.update(_resolve_fields(s, kind.compressor_params, where))
+    out["lr"] = base["lr"]
+    out["schedule"] = kind.schedule
+    series_steps = base.get("steps", run["steps"])
+    check_int(f"{where}.steps", series_steps, min=1, max=MAX_COUNT)  # before the schedule's defaults use it
+    out.update(_resolve_schedule(s, kind.schedule, series_steps, where))
+    out["normalize"] = base["normalize"]
+    out.update({k: _coerce(LOCAL_KEYS[k], f"{where}.{k}", s[k]) for k in kind.local_keys if k in s})
+    if kind.sync is not None:
+        out["sync"] = kind.sync
+    # only the hyperparameters given: their defaults live in compsde.optimizers
+    out.update({k: _coerce("float", f"{where}.{k}", s[k]) for k in kind.optimizer_keys if k in s})
+    if base.get("per_layer"):
+        out["per_layer"] = True
+    out.update(_resolve_transforms(base, where))
     out["workers"], out["batch"] = base["workers"], base["batch"]
     if base.get("steps") is not None and base["steps"] != run["steps"]:
         out["steps"] = base["steps"]
     for k, (lo, hi) in _SERIES_COUNTS.items():
         if k in out:
             check_int(f"{where}.{k}", out[k], min=lo, max=hi)
-    if "problem" in base:
-        merged = merge_problem(top_problem, base["problem"], f"{where}.problem")
-        full = _resolve_problem(merged, f"{where}.problem")
-        d = _diff(full, top_problem)
-        if d:
-            out["problem"] = d
-    if "noise" in base:
-        full = _resolve_noise(base["noise"], f"{where}.noise", inherited=top_noise)
-        d = _diff(full, top_noise)
-        if d:
-            out["noise"] = d
+    out.update(_resolve_overrides(base, top_problem, top_noise, where))
     _check_text(out["group"], f"{where}.group")
-    if out["label"] is None:
-        label = derive_label({**out, "steps": series_steps})
-        from compsde.core.checks import MAX_TEXT_LENGTH
-
-        if len(label) > MAX_TEXT_LENGTH - 6:  # room for a " #123" suffix
-            label = label[: MAX_TEXT_LENGTH - 7] + "…"
-        out["label"] = label
-        _check_text(label, f"{where}.label (derived)")
-    else:
-        _check_text(out["label"], f"{where}.label")
+    out["label"] = _series_label(out, series_steps, where)
     return out
 
 

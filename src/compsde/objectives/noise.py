@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from compsde.compressors.signs import sign_pm1
 from compsde.core.checks import check_choice, check_number, describe
 
 NOISE_NAMES = ("none", "gaussian", "student-t")
@@ -46,7 +47,7 @@ def gaussian_sign_mean(mean: Tensor, var: Tensor) -> Tensor:
     sign(mean) where var = 0 (a point mass). The one Gaussian sign probability of the library (the
     DSignSGD SDE's drift for Gaussian noise, a network's minibatch noise taken Gaussian, several workers'
     averaged noise); ``Noise.sign_mean`` gives the Student-t one. ``mean`` and ``var`` broadcast."""
-    sign = torch.where(mean >= 0, 1.0, -1.0).to(mean.dtype)
+    sign = sign_pm1(mean)
     z = mean / (2 * var).sqrt().clamp_min(torch.finfo(mean.dtype).tiny)
     return torch.where(var > 0, torch.erf(z), sign)
 

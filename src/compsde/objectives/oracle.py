@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from compsde.compressors.signs import sign_pm1
 from compsde.core.checks import MAX_WORKERS, check_int, describe
 from compsde.core.streams import Streams
 from compsde.core.tensors import resolve_device, resolve_dtype
@@ -215,7 +216,7 @@ class Oracle(GradientOracle):
     def sign_means(self, x: Tensor) -> Tensor:
         """E sign(g_i(x)) = 2F(√B ∇f_i/σ_i) − 1 per coordinate, (N, ..., d), F the CDF of T (sign(0) = +1)."""
         gi = self.mean_grads(x)
-        sign = torch.where(gi >= 0, 1.0, -1.0).to(x.dtype)
+        sign = sign_pm1(gi).to(x.dtype)
         if not self.noise.active:
             return sign
         shape = (self.workers,) + (1,) * (gi.dim() - 1)

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from compsde.compressors.signs import sign_pm1
 from compsde.core.checks import check_bool, check_int, check_number, check_seed, describe
 from compsde.core.tensors import check_memory
 
@@ -296,7 +297,7 @@ def synthetic_regression(samples: int, dim: int, seed: int, classification: bool
     w = torch.randn(dim, generator=gen, dtype=torch.float64) / math.sqrt(dim)
     eps = torch.randn(samples, generator=gen, dtype=torch.float64)
     if classification:
-        return a, torch.where(a @ w + 0.5 * eps >= 0, 1.0, -1.0).to(torch.float64)
+        return a, sign_pm1(a @ w + 0.5 * eps)
     return a, a @ w + 0.1 * eps
 
 
