@@ -37,6 +37,7 @@ MISMATCHES = {
     "compressor": ({"compressor": "sign"}, {"compressor": "top-k", "k": 2}),
     "k": ({"compressor": "top-k", "k": 2}, {"compressor": "top-k", "k": 3}),
     "seed": ({"compressor": "rand-k", "k": 3, "seed": 7}, {"compressor": "rand-k", "k": 3, "seed": 8}),
+    "error_feedback": ({"compressor": "top-k", "k": 2, "error_feedback": True}, {"compressor": "top-k", "k": 2}),
 }
 STEPS, BATCH, DIM, HIDDEN = 150, 32, 16, 64
 

@@ -66,12 +66,16 @@ def main() -> None:
     full = run(rank, world)
     saved = run(rank, world, stop_at=13)  # mid-period under this schedule
     resumed = run(rank, world, resume=saved)
-    refused = False
-    try:
-        LocalSGD(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1),
-                 SyncSchedule("constant", period=2 + rank), total_steps=10)
-    except ValueError as e:
-        refused = "disagree" in str(e)
+    refused = []
+    for kw in ({"sync": SyncSchedule("constant", period=2 + rank)},  # every option that changes the rounds
+               {"sync": SyncSchedule("constant", period=2), "average_state": rank == 0},
+               {"sync": SyncSchedule("constant", period=2), "error_feedback": rank == 0, "compressor": "top-k", "k": 1}):
+        try:
+            LocalSGD(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), total_steps=10, **kw)
+            refused.append(False)
+        except ValueError as e:
+            refused.append("disagree" in str(e))
+    refused = all(refused)
     if rank == 0:
         out = {**full, "resume_equal": resumed["final"] == full["final"], "disagreement_refused": refused}
         with open(sys.argv[1], "w") as fh:

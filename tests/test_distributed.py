@@ -707,13 +707,14 @@ def test_ddp_hook_trains_models_in_one_group(tmp_path):
     # naming the setting and both ranks' values (not gloo's "Received data size doesn't match", nor a
     # silent drift for different seeds).
     for rank, refused in enumerate(got["mismatch"]):
-        assert sorted(refused) == ["compressor", "k", "seed"], refused
+        assert sorted(refused) == ["compressor", "error_feedback", "k", "seed"], refused
         for name, message in refused.items():
             assert message.startswith(f"ConfigMismatch: rank {rank}: the comm_hook configuration differs across "
                                       "ranks: rank 1 differs from rank 0 in "), (rank, name, message)
         assert "compressor (rank 0: 'sign()', rank 1: 'top-k(k=2)')" in refused["compressor"], refused
         assert "compressor (rank 0: 'top-k(k=2)', rank 1: 'top-k(k=3)')" in refused["k"], refused
         assert "from rank 0 in seed (rank 0: 7, rank 1: 8) (" in refused["seed"], refused  # the seed only
+        assert "rank 1 differs from rank 0 in algorithm (" in refused["error_feedback"], refused
     from compsde.distributed.launch import ConfigMismatch
 
     assert issubclass(ConfigMismatch, ValueError)

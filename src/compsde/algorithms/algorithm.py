@@ -111,9 +111,13 @@ class Algorithm:
         if self.optimizer is not None:
             if not isinstance(self.optimizer, Optimizer):
                 raise ValueError(f"optimizer must be a compsde.algorithms.Optimizer, got {self.optimizer!r}")
+            if self.name != self.optimizer.name:
+                raise ValueError(f"algorithm {self.name!r} was given the recipe of {self.optimizer.name!r}")
             if self.local and self.optimizer.probes():
                 raise ValueError(f"{self.optimizer.name!r} probes: it is not defined for a local method")
-            self.optimizer.hyper(self.hyper)  # the names and ranges of the hyperparameters
+            # the names and ranges of the hyperparameters, completed with the recipe's defaults
+            full = self.optimizer.hyper(self.hyper)
+            object.__setattr__(self, "hyper", {k: v for k, v in full.items() if v is not None})
         elif self.hyper:
             raise ValueError(f"hyper {self.hyper!r} needs the optimizer that takes it (optimizer=...)")
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from torch import Tensor
 
+from compsde.compressors.blockwise import Blockwise
 from compsde.core.checks import check_number, describe
 from compsde.optim import Transform
 
@@ -112,7 +113,8 @@ class Optimizer:
         if algorithm.optimizer is not self or algorithm.local or algorithm.error_feedback:
             return False
         comp = algorithm.compressor
-        if self.compressor not in (comp.name, getattr(getattr(comp, "inner", None), "name", None)):
+        inner = comp.inner if isinstance(comp, Blockwise) else comp  # per layer: the same compressor on each block
+        if inner.name != self.compressor:
             return False
         if algorithm.aggregation != self.aggregation:
             return False

@@ -128,7 +128,7 @@ class CompressionState:
         """What every rank must agree on: the algorithm (method, aggregation, transforms), the compressor
         with its parameters, and the seed of the compressor streams."""
         algo = self.algorithm
-        method = [algo.name, f"aggregation {algo.aggregation}"]
+        method = [algo.name, f"aggregation {algo.aggregation}", f"error feedback {algo.error_feedback}"]
         method += [f"{side}: {t.describe()}" for side, t in (("worker", algo.worker), ("server", algo.server)) if t.names]
         return {"algorithm": ", ".join(method), "compressor": repr(self.compressor), "seed": self.seed}
 
@@ -203,11 +203,11 @@ def comm_hook(compressor: Compressor | str | Algorithm, *, error_feedback: bool 
             sum: majority vote for ``"sign"``).
         seed: the seed of the compressor streams (``compsde.core.streams``); must be equal on all ranks.
         process_group: the ``torch.distributed.ProcessGroup`` to communicate in (None: the default group).
+        worker, server: transforms before compression and after aggregation (``compsde.algorithms.make``),
+            e.g. ``worker={"momentum": 0.9}``.
 
     Every rank must pass the same arguments: the hook checks it at its first bucket (one small
     all-gather) and raises a ValueError on every rank naming what differs.
-        worker, server: transforms before compression and after aggregation (``compsde.algorithms.make``),
-            e.g. ``worker={"momentum": 0.9}``.
     """
     if isinstance(compressor, Algorithm):
         if params or error_feedback or aggregation != "mean" or worker is not None or server is not None:

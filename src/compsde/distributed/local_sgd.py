@@ -20,9 +20,10 @@ optimizer's floating-point state (Adam's moments) is averaged in the same round.
 
 H is decided right after each averaging, and at the start, from the learning rate of the next step
 (``optimizer.param_groups[0]["lr"]`` when that step begins, so a scheduler stepped after ``step()`` is seen)
-and the steps remaining. The parameters are one flat row of one floating dtype; at construction rank 0's
-parameters are broadcast (every replica starts from the same x̄, as DDP does) and every rank checks that all
-hold the same configuration (refused otherwise). ``state_dict`` holds everything to resume: the algorithm's
+and the steps remaining. The parameters are one flat row of one floating dtype (a model mixing dtypes is
+refused); the driver keeps two copies of it (x̄ and the round's buffer) and, with error feedback, the memory. At
+construction rank 0's parameters are broadcast (every replica starts from the same x̄, as DDP does) and every
+rank checks that all hold the same configuration (refused otherwise). ``state_dict`` holds everything to resume: the algorithm's
 state (x̄, error-feedback memory, outer optimizer, schedule), the compressor's random streams, the
 communication counters and the optimizer's state.
 """
@@ -123,12 +124,14 @@ class LocalSGD:
 
     def _agree(self) -> None:
         """Every rank must run the same method for the same length: compare them all."""
-        mine = (self.algorithm.label(), self.total_steps, self.seed)
+        a = self.algorithm
+        mine = (repr(a.sync), repr(a.compressor), a.error_feedback, a.server.describe(), a.outer_lr, a.average_state,
+                self.total_steps, self.seed)
         every: list[Any] = [None] * self.world
         dist.all_gather_object(every, mine, group=self.group)
         if any(o != mine for o in every):
-            raise ValueError(f"ranks disagree on the local method: {every} (each rank's method and schedule, "
-                             "total_steps, seed); every rank must pass the same")
+            raise ValueError(f"ranks disagree on the local method: {every} (each rank's sync, compressor, error_feedback, "
+                             "outer, outer_lr, average_state, total_steps, seed); every rank must pass the same")
 
     def _flat(self) -> Tensor:
         return torch.cat([p.detach().reshape(-1) for p in self.params])
@@ -164,10 +167,14 @@ class LocalSGD:
         for p in self.params:
             p.copy_(new[offset: offset + p.numel()].view_as(p))
             offset += p.numel()
-        if algo.average_state:
-            for v in (v for s in self.optimizer.state.values() for v in s.values()):
-                if isinstance(v, Tensor) and v.is_floating_point() and v.dim() > 0:
-                    v.copy_(self.exchange.mean(v.unsqueeze(0), self.world))
+        if algo.average_state:  # one all-reduce per dtype of the optimizer's float state
+            state = [v for s in self.optimizer.state.values() for v in s.values()
+                     if isinstance(v, Tensor) and v.is_floating_point() and v.dim() > 0]
+            for dtype in sorted({v.dtype for v in state}, key=str):
+                group = [v for v in state if v.dtype == dtype]
+                mean = self.exchange.mean(torch.cat([v.reshape(-1) for v in group]).unsqueeze(0), self.world)
+                for v, avg in zip(group, mean.split([v.numel() for v in group]), strict=True):
+                    v.copy_(avg.view_as(v))
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "steps": self.steps, "algorithm": self.state,

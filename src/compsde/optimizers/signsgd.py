@@ -1,7 +1,7 @@
 """SignSGD: x ← x − η sign(ḡ), sign(0) = +1 (Bernstein, Wang, Azizzadenesheli, Anandkumar 2018).
 
 With N workers it steps on the sign of their mean gradient (data parallel). Its SDE (Compagnoni et al.
-2025; docs/theory.md §9.2): drift E sign(ḡ), diffusion diag(1 − E sign(ḡ)²) (``SignSGDSDE``).
+2024, docs/theory.md [paper 3], §9.2): drift E sign(ḡ), diffusion diag(1 − E sign(ḡ)²) (``SignSGDSDE``).
 """
 
 from __future__ import annotations

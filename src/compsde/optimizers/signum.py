@@ -23,7 +23,8 @@ probability p_i = F(z_i), z_i = μ_i/((1 − β)s_i), and V = sign(Σ_i S_i):
 
 with E V = P(K > N/2) − P(K < N/2) for K = #{S_i = +1} (a Poisson-binomial law over the workers), and w_i = E[V T_i]/√v =
 (a_i⁺ − a_i⁻) q(z_i)/√v, where a_i^± = E sign(±1 + Σ_{j≠i} S_j) and q(z) = E[T 1{T ≥ −z}] (φ(z) for
-Gaussian noise). Every coordinate is independent given x. Euler–Maruyama with dt = η gives each step's
+Gaussian noise). a_i⁺ − a_i⁻ needs one or two point masses of the other workers' count K', taken from K's
+law by removing worker i (``_without``): O(N²) per coordinate in all. Every coordinate is independent given (x, m_1, …, m_N). Euler–Maruyama with dt = η gives each step's
 exact mean and covariance.
 """
 
@@ -50,6 +51,23 @@ def _count_law(p: Tensor) -> list[Tensor]:
             nxt[k + 1] = nxt[k + 1] + q * pj
         law = nxt
     return law
+
+
+def _without(law: list[Tensor], p: Tensor) -> list[Tensor]:
+    """The law of K minus one Bernoulli(p) success count, from the law of K (n + 1 entries → n): the
+    recursion run back, forward where p ≤ 1/2 and backward where p > 1/2, so that each step multiplies
+    the rounding error by p/(1 − p) ≤ 1 or its inverse ≤ 1 (stable). O(n) per worker."""
+    n = len(law) - 1
+    tiny = torch.finfo(p.dtype).tiny
+    q, pp = (1 - p).clamp_min(tiny), p.clamp_min(tiny)
+    fwd = [law[0] / q]
+    for k in range(1, n):
+        fwd.append((law[k] - p * fwd[-1]) / q)
+    bwd = [law[n] / pp]
+    for k in range(n - 1, 0, -1):
+        bwd.append((law[k] - (1 - p) * bwd[-1]) / pp)
+    bwd.reverse()
+    return [torch.where(p <= 0.5, f, b) for f, b in zip(fwd, bwd, strict=True)]
 
 
 def _vote(law: list[Tensor], h: float) -> Tensor:
@@ -94,7 +112,10 @@ class SignumSDE(SDEModel):
         spread = c * scale
         zed = mu / spread.clamp_min(torch.finfo(x.dtype).tiny)
         noisy = spread > 0
-        p_plus = torch.where(noisy, (1 + noise.sign_mean(zed)) / 2 if noise.active else zed, (mu >= 0).to(x.dtype))
+        if noise.active:
+            p_plus = torch.where(noisy, (1 + noise.sign_mean(zed)) / 2, (mu >= 0).to(x.dtype))
+        else:
+            p_plus = (mu >= 0).to(x.dtype)
         law = _count_law(p_plus)
         vote = _vote(law, n / 2)  # E V: K > N/2 votes +1, K < N/2 votes −1, a tie 0
         tie = law[n // 2] if n % 2 == 0 else torch.zeros_like(vote)
@@ -104,10 +125,11 @@ class SignumSDE(SDEModel):
         if self.v > 0:
             q = self._tail_mean(zed)
             for i in range(n):
-                others = torch.cat([p_plus[:i], p_plus[i + 1:]])
-                others_law = _count_law(others)  # E[V | S_i = ±1] = E sign(2K' − N + 1 ± 1), K' over the others
-                a_plus, a_minus = _vote(others_law, (n - 2) / 2), _vote(others_law, n / 2)
-                w = torch.where(noisy[i], (a_plus - a_minus) * q[i], 0.0) / math.sqrt(self.v)
+                # a_i⁺ − a_i⁻ = E[sign(R + 1) − sign(R − 1)], R = 2K' − (N − 1) over the other workers' votes:
+                # 2 P(R = 0) + P(R = 1) + P(R = −1), one or two point masses of K''s law
+                others = _without(law, p_plus[i])
+                swing = 2 * others[(n - 1) // 2] if n % 2 else others[n // 2 - 1] + others[n // 2]
+                w = torch.where(noisy[i], swing * q[i], 0.0) / math.sqrt(self.v)
                 x_noise += w * xim[i]
                 w2 += w * w
         x_noise += (1 - tie - vote * vote - w2).clamp_min(0).sqrt() * xi0  # Var V = 1 − P(tie) − (E V)²
