@@ -202,7 +202,8 @@ def test_cli_writes_the_simulator_files_plus_wire_bytes(tmp_path, capfd):
     # No --workers: the largest series' workers (2).
     code, out, err = _main(["run", str(path), "--backend", "torch", "--out", str(tmp_path / "t"), "--no-progress"], capfd)
     assert code == 0, err
-    assert out.strip() == f"wrote {tmp_path / 't'}"
+    lines = out.strip().splitlines()  # the folder, then each series' final numbers, as the simulator's run prints
+    assert lines[0] == f"wrote {tmp_path / 't'}" and len(lines) == 3 and all("final loss mean" in x for x in lines[1:])
     rec = json.loads((tmp_path / "t" / "run.json").read_text())
     assert rec["backend"] == "torch" and rec["status"] == "completed" and rec["started"] and rec["ended"]
     assert rec["versions"]["torch"] == torch.__version__ and (tmp_path / "t" / "notes.txt").read_text() == "mine"

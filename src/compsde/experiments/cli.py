@@ -24,6 +24,7 @@ import argparse
 import sys
 from collections.abc import Mapping, Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from compsde.core.checks import check_seed
@@ -175,13 +176,19 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str], track: bool = False)
     except runner.Terminated:
         print("error: terminated by SIGTERM (run.json records it; metrics.csv keeps the rows computed)", file=sys.stderr)
         return 128 + 15
-    print(f"wrote {out}")
+    report_written(out)
+    return 0
+
+
+def report_written(out: Path) -> None:
+    """What ``run`` / ``track`` print when a run has ended (either backend): the folder, then each series'
+    final numbers from its summary.json."""
     import json
 
+    print(f"wrote {out}")
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     for line in _series_report(summary):
         print(line)
-    return 0
 
 
 def _series_report(summary: Mapping[str, Any]) -> list[str]:

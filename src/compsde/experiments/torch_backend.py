@@ -392,8 +392,10 @@ def cli_run(exp: Experiment, args: Any) -> int:
             raise
         traceback.print_exc()
         return _leave(1)
-    if res.out_dir is not None:
-        print(f"wrote {res.out_dir}")
+    if res.out_dir is not None:  # the rank that wrote the files
+        from compsde.experiments.cli import report_written
+
+        report_written(res.out_dir)
     return 0
 
 
