@@ -33,7 +33,8 @@ from timing import median_seconds
 from compsde import algorithms
 from compsde.objectives import Noise, Oracle, problems
 from compsde.sde import from_algorithm
-from compsde.sde.integrators import EulerMaruyama, integrate
+from compsde.sde.integrators import integrate
+from compsde.sde.noise import increments
 
 
 def main() -> None:
@@ -58,9 +59,9 @@ def main() -> None:
 
     results: dict[str, float] = {}
     for inc in ("gaussian", "rademacher"):
-        solver = EulerMaruyama(inc)
+        source = increments(inc)
         results[f"compsde EM ({inc})"] = median_seconds(
-            lambda solver=solver: integrate(model, x0, t1=steps * dt, dt=dt, generator=gen, solver=solver), reps)
+            lambda source=source: integrate(model, x0, t1=steps * dt, dt=dt, generator=gen, noise=source), reps)
 
     h = prob.eigs.to(dtype)
     c = math.sqrt(eta * dt) * model.std

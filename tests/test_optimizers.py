@@ -114,7 +114,7 @@ def test_signum_with_no_noise_is_majority_vote_sign_descent():
     oracle = Oracle(prob, Noise("none"), workers=3)
     model = models.from_algorithm(oracle, algorithms.make("signum", beta=0.5), 0.1)
     z = torch.randn(5, 16, dtype=F64, generator=torch.Generator().manual_seed(0))
-    drift, noise = model.evaluate(z.clone(), torch.randn(5, 16, dtype=F64))
+    drift, noise = model.evaluate(0.0, z.clone(), torch.randn(5, 16, dtype=F64), model.step_args())
     mu = 0.5 * z[:, 4:].reshape(5, 3, 4) + 0.5 * oracle.mean_grads(z[:, :4]).transpose(0, 1)
     vote = torch.sign(torch.where(mu >= 0, 1.0, -1.0).sum(1))
     assert torch.equal(drift[:, :4], vote.to(F64)) and float(noise.abs().max()) == 0.0

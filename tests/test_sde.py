@@ -10,9 +10,13 @@ import pytest
 import torch
 
 from compsde import algorithms
+from compsde.algorithms.schedules import Schedule
 from compsde.objectives import Noise, Oracle, problems
 from compsde.sde import models
-from compsde.sde.integrators import EulerMaruyama, integrate
+from compsde.sde.integrators import EulerMaruyama, integrate, integrate_schedule
+from compsde.sde.noise import GaussianIncrements, NoiseSource, RademacherIncrements
+from compsde.sde.noise import increments as noise_source
+from compsde.sde.tracking import simulate_sde
 
 
 def update_moments(problem, noise, algo, x, workers, batch, samples, seed=0):
@@ -52,8 +56,9 @@ def test_drift_and_diffusion_match_monte_carlo_moments(method, params, noise, no
     assert model.noise_type == noise_type
     x = torch.randn(3, d, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     gen = torch.Generator().manual_seed(3)
-    drift = model.drift(x, gen)
-    cov = model.covariance(x, gen)
+    args = model.step_args(generator=gen)
+    drift = model.drift(x, args)
+    cov = model.covariance(x, args)
     mc_mean, mc_cov, u = update_moments(prob, noise, m, x, n, b, k)
     # Standard errors of the Monte Carlo estimates from the samples themselves; 5 SE (plus 4 SE of
     # the model's own estimate for Monte Carlo models, which use 4000 samples) bounds a fluke.
@@ -102,7 +107,7 @@ class OU(models.SDEModel):
     def __init__(self, theta, sigma, eta, d=1):  # no oracle: a model is its drift and diffusion
         self.theta, self.sigma, self.eta, self.dim, self.noise_dim = theta, sigma, eta, d, d
 
-    def evaluate(self, x, xi, generator=None):
+    def evaluate(self, t, x, xi, args):
         return self.theta * x, self.sigma * xi
 
     def second_moment(self, x0, t):
@@ -113,12 +118,13 @@ class OU(models.SDEModel):
 @pytest.mark.parametrize("increments", ["gaussian", "rademacher"])
 def test_euler_maruyama_weak_order_is_one_on_ornstein_uhlenbeck(increments):
     ou = OU(theta=1.0, sigma=0.5, eta=0.2)
-    solver = EulerMaruyama(increments)
+    solver, noise = EulerMaruyama(), noise_source(increments)
     dts = [0.2, 0.1, 0.05, 0.025]
     m = 400_000
     errs = []
     for i, dt in enumerate(dts):
-        x = integrate(ou, torch.ones(m, 1, dtype=torch.float64), t1=1.0, dt=dt, generator=torch.Generator().manual_seed(i), solver=solver)
+        x = integrate(ou, torch.ones(m, 1, dtype=torch.float64), t1=1.0, dt=dt, generator=torch.Generator().manual_seed(i), solver=solver,
+                      noise=noise)
         errs.append(abs(float((x * x).mean()) - ou.second_moment(1.0, 1.0)))
     slope = np.polyfit(np.log(dts), np.log(errs), 1)[0]
     # The exact EM errors of E X² here are 0.025, 0.012, 0.0061, 0.0030 (slope 1.01); the MC SE of
@@ -190,8 +196,8 @@ def test_integrate_rejects_bad_steps():
         integrate(ou, torch.zeros(2, 1), t1=1.0, dt=0.2, generator=g)
     with pytest.raises(ValueError, match="whole number of steps"):
         integrate(ou, torch.zeros(2, 1), t1=1.0, dt=0.03, generator=g)
-    with pytest.raises(ValueError, match="increments must be one of"):
-        EulerMaruyama("uniform")
+    with pytest.raises(ValueError, match="increments must be one of gaussian, rademacher, got 'uniform'"):
+        noise_source("uniform")
 
 
 def test_normalised_methods_have_an_sde_under_any_noise():
@@ -200,5 +206,151 @@ def test_normalised_methods_have_an_sde_under_any_noise():
     m = algorithms.make("dsgd", normalize=True)
     model = models.from_algorithm(Oracle(prob, Noise("student-t", 1.0, 1.0), workers=2, batch=1), m, 0.1, mc_samples=64)
     assert model.noise_type == "sampled"
-    cov = model.covariance(torch.ones(2, 3, dtype=torch.float64), torch.Generator().manual_seed(0))
+    cov = model.covariance(torch.ones(2, 3, dtype=torch.float64), model.step_args(generator=torch.Generator().manual_seed(0)))
     assert bool(torch.isfinite(cov).all()) and float(torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1).max()) <= 1.0 + 1e-12
+
+
+class GBM(models.SDEModel):
+    """dX = −θ X dt + sqrt(η) σ X dW in one dimension: multiplicative noise, exact solution pathwise."""
+
+    noise_type = "diagonal"
+    description = "geometric Brownian motion"
+
+    def __init__(self, theta, sigma, eta):
+        self.theta, self.sigma, self.eta, self.dim, self.noise_dim = theta, sigma, eta, 1, 1
+
+    def evaluate(self, t, x, xi, args):
+        return self.theta * x, self.sigma * x * xi
+
+
+class Replay(NoiseSource):
+    """Replays pre-drawn standardised increments, one (M, 1) block per step (a test's fixed Brownian path)."""
+
+    def __init__(self, blocks):
+        object.__setattr__(self, "blocks", iter(blocks))
+
+    def fill(self, out, generator):
+        return out.copy_(next(self.blocks))
+
+
+def test_euler_maruyama_strong_order_is_its_declared_one_on_geometric_brownian_motion():
+    """Strong error E|X_T^EM − X_T| against the exact solution X_T = X_0 exp((−θ − ησ²/2)T + sqrt(η)σ W_T) on the
+    same Brownian paths (coarse increments summed from the finest ones): slope in dt ≈ ``strong_order`` (½)."""
+    gbm, solver = GBM(theta=0.5, sigma=1.0, eta=1.0), EulerMaruyama()
+    m, fine = 20_000, 2**-8
+    dw = torch.randn(round(1 / fine), m, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * math.sqrt(fine)
+    exact = torch.exp(-(gbm.theta + gbm.eta * gbm.sigma**2 / 2) + math.sqrt(gbm.eta) * gbm.sigma * dw.sum(0))
+    dts, errs = [2**-3, 2**-4, 2**-5, 2**-6], []
+    for dt in dts:
+        group = round(dt / fine)
+        blocks = dw.reshape(-1, group, m, 1).sum(1) / math.sqrt(dt)  # ξ_n = (W_{(n+1)dt} − W_{n dt}) / sqrt(dt)
+        x = integrate(gbm, torch.ones(m, 1, dtype=torch.float64), t1=1.0, dt=dt, generator=torch.Generator(),
+                      solver=solver, noise=Replay(blocks), pathwise=True)
+        errs.append(float((x - exact).abs().mean()))
+    slope = np.polyfit(np.log(dts), np.log(errs), 1)[0]
+    # The errors are measured on the same 2·10⁴ paths at every dt (common random numbers): their relative
+    # SE is ≈ 1 % and nearly cancels in the slope; the leading term ∝ sqrt(dt) is not yet alone at dt = 1/8
+    # (a drift term ∝ dt adds to it), so ±0.15 of the declared ½.
+    assert abs(slope - solver.strong_order) < 0.15, (errs, slope)
+
+
+class NarrowSolver(EulerMaruyama):
+    """An Euler–Maruyama that declares it handles diagonal noise only (to see a pairing refused)."""
+
+    noise_types = frozenset({"diagonal"})
+
+
+def test_a_solve_whose_axes_do_not_pair_is_refused_before_it_starts():
+    prob = problems.make("quadratic", dim=3)
+    mc = models.from_algorithm(Oracle(prob, Noise("gaussian", 1.0), workers=2), algorithms.make("dcsgd", compressor="natural"), 0.1)
+    assert mc.noise_type == "sampled" and mc.noise_type in EulerMaruyama.noise_types
+    g = torch.Generator()
+    with pytest.raises(ValueError, match="NarrowSolver does not support the noise type 'sampled' of MonteCarloSDE; "
+                                         "it supports diagonal"):
+        integrate(mc, torch.zeros(2, 3), t1=0.1, dt=0.1, generator=g, solver=NarrowSolver())
+    with pytest.raises(ValueError, match="does not support the noise type 'sampled'"):
+        integrate_schedule(mc, torch.zeros(2, 3), lr=lambda k: 0.1, steps=1, generator=g, solver=NarrowSolver())
+    with pytest.raises(ValueError, match="does not support the noise type 'sampled'"):
+        simulate_sde(Oracle(prob, Noise("gaussian", 1.0), workers=2), algorithms.make("dcsgd", compressor="natural"),
+                     Schedule("constant", 0.1, 2), paths=2, mc_samples=4, solver=NarrowSolver())
+    ou = OU(1.0, 1.0, eta=0.1)
+    with pytest.raises(ValueError, match="RademacherIncrements matches the increments' moments, not Brownian paths"):
+        integrate(ou, torch.zeros(2, 1), t1=0.1, dt=0.1, generator=g, noise=RademacherIncrements(), pathwise=True)
+    integrate(ou, torch.zeros(2, 1), t1=0.1, dt=0.1, generator=g, noise=GaussianIncrements(), pathwise=True)  # fine
+    with pytest.raises(ValueError, match="solver must be a compsde.sde.integrators.Solver .*got 'rademacher'"):
+        integrate(ou, torch.zeros(2, 1), t1=0.1, dt=0.1, generator=g, solver="rademacher")
+    with pytest.raises(ValueError, match="noise must be a compsde.sde.noise.NoiseSource .*got 'rademacher'"):
+        integrate(ou, torch.zeros(2, 1), t1=0.1, dt=0.1, generator=g, noise="rademacher")
+    with pytest.raises(ValueError, match=r"events\[0\] must be an event"):
+        integrate_schedule(ou, torch.zeros(2, 1), lr=lambda k: 0.1, steps=1, generator=g, events=[3])
+    assert RademacherIncrements.weak_only and not GaussianIncrements.weak_only
+    assert noise_source("rademacher") == RademacherIncrements() and noise_source("gaussian") == GaussianIncrements()
+
+
+class Recorded(OU):
+    """OU that records the (t, η_k, dt) of every evaluation."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.seen = []
+
+    def evaluate(self, t, x, xi, args):
+        self.seen.append((t, args.lr, args.dt))
+        return super().evaluate(t, x, xi, args)
+
+
+def test_events_run_at_optimizer_step_boundaries_and_may_change_the_state():
+    """An event that zeroes coordinate 0 after every optimizer step: the coordinate is 0 at every boundary
+    (it moves within a step's substeps, pulled by nothing but its noise), the other moves; events see k = 1..steps
+    in order with the args of the step that just ended, a later event sees an earlier one's change, and the model
+    receives the schedule's η_k and dt = η_k / substeps at SDE time t = Σ η_j + (substep) dt, nothing mutated."""
+    ou = Recorded(theta=1.0, sigma=1.0, eta=0.2, d=2)
+    lrs = [0.2, 0.1, 0.1, 0.05]
+    calls, seen_by_second, at_boundary = [], [], []
+
+    def zero_first(k, z, args):
+        calls.append((k, args.lr, args.dt))
+        z[:, 0] = 0.0
+        return z
+
+    def second(k, z, args):
+        seen_by_second.append(float(z[:, 0].abs().max()))
+        return z
+
+    z = integrate_schedule(ou, torch.ones(5, 2, dtype=torch.float64), lr=lambda k: lrs[k], steps=4, substeps=2,
+                           generator=torch.Generator().manual_seed(0), events=[zero_first, second],
+                           observe=lambda k, z: at_boundary.append(z[:, 0].clone()))
+    assert calls == [(k + 1, lrs[k], lrs[k] / 2) for k in range(4)]
+    assert seen_by_second == [0.0] * 4 and all(bool((c == 0).all()) for c in at_boundary[1:])
+    assert bool((at_boundary[0] == 1).all())  # observe(0) sees the start, before any event
+    assert bool((z[:, 0] == 0).all()) and bool((z[:, 1] != 1).all())
+    ts = [0.0, 0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.425]
+    assert [s[1:] for s in ou.seen] == [(eta, eta / 2) for eta in lrs for _ in range(2)]
+    assert [s[0] for s in ou.seen] == pytest.approx(ts, abs=1e-15)
+    assert not hasattr(ou, "lr") and not hasattr(ou, "dt")
+    # an event may replace the state by a new tensor: the solve goes on with it
+    z = integrate_schedule(ou, torch.ones(3, 2, dtype=torch.float64), lr=lambda k: 0.1, steps=3,
+                           generator=torch.Generator().manual_seed(0), events=[lambda k, z, a: torch.full_like(z, k)])
+    assert bool((z == 3).all())
+
+
+def test_a_model_is_evaluated_with_the_args_it_is_given():
+    """No model state between evaluations: SEG's probe radius is the step's η (args.lr), the Monte Carlo model
+    samples from args.generator, and a Monte Carlo model without one says how to give it."""
+    game = problems.make("bilinear-game", player_dim=2)
+    seg = models.from_algorithm(Oracle(game, Noise("none"), workers=1), algorithms.make("seg"), 0.1)
+    x = torch.ones(1, 4, dtype=torch.float64)
+    f = game.grad(x)
+    for eta in (0.1, 0.02):  # first order: m = (I − ηJ)F
+        want = f - eta * game.jvp(x, f)
+        torch.testing.assert_close(seg._first_order(x, seg.step_args(lr=eta)), want, rtol=1e-12, atol=1e-12)
+    mc = models.from_algorithm(Oracle(problems.make("quadratic", dim=3), Noise("gaussian", 1.0), workers=2),
+                               algorithms.make("dcsgd", compressor="natural"), 0.1, mc_samples=8)
+    x = torch.ones(2, 3, dtype=torch.float64)
+    a = mc.drift(x, mc.step_args(generator=torch.Generator().manual_seed(4)))
+    b = mc.drift(x, mc.step_args(generator=torch.Generator().manual_seed(4)))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="MonteCarloSDE needs a generator .*model.step_args\\(generator=...\\)"):
+        mc.drift(x)
+    with pytest.raises(ValueError, match="args must be compsde.sde.models.StepArgs .*got <torch._C.Generator"):
+        mc.drift(x, torch.Generator())

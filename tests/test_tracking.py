@@ -11,6 +11,7 @@ from compsde import algorithms
 from compsde.algorithms.schedules import Schedule
 from compsde.experiments.cli import main
 from compsde.objectives import Noise, Oracle, problems
+from compsde.sde.integrators import EulerMaruyama
 from compsde.sde.tracking import fit_order, simulate_sde, tracking_error
 from compsde.sim import simulate
 
@@ -91,8 +92,10 @@ def test_weak_order_preset_fits_a_slope_near_one(tmp_path):
     assert main(["track", "weak-order", "--set", "run.repeats=1024", "--out", str(out), "--no-progress", "--no-plots"]) == 0
     _, summary = _read(out)
     (fit,) = summary["weak_order"]
-    # The exact biases are ∝ η (slope 1.0); with 1024 runs/paths the MC error moves the fit by < 0.2.
-    assert fit["slope"] == pytest.approx(1.0, abs=0.25)
+    # The optimizer is Euler–Maruyama of its SDE at dt = η (Gaussian noise) against a finely integrated
+    # SDE, so its bias is the solver's weak error, ∝ η^weak_order (exactly: slope 1.0); with 1024
+    # runs/paths the MC error moves the fit by < 0.2.
+    assert fit["slope"] == pytest.approx(EulerMaruyama.weak_order, abs=0.25)
     assert fit["lr"] == [0.2, 0.1, 0.05]
 
 
@@ -151,3 +154,51 @@ def test_scale_cli_text_json_validate_and_errors(capsys):
     assert "over-determined" in capsys.readouterr().err
     assert main(["scale", "dsgd", "--from", "lr=same,batch=8,workers=1", "--to", "lr=0.2,workers=1"]) == 2
     assert "--from takes numbers only" in capsys.readouterr().err
+
+
+def test_sde_trace_counts_communication_through_the_methods_events():
+    """The SDE's bits, bytes and rounds are recorded on a CommLog, one record per communication: for a method
+    that communicates every step they equal the simulator's at every logged step (exact: the same sums); a model
+    whose method communicates at events only (here every 3rd boundary, as a periodic averaging would) records
+    there, and its rounds are the number of events so far."""
+    from compsde.sde.events import Communication, Event
+    from compsde.sde.models import from_algorithm
+    from compsde.sim.exchange import CommLog
+
+    prob = problems.make("quadratic", dim=10)
+    oracle = Oracle(prob, Noise("gaussian", 1.0), workers=4)
+    sched = Schedule("constant", 0.05, 10)
+    for algo in (algorithms.make("dcsgd", compressor="rand-k", k=3), algorithms.make("dsignsgd")):
+        opt = simulate(oracle, algo, sched, repeats=4, log_every=3)
+        sde, _ = simulate_sde(oracle, algo, sched, paths=4, log_every=3)
+        assert torch.equal(sde.steps, torch.tensor([0, 3, 6, 9, 10]))
+        assert torch.equal(sde.bits, opt.bits) and torch.equal(sde.bytes, opt.bytes) and torch.equal(sde.rounds, opt.rounds)
+        assert torch.equal(sde.rounds, sde.steps) and sde.bits[-1] == 10 * algo.bits(10) > 0
+
+    class Every3(Event):
+        def __init__(self, log):
+            self.log, self.ks = log, []
+
+        def __call__(self, k, z, args):
+            if k % 3 == 0:
+                self.log.record(8.0 * 10, 80.0)
+                self.ks.append(k)
+            return z
+
+    algo = algorithms.make("dsgd")
+    base = from_algorithm(oracle, algo, 0.05)
+    made = []
+
+    class Periodic(type(base)):
+        def events(self, log, rows, dtype):
+            made.append(Every3(log))
+            return made
+
+    model = Periodic(oracle, algo, 0.05)
+    sde, _ = simulate_sde(oracle, algo, sched, paths=4, log_every=3, model=model)
+    assert made[0].ks == [3, 6, 9]
+    assert sde.rounds.tolist() == [0, 1, 2, 3, 3] and sde.bits.tolist() == [0.0, 80.0, 160.0, 240.0, 240.0]
+    assert sde.bytes.tolist() == [0.0, 80.0, 160.0, 240.0, 240.0]
+    # the default: one Communication per step with the algorithm's declared bits and wire bytes per path
+    (ev,) = base.events(CommLog(), 4, torch.float64)
+    assert isinstance(ev, Communication) and (ev.bits, ev.nbytes) == (float(algo.bits(10)), 80.0)

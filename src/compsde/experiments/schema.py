@@ -68,7 +68,7 @@ from compsde.core.tensors import DTYPES, resolve_device
 from compsde.objectives import problems
 from compsde.objectives.noise import NOISE_NAMES
 from compsde.objectives.problems import Problem
-from compsde.sde.integrators import INCREMENTS
+from compsde.sde.noise import INCREMENTS
 
 __all__ = [
     "LABEL_KEYS", "MAX_COUNT", "NOISE_KEYS", "SCHEDULE_KEYS", "SECTIONS", "check_values", "compressor_params", "derive_label",

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from compsde.algorithms.optimizer import Hyper, Optimizer
-from compsde.sde.models import ProbeSDE
+from compsde.sde.models import ProbeSDE, StepArgs
 
 
 def _seg(grad: Callable[[Tensor], Tensor], x: Tensor, g: Tensor, lr: float, h: Mapping[str, Any]) -> Tensor:
@@ -51,9 +51,9 @@ class SEGSDE(ProbeSDE):
     law = "(I − ρJ)"
     game = True
 
-    def _radius(self) -> float:
+    def _radius(self, args: StepArgs) -> float:
         rho = self.algorithm.hyper.get("rho")
-        return -(rho if rho is not None else self.lr)
+        return -(rho if rho is not None else args.lr)
 
 
 class SHGDSDE(ProbeSDE):
@@ -62,7 +62,7 @@ class SHGDSDE(ProbeSDE):
     law = "Jᵀ"
     game = True
 
-    def _apply(self, x: Tensor, v: Tensor) -> Tensor:
+    def _apply(self, x: Tensor, v: Tensor, args: StepArgs) -> Tensor:
         return self.oracle_as(x).problem.vjp(x, v)
 
 

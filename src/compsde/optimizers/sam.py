@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from compsde.algorithms.optimizer import Hyper, Optimizer
-from compsde.sde.models import ProbeSDE
+from compsde.sde.models import ProbeSDE, StepArgs
 
 RHO = Hyper("rho", 0.05, "probe radius ρ", min_open=True)
 
@@ -44,7 +44,7 @@ class USAMSDE(ProbeSDE):
 
     law = "(I + ρH)"
 
-    def _radius(self) -> float:
+    def _radius(self, args: StepArgs) -> float:
         return float(self.algorithm.hyper["rho"])
 
 

@@ -38,7 +38,7 @@ from torch import Tensor
 from compsde.algorithms.optimizer import Hyper, Optimizer
 from compsde.objectives.oracle import GradientOracle, Oracle
 from compsde.optim import momentum
-from compsde.sde.models import SDEModel
+from compsde.sde.models import SDEModel, StepArgs
 
 
 def _count_law(p: Tensor) -> list[Tensor]:
@@ -80,7 +80,11 @@ def _vote(law: list[Tensor], h: float) -> Tensor:
 
 class SignumSDE(SDEModel):
     """Signum with N workers and majority vote: the SDE of (x, m_1, …, m_N) (module doc). A problem's noise
-    law is needed (its sign probabilities and q(z)): Gaussian, Student-t with ν > 2, or none."""
+    law is needed (its sign probabilities and q(z)): Gaussian, Student-t with ν > 2, or none. Its noise is
+    "general": x's increment mixes the N + 1 noise coordinates of its index (the vote's noise correlated with
+    each momentum's)."""
+
+    noise_type = "general"
 
     @classmethod
     def fits(cls, oracle: GradientOracle, algorithm: object) -> bool:
@@ -100,8 +104,8 @@ class SignumSDE(SDEModel):
     def initial(self, x0: Tensor) -> Tensor:
         return torch.cat([x0, torch.zeros(x0.shape[0], self.state_dim - self.dim, dtype=x0.dtype, device=x0.device)], 1)
 
-    def evaluate(self, z: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        n, d, lr, c = self.workers, self.dim, self.lr, 1.0 - self.beta
+    def evaluate(self, t: float, z: Tensor, xi: Tensor, args: StepArgs) -> tuple[Tensor, Tensor]:
+        n, d, lr, c = self.workers, self.dim, args.lr, 1.0 - self.beta
         x = z[:, :d]
         mi = z[:, d:].reshape(-1, n, d).transpose(0, 1)  # (N, M, d)
         grads = self.oracle_as(x).mean_grads(x)  # (N, M, d)

@@ -5,10 +5,13 @@ order-1 weak approximation is the Itô SDE
 
     dX_t = −m(X_t) dt + sqrt(η S(X_t)) dW_t,    t = kη.
 
-A model is data: ``evaluate(x, xi, generator)`` returns m(x) and S(x)^{1/2} ξ for a batch of points
-x (M, d) and standard normals ξ (M, noise_dim) supplied by the integrator (``compsde.sde.integrators``,
-a separate axis). A model talks to the gradient oracle only (``compsde.objectives.GradientOracle``:
-the workers' exact gradients and the law of their noise).
+A model is the equation, one axis of a solve (``compsde.sde.integrators``: the solver, the noise source
+``compsde.sde.noise`` and the events at optimizer-step boundaries are the others). It is a pure function
+``evaluate(t, x, xi, args)`` returning m(x) and S(x)^{1/2} ξ for a batch of points x (M, d) at SDE time t
+and standardised increments ξ (M, noise_dim) supplied by the solve; ``args`` (``StepArgs``) carries what the
+solve knows of the current step: the optimizer's learning rate η_k, the integrator's step dt and the
+generator (Monte Carlo models). Nothing of the model changes during a solve. A model talks to the gradient
+oracle only (``compsde.objectives.GradientOracle``: the workers' exact gradients and the law of their noise).
 
 Networks (``compsde.objectives.NetworkOracle``): E g_i is the full-batch gradient of worker i's shard and
 the minibatch noise has the covariance F_iᵀ F_i of its centred per-sample gradients (``noise_factors``,
@@ -45,8 +48,16 @@ SDE does not exist (S is infinite), which is exactly why they break under heavy 
 raises an error. Other algorithms that carry state from step to step (error feedback, momentum) have
 no SDE of this form.
 
-A model whose state is more than x (``state_dim`` > d) gives ``initial(x0)`` and ``params(z)``; the
-integrator sets ``lr`` and ``dt`` (the current η and step) before each evaluation.
+A model whose state is more than x (``state_dim`` > d) gives ``initial(x0)`` and ``params(z)``.
+
+``noise_type`` says how S^{1/2} ξ is formed, for the solvers to declare which they support (``NOISE_TYPES``):
+"none" (no diffusion), "diagonal" (each coordinate driven by the noise coordinate of its own index, scaled),
+"diagonal-lowrank" (diag(D) − UUᵀ, or a diagonal plus a low-rank factor), "general" (a linear map of ξ that
+mixes coordinates, applied by the model) and "sampled" (a Monte Carlo estimate, fresh at every evaluation).
+
+A model also gives the ``events`` of the method it describes at optimizer-step boundaries (by default one
+communication per step, recorded on a ``compsde.sim.exchange.CommLog``): a method that communicates at
+boundaries only (Local SGD's averaging) is one model plus its averaging event.
 
 Which model an algorithm gets is decided by the registry ``MODELS``: each model class says which
 algorithms it ``applies`` to, checked in order.
@@ -55,7 +66,8 @@ algorithms it ``applies`` to, checked in order.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
@@ -70,15 +82,34 @@ from compsde.objectives.noise import gaussian_sign_mean
 from compsde.objectives.oracle import GradientOracle, Oracle
 from compsde.objectives.problems import Problem, jvp_by_vjp
 
-__all__ = ["AdaptiveSDE", "DSGDSDE", "DSignSGDSDE", "MODELS", "MonteCarloSDE", "ProbeSDE", "RandKSDE", "SDEModel",
-           "SignSGDSDE", "from_algorithm"]
+if TYPE_CHECKING:
+    from compsde.sde.events import Event
+    from compsde.sim.exchange import CommLog
+
+__all__ = ["AdaptiveSDE", "DSGDSDE", "DSignSGDSDE", "MODELS", "MonteCarloSDE", "NOISE_TYPES", "ProbeSDE", "RandKSDE",
+           "SDEModel", "SignSGDSDE", "StepArgs", "from_algorithm"]
+
+#: The ways a model forms S^{1/2} ξ (module doc); a solver declares the ones it supports.
+NOISE_TYPES = ("none", "diagonal", "diagonal-lowrank", "general", "sampled")
+
+
+@dataclass(frozen=True)
+class StepArgs:
+    """What a solve hands a model with each evaluation: ``lr`` the learning rate η_k of the optimizer step
+    being integrated (the SDE's diffusion scale and the moments' time scale), ``dt`` the integrator's step
+    (dt ≤ η_k; a model may correct its drift for the solver's error at that step), ``generator`` the solve's
+    random stream (the Monte Carlo model samples updates from it; None where nothing is sampled)."""
+
+    lr: float
+    dt: float
+    generator: torch.Generator | None = None
 
 
 class SDEModel:
     """Base class: dX = −m(X) dt + sqrt(η) S(X)^{1/2} dW with W of dimension ``noise_dim``.
 
-    Subclasses set ``noise_type`` ("none", "diagonal", "diagonal-lowrank" or "sampled") and
-    ``description``, and implement ``evaluate`` and ``applies``.
+    Subclasses set ``noise_type`` (one of ``NOISE_TYPES``) and ``description``, and implement
+    ``evaluate`` and ``applies``. ``eta`` is the learning rate the model was built for (its default η).
     """
 
     noise_type: str = "diagonal"
@@ -87,9 +118,6 @@ class SDEModel:
     def __init__(self, oracle: GradientOracle, algorithm: Algorithm, eta: float) -> None:
         self.oracle, self.algorithm = oracle, algorithm
         self.eta = check_number("lr", eta, min=0.0, min_open=True)
-        #: η of the optimizer step being integrated and the integrator's step dt (the integrator sets
-        #: both every step: schedules, substeps).
-        self.lr = self.dt = self.eta
         self.dim = oracle.dim
         self.workers = oracle.workers
         #: n per worker of the oracle's low-rank noise factors (networks), 0 for isotropic noise.
@@ -126,8 +154,9 @@ class SDEModel:
         """The iterates x (a view: M × d) of states z (M, state_dim)."""
         return z[:, : self.dim]
 
-    def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Return (m(x), S(x)^{1/2} ξ), both of shape (M, d), for x (M, d) and ξ (M, noise_dim).
+    def evaluate(self, t: float, x: Tensor, xi: Tensor, args: StepArgs) -> tuple[Tensor, Tensor]:
+        """Return (m(x), S(x)^{1/2} ξ), both of shape (M, state_dim), for states x (M, state_dim) at SDE
+        time t, ξ (M, noise_dim) and the step's ``args`` (η_k, dt, generator).
 
         ``xi`` is this step's scratch draw: a model may scale it in place and return it (the
         integrator draws a fresh ξ every step), which saves one pass over (M, d). The returned tensors
@@ -135,6 +164,33 @@ class SDEModel:
         ``covariance`` copy them).
         """
         raise NotImplementedError
+
+    def step_args(self, lr: float | None = None, dt: float | None = None,
+                  generator: torch.Generator | None = None) -> StepArgs:
+        """``StepArgs`` for one evaluation outside a solve: η = ``lr`` (default the model's ``eta``), dt =
+        ``dt`` (default η: one Euler step per optimizer step)."""
+        lr = self.eta if lr is None else lr
+        return StepArgs(lr, lr if dt is None else dt, generator)
+
+    def _outside_args(self, args: object) -> StepArgs:
+        """``args`` of an evaluation outside a solve: ``step_args()`` for None, else it must be ``StepArgs``."""
+        if args is None:
+            return self.step_args()
+        if not isinstance(args, StepArgs):
+            raise ValueError(f"args must be compsde.sde.models.StepArgs (e.g. model.step_args(generator=...)), got "
+                             f"{describe(args)}")
+        return args
+
+    def events(self, log: CommLog, rows: int, dtype: torch.dtype) -> list[Event]:
+        """The method's own events at optimizer-step boundaries, for a solve that follows its optimizer run
+        with ``rows`` paths of ``dtype``: by default one communication per step, the algorithm's declared
+        bits and the wire bytes per path one worker sends (as the simulator counts them), on ``log``."""
+        from compsde.compressors.wire import wire_bytes
+        from compsde.sde.events import Communication
+
+        d = self.dim
+        return [Communication(log, float(self.algorithm.bits(d)),
+                              wire_bytes(self.algorithm.compressor, rows, d, dtype) / rows)]
 
     def path_bytes(self, itemsize: int) -> float:
         """Memory per path of an integration: the path and temporaries (~6 d), the noise draws, and an
@@ -167,14 +223,17 @@ class SDEModel:
             noise = noise + _factor_noise(f, xi[:, d:], 1.0 / n)
         return diag, noise
 
-    def drift(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """m(x) (the SDE's drift is −m)."""
-        return self.evaluate(x, torch.zeros(x.shape[0], self.noise_dim, dtype=x.dtype, device=x.device), generator)[0].clone()
+    def drift(self, x: Tensor, args: StepArgs | None = None) -> Tensor:
+        """m(x) (the SDE's drift is −m) at t = 0, with ``args`` (default ``step_args()``: η = ``eta``, dt = η)."""
+        args = self._outside_args(args)
+        return self.evaluate(0.0, x, torch.zeros(x.shape[0], self.noise_dim, dtype=x.dtype, device=x.device), args)[0].clone()
 
-    def covariance(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """S(x) as dense (M, d, d) matrices (for tests and small d): A Aᵀ with A = S^{1/2} columns."""
+    def covariance(self, x: Tensor, args: StepArgs | None = None) -> Tensor:
+        """S(x) as dense (M, d, d) matrices (for tests and small d): A Aᵀ with A = S^{1/2} columns
+        (``args`` as for ``drift``)."""
+        args = self._outside_args(args)
         eye = torch.eye(self.noise_dim, dtype=x.dtype, device=x.device)
-        cols = [self.evaluate(x, eye[j].expand(x.shape[0], -1).clone(), generator)[1].clone() for j in range(self.noise_dim)]
+        cols = [self.evaluate(0.0, x, eye[j].expand(x.shape[0], -1).clone(), args)[1].clone() for j in range(self.noise_dim)]
         a = torch.stack(cols, -1)  # (M, d, noise_dim)
         return a @ a.transpose(-1, -2)
 
@@ -197,7 +256,7 @@ class DSGDSDE(SDEModel):
         elif self.std == 0.0:
             self.noise_type = "none"
 
-    def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def evaluate(self, t: float, x: Tensor, xi: Tensor, args: StepArgs) -> tuple[Tensor, Tensor]:
         o = self.oracle_as(x)
         if not self.rank:
             return o.grad(x), xi.mul_(self.std)
@@ -255,7 +314,7 @@ class RandKSDE(SDEModel):
             u = (math.sqrt(self.c) / n) * gi.permute(1, 2, 0)  # (M, d, N)
         return mean, diag, u
 
-    def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def evaluate(self, t: float, x: Tensor, xi: Tensor, args: StepArgs) -> tuple[Tensor, Tensor]:
         f = self.oracle_as(x).noise_factors(x) if self.rank else None
         mean, diag, u = self._factors(x, f)
         xi, zeta = xi[:, : self.dim], xi[:, self.dim:]
@@ -289,7 +348,7 @@ class DSignSGDSDE(SDEModel):
             law = "erf, the minibatch noise taken Gaussian per coordinate"
         self.description = f"DSignSGD SDE (closed form, {law}): bounded drift and diagonal diffusion"
 
-    def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def evaluate(self, t: float, x: Tensor, xi: Tensor, args: StepArgs) -> tuple[Tensor, Tensor]:
         s = self.oracle_as(x).sign_means(x)
         n = self.workers
         return s.mean(0), xi.mul_((1.0 - s * s).sum(0).clamp_min(0).sqrt() / n)
@@ -313,7 +372,7 @@ class SignSGDSDE(SDEModel):
         self.noise_dim = self.dim
         self.description = "SignSGD SDE (closed form): drift E sign(ḡ), diffusion diag(1 − E sign(ḡ)²)"
 
-    def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def evaluate(self, t: float, x: Tensor, xi: Tensor, args: StepArgs) -> tuple[Tensor, Tensor]:
         o = self.oracle_as(x)
         if self.workers == 1:
             s = o.sign_means(x)[0]
@@ -380,8 +439,8 @@ class AdaptiveSDE(SDEModel):
             self._buf_key, self._buf = key, (torch.empty_like(z), torch.zeros_like(z))
         return self._buf
 
-    def evaluate(self, z: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        d, lr, c2 = self.dim, self.lr, 1.0 - self.b2
+    def evaluate(self, t: float, z: Tensor, xi: Tensor, args: StepArgs) -> tuple[Tensor, Tensor]:
+        d, lr, c2 = self.dim, args.lr, 1.0 - self.b2
         x = z[:, :d]
         g = self.oracle_as(x).mean_grads(x).mean(0)
         if self.coupled:
@@ -433,9 +492,9 @@ class ProbeSDE(SDEModel):
     on which the first-order drift is neutral, and SGDA's spiralling out (|1 − iηb| > 1) and
     extragradient's contraction are effects of order η per unit time (docs/theory.md §9.6).
     Euler–Maruyama with step dt has the same kind of error, −(dt/2) J_m m per unit time, so the
-    model hands the integrator m + ((η − dt)/2) J_m m: the modified equation with the integrator's own
-    leading error removed, whatever the number of substeps (dt = η: the first-order drift, whose
-    Euler step is the optimizer's; dt → 0: the modified equation itself).
+    model hands the solver m + ((η − dt)/2) J_m m (η and dt from the step's ``args``): the modified
+    equation with the solver's own leading error removed, whatever the number of substeps (dt = η: the
+    first-order drift, whose Euler step is the optimizer's; dt → 0: the modified equation itself).
     """
 
     noise_type = "diagonal"
@@ -462,32 +521,32 @@ class ProbeSDE(SDEModel):
                             + (" + (η/2) J_m m (second-order drift of the modified equation)" if self.game else "")
                             + f", diffusion {self.law}Σ̄^{{1/2}}")
 
-    def _radius(self) -> float:
-        """c in L = I + cJ (0: L = I)."""
+    def _radius(self, args: StepArgs) -> float:
+        """c in L = I + cJ (0: L = I) at the step's η (``args.lr``)."""
         return 0.0
 
-    def _apply(self, x: Tensor, v: Tensor) -> Tensor:
+    def _apply(self, x: Tensor, v: Tensor, args: StepArgs) -> Tensor:
         """L(x) v for rows of x and v (M, d)."""
-        c = self._radius()
+        c = self._radius(args)
         if c == 0.0:
             return v
         return v + c * self.oracle_as(x).problem.jvp(x, v)
 
-    def _first_order(self, x: Tensor) -> Tensor:
-        return self._apply(x, self.oracle_as(x).grad(x))
+    def _first_order(self, x: Tensor, args: StepArgs) -> Tensor:
+        return self._apply(x, self.oracle_as(x).grad(x), args)
 
-    def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def evaluate(self, t: float, x: Tensor, xi: Tensor, args: StepArgs) -> tuple[Tensor, Tensor]:
         _, noise = self.averaged_noise(x, xi)
         if self.game:
-            m = self._first_order(x)
+            m = self._first_order(x, args)
             if self.oracle_as(x).problem.linear:  # m = (L J) x is linear too: J_m m = m(m)
-                jm = self._first_order(m)
+                jm = self._first_order(m, args)
             else:
-                jm = jvp_by_vjp(self._first_order, x, m)
-            m = m + (0.5 * (self.lr - self.dt)) * jm
+                jm = jvp_by_vjp(lambda p: self._first_order(p, args), x, m)
+            m = m + (0.5 * (args.lr - args.dt)) * jm
         else:
-            m = self._first_order(x)
-        return m, self._apply(x, noise)
+            m = self._first_order(x, args)
+        return m, self._apply(x, noise, args)
 
 
 class MonteCarloSDE(SDEModel):
@@ -519,10 +578,13 @@ class MonteCarloSDE(SDEModel):
             f"{self.samples} samples at every point; no closed form)"
         )
 
-    def samples_at(self, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """K sampled updates at each point: their mean Ū (M, d) and scaled deviations (U_k − Ū)/√(K−1) (K, M, d)."""
+    def samples_at(self, x: Tensor, args: StepArgs) -> tuple[Tensor, Tensor]:
+        """K sampled updates at each point, drawn from ``args.generator`` at the step's η (``args.lr``, for a
+        probe step): their mean Ū (M, d) and scaled deviations (U_k − Ū)/√(K−1) (K, M, d)."""
+        generator = args.generator
         if generator is None:
-            raise ValueError("MonteCarloSDE needs a generator for its Monte Carlo samples")
+            raise ValueError("MonteCarloSDE needs a generator for its Monte Carlo samples: pass "
+                             "args = model.step_args(generator=...)")
         o = self.oracle_as(x)
         m_paths, d, n, kk = x.shape[0], self.dim, self.workers, self.samples
         noise = o.noise
@@ -536,19 +598,19 @@ class MonteCarloSDE(SDEModel):
             rows = kk * m_paths
             flat = None if z is None else z.reshape(n, rows, d)
             rnd = None if rnd is None else rnd.reshape(rnd.shape[0], rows, *rnd.shape[3:])
-            u = self.algorithm.unit_update(o.grad_fn(0, n, flat), rnd, workers=n, lr=self.lr,
+            u = self.algorithm.unit_update(o.grad_fn(0, n, flat), rnd, workers=n, lr=args.lr,
                                            params=x.unsqueeze(0).expand(kk, m_paths, d).reshape(rows, d))
             u = u.reshape(kk, m_paths, d)
         mean = u.mean(0)
         return mean, (u - mean) / math.sqrt(kk - 1)
 
-    def evaluate(self, x: Tensor, xi: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        mean, dev = self.samples_at(x, generator)
+    def evaluate(self, t: float, x: Tensor, xi: Tensor, args: StepArgs) -> tuple[Tensor, Tensor]:
+        mean, dev = self.samples_at(x, args)
         return mean, torch.einsum("kmd,mk->md", dev, xi)
 
-    def covariance(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def covariance(self, x: Tensor, args: StepArgs | None = None) -> Tensor:
         """The sample covariance of one set of K samples (the S this model uses at x)."""
-        _, dev = self.samples_at(x, generator)
+        _, dev = self.samples_at(x, self._outside_args(args))
         return torch.einsum("kmi,kmj->mij", dev, dev)
 
 

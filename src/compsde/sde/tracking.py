@@ -3,7 +3,8 @@
 ``simulate_sde`` integrates the SDE model of a configured algorithm (``compsde.sde.models.from_algorithm``) over
 the SDE time of the optimizer's run, t_k = Σ_{j<k} η_j, from the same start, and records the same
 quantities at the same logged steps as ``compsde.sim.simulate`` (M paths instead of R
-repetitions). ``tracking_error`` compares the two mean-loss curves; ``fit_order`` fits the slope of
+repetitions): at each optimizer-step boundary the solve's events record the method's communication on a
+``CommLog`` (``SDEModel.events``) and apply the simulator's divergence rule (``compsde.sde.events.Divergence``). ``tracking_error`` compares the two mean-loss curves; ``fit_order`` fits the slope of
 the tracking error against η (≈ 1 for an order-1 weak approximation).
 """
 
@@ -14,7 +15,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from compsde.algorithms import Algorithm
 from compsde.algorithms.schedules import Schedule
@@ -23,7 +23,11 @@ from compsde.core.streams import SDE, generator
 from compsde.core.tensors import check_memory
 from compsde.objectives.oracle import Oracle
 from compsde.sde import models
-from compsde.sde.integrators import EulerMaruyama, integrate_schedule
+from compsde.sde.events import Divergence
+from compsde.sde.integrators import EulerMaruyama, Solver, check_solve, integrate_schedule
+from compsde.sde.noise import NoiseSource
+from compsde.sde.noise import increments as noise_source
+from compsde.sim.exchange import CommLog
 from compsde.sim.recorder import Recorder, Trace
 from compsde.sim.simulator import check_run
 
@@ -37,48 +41,43 @@ def simulate_sde(
     seed: int = 0,
     log_every: int = 1,
     substeps: int = 1,
-    increments: str = "gaussian",
+    increments: str | NoiseSource = "gaussian",
     mc_samples: int = models.MonteCarloSDE.DEFAULT_SAMPLES,
     progress: Callable[[int], None] | None = None,
     model: models.SDEModel | None = None,
+    solver: Solver | None = None,
 ) -> tuple[Trace, models.SDEModel]:
     """Integrate the algorithm's SDE for ``schedule.steps`` optimizer steps on M = ``paths`` paths,
-    in ``oracle.dtype`` on ``oracle.device``.
+    in ``oracle.dtype`` on ``oracle.device``, with ``substeps`` steps of ``solver`` (default ``EulerMaruyama()``) per
+    optimizer step and
+    the noise source ``increments`` ("gaussian", "rademacher" or a ``compsde.sde.noise.NoiseSource``).
 
-    Returns the ``Trace`` (loss, grad norm, distance at the logged steps; the optimizer's declared
-    bits and bytes per step; compression error NaN) and the model used (its ``description`` says how
-    it was built; pass ``model`` to reuse one built by ``from_algorithm``). A path that becomes
-    non-finite or runs away is marked diverged, as in the simulator.
+    Returns the ``Trace`` (loss, grad norm, distance at the logged steps; the communication the method's
+    events record, one round per step for the methods that communicate every step, as the simulator
+    counts it; compression error NaN) and the model used (its ``description`` says how it was built;
+    pass ``model`` to reuse one built by ``from_algorithm``). A path that becomes non-finite or runs away
+    is marked diverged and frozen, as in the simulator.
     """
     check_run(oracle, algorithm, schedule, repeats=paths, seed=seed, log_every=log_every, progress=progress)
     check_int("substeps", substeps, min=1)
+    noise = increments if isinstance(increments, NoiseSource) else noise_source(increments)
     if model is None:
         model = models.from_algorithm(oracle, algorithm, schedule.lr, mc_samples=mc_samples)
+    solver = EulerMaruyama() if solver is None else solver
+    check_solve(model, solver, noise)
     d = oracle.dim
     check_memory(paths * model.path_bytes(torch.empty((), dtype=oracle.dtype).element_size()),
                  f"an SDE integration with {paths} paths × d = {d}", "reduce paths", oracle.device)
     x0 = oracle.x0()
     rec = Recorder(oracle, schedule.steps, log_every, paths, x0)
-    bits = float(algorithm.bits(d))
-    from compsde.compressors.wire import wire_bytes
-
-    nbytes = wire_bytes(algorithm.compressor, paths, d, oracle.dtype) / paths
-
-    def observe(k: int, z: Tensor) -> None:
-        x = model.params(z)
-        if k > 0:
-            rec.check(x, k)
-            if progress is not None:
-                progress(1)
-        if rec.due(k):
-            rec.record(k, x, math.nan, (k * bits, k * nbytes, k))
-        if k > 0:  # the simulator's rule, in place: x back to x⁰, the rest of an augmented state to 0
-            rec.freeze({"params": x, "rest": z[:, d:]} if model.state_dim != d else {"params": z})
-
+    log = CommLog()
+    z0 = model.initial(x0.expand(paths, d).contiguous())
+    rec.record(0, model.params(z0), math.nan, log.totals())
+    events = [*model.events(log, paths, oracle.dtype), Divergence(rec, model, log, progress)]
     gen = generator(seed, SDE)
-    x = integrate_schedule(model, x0.expand(paths, d).contiguous(), lr=schedule, steps=schedule.steps,
-                           substeps=substeps, generator=gen, solver=EulerMaruyama(increments), observe=observe)
-    return rec.trace(model.params(x)), model
+    z = integrate_schedule(model, z0, lr=schedule, steps=schedule.steps,
+                           substeps=substeps, generator=gen, solver=solver, noise=noise, events=events)
+    return rec.trace(model.params(z)), model
 
 
 def mean_loss(trace: Trace) -> np.ndarray:
