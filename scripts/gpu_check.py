@@ -72,7 +72,8 @@ CASES = [
     ("dsignsgd-majority", {}),
     ("ef", {"compressor": "scaled-sign"}),
     ("dcsgd", {"compressor": "rand-k", "k": 2, "worker": {"momentum": 0.9}}),
-    ("signsgd", {}), ("rmspropw", {}), ("adam", {"weight_decay": 0.01}), ("sam", {}), ("seg", {}), ("shgd", {}),
+    ("signsgd", {}), ("signum", {"beta": 0.8}), ("rmspropw", {}), ("adam", {"weight_decay": 0.01}), ("sam", {}),
+    ("seg", {}), ("shgd", {}),
     ("dsgd", {"server": {"momentum": 0.9, "nesterov": True}, "normalize": True}),
 ]
 
@@ -149,7 +150,7 @@ def check_sde(device: str) -> str:
     quad, game = problems.make("quadratic", dim=10), problems.make("bilinear-game", player_dim=5)
     out = []
     for name, params in [("dsgd", {}), ("dcsgd", {"compressor": "rand-k", "k": 3}), ("dsignsgd", {}),
-                         ("dsignsgd-majority", {}), ("signsgd", {}), ("rmsprop", {}), ("adamw", {}), ("usam", {}),
+                         ("dsignsgd-majority", {}), ("signsgd", {}), ("rmsprop", {}), ("adamw", {}), ("signum", {}), ("usam", {}),
                          ("sam", {}), ("sgda", {}), ("seg", {}), ("shgd", {})]:
         algo = algorithms.make(name, **params)
         prob = game if name in ("sgda", "seg", "shgd") else quad
