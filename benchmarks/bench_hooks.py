@@ -1,0 +1,178 @@
+"""DDP communication hooks on a real bandwidth limit: what each compressor buys per training step.
+
+Two processes in two network namespaces joined by a veth pair throttled to ``--rate`` (1 Gbit/s) with
+``tc tbf`` (``netns.py``), an MLP of three 2048 × 2048 layers (12.6M parameters, float32), batch 4, one
+torch thread per process, ``DistributedDataParallel`` with each hook in turn (a fresh DDP model per hook,
+the same weights and batches). Per hook, the median over ``--steps`` timed steps (after 3 warm-up steps) of
+one training step: forward, backward (the hook runs inside it, overlapped with the rest of backward as DDP
+allows), SGD step.
+
+Rows:
+
+* ``no communication`` — a hook that returns the bucket unchanged: the compute floor;
+* ``fp32 all-reduce`` — DDP without a hook; ``torch fp16`` — torch's ``fp16_compress_hook``;
+* every compsde compressor through ``compsde.distributed.comm_hook``.
+
+Columns: the step time; the bytes one rank hands to the collectives per step (the hook's own count;
+4d and 2d for DDP's and torch's); the wire time of those bytes at the link's rate; the ratio
+step / (floor + wire); and the goal of the line (1.25 × (floor + wire), plus the passes over the gradient
+the method cannot avoid: one pass = one copy of the gradient into a reused buffer, measured in the same run).
+Needs root for ``ip netns`` and ``tc``; without it the script says so and stops. The namespaces and the link
+are created and removed here (also on failure).
+
+Usage: python benchmarks/bench_hooks.py [--steps 15] [--rate 1gbit] [--only sign,top-k ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import netns  # a sibling module: run as python benchmarks/bench_hooks.py
+from timing import median_seconds
+
+WIDTH, LAYERS, BATCH = 2048, 3, 4
+
+#: (label, comm_hook keywords or a special name, passes over the gradient the goal allows beyond the floor)
+HOOKS: list[tuple[str, dict | str, int]] = [
+    ("no communication (floor)", "noop", 0),
+    ("fp32 all-reduce (DDP)", "fp32", 0),
+    ("torch fp16_compress_hook", "fp16", 0),
+    ("compsde identity", {"compressor": "identity"}, 0),
+    ("compsde sign (mean)", {"compressor": "sign"}, 0),
+    ("compsde sign (majority)", {"compressor": "sign", "aggregation": "majority"}, 0),
+    ("compsde scaled-sign", {"compressor": "scaled-sign"}, 1),
+    ("compsde rand-k 1 %", {"compressor": "rand-k", "ratio": 0.01}, 0),
+    ("compsde rand-k 1 % shared", {"compressor": "rand-k", "ratio": 0.01, "shared": True}, 0),
+    ("compsde top-k 1 %", {"compressor": "top-k", "ratio": 0.01}, 3),
+    ("compsde top-k 1 % + error feedback", {"compressor": "top-k", "ratio": 0.01, "error_feedback": True}, 4),
+    ("compsde qsgd, 4 levels", {"compressor": "qsgd", "levels": 4}, 2),
+    ("compsde natural", {"compressor": "natural"}, 2),
+    ("compsde rounding", {"compressor": "rounding"}, 1),
+    ("compsde natural-dithering, 4 levels", {"compressor": "natural-dithering", "levels": 4}, 2),
+    ("compsde top-k 1 % + natural", {"compressor": "top-k+natural", "ratio": 0.01}, 3),
+]
+
+
+def child(steps: int, only: list[str]) -> None:
+    """One rank: every hook in turn; rank 0 prints one JSON line of results."""
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from compsde.distributed import comm_hook
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=600))
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    base = nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)])
+    d = sum(p.numel() for p in base.parameters())
+    data = torch.Generator().manual_seed(100 + rank)
+    batches = [torch.randn(BATCH, WIDTH, generator=data) for _ in range(4)]
+    grad = torch.randn(d)
+    buf = torch.empty(d)
+    one_pass = median_seconds(lambda: buf.copy_(grad), 15, warmup=3)
+
+    def noop(state, bucket):  # no annotations: DDP checks them as objects, and this module's are strings
+        fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+        fut.set_result(bucket.buffer())
+        return fut
+
+    out = []
+    for label, spec, passes in HOOKS:
+        if only and not any(o in label for o in only):
+            continue
+        model = nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)])
+        model.load_state_dict(base.state_dict())
+        ddp = DDP(model)
+        state = None
+        if spec == "noop":
+            ddp.register_comm_hook(None, noop)
+        elif spec == "fp16":
+            ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        elif isinstance(spec, dict):
+            state, hook = comm_hook(**spec)
+            ddp.register_comm_hook(state, hook)
+        opt = torch.optim.SGD(ddp.parameters(), lr=1e-4)
+        times = []
+        for i in range(3 + steps):
+            dist.barrier()
+            t = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            ddp(batches[i % len(batches)]).square().mean().backward()
+            opt.step()
+            times.append(time.perf_counter() - t)
+        nbytes = {"noop": 0, "fp32": 4 * d, "fp16": 2 * d}.get(spec) if isinstance(spec, str) else None
+        if state is not None:
+            nbytes = state.wire_bytes_per_step()
+        out.append({"label": label, "ms": 1e3 * statistics.median(times[3:]), "bytes": nbytes, "passes": passes})
+        del ddp, model, opt, state
+        gc.collect()
+    dist.barrier()
+    if rank == 0:
+        print("RESULT " + json.dumps({"d": d, "one_pass_ms": 1e3 * one_pass, "rows": out}), flush=True)
+    dist.destroy_process_group()
+
+
+def bits_per_second(rate: str) -> float:
+    m = re.fullmatch(r"([0-9.]+)\s*([kmg]?)bit", rate.lower())
+    if not m:
+        raise ValueError(f"--rate must look like 1gbit, 500mbit or 100kbit, got {rate!r}")
+    return float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=15, help="timed steps per hook (default 15, after 3 warm-up steps)")
+    ap.add_argument("--rate", default="1gbit", help="the link's rate for tc tbf (default 1gbit)")
+    ap.add_argument("--only", default="", help="comma-separated parts of row labels to run (default: all)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    only = [o for o in args.only.split(",") if o]
+    if args.child:
+        child(args.steps, only)
+        return
+    rate = bits_per_second(args.rate)
+    why = netns.why_not()
+    if why:
+        print(f"cannot build the throttled link: {why}")
+        return
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--steps", str(args.steps), "--only", args.only]
+    try:
+        with netns.link(args.rate):
+            logs = netns.launch(cmd, 29650)
+    except (subprocess.CalledProcessError, FileNotFoundError) as e:
+        print(f"cannot build the throttled link ({getattr(e, 'stderr', '') or e}); nothing measured")
+        return
+    res = json.loads(next(line for line in logs[0].splitlines() if line.startswith("RESULT "))[7:])
+    rows = res["rows"]
+    floor = next((r["ms"] for r in rows if r["label"].startswith("no communication")), None)
+    one = res["one_pass_ms"]
+    print(f"2 processes in 2 network namespaces, veth throttled to {args.rate} (tc tbf); MLP {LAYERS} × {WIDTH}² "
+          f"(d = {res['d']:,} float32), batch {BATCH}, 1 thread per process; median of {args.steps} steps")
+    print(f"one pass over the gradient (copy into a reused buffer): {one:.1f} ms; compute floor: "
+          f"{'not run' if floor is None else f'{floor:.0f} ms'}\n")
+    print("| hook | step ms | MB / step | wire ms | step / (floor + wire) | goal ms | met |")
+    print("|---|---:|---:|---:|---:|---:|:---:|")
+    for r in rows:
+        wire = 1e3 * 8 * r["bytes"] / rate
+        if floor is None:
+            ratio, goal, met = "", "", ""
+        else:
+            g = 1.25 * (floor + wire) + r["passes"] * one
+            ratio, goal, met = f"{r['ms'] / (floor + wire):.2f}", f"{g:.0f}", "yes" if r["ms"] <= g else "no"
+        print(f"| {r['label']} | {r['ms']:.0f} | {r['bytes'] / 1e6:.2f} | {wire:.0f} | {ratio} | {goal} | {met} |")
+
+
+if __name__ == "__main__":
+    main()
