@@ -372,6 +372,86 @@ def test_natural_dithering_fast_path_equals_reference(dtype, levels) -> None:
     x[1, :10] = 0.0
     rnd = c.draw((3,), 400, gen(2), dtype)
     assert torch.equal(c.apply(x, rnd), c.apply_reference(x, rnd))
+    assert torch.equal(c.decode(c.encode(x, rnd), rnd), c.apply_reference(x, rnd))
+
+
+def _adversarial(dtype: torch.dtype, n: int = 1500) -> torch.Tensor:
+    """(3, 4, n) values of both signs, in random order: random normals over a wide range, powers of
+    two and their float neighbours below and above, subnormals (random mantissas), ±0;
+    ``_awkward``'s specials first in each row."""
+    fi = torch.finfo(dtype)
+    g = gen(1)
+    e = 8 if dtype == torch.float16 else 20
+    p2 = torch.exp2(torch.randint(-e, e, (n,), generator=g).double()).to(dtype)
+    near = torch.cat([p2, torch.nextafter(p2, torch.zeros_like(p2)), torch.nextafter(p2, torch.full_like(p2, math.inf))])
+    sub = torch.randint(0, 1 << (fi.bits // 4 + 2), (n,), generator=g).to(dtype) * (fi.tiny * fi.eps)
+    v = torch.cat([_awkward(dtype, n), near, sub])
+    v = v * (2 * torch.randint(0, 2, v.shape, generator=g) - 1).to(dtype)
+    specials = _awkward(dtype, 0)
+    rows = v[torch.randint(0, v.numel(), (12, n - specials.numel()), generator=g)]
+    return torch.cat([specials.expand(12, -1), rows], dim=1).reshape(3, 4, n)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+QUANTIZERS: list[tuple[str, dict[str, object]]] = [("natural", {}), ("rounding", {}), ("qsgd", {"levels": 1}), ("qsgd", {"levels": 5}),
+              ("natural-dithering", {"levels": 1}), ("natural-dithering", {"levels": 4}), ("natural-dithering", {"levels": 12})]
+
+
+@pytest.mark.parametrize("spec", QUANTIZERS, ids=[_id(s) for s in QUANTIZERS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_quantizer_cpu_path_equals_torch_path(spec, dtype, monkeypatch) -> None:
+    """The CPU path (numpy, from the float bits, in blocks) and the whole-tensor torch path (the one
+    other devices and bfloat16 take, checked against the readable references below) give the same
+    bits: payload fields, decode, apply, and decode ∘ encode = apply (NaN positions only compared as
+    NaN: their sign bit is an artefact of the arithmetic). On adversarial values, with a row of ±inf and
+    NaN, an all-zero row, a draw shared by the leading dim and blocks smaller than a row."""
+    from compsde.compressors import quantizers as q
+
+    c = build(spec)
+    x = _adversarial(dtype)
+    x[1, 2, 3:9] = torch.tensor([math.inf, -math.inf, math.nan, -math.nan, 0.0, -0.0], dtype=dtype)
+    x[2, 0] = 0.0
+    x[0, 3, 7] = -torch.finfo(dtype).max  # its row's norm overflows to inf
+    monkeypatch.setattr(q, "BLOCK", 1000)  # several blocks per row
+    for shared in (False, True):
+        rnd = c.draw((1, 4) if shared else (3, 4), x.shape[-1], gen(int(shared)), dtype)
+        fast, fast_y = c.encode(x, rnd), c.apply(x, rnd)
+        fast_dec = c.decode(fast, rnd)
+        with monkeypatch.context() as m:
+            m.setattr(q, "_cpu_path", lambda device, dtype: False)
+            slow, slow_y = c.encode(x, rnd), c.apply(x, rnd)
+            slow_dec = c.decode(slow, rnd)
+        assert fast.fields.keys() == slow.fields.keys()
+        for k in fast.fields:
+            f, s = fast.fields[k], slow.fields[k]
+            assert f.dtype == s.dtype and torch.equal(_bits(f) if f.is_floating_point() else f, _bits(s) if s.is_floating_point() else s), k
+        assert torch.equal(_bits(fast_y), _bits(slow_y))
+        assert torch.equal(_bits(fast_dec), _bits(slow_dec))
+        nan = fast_y.isnan()
+        assert torch.equal(nan, fast_dec.isnan()) and torch.equal(_bits(fast_dec)[~nan], _bits(fast_y)[~nan])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_natural_and_rounding_equal_the_reference(dtype) -> None:
+    """The codes from the bits equal ``_round_pow2_reference`` (frexp, divisions) on finite values;
+    ±inf stays ±inf and NaN becomes ±inf (exponent field all ones, mantissa dropped)."""
+    from compsde.compressors.quantizers import _round_pow2_reference
+
+    x = _adversarial(dtype)
+    nat, rnd_ = make("natural"), make("rounding")
+    for seed in range(2):
+        rnd = nat.draw((3, 4), x.shape[-1], gen(seed), dtype)
+        assert rnd is not None
+        assert torch.equal(_bits(nat.apply(x, rnd)), _bits(_round_pow2_reference(x, rnd)))
+    half = torch.full_like(x, 0.5)
+    assert torch.equal(_bits(rnd_.apply(x, None)), _bits(_round_pow2_reference(x, half)))
+    special = torch.tensor([math.inf, -math.inf, math.nan, -math.nan], dtype=dtype)
+    for c in (nat, rnd_):
+        y = c.apply(special, c.draw((), 4, gen(0), dtype))
+        assert torch.isinf(y).all() and torch.equal(torch.signbit(y), torch.signbit(special))
 
 
 def test_qsgd_outputs_are_levels_of_the_norm() -> None:

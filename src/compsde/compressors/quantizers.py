@@ -166,9 +166,15 @@ _NUMPY_FLOAT = {torch.float16: np.float16, torch.float32: np.float32, torch.floa
 _NUMPY_INT = {torch.int16: np.int16, torch.int32: np.int32, torch.int64: np.int64}
 
 
+def _cpu_path(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether values of ``dtype`` on ``device`` take the CPU path (numpy views of the tensors' memory);
+    elsewhere (other devices, bfloat16) the same results come from whole-tensor torch ops."""
+    return device.type == "cpu" and dtype in _NUMPY_FLOAT
+
+
 def _on_numpy(x: Tensor) -> bool:
-    """Whether x takes the CPU path (numpy views of its memory); elsewhere whole-tensor torch ops."""
-    return x.device.type == "cpu" and x.dtype in _NUMPY_FLOAT and not x.requires_grad
+    """Whether the input x takes the CPU path."""
+    return _cpu_path(x.device, x.dtype) and not x.requires_grad
 
 
 def _row_blocks(x: Tensor, u: Tensor | None) -> tuple[np.ndarray, np.ndarray | None, list[tuple[slice, slice, slice]]]:
@@ -224,6 +230,14 @@ def _pow2_codes(xi: np.ndarray, u: np.ndarray | None, dtype: torch.dtype) -> np.
 def _sign_mask(dtype: torch.dtype) -> int:
     """The sign bit of a float of ``dtype`` as a value of the signed integer of its width."""
     return -(1 << (8 * torch.empty((), dtype=dtype).element_size() - 1))
+
+
+def _or_sign(bits: np.ndarray, negative: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """``bits`` (the integer view of floats of ``dtype``) with the sign bit set where ``negative``, in place."""
+    s = negative.astype(bits.dtype)
+    s *= _sign_mask(dtype)
+    bits |= s
+    return bits
 
 
 def _natural_numpy(x: Tensor, u: Tensor | None, floats: bool) -> tuple[Tensor, ...]:
@@ -303,13 +317,10 @@ class Natural(_Uniforms):
         it, nmant, _, _ = _float_layout(payload.dtype)
         sign = _sign_mask(payload.dtype)
         exponent, negative = payload.fields["exponent"], payload.fields["negative"]
-        if exponent.device.type == "cpu" and payload.dtype in _NUMPY_FLOAT:
+        if _cpu_path(exponent.device, payload.dtype):
             bits = exponent.numpy().astype(_NUMPY_INT[it])  # a new array: the payload stays as it is
             bits <<= nmant
-            s = negative.numpy().astype(bits.dtype)
-            s *= sign
-            bits |= s
-            return torch.from_numpy(bits.view(_NUMPY_FLOAT[payload.dtype]))
+            return torch.from_numpy(_or_sign(bits, negative.numpy(), payload.dtype).view(_NUMPY_FLOAT[payload.dtype]))
         e = exponent.to(it) << nmant
         return e.bitwise_or_(negative.to(it).neg_().bitwise_and_(sign)).view(payload.dtype)
 
@@ -439,16 +450,24 @@ class _Dithering(_Uniforms):
         lv = self.level_values(dtype, device)
         return torch.cat([lv, -lv])
 
+    def _level_bits(self, level: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+        """The level values (``level_values``) of the indices ``level`` on the CPU, as a new array of
+        the integer view of ``dtype``."""
+        raise NotImplementedError
+
     def decode(self, payload: Payload, rnd: Tensor | None) -> Tensor:
         f = payload.fields
-        table = self.signed_levels(payload.dtype, payload.device)
         level, negative = f["level"], f["negative"]
-        if level.device.type == "cpu" and self.levels < 127:
-            # One byte code per coordinate and numpy's take: ~3× cheaper than torch indexing with int64.
-            code = negative.view(torch.uint8) * (self.levels + 1) + level.to(torch.uint8)  # a new tensor: the payload stays as it is
-            vals = torch.from_numpy(np.take(table.numpy(), code.numpy()))
-        else:
-            vals = table[level.long() + negative.long() * (self.levels + 1)]
+        if _cpu_path(level.device, payload.dtype):
+            # ±L built from the bits (the sign before the product: the same operands as the table's
+            # −L · scale), then scaled: a few passes in cache, ~3× cheaper than a table lookup with numpy.
+            bits = _or_sign(self._level_bits(level.numpy(), payload.dtype), negative.numpy(), payload.dtype)
+            signed = bits.view(_NUMPY_FLOAT[payload.dtype])
+            with np.errstate(all="ignore"):  # 0 · inf = NaN, silently, as in torch
+                signed *= self.scale(f["norm"]).numpy()
+            return torch.from_numpy(signed)
+        table = self.signed_levels(payload.dtype, payload.device)
+        vals = table[level.long() + negative.long() * (self.levels + 1)]
         return vals.mul_(self.scale(f["norm"]))
 
 
@@ -491,6 +510,9 @@ class QSGD(_Dithering):
 
     def level_values(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         return torch.arange(self.levels + 1, dtype=dtype, device=device)
+
+    def _level_bits(self, level: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+        return level.astype(_NUMPY_FLOAT[dtype]).view(_NUMPY_INT[_float_layout(dtype)[0]])
 
     def scale(self, norm: Tensor) -> Tensor:
         return norm / float(self.levels)
@@ -584,6 +606,15 @@ class NaturalDithering(_Dithering):
     def level_values(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         s = self.levels
         return torch.tensor([0.0] + [2.0 ** (i - s) for i in range(1, s + 1)], dtype=dtype, device=device)
+
+    def _level_bits(self, level: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+        # 2^(i − s) has the exponent field bias − s + i (a normal number: see _check_dtype); 0 for i = 0.
+        it, nmant, _, bias = _float_layout(dtype)
+        bits = level.astype(_NUMPY_INT[it])
+        bits += bias - self.levels
+        bits <<= nmant
+        bits *= level != 0
+        return bits
 
     def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         norm = _row_norm(x)
