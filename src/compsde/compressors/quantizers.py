@@ -411,9 +411,9 @@ class _Dithering(_Uniforms):
         """The factor the level values are multiplied by (as ``apply`` computes it)."""
         return norm
 
-    def _levels_numpy(self, r: np.ndarray, u: np.ndarray, dtype: torch.dtype) -> np.ndarray:
-        """``_levels`` on the CPU for one block: r = |x|/‖x‖ (safe norm, consumed), u its uniforms; the
-        level indices as a new array (integers, or floats holding whole numbers)."""
+    def _levels_numpy(self, r: np.ndarray, u: np.ndarray, dtype: torch.dtype, out: np.ndarray) -> None:
+        """``_levels`` on the CPU for one block, written into ``out`` (integers): r = |x|/‖x‖ (safe norm,
+        no NaN: see encode; consumed), u its uniforms."""
         raise NotImplementedError
 
     def _check_dtype(self, dtype: torch.dtype) -> None:
@@ -430,12 +430,17 @@ class _Dithering(_Uniforms):
             safe = torch.where(norm > 0, norm, torch.ones_like(norm)).reshape(-1, 1).numpy()
             level = np.empty(X.shape, dtype=_NUMPY_UINT[_uint_dtype(self.width())])
             negative = np.empty(X.shape, dtype=np.bool_)
+            # r = |x|/‖x‖ is NaN only in rows with a NaN or an infinity (whose norm is not finite):
+            # those get level 0, as the nan_to_num below gives.
+            finite = bool(torch.isfinite(norm).all())
             with np.errstate(all="ignore"):  # overflow to inf and inf/inf = NaN, silently, as in torch
                 for rx, ru, cols in blocks:
                     xb = X[rx, cols]
                     r = np.abs(xb)
                     r /= safe[rx]
-                    level[rx, cols] = self._levels_numpy(r, U[ru, cols], x.dtype)
+                    if not finite:
+                        np.fmax(r, 0.0, out=r)  # NaN → 0
+                    self._levels_numpy(r, U[ru, cols], x.dtype, level[rx, cols])
                     np.signbit(xb, out=negative[rx, cols])
             idx, neg = torch.from_numpy(level).view(x.shape), torch.from_numpy(negative).view(x.shape)
         else:
@@ -497,16 +502,18 @@ class QSGD(_Dithering):
         r.sub_(level).sub_(u).ceil_()
         return level.add_(r)
 
-    def _levels_numpy(self, r: np.ndarray, u: np.ndarray, dtype: torch.dtype) -> np.ndarray:
-        # ``_levels``'s arithmetic; a NaN r (a non-finite row) gets level 0, as encode's nan_to_num gives.
+    def _levels_numpy(self, r: np.ndarray, u: np.ndarray, dtype: torch.dtype, out: np.ndarray) -> None:
+        # ``_levels``'s arithmetic (np.clip with both bounds: ~3× faster than np.minimum here).
         s = float(self.levels)
         r *= s
-        np.minimum(r, s, out=r)
-        np.fmax(r, 0.0, out=r)  # NaN → 0
-        level = np.floor(r)
-        r -= level  # p
-        level += u < r
-        return level
+        np.clip(r, 0.0, s, out=r)
+        if (r >= 1.0).any():
+            level = np.floor(r)
+            r -= level  # p
+            out[...] = level
+            out += u < r
+        else:  # every level is 0 or 1 (e.g. s·|x_j| < ‖x‖ for all j, usual at large d): p = r
+            np.less(u, r, out=out, casting="unsafe")
 
     def level_values(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         return torch.arange(self.levels + 1, dtype=dtype, device=device)
@@ -582,26 +589,29 @@ class NaturalDithering(_Dithering):
         _, _, _, bias = _float_layout(frac.dtype)
         return (_exponent_field(frac) - (bias - self.levels)).clamp_(0, self.levels).to(frac.dtype)
 
-    def _levels_numpy(self, r: np.ndarray, u: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    def _levels_numpy(self, r: np.ndarray, u: np.ndarray, dtype: torch.dtype, out: np.ndarray) -> None:
         """``_levels`` from the bits of t = r·2^(s−1) (exact: a power of two, t ≤ 2^(s−1)). For t ≥ 1
         (r ≥ b = 2^(1−s)) with t = σ·2^j, σ ∈ [1, 2): lo = 2^(j+1−s) is level index j + 1 and
         p = (r − lo)/lo = σ − 1, read off the mantissa (as in ``_pow2_codes``); for t < 1 (r < b) the
         index is 0 and p = r/b = t. Up iff u < p adds 1 to the index."""
         _, nmant, _, bias = _float_layout(dtype)
-        np.minimum(r, 1.0, out=r)
-        np.fmax(r, 0.0, out=r)  # NaN (a non-finite row) → 0: index 0, as encode's nan_to_num gives
+        np.clip(r, 0.0, 1.0, out=r)
         r *= 2.0 ** (self.levels - 1)  # t
+        big = r >= 1.0
+        if not big.any():  # every r below b (usual at large d and few levels): index [u < t]
+            np.less(u, r, out=out, casting="unsafe")
+            return
         ti = r.view(_NUMPY_INT[_float_layout(dtype)[0]])
         idx = ti >> nmant
         idx -= bias - 1  # j + 1
-        np.maximum(idx, 0, out=idx)
+        np.clip(idx, 0, self.levels, out=idx)
         m = ti & ((1 << nmant) - 1)
         m |= bias << nmant
         p = m.view(r.dtype)
         p -= 1.0  # σ − 1
-        np.copyto(p, r, where=r < 1.0)
-        idx += u < p
-        return idx
+        np.copyto(p, r, where=~big)
+        out[...] = idx
+        out += u < p
 
     def level_values(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         s = self.levels
