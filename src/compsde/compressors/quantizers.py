@@ -10,7 +10,11 @@ the resolution of float32 arithmetic itself.
 
 The hot paths use bit manipulation and in-place same-dtype arithmetic (see ``_round_pow2``); each
 has a readable reference (``_round_pow2_reference`` with torch.frexp,
-``NaturalDithering.apply_reference``) and the tests check that they agree bit for bit.
+``NaturalDithering.apply_reference``) and the tests check that they agree bit for bit. On the CPU
+(float16/32/64), encode, decode and natural compression's apply read the codes straight off the float
+bits with numpy, one cache-sized block (``BLOCK``) at a time, writing each output once (see
+``_pow2_codes``, ``_levels_numpy``, ``_level_bits``): the same bits as the torch path, which other
+devices and bfloat16 take; the tests check that too.
 
 References: Alistarh et al. 2017, "QSGD: communication-efficient SGD via gradient quantization and
 encoding"; Horváth, Ho, Horváth, Sahu, Canini, Richtárik 2019, "Natural compression for
@@ -196,6 +200,8 @@ def _row_blocks(x: Tensor, u: Tensor | None) -> tuple[np.ndarray, np.ndarray | N
             U = ub.expand(x.shape).contiguous().numpy().reshape(-1, d)
         urows = U.shape[0]
     rb, cb = max(1, BLOCK // d), min(d, BLOCK)
+    if rows == 0:
+        return X, U, []
     blocks = [(slice(rep + r0, rep + min(urows, r0 + rb)), slice(r0, min(urows, r0 + rb)), slice(c0, min(d, c0 + cb)))
               for rep in range(0, rows, urows) for r0 in range(0, urows, rb) for c0 in range(0, d, cb)]
     return X, U, blocks
