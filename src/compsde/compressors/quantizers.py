@@ -425,30 +425,56 @@ class _Dithering(_Uniforms):
     def _check_dtype(self, dtype: torch.dtype) -> None:
         """ValueError if the levels cannot be represented in ``dtype`` (nothing to check by default)."""
 
+    def _numpy_path(self, x: Tensor, u: Tensor, norm: Tensor, values: bool) -> tuple[Tensor, ...]:
+        """On the CPU, block by block: |x|/‖x‖ as ``_levels`` computes it, the level indices in cache,
+        then either the payload's (level, negative) or, with ``values``, decode's ±L·scale of them
+        (``apply``: its copysign(L·scale, x) bit for bit where the norm is finite)."""
+        X, U, blocks = _row_blocks(x, u)
+        assert U is not None
+        safe = torch.where(norm > 0, norm, torch.ones_like(norm)).reshape(-1, 1).numpy()
+        ldt = _NUMPY_UINT[_uint_dtype(self.width())]
+        if values:
+            out = np.empty(X.shape, dtype=X.dtype)
+            scale = self.scale(norm).reshape(-1, 1).numpy()
+        else:
+            level = np.empty(X.shape, dtype=ldt)
+            negative = np.empty(X.shape, dtype=np.bool_)
+        # r = |x|/‖x‖ is NaN only in rows with a NaN or an infinity (whose norm is not finite):
+        # those get level 0, as encode's nan_to_num gives.
+        finite = bool(torch.isfinite(norm).all())
+        with np.errstate(all="ignore"):  # overflow to inf and inf/inf = NaN, silently, as in torch
+            for rx, ru, cols in blocks:
+                xb = X[rx, cols]
+                r = np.abs(xb)
+                r /= safe[rx]
+                if not finite:
+                    np.fmax(r, 0.0, out=r)  # NaN → 0
+                if values:
+                    lv = np.empty(xb.shape, dtype=ldt)
+                    self._levels_numpy(r, U[ru, cols], x.dtype, lv)
+                    v = _or_sign(self._level_bits(lv, x.dtype), np.signbit(xb), x.dtype).view(X.dtype)
+                    np.multiply(v, scale[rx], out=out[rx, cols])
+                else:
+                    self._levels_numpy(r, U[ru, cols], x.dtype, level[rx, cols])
+                    np.signbit(xb, out=negative[rx, cols])
+        if values:
+            return (torch.from_numpy(out).view(x.shape),)
+        return torch.from_numpy(level).view(x.shape), torch.from_numpy(negative).view(x.shape)
+
+    def _fast_apply(self, x: Tensor, u: Tensor, norm: Tensor) -> Tensor | None:
+        """``apply`` on the CPU path, or None where it does not apply: off the CPU, or rows with a
+        non-finite norm (whose NaN results the torch path computes, NaN bits included)."""
+        if not _on_numpy(x) or not bool(torch.isfinite(norm).all()):
+            return None
+        self._check_dtype(x.dtype)
+        return self._numpy_path(x, u, norm, values=True)[0]
+
     def encode(self, x: Tensor, rnd: Tensor | None) -> Payload:
         norm = _row_norm(x)
         u = self._uniforms(x, rnd)
         self._check_dtype(x.dtype)
         if _on_numpy(x):
-            # |x|/‖x‖ block by block as ``_levels`` computes it, the level of each block in cache.
-            X, U, blocks = _row_blocks(x, u)
-            assert U is not None
-            safe = torch.where(norm > 0, norm, torch.ones_like(norm)).reshape(-1, 1).numpy()
-            level = np.empty(X.shape, dtype=_NUMPY_UINT[_uint_dtype(self.width())])
-            negative = np.empty(X.shape, dtype=np.bool_)
-            # r = |x|/‖x‖ is NaN only in rows with a NaN or an infinity (whose norm is not finite):
-            # those get level 0, as the nan_to_num below gives.
-            finite = bool(torch.isfinite(norm).all())
-            with np.errstate(all="ignore"):  # overflow to inf and inf/inf = NaN, silently, as in torch
-                for rx, ru, cols in blocks:
-                    xb = X[rx, cols]
-                    r = np.abs(xb)
-                    r /= safe[rx]
-                    if not finite:
-                        np.fmax(r, 0.0, out=r)  # NaN → 0
-                    self._levels_numpy(r, U[ru, cols], x.dtype, level[rx, cols])
-                    np.signbit(xb, out=negative[rx, cols])
-            idx, neg = torch.from_numpy(level).view(x.shape), torch.from_numpy(negative).view(x.shape)
+            idx, neg = self._numpy_path(x, u, norm, values=False)
         else:
             lv = self._levels(x, u, norm).nan_to_num_(nan=0.0).clamp_(0, self.levels)
             idx, neg = lv.to(_uint_dtype(self.width())), torch.signbit(x)
@@ -532,7 +558,9 @@ class QSGD(_Dithering):
 
     def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         norm = _row_norm(x)
-        return self._levels(x, self._uniforms(x, rnd), norm).mul_(self.scale(norm)).copysign_(x)
+        u = self._uniforms(x, rnd)
+        fast = self._fast_apply(x, u, norm)
+        return fast if fast is not None else self._levels(x, u, norm).mul_(self.scale(norm)).copysign_(x)
 
     def omega(self, d: int) -> float:
         s = self.levels
@@ -634,7 +662,9 @@ class NaturalDithering(_Dithering):
 
     def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         norm = _row_norm(x)
-        return self._level_fractions(x, self._uniforms(x, rnd), norm).mul_(norm).copysign_(x)
+        u = self._uniforms(x, rnd)
+        fast = self._fast_apply(x, u, norm)
+        return fast if fast is not None else self._level_fractions(x, u, norm).mul_(norm).copysign_(x)
 
     def apply_reference(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         """Readable reference of ``apply`` (same output for the same draw); used by the tests."""
