@@ -406,17 +406,19 @@ def test_quantizer_cpu_path_equals_torch_path(spec, dtype, monkeypatch) -> None:
     """The CPU path (numpy, from the float bits, in blocks) and the whole-tensor torch path (the one
     other devices and bfloat16 take, checked against the readable references below) give the same
     bits: payload fields, decode, apply, and decode ∘ encode = apply (NaN positions only compared as
-    NaN: their sign bit is an artefact of the arithmetic). On adversarial values, with a row of ±inf and
-    NaN, an all-zero row, a draw shared by the leading dim and blocks smaller than a row."""
+    NaN: their sign bit is an artefact of the arithmetic). On adversarial values with an all-zero row,
+    then also with a row of ±inf and NaN and a row whose norm overflows; a draw shared by the leading
+    dim; blocks smaller than a row or of two rows."""
     from compsde.compressors import quantizers as q
 
     c = build(spec)
-    x = _adversarial(dtype)
-    x[1, 2, 3:9] = torch.tensor([math.inf, -math.inf, math.nan, -math.nan, 0.0, -0.0], dtype=dtype)
-    x[2, 0] = 0.0
-    x[0, 3, 7] = -torch.finfo(dtype).max  # its row's norm overflows to inf
-    monkeypatch.setattr(q, "BLOCK", 1000)  # several blocks per row
-    for shared in (False, True):
+    finite = _adversarial(dtype)
+    finite[2, 0] = 0.0
+    special = finite.clone()
+    special[1, 2, 3:9] = torch.tensor([math.inf, -math.inf, math.nan, -math.nan, 0.0, -0.0], dtype=dtype)
+    special[0, 3, 7] = -torch.finfo(dtype).max  # its row's norm overflows to inf
+    for x, block, shared in itertools.product((finite, special), (1000, 3000), (False, True)):
+        monkeypatch.setattr(q, "BLOCK", block)  # rows of 1500: two blocks per row, or two rows per block
         rnd = c.draw((1, 4) if shared else (3, 4), x.shape[-1], gen(int(shared)), dtype)
         fast, fast_y = c.encode(x, rnd), c.apply(x, rnd)
         fast_dec = c.decode(fast, rnd)

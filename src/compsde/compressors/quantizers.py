@@ -160,8 +160,8 @@ _NUMPY_UINT = {torch.uint8: np.uint8, torch.int16: np.int16, torch.int32: np.int
 # ---- CPU paths: integer arithmetic on the float bits, with numpy, one cache-sized block at a time --
 
 #: Elements per block of the CPU paths: a block's temporaries stay in the core's cache, and the
-#: outputs are written once. Measured at d = 1.26·10⁷ float32, one thread: natural encode 140 ms as
-#: whole-tensor torch passes, ~25 ms in blocks of 2¹⁸ (2¹⁶–2¹⁹ within noise).
+#: outputs are written once. Measured at d = 1.26·10⁷ float32, one thread: natural encode 135 ms as
+#: whole-tensor torch passes, 12–25 ms in blocks of 2¹⁸ (2¹⁶–2¹⁹ within noise).
 BLOCK = 1 << 18
 
 #: The numpy dtypes of the floats the CPU paths take (numpy has no bfloat16: the torch path takes it),
