@@ -209,9 +209,9 @@ class ScaledSign(Compressor):
         return _pm1(payload.fields["positive"], payload.dtype).mul_(payload.fields["scale"])
 
     def decode_sum(self, payloads: Iterable[Payload], rnds: Sequence[Tensor | None], out: Tensor | None = None) -> Tensor:
-        """Σ_i s_i·sign_i in worker order, with the operations of ``decode`` (±1 from the bits, times s_i)
-        and ``accumulate`` (m_0, then + m_1, …), so the same bits; worker 0 is decoded straight into
-        ``out`` and every other into one reused temporary, with no fresh tensor per worker."""
+        """Σ_i s_i·sign_i in worker order (m_0, then + m_1, …, as ``accumulate``), each m_i = ±s_i the bits
+        of ``decode`` (``_decode_into``); worker 0 is decoded straight into ``out`` and every other into
+        one temporary, with no fresh tensor per worker."""
         payloads = list(payloads)
         if not payloads:
             raise ValueError("decode_sum needs at least one payload")
