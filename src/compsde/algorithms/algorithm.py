@@ -212,7 +212,8 @@ class Algorithm:
         return self.optimizer.evaluate(grad, params, g, lr, self.hyper)
 
     def workers_step(self, grads: Tensor | Callable[[Tensor], Tensor], state: dict[str, Any], params: Tensor | None,
-                     lr: float, rnd: Tensor | None, *, encode: bool = False, messages: bool = True) -> WorkersOut:
+                     lr: float, rnd: Tensor | None, *, encode: bool = False, messages: bool = True,
+                     reuse_memory: bool = False) -> WorkersOut:
         """The workers' half for a stack of workers.
 
         Args:
@@ -225,20 +226,22 @@ class Algorithm:
             encode: also return the payload (what travels on a real network).
             messages: also return the decoded messages (always without ``encode``, and always with error
                 feedback, which needs them; a sender that only ships its payload skips the decode).
+            reuse_memory: the error-feedback memory in ``state`` may be overwritten (``ErrorFeedback``).
         """
         if callable(grads):
             if params is None:
                 raise ValueError("evaluating gradients needs the parameters")
             grads = self.evaluate(grads, params, lr)
         u, wstate = self.worker.update(grads, state["worker"], params)
-        return self.compress(u, state["ef"], lr, rnd, encode=encode, messages=messages, worker_state=wstate)
+        return self.compress(u, state["ef"], lr, rnd, encode=encode, messages=messages, worker_state=wstate,
+                             reuse_memory=reuse_memory)
 
     def compress(self, u: Tensor, ef: Tensor | None, lr: float, rnd: Tensor | None, *, encode: bool = False,
-                 messages: bool = True, worker_state: Any = None) -> WorkersOut:
+                 messages: bool = True, worker_state: Any = None, reuse_memory: bool = False) -> WorkersOut:
         """Compression of the vectors u (n, ..., d) the workers send — their transformed gradients η-free
         (``workers_step``), or a local method's parameter deltas (with lr = 1) — by ``sending``, with the
         error-feedback memory ``ef`` of these workers when it has one."""
-        out = self.sending(u, ef, lr, rnd, encode=encode, messages=messages)
+        out = self.sending(u, ef, lr, rnd, encode=encode, messages=messages, reuse_memory=reuse_memory)
         return WorkersOut(out.inputs, out.messages, out.payload, {"worker": worker_state, "ef": out.memory})
 
     # ---- local methods ------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from compsde.compressors import Compressor, Payload
+from compsde.compressors.sparsifiers import Sparsifier
 
 __all__ = ["Compressed", "Direct", "ErrorFeedback"]
 
@@ -45,9 +46,9 @@ class Direct:
         return None
 
     def __call__(self, u: Tensor, memory: Tensor | None, lr: float, rnd: Tensor | None, *, encode: bool = False,
-                 messages: bool = True) -> Compressed:
+                 messages: bool = True, reuse_memory: bool = False) -> Compressed:
         """Compress u (n, ..., d) with the draws ``rnd``; ``encode``: also the payload; ``messages``: also the
-        decoded messages (always without ``encode``)."""
+        decoded messages (always without ``encode``); ``reuse_memory``: see ``ErrorFeedback`` (no memory here)."""
         return _compress(self.compressor, u, rnd, encode, messages)
 
 
@@ -63,13 +64,42 @@ class ErrorFeedback:
         return torch.zeros(stacked.shape, dtype=stacked.dtype, device=stacked.device)
 
     def __call__(self, u: Tensor, memory: Tensor | None, lr: float, rnd: Tensor | None, *, encode: bool = False,
-                 messages: bool = True) -> Compressed:
+                 messages: bool = True, reuse_memory: bool = False) -> Compressed:
+        """As ``Direct.__call__``, with the memory e (same shape as u).
+
+        With a sparsifier that keeps k < d coordinates (top-k, rand-k), ``encode=True`` and
+        ``messages=False``, the new memory is formed without a dense message: m = C(v) is v's kept
+        values s·v_S at the indices S and zero elsewhere, so v − m is v outside S (v_j − 0 = v_j, bit for
+        bit, −0.0 and NaN included) and v_S − s·v_S on S, the same subtraction as the dense one.
+
+        ``reuse_memory=True`` hands ``memory`` over: v is formed in it (memory + η u, the same sum), and
+        the new memory e is then written over v where neither the payload nor the messages are views of
+        it (every compressor but the identity), so the returned ``inputs`` and ``memory`` are then one
+        tensor holding e, not v: no fresh d-length tensor per step. Only for a caller that reads neither
+        v nor its old memory afterwards (the DDP hook, which keeps one memory per bucket); the
+        simulator reads ``inputs`` for the compression error and does not pass it.
+        """
         if memory is None:
             raise ValueError("error feedback needs its memory in the state (Algorithm.init)")
-        v = memory + lr * u
-        out = _compress(self.compressor, v, rnd, encode, True)  # the memory needs the decoded messages
+        step = u if lr == 1.0 else lr * u  # η u; 1·u = u
+        v = memory.add_(step) if reuse_memory else memory + step
+        c = self.compressor
+        if encode and not messages and isinstance(c, Sparsifier) and c.support(v.shape[-1]) < v.shape[-1]:
+            payload = c.encode(v, rnd)
+            e = v if reuse_memory else v.clone()
+            return Compressed(v, None, payload, c.subtract_kept(e, payload, rnd))
+        out = _compress(c, v, rnd, encode, True)  # the memory needs the decoded messages
         assert out.messages is not None
+        if reuse_memory and not any(_shares_memory(t, v) for t in (out.messages, *(out.payload.fields.values()
+                                                                                 if out.payload is not None else ()))):
+            return out._replace(memory=v.sub_(out.messages))
+        # A fresh memory where the payload or the messages are views of v (identity's are v itself).
         return out._replace(memory=v - out.messages)  # e ← v − C(v): stays on its worker
+
+
+def _shares_memory(a: Tensor, b: Tensor) -> bool:
+    """Whether two tensors are views of one storage."""
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _compress(c: Compressor, v: Tensor, rnd: Tensor | None, encode: bool, messages: bool) -> Compressed:

@@ -12,6 +12,8 @@ Beznosikov et al. 2020, "On biased compression for distributed learning" (class 
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -61,6 +63,47 @@ def sign_bits(x: Tensor) -> Tensor:
             if np.isnan(np.max(xb)):
                 ob[:] = ~np.signbit(xb + xb.dtype.type(0.0))
     return torch.from_numpy(out).view(x.shape)
+
+
+_scratch_buffers = threading.local()
+
+
+def _scratch(shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    """A CPU tensor of ``shape`` and ``dtype`` with arbitrary contents, reused by this thread across
+    calls (the prefix of one buffer per dtype, grown as needed): a temporary of a long input without
+    the page faults of a fresh allocation on every step. Its contents last until the next call."""
+    bufs = getattr(_scratch_buffers, "bufs", None)
+    if bufs is None:
+        bufs = _scratch_buffers.bufs = {}
+    numel = math.prod(shape)
+    buf = bufs.get(dtype)
+    if buf is None or buf.numel() < numel:
+        buf = bufs[dtype] = torch.empty(numel, dtype=dtype)
+    return buf[:numel].view(shape)
+
+
+def _pm1_into(positive: Tensor, out: Tensor) -> Tensor:
+    """``_pm1(positive, out.dtype)`` written into ``out`` (same shape): the same conversion and
+    arithmetic without a fresh tensor."""
+    if positive.dtype == torch.bool:
+        positive = positive.view(torch.uint8)
+    return out.copy_(positive).mul_(2.0).sub_(1.0)
+
+
+def _decode_into(positive: Tensor, scale: Tensor, out: Tensor) -> Tensor:
+    """(2b − 1)·s, the decoded scaled signs of one row (``scale`` of one element), written into ``out``.
+
+    (2b − 1)·s is ±s exactly. For a finite s > 0 with 2s finite in out's dtype, −s + 2s·b gives the same
+    ±s in one pass after the conversion of b (2s·b is 0 or 2s exactly; −s + 0 = −s and −s + 2s = s
+    exactly, fused or not); any other s (0, whose −1·0 is −0.0, inf, NaN) takes ``_pm1``'s operations.
+    """
+    if scale.numel() == 1 and out.dtype.is_floating_point:
+        sv = float(scale.reshape(()).item())
+        if 0.0 < sv and 2.0 * sv <= torch.finfo(out.dtype).max:
+            if positive.dtype == torch.bool:
+                positive = positive.view(torch.uint8)
+            return torch.add(scale.reshape(()).neg(), out.copy_(positive), alpha=2.0 * sv, out=out)
+    return _pm1_into(positive, out).mul_(scale)
 
 
 def _pm1(positive: Tensor, dtype: torch.dtype) -> Tensor:
@@ -150,13 +193,38 @@ class ScaledSign(Compressor):
 
     @staticmethod
     def _scale(x: Tensor) -> Tensor:
-        return x.abs().sum(dim=-1, keepdim=True) / x.shape[-1]
+        """‖x‖₁/d per row: the sum of |x| taken by torch over the same (..., d) layout whether |x| is
+        fresh or, for long CPU inputs, written into this thread's reused buffer (``_scratch``, no page
+        faults), so the bits are the same."""
+        if x.device.type == "cpu" and x.numel() >= 2 * _BLOCK and x.is_contiguous() and not x.requires_grad:
+            mag = torch.abs(x, out=_scratch(x.shape, x.dtype))
+        else:
+            mag = x.abs()
+        return mag.sum(dim=-1, keepdim=True) / x.shape[-1]
 
     def encode(self, x: Tensor, rnd: Tensor | None) -> Payload:
         return Payload({"scale": self._scale(x), "positive": sign_bits(x)}, x.shape[-1], x.dtype)
 
     def decode(self, payload: Payload, rnd: Tensor | None) -> Tensor:
         return _pm1(payload.fields["positive"], payload.dtype).mul_(payload.fields["scale"])
+
+    def decode_sum(self, payloads: Iterable[Payload], rnds: Sequence[Tensor | None], out: Tensor | None = None) -> Tensor:
+        """Σ_i s_i·sign_i in worker order (m_0, then + m_1, …, as ``accumulate``), each m_i = ±s_i the bits
+        of ``decode`` (``_decode_into``); worker 0 is decoded straight into ``out`` and every other into
+        one temporary, with no fresh tensor per worker."""
+        payloads = list(payloads)
+        if not payloads:
+            raise ValueError("decode_sum needs at least one payload")
+        bits = [p.fields["positive"] for p in payloads]
+        shape = bits[0].shape
+        if out is None or out.shape != shape or out.dtype != payloads[0].dtype or any(b.shape != shape for b in bits):
+            return super().decode_sum(payloads, rnds, out=out)
+        _decode_into(bits[0], payloads[0].fields["scale"], out)
+        tmp = torch.empty_like(out) if len(bits) > 1 else None
+        for p, b in zip(payloads[1:], bits[1:]):
+            assert tmp is not None
+            out.add_(_decode_into(b, p.fields["scale"], tmp))
+        return out
 
     def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         return sign_pm1(x).mul_(self._scale(x))

@@ -160,8 +160,9 @@ def _compressed_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.
     wire = state.wire(st)
     draw = lambda j: algo.draw(state.streams, [j], 1, n, dtype)  # noqa: E731
     rnd = draw(state.rank) if not (comp.randomized and comp.shared_randomness) else algo.draw(state.streams, [], 1, n, dtype)
+    # The bucket's memory is this hook's alone and replaced by the new one: v is formed in it.
     out = algo.workers_step(buf.view(1, 1, n), {"worker": st["worker"], "ef": st["ef"]}, None, 1.0, rnd, encode=True,
-                            messages=False)
+                            messages=False, reuse_memory=True)
     st["worker"], st["ef"] = out.state["worker"], out.state["ef"]
     assert out.payload is not None
     payload = Payload({k: v[0] for k, v in out.payload.fields.items()}, n, dtype)
