@@ -18,14 +18,6 @@ from compsde.compressors.base import Payload
 from compsde.core.tensors import accumulate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def bits(t: torch.Tensor) -> torch.Tensor:
     """The bytes of a tensor, for comparisons that see −0.0 and NaN payloads."""
     return t.contiguous().view(torch.uint8) if t.dtype.is_floating_point else t

@@ -25,16 +25,6 @@ from compsde.compressors.measure import compare, compressor_table, format_table,
 D = 10  # the conformance dimension; every spec must accept it
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tensors here are small: a second intra-op thread buys nothing, and on a shared 2-core
-    # machine an op waiting for a descheduled thread stalls a whole scheduler slice (measured: 5×
-    # slower suite under load). Restored afterwards for the other modules.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 #: (name, params): every registered name at least once, plus compositions. Adding a compressor
 #: means adding a line here (``test_specs_cover_registry`` enforces it).
 SPECS: list[tuple[str, dict[str, object]]] = [
