@@ -287,6 +287,45 @@ def test_a_solve_whose_axes_do_not_pair_is_refused_before_it_starts():
     assert noise_source("rademacher") == RademacherIncrements() and noise_source("gaussian") == GaussianIncrements()
 
 
+def test_gaussian_increments_follow_the_standard_normal_law():
+    """The law of ``GaussianIncrements`` on n = 10⁷ float32 entries (ten steps' (10⁴, 100) buffers), against
+    N(0, 1). Each tolerance is 5 standard errors at this n (a correct sampler fails one with probability
+    ~6e-7): mean 1/√n, variance √(2/n), E ξ³ √(15/n) (E ξ⁶ = 15), E ξ⁴ √(96/n) (E ξ⁸ − 9 = 96); tail counts
+    binomial √(n p (1 − p)); lag-1 correlations 1/√(n'), n' the number of products. KS on the first 10⁶
+    (p > 1e-3: it detects a CDF error of ~2e-3; the tail counts test the extremes it cannot see)."""
+    from scipy import stats
+
+    steps, shape = 10, (10_000, 100)
+    g = torch.Generator().manual_seed(2024)
+    x = torch.empty(steps, *shape)
+    for k in range(steps):
+        GaussianIncrements().draw(x[k], g)
+    z = x.double().reshape(-1)
+    n = z.numel()
+
+    def within(est, exact, se):
+        assert abs(est - exact) <= 5 * se, f"{est} vs {exact} ± 5·{se:.2e}"
+
+    within(z.mean().item(), 0.0, 1 / math.sqrt(n))
+    within(z.square().mean().item(), 1.0, math.sqrt(2 / n))
+    within(z.pow(3).mean().item(), 0.0, math.sqrt(15 / n))
+    within(z.pow(4).mean().item(), 3.0, math.sqrt(96 / n))
+    size = z.abs()
+    for a in (2.0, 3.0, 4.0, 4.5):  # P(|ξ| > 4) = 6.33e-5: 633 of 10⁷ expected, standard error 25
+        p = 2 * stats.norm.sf(a)
+        within((size > a).sum().item(), n * p, math.sqrt(n * p * (1 - p)))
+    assert stats.kstest(z[:1_000_000].numpy(), "norm").pvalue > 1e-3
+    flat = z.view(steps, -1)
+    lag_entry = (flat[:, 1:] * flat[:, :-1]).reshape(-1)       # neighbours within a draw
+    lag_step = (flat[1:] * flat[:-1]).reshape(-1)              # the same entry in consecutive draws
+    for prod in (lag_entry, lag_step):
+        within(prod.mean().item(), 0.0, 1 / math.sqrt(prod.numel()))
+    # the same seed gives the same numbers
+    again = torch.empty(shape)
+    GaussianIncrements().draw(again, torch.Generator().manual_seed(2024))
+    assert torch.equal(again, x[0])
+
+
 class Recorded(OU):
     """OU that records the (t, η_k, dt) of every evaluation."""
 
