@@ -80,7 +80,15 @@ class NoiseSource:
 
 @dataclass(frozen=True)
 class GaussianIncrements(NoiseSource):
-    """ξ ~ N(0, I): Brownian increments (weak and strong convergence)."""
+    """ξ ~ N(0, I): Brownian increments (weak and strong convergence).
+
+    Drawn by ``normal_``: on the CPU generator a contiguous float32 buffer (a multiple of 16 entries) costs one
+    32-bit MT19937 word per entry (two for float64), turned into Gaussians by Box–Muller in one vectorised
+    kernel. Drawing the same words alone (as int64 ``random_``) takes about half its time, and every exact
+    transform written as tensor operations over those words (Box–Muller, inverse CDF through ``erfinv``,
+    a ziggurat's fast path) costs more than ``normal_`` altogether (``benchmarks/bench_sde.py`` prints the
+    words' floor next to the fill), so ``normal_`` stays the fill.
+    """
 
     name = "gaussian"
 
