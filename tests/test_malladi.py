@@ -281,3 +281,12 @@ def test_adaptive_sde_comparison_preset_agree_where_noise_dominates_and_part_whe
     for method in ("RMSprop", "Adam"):
         assert err[f"{method}, batch 400: Malladi et al.'s SDE"] > 4 * err[f"{method}, batch 400: Compagnoni et al.'s SDE"]
         assert err[f"{method}, batch 400: Malladi et al.'s SDE"] > 0.15
+
+
+def test_the_derived_label_follows_an_override_of_the_sde():
+    from compsde.experiments.overrides import apply_overrides
+
+    raw = _config()
+    raw["series"][0].pop("sde")
+    assert resolve(raw)["series"][0]["label"] == "RMSprop"
+    assert resolve(apply_overrides(resolve(raw), ["series.0.sde=malladi"]))["series"][0]["label"] == "RMSprop SDE malladi"

@@ -45,8 +45,8 @@ seeds are in [0, 2⁶⁴); titles, labels and group names must be showable in a 
 
 Labels: a series without ``label`` gets one derived from what distinguishes it — the method, the
 compressor and its non-default parameters, ``normalized``, the schedule and its non-default keys,
-the worker/server transforms and the inline problem/noise keys (``LABEL_KEYS``). Duplicate derived
-labels get `` #i``; duplicate explicit labels are refused.
+the worker/server transforms, the inline problem/noise keys and an ``sde`` other than the library's
+(``LABEL_KEYS``). Duplicate derived labels get `` #i``; duplicate explicit labels are refused.
 
 All series share ``[run] seed``: they see *common random numbers* (the same seed gives the same
 noise stream whenever the shapes agree), so differences between curves come from the methods.
@@ -287,7 +287,7 @@ def optimizer_keys(method: str) -> tuple[str, ...]:
 def label_keys() -> frozenset[str]:
     """The series keys a derived label is made from (see module doc)."""
     return frozenset({"method", "compressor", "normalize", "per_layer", *LOCAL_KEYS, *OPTIMIZER_KEYS, "schedule", "worker", "server", "problem", "noise",
-                      *all_compressor_params(), *SCHEDULE_KEYS})
+                      "sde", *all_compressor_params(), *SCHEDULE_KEYS})
 
 
 LABEL_KEYS = label_keys()
