@@ -290,3 +290,19 @@ def test_the_derived_label_follows_an_override_of_the_sde():
     raw["series"][0].pop("sde")
     assert resolve(raw)["series"][0]["label"] == "RMSprop"
     assert resolve(apply_overrides(resolve(raw), ["series.0.sde=malladi"]))["series"][0]["label"] == "RMSprop SDE malladi"
+
+
+@pytest.mark.parametrize("sigma", [0.1, 1.0, 10.0, 100.0])
+def test_the_x_drifts_meet_in_the_noise_dominated_limit(sigma):
+    """At v = u = diag Σ̄ (their stationary second moment) the RMSprop x drifts differ by the ∇f² that the
+    library's one-step v' holds: ratio (√(D + (1 − β₂)∇f²) + ε)/(√D + ε) exactly, → 1 as σ → ∞ (their regime,
+    σ ~ 1/η). σ₀ > 0 always: a noise-free oracle is refused (test_the_model_refuses_what_it_does_not_describe)."""
+    o, eta, b2, eps = Oracle(QUAD, Noise("gaussian", sigma), workers=1), 0.01, 0.9, 1e-8
+    algo = algorithms.make("rmsprop", beta2=b2, eps=eps)
+    x = torch.linspace(-1, 1, 5, dtype=F64).expand(2, 5)
+    z = torch.cat([x, torch.full((2, 5), sigma**2, dtype=F64)], 1)
+    lib, mal = from_algorithm(o, algo, eta).drift(z)[:, :5], malladi.make(o, algo, eta).drift(z)[:, :5]
+    g2 = QUAD.grad(x) ** 2
+    ratio = ((sigma**2 + (1 - b2) * g2).sqrt() + eps) / (sigma + eps)
+    torch.testing.assert_close(mal, lib * ratio, rtol=1e-12, atol=1e-300)
+    assert (ratio - 1).max() <= (1 - b2) * g2.max() / (2 * sigma**2) + 1e-15
