@@ -63,6 +63,7 @@ from compsde.core.tensors import DTYPES
 from compsde.experiments import estimates
 from compsde.experiments.build import Experiment, SeriesSpec, build, dumps, load, resolve
 from compsde.experiments.presets import CONFIG_FILE
+from compsde.sde.alternatives import DEFAULT as DEFAULT_SDE
 from compsde.sim.loop import Loop
 from compsde.sim.recorder import Trace
 from compsde.sim.simulator import simulate
@@ -290,12 +291,13 @@ def summary_dict(exp: Experiment, results: list[SeriesResult],
     out = {"title": exp.run["title"], "name": exp.name, "steps": exp.run["steps"],
            "repeats": exp.run["repeats"], "seed": exp.run["seed"], "series": series}
     if tracked is not None:
-        for entry, t in zip(series, tracked):
+        for entry, t, spec in zip(series, tracked, exp.series):
             if isinstance(t, str):  # no SDE: the reason
                 entry["sde"] = {"none": t}
                 entry["tracking"] = {"max_rel_error": None, "mean_rel_error": None}
                 continue
-            entry["sde"] = {"description": t.model.description, "noise_type": t.model.noise_type,
+            entry["sde"] = {"model": spec.config.get("sde", DEFAULT_SDE), "description": t.model.description,
+                            "noise_type": t.model.noise_type,
                             "paths": exp.run["paths"], "substeps": exp.run["substeps"],
                             "increments": exp.run["increments"], "final": _final(t.result),
                             "seconds": round(t.result.seconds, 3)}
@@ -373,17 +375,22 @@ def clear_outputs(out: Path) -> list[str]:
 
 
 def _sde_models(exp: Experiment) -> list[Any]:
-    """Every series' SDE model (``compsde.sde.models.from_algorithm``), or, for a series that has none, the
-    reason as a string (it runs as the optimizer only, e.g. SGD under ν ≤ 2 beside SignSGD); ValueError
-    naming the reasons when no series has an SDE."""
-    from compsde.sde.models import from_algorithm
+    """Every series' SDE model (its ``sde``: the library's own, ``compsde.sde.models.from_algorithm``, or an
+    alternative, ``compsde.sde.alternatives``), or, for a series whose own SDE does not exist, the reason as
+    a string (it runs as the optimizer only, e.g. SGD under ν ≤ 2 beside SignSGD); ValueError naming the
+    reasons when no series has an SDE, or the series whose chosen alternative refuses it."""
+    from compsde.sde.alternatives import DEFAULT, build_model
 
     models: list[Any] = []
     why: dict[str, list[str]] = {}  # reason → the series it concerns
     for spec in exp.series:
+        choice = spec.config.get("sde", DEFAULT)
         try:
-            models.append(from_algorithm(spec.oracle, spec.algorithm, spec.schedule.lr, mc_samples=exp.run["mc_samples"]))
+            models.append(build_model(choice, spec.oracle, spec.algorithm, spec.schedule.lr,
+                                      mc_samples=exp.run["mc_samples"]))
         except ValueError as e:
+            if choice != DEFAULT:  # asked for by name: an error, not a series without an SDE
+                raise ValueError(f"series.{spec.index} ({spec.label!r}).sde = {choice!r}: {e}") from None
             models.append(f"series {spec.label!r}: {e}")
             why.setdefault(str(e), []).append(repr(spec.label))
     if all(isinstance(m, str) for m in models):

@@ -28,8 +28,10 @@ Schema (unknown keys and wrong types are refused with the valid keys/types)::
                 average_state (the inner optimizer's state averaged too), for the single-node optimizers
                 (signsgd, rmsprop, rmspropw, adam, adamw, sam, usam, sgda, seg, shgd) their
                 hyperparameters beta1, beta2, eps, weight_decay, rho as each takes them
-                (``compsde.optimizers``), steps (a series may run longer than [run] steps), and
-                inline tables problem = {...} / noise = {...} overriding [problem] / [noise].
+                (``compsde.optimizers``), steps (a series may run longer than [run] steps),
+                inline tables problem = {...} / noise = {...} overriding [problem] / [noise], and
+                sde (the SDE ``compsde track`` integrates: "compsde", the library's own, by default, or
+                an alternative of ``compsde.sde.alternatives.SDE_CHOICES`` that describes the series).
 
 Keys that do not apply are refused, not ignored: a compressor parameter the compressor does not take,
 the keys of another schedule, ``nu`` without Student-t noise, ``scale`` with noise "none". A series'
@@ -43,8 +45,8 @@ seeds are in [0, 2⁶⁴); titles, labels and group names must be showable in a 
 
 Labels: a series without ``label`` gets one derived from what distinguishes it — the method, the
 compressor and its non-default parameters, ``normalized``, the schedule and its non-default keys,
-the worker/server transforms and the inline problem/noise keys (``LABEL_KEYS``). Duplicate derived
-labels get `` #i``; duplicate explicit labels are refused.
+the worker/server transforms, the inline problem/noise keys and an ``sde`` other than the library's
+(``LABEL_KEYS``). Duplicate derived labels get `` #i``; duplicate explicit labels are refused.
 
 All series share ``[run] seed``: they see *common random numbers* (the same seed gives the same
 noise stream whenever the shapes agree), so differences between curves come from the methods.
@@ -68,6 +70,8 @@ from compsde.core.tensors import DTYPES, resolve_device
 from compsde.objectives import problems
 from compsde.objectives.noise import NOISE_NAMES
 from compsde.objectives.problems import Problem
+from compsde.sde.alternatives import DEFAULT as DEFAULT_SDE
+from compsde.sde.alternatives import check_choice
 from compsde.sde.noise import INCREMENTS
 
 __all__ = [
@@ -220,6 +224,7 @@ _SERIES_BASE: dict[str, _Param] = {
     "steps": _Param("int", None),  # None: [run] steps (a series may run longer, e.g. at a smaller η)
     "problem": _Param("table", None),
     "noise": _Param("table", None),
+    "sde": _Param("str", None),  # None: the library's own SDE (compsde.sde.alternatives.DEFAULT)
 }
 _SERIES_COUNTS = {"workers": (1, MAX_WORKERS), "batch": (1, MAX_INT64), "steps": (1, MAX_COUNT)}
 #: Keys of the local methods (local-sgd, local-adamw): the synchronisation schedule's (``SYNC_PARAMS``
@@ -282,7 +287,7 @@ def optimizer_keys(method: str) -> tuple[str, ...]:
 def label_keys() -> frozenset[str]:
     """The series keys a derived label is made from (see module doc)."""
     return frozenset({"method", "compressor", "normalize", "per_layer", *LOCAL_KEYS, *OPTIMIZER_KEYS, "schedule", "worker", "server", "problem", "noise",
-                      *all_compressor_params(), *SCHEDULE_KEYS})
+                      "sde", *all_compressor_params(), *SCHEDULE_KEYS})
 
 
 LABEL_KEYS = label_keys()
@@ -479,6 +484,8 @@ def derive_label(s: Mapping[str, Any]) -> str:
         parts.append("state averaged")
     if s.get("per_layer"):
         parts.append("per layer")
+    if s.get("sde", DEFAULT_SDE) != DEFAULT_SDE:
+        parts.append(f"SDE {s['sde']}")
     if s["schedule"] != "constant":
         parts.append(_schedule_label(s))
     for side in ("worker", "server"):
@@ -659,6 +666,10 @@ def _resolve_series(i: int, raw: Any, run: Mapping[str, Any], top_problem: Mappi
         if k in out:
             check_int(f"{where}.{k}", out[k], min=lo, max=hi)
     out.update(_resolve_overrides(base, top_problem, top_noise, where))
+    if "sde" in base:
+        given = {k: out[k] for k in kind.optimizer_keys if k in out}
+        hyper = optimizers.get(kind.method).hyper(given) if kind.method in optimizers.REGISTRY else {}
+        out["sde"] = check_choice(base["sde"], kind.method, hyper, kind.schedule, f"{where}.sde")
     _check_text(out["group"], f"{where}.group")
     out["label"] = _series_label(out, series_steps, where)
     return out
