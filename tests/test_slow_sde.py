@@ -217,3 +217,25 @@ def test_qsr_sharpness_preset_tracks_its_slow_sde(tmp_path):
         assert f["sharpness"] == pytest.approx(f["sharpness_slow_sde"], rel=0.03), label
     dp = final["data parallel (H = 1)"]["sharpness"]
     assert all(f["sharpness"] < 0.9 * dp for label, f in final.items() if not label.startswith("data parallel"))
+
+
+def test_qsr_sharpness_preset_writes_the_prediction_and_its_figure(tmp_path):
+    """A small run of the preset (200 steps, 2 repetitions): metrics.csv has the sharpness and the slow SDE's
+    prediction for every series, equal at step 0 only up to the start's projection (h(Φ(x⁰)) = e^{−1/4}),
+    and sharpness.png is drawn."""
+    import csv
+
+    from compsde.experiments import cli
+
+    out = tmp_path / "run"
+    assert cli.main(["run", "qsr-sharpness", "--no-progress", "--out", str(out), "--set", "run.steps=200",
+                     "run.repeats=2", "run.log_every=50"]) == 0
+    with open(out / "metrics.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["series"] for r in rows} == {s["label"] for s in
+                                           json.loads((out / "summary.json").read_text(encoding="utf-8"))["series"]}
+    for r in rows:
+        assert float(r["sharpness"]) > 0 and float(r["sharpness_slow_sde"]) > 0
+        if r["step"] == "0":
+            assert float(r["sharpness"]) == 1.0 and float(r["sharpness_slow_sde"]) == pytest.approx(math.exp(-0.25))
+    assert (out / "sharpness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

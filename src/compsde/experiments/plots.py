@@ -442,7 +442,7 @@ def _has_eval(results: Sequence[Any]) -> bool:
 
 def _has_sharpness(results: Sequence[Any]) -> bool:
     """The problem reports a sharpness (``sharpness-valley``)."""
-    return any(r.evaluation.get("sharpness") is not None for r in results)
+    return any(getattr(r, "evaluation", {}).get("sharpness") is not None for r in results)
 
 
 def _local(results: Sequence[Any]) -> bool:
