@@ -256,4 +256,5 @@ class Oracle(GradientOracle):
         return torch.where(sig > 0, self.noise.sign_mean(z), sign)
 
     def describe(self) -> str:
-        return f"{self.problem.describe()}, {self.noise.name} noise, N = {self.workers}, B = {self.batch}"
+        shaped = " shaped by the problem" if self.shaped and self.noise.active else ""
+        return f"{self.problem.describe()}, {self.noise.name} noise{shaped}, N = {self.workers}, B = {self.batch}"

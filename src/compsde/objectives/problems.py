@@ -559,13 +559,10 @@ class SharpnessValley(Problem):
         return self.h0 * torch.exp(y)
 
     def default_x0(self) -> Tensor:
+        """(1/√m)·1 in x and y⁰ = 0, so ``x0_scale`` sets ‖x⁰‖ and h(y⁰) = h0 whatever it is."""
         x0 = torch.full((self.dim,), 1.0 / math.sqrt(self.normal_dim), dtype=torch.float64)
         x0[-1] = 0.0
         return x0
-
-    def x0(self) -> Tensor:
-        """(x0_scale/√m)·1 in x and y⁰ = 0 (``x0_scale`` scales x only: h(y⁰) = h0 whatever it is)."""
-        return (self.x0_scale * self.default_x0()).to(self.dtype)
 
     def loss(self, x: Tensor) -> Tensor:
         return 0.5 * self.curvature(x[..., -1]) * x[..., :-1].square().sum(-1)
