@@ -207,6 +207,9 @@ def _series_report(summary: Mapping[str, Any]) -> list[str]:
             parts.append(f"test accuracy {num(f['test_accuracy'], '.2%')}")
         if "test_perplexity" in f:
             parts.append(f"test perplexity {num(f['test_perplexity'])}")
+        if "sharpness" in f:
+            pred = f" (slow SDE {num(f['sharpness_slow_sde'])})" if "sharpness_slow_sde" in f else ""
+            parts.append(f"sharpness {num(f['sharpness'])}{pred}")
         frac = f["diverged_fraction"] or 0.0
         if frac:
             parts.append("all repetitions diverged" if frac >= 1.0 else f"diverged {frac:.0%}")

@@ -17,6 +17,9 @@ has the file name, when it applies, and how it draws:
                              shows the last half of the run when the start would flatten it.
 * ``sync.png``               the synchronisation period H and the learning rate (drawn once when the
                              series share one schedule), for local methods.
+* ``sharpness.png``          the sharpness h(y) of ``sharpness-valley`` along the run (mean over live
+                             repetitions) with the slow SDE's prediction laid over (``compsde.sde.slow``),
+                             and the communication rounds.
 
 The loss is f(x) − f* for objectives, ‖z − z*‖² for games and the training cross-entropy for networks
 (``plot_layout.loss_label``). ``compsde track`` adds ``tracking.png`` (``tracking_figure``: each
@@ -363,6 +366,33 @@ def _sync(results: Sequence[Any], title: str) -> Figure:
     return fig
 
 
+def _sharpness(results: Sequence[Any], title: str) -> Figure:
+    shown = [r for r in results if r.evaluation.get("sharpness") is not None]
+    colors, styles, names = lay.colors(results), lay.styles(results), lay.names(results)
+    fig, axes = lay.grid(2, f"{title}: sharpness and communication rounds",
+                         "solid: measured (mean over live repetitions); dashed: the slow SDE's prediction along the "
+                         "same schedule and periods", sharey=False)
+    for r in shown:
+        c, ls, name = colors[r.color_key], styles[r.index], lay.legend_text(names[r.index])
+        axes[0].plot(r.steps, np.asarray(r.evaluation["sharpness"], dtype=np.float64), color=c, linestyle=ls,
+                     linewidth=1.8, label=name)
+        pred = r.evaluation.get("sharpness_slow_sde")
+        if pred is not None:
+            axes[0].plot(r.steps, np.asarray(pred, dtype=np.float64), color=c, linestyle="--", linewidth=1.2, alpha=0.9)
+        if r.comm_rounds is not None:
+            axes[1].plot(r.steps, np.maximum(np.asarray(r.comm_rounds, dtype=np.float64), 1.0), color=c, linestyle=ls,
+                         linewidth=1.8, label=name)
+    axes[1].set_yscale("log")
+    for ax, ylabel in ((axes[0], "sharpness h(y)"), (axes[1], "communication rounds (log; 0 drawn at 1)")):
+        ax.set_xlabel("step")
+        lay.number_axis(ax.xaxis, integer=True)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    lay.legends(axes)  # once every panel's data and limits are final
+    lay.settle_xticks(fig, axes)
+    return fig
+
+
 def _diverged(results: Sequence[Any], title: str) -> Figure:
     return _simple_figure(results, title, "diverged_fraction", "diverged fraction",
                           "fraction of diverged repetitions", log_ok=False)
@@ -410,6 +440,11 @@ def _has_eval(results: Sequence[Any]) -> bool:
     return eval_metric(results) is not None
 
 
+def _has_sharpness(results: Sequence[Any]) -> bool:
+    """The problem reports a sharpness (``sharpness-valley``)."""
+    return any(getattr(r, "evaluation", {}).get("sharpness") is not None for r in results)
+
+
 def _local(results: Sequence[Any]) -> bool:
     """Some series is a local method (it records its synchronisation period)."""
     return any(getattr(r, "sync_period", None) is not None for r in results)
@@ -424,6 +459,7 @@ FIGURES = (
     FigureSpec("diverged.png", _any_diverged, _diverged),
     FigureSpec("test.png", _has_eval, _test),
     FigureSpec("sync.png", _local, _sync),
+    FigureSpec("sharpness.png", _has_sharpness, _sharpness),
 )
 _BY_NAME = {f.name: f for f in FIGURES}
 

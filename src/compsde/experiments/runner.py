@@ -28,8 +28,9 @@ files of two runs are never mixed; other files are left alone.
                     rounds so far), ``sync_period`` (a local method's H in force; empty for methods that
                     communicate every step), ``compression_error`` (mean ‖C(v) − v‖²/‖v‖² over workers and live
                     repetitions at that step; empty at step 0), ``diverged_fraction``, ``test_loss``,
-                    ``test_accuracy``, ``test_perplexity`` (network problems). Empty cell = not
-                    a number; ``inf`` = +∞. ``loss_mean`` is empty only when every repetition diverged.
+                    ``test_accuracy``, ``test_perplexity`` (network problems), ``sharpness`` and
+                    ``sharpness_slow_sde`` (``sharpness-valley``: h(y), and its slow SDE's prediction for
+                    SGD and Local SGD, ``compsde.sde.slow``). Empty cell = not a number; ``inf`` = +∞. ``loss_mean`` is empty only when every repetition diverged.
 * ``summary.json``  ``{"title", "name", "series": [{"label", "group", "method", "compressor",
                     "final": {...}, "bits_per_worker_per_step", ...}]}`` in config order; non-finite
                     numbers are written as null so the JSON stays valid. Written at the end.
@@ -77,11 +78,16 @@ SINGLE_THREAD_BELOW = 1 << 20
 #: Held-out metrics of network problems (``NetworkOracle.evaluate``): means over live repetitions,
 #: empty where a problem does not report them.
 EVAL_COLUMNS = ("test_loss", "test_accuracy", "test_perplexity")
+#: The problem's own measurements (``Problem.metrics``: a valley's sharpness, mean over live repetitions)
+#: and the slow SDE's prediction of it (``compsde.sde.slow``), empty where they do not apply.
+PROBLEM_COLUMNS = ("sharpness", "sharpness_slow_sde")
 METRIC_COLUMNS = [
     "series", "source", "group", "step", "lr", "loss_mean", "loss_median", "loss_q10", "loss_q90",
     "grad_norm", "dist_mean", "bits", "bytes", "comm_rounds", "sync_period", "compression_error", "diverged_fraction",
-    *EVAL_COLUMNS,
+    *EVAL_COLUMNS, *PROBLEM_COLUMNS,
 ]
+#: The slow SDE's prediction is integrated step by step (Python): only for runs up to this many steps.
+SLOW_SDE_MAX_STEPS = 2_000_000
 #: The files a run writes besides the plots (``plots.PLOT_FILES``); removed at the start of a run.
 OUTPUT_FILES = (CONFIG_FILE, "metrics.csv", "summary.json", "run.json")
 #: Within a series, metrics.csv is rewritten at most this often (seconds).
@@ -158,7 +164,7 @@ class SeriesResult:
     sync_period: np.ndarray | None = None
 
     def row(self, t: int) -> dict[str, Any]:
-        return {**{k: (v[t] if (v := self.evaluation.get(k)) is not None else None) for k in EVAL_COLUMNS},
+        return {**{k: (v[t] if (v := self.evaluation.get(k)) is not None else None) for k in (*EVAL_COLUMNS, *PROBLEM_COLUMNS)},
             "series": self.label, "source": self.source, "group": self.group, "step": int(self.steps[t]), "lr": self.lr[t],
             "loss_mean": self.loss_mean[t], "loss_median": self.loss_median[t],
             "loss_q10": self.loss_q10[t], "loss_q90": self.loss_q90[t], "grad_norm": self.grad_norm[t],
@@ -191,9 +197,20 @@ def metrics_from_trace(spec: SeriesSpec, trace: Trace, seconds: float = 0.0,
         first_diverged_step=int(dived.min()) if dived.size else None,
         last_diverged_step=int(dived.max()) if dived.size else None, seconds=seconds, source=source,
         bytes=trace.bytes.double().numpy(), comm_rounds=trace.rounds.numpy(),
-        evaluation={k: _finite_mean(v.double().numpy()) for k, v in trace.metrics.items()},
+        evaluation={**{k: _finite_mean(v.double().numpy()) for k, v in trace.metrics.items()},
+                    **(_slow_sde(spec, steps) if source == "optimizer" else {})},
         sync_period=None if trace.sync_period is None else trace.sync_period.numpy(),
     )
+
+
+def _slow_sde(spec: SeriesSpec, steps: np.ndarray) -> dict[str, np.ndarray]:
+    """The slow SDE's sharpness at the logged ``steps`` where it has a closed form (``compsde.sde.slow``: SGD
+    and Local SGD on ``sharpness-valley``), else nothing."""
+    from compsde.sde import slow
+
+    if spec.schedule.steps > SLOW_SDE_MAX_STEPS or not slow.predicts(spec.oracle, spec.algorithm):
+        return {}
+    return {"sharpness_slow_sde": slow.valley_prediction(spec.oracle, spec.algorithm, spec.schedule)["sharpness"][steps]}
 
 
 # ---- writing -------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ noise model,
     g_i(x) = ∇f_i(x) + σ_i T / √B,     T with independent standard coordinates (``compsde.objectives.noise``),
 
 drawn per worker from that worker's noise stream (``compsde.core.streams``), so worker i's gradient is
-the same whether it is simulated with the others or runs alone in its own process.
+the same whether it is simulated with the others or runs alone in its own process. A problem may shape its
+noise by the point (``Problem.noise_std``, e.g. label noise following the Hessian): then
+g_i(x) = ∇f_i(x) + σ_i s(x) ⊙ T / √B, with s evaluated where the gradient is.
 
 A step draws each held worker's noise once (``sample``) and evaluates gradients with it (``grads``);
 an algorithm that evaluates the gradient twice in a step (SAM, extragradient) calls ``grads`` again
@@ -141,6 +143,10 @@ class Oracle(GradientOracle):
         self.device = resolve_device(device)
         self.problem = problem.to(dtype, self.device) if (dtype != problem.dtype or self.device.type != "cpu") else problem
         self.dim = self.problem.dim
+        #: The problem shapes its noise by the point (``Problem.noise_std``).
+        self.shaped = type(problem).noise_std is not Problem.noise_std
+        if self.shaped and noise.active:
+            self.noise_rank = self.dim  # the SDE models see the shaped covariance as factors (``noise_factors``)
         #: σ_i/√B per worker (float64, CPU), None without noise.
         self.scales = noise.worker_scales(workers) / math.sqrt(batch) if noise.active else None
 
@@ -201,7 +207,30 @@ class Oracle(GradientOracle):
             g = self.problem.worker_grads(x, self.workers, lo, hi)
         if sample is None:
             return g
+        if self.shaped:
+            s = self.problem.noise_std(x)
+            return (sample * s).add_(g) if keep_sample else sample.mul_(s).add_(g)
         return sample + g if keep_sample else sample.add_(g)
+
+    def evaluate(self, x: Tensor) -> dict[str, Tensor]:
+        """The problem's further measurements (``Problem.metrics``, e.g. a valley's sharpness)."""
+        return self.problem.metrics(x)
+
+    def noise_variances(self) -> Tensor:
+        """σ_i² Var(T)/B per worker, the isotropic part of the noise: 0 when the problem shapes its noise
+        (then all of it is in ``noise_factors``)."""
+        var = super().noise_variances()  # refuses infinite variance either way
+        return torch.zeros_like(var) if self.shaped else var
+
+    def noise_factors(self, x: Tensor) -> Tensor | None:
+        """For shaped noise (``Problem.noise_std``): F_i = σ_i √Var(T)/√B · diag(s(x)), (N, M, d, d), so that
+        F_iᵀF_i is the covariance of worker i's noise at x (M, d); None for isotropic noise. O(M d²)
+        memory: shaped noise is for small problems."""
+        if not (self.shaped and self.noise.active):
+            return None
+        sd = (super().noise_variances().sqrt()).to(device=x.device, dtype=x.dtype)
+        s = self.problem.noise_std(x)  # (M, d)
+        return sd.reshape(-1, 1, 1, 1) * torch.diag_embed(s).unsqueeze(0)
 
     def grad_fn(self, lo: int, hi: int, sample: Tensor | None) -> Callable[[Tensor], Tensor]:
         """params → the workers' gradients with this step's sample, for algorithms that evaluate the
@@ -221,8 +250,11 @@ class Oracle(GradientOracle):
             return sign
         shape = (self.workers,) + (1,) * (gi.dim() - 1)
         sig = self.noise.worker_scales(self.workers).to(device=x.device, dtype=x.dtype).reshape(shape)
+        if self.shaped:  # σ_i s_j(x): coordinates without noise (s_j = 0) have the sign of their gradient
+            sig = sig * self.problem.noise_std(x)
         z = math.sqrt(self.batch) * gi / sig.clamp_min(torch.finfo(x.dtype).tiny)
         return torch.where(sig > 0, self.noise.sign_mean(z), sign)
 
     def describe(self) -> str:
-        return f"{self.problem.describe()}, {self.noise.name} noise, N = {self.workers}, B = {self.batch}"
+        shaped = " shaped by the problem" if self.shaped and self.noise.active else ""
+        return f"{self.problem.describe()}, {self.noise.name} noise{shaped}, N = {self.workers}, B = {self.batch}"

@@ -10,7 +10,7 @@ counter-example is heterogeneous by construction instead.
 
 Problems: ``quadratic`` (saddles with a negative ``eig_min``), ``linear-regression``,
 ``logistic-regression``, ``top1-counterexample``, ``l0l1-cosh``, ``double-well`` (a sharp and a flat
-minimum), and, in ``compsde.objectives.games``, ``bilinear-game`` and ``quadratic-game``. Build one with
+minimum), ``sharpness-valley`` (a manifold of minima of varying sharpness, with label-like noise), and, in ``compsde.objectives.games``, ``bilinear-game`` and ``quadratic-game``. Build one with
 ``make(name, dim=..., **params)``. ``jvp`` / ``vjp`` give the field's Jacobian products (SDE models).
 """
 
@@ -146,6 +146,18 @@ class Problem:
 
     def describe(self) -> str:
         return f"{self.name}(d={self.dim})"
+
+    def noise_std(self, x: Tensor) -> Tensor | None:
+        """The gradient noise's per-coordinate factor s(x) at the points x (..., d), or None (the default):
+        isotropic noise. A problem that returns s(x) gets the noise σ_i s(x) ⊙ T/√B instead of σ_i T/√B
+        (``compsde.objectives.Oracle``), evaluated wherever the gradient is: a state-dependent noise such
+        as label noise, whose covariance follows the Hessian."""
+        return None
+
+    def metrics(self, x: Tensor) -> dict[str, Tensor]:
+        """Further measurements of the problem at the points x (R, d), each of shape (R,), recorded at the
+        logged steps (metrics.csv, summary.json); none by default."""
+        return {}
 
 
 def _checking_point(fn: Any) -> Any:
@@ -501,3 +513,77 @@ class DoubleWell(Problem):
 
     def describe(self) -> str:
         return f"{self.name}(d={self.dim}, h={self.h_sharp:g}/{self.h_flat:g})"
+
+
+@register
+class SharpnessValley(Problem):
+    """A valley of minima whose sharpness varies along it: f(x, y) = ½ h(y) ‖x‖² with h(y) = h0 e^y.
+
+    The point is z = (x, y), x ∈ ℝ^m the first m = d − 1 coordinates and y the last. The minimisers form
+    the line Γ = {x = 0} (f* = 0 along all of it; ``x_opt`` is None: there is no single minimiser), and the
+    Hessian there is diag(h(y) I_m, 0): the sharpness of the minimum (0, y) is h(y), and moving along Γ
+    towards smaller y flattens it. The gradient is ∇_x f = h(y) x, ∂_y f = ½ h(y) ‖x‖².
+
+    Noise (``noise_std``): label-noise-like, in the normal directions only. The problem scales the
+    oracle's draw by s(x) = (√h(y), …, √h(y), 0), so the gradient noise is σ √h(y) T_x/√B in x and 0 in y:
+    on Γ its covariance is σ² ∇²f/B, the covariance of label noise (a model f_j = √h(y) x_j fitted to
+    labels 0 + σ ε_j). Exact label noise would also put σ h'(y)/(2√h(y)) Σ_j ε_j x_j into y, which vanishes
+    on Γ and leaves the slow SDE unchanged (docs/theory.md §5.5). The noise has no component along Γ
+    (Σ_∥ = 0), so the slow motion of y is a deterministic drift whose rate the slow SDEs of SGD, Local
+    SGD and QSR predict in closed form (``compsde.sde.slow``).
+
+    Start: x⁰ = (``x0_scale``/√m)·1 (‖x⁰‖ = ``x0_scale``), y⁰ = 0, so h(y⁰) = ``h0``. Gradient flow from
+    (x, y) ends on Γ at y − ‖x‖²/4 (d‖x‖²/dt = −2h‖x‖² and dy/dt = −½h‖x‖², so dy/d‖x‖² = 1/4).
+    ``metrics`` reports the sharpness h(y) at the iterate.
+    """
+
+    name = "sharpness-valley"
+
+    def __init__(self, dim: int = 11, h0: float = 1.0, x0_scale: float = 1.0) -> None:
+        _check_common(self.name, dim, 0.0, x0_scale)
+        if isinstance(dim, int) and dim < 2:
+            raise ValueError(f"sharpness-valley: dim must be an integer ≥ 2 (m = dim − 1 ≥ 1 normal directions and "
+                             f"the coordinate y along the valley), got {dim!r}")
+        h0 = check_number("sharpness-valley: h0", h0, min=0.0, min_open=True)
+        self.dim, self.h0, self.x0_scale = dim, float(h0), float(x0_scale)
+        self.x_opt = None
+        self.f_opt = 0.0
+
+    @property
+    def normal_dim(self) -> int:
+        """m = d − 1, the number of directions normal to the valley."""
+        return self.dim - 1
+
+    def curvature(self, y: Tensor) -> Tensor:
+        """h(y) = h0 e^y (so h'(y) = h(y))."""
+        return self.h0 * torch.exp(y)
+
+    def default_x0(self) -> Tensor:
+        """(1/√m)·1 in x and y⁰ = 0, so ``x0_scale`` sets ‖x⁰‖ and h(y⁰) = h0 whatever it is."""
+        x0 = torch.full((self.dim,), 1.0 / math.sqrt(self.normal_dim), dtype=torch.float64)
+        x0[-1] = 0.0
+        return x0
+
+    def loss(self, x: Tensor) -> Tensor:
+        return 0.5 * self.curvature(x[..., -1]) * x[..., :-1].square().sum(-1)
+
+    def grad(self, x: Tensor) -> Tensor:
+        h = self.curvature(x[..., -1]).unsqueeze(-1)
+        normal = x[..., :-1]
+        return torch.cat([h * normal, 0.5 * h * normal.square().sum(-1, keepdim=True)], dim=-1)
+
+    def noise_std(self, x: Tensor) -> Tensor:
+        """s(x) = (√h(y) 1_m, 0): the noise σ s ⊙ T/√B has covariance σ² diag(h(y) I_m, 0)/B, σ²∇²f/B on Γ."""
+        root = self.curvature(x[..., -1:]).sqrt()
+        return torch.cat([root.expand(*x.shape[:-1], self.normal_dim), torch.zeros_like(root)], dim=-1)
+
+    def metrics(self, x: Tensor) -> dict[str, Tensor]:
+        """``sharpness``: h(y), the curvature of the valley at the iterate's y (the sharpness of the minimum (0, y))."""
+        return {"sharpness": self.curvature(x[..., -1])}
+
+    def projection(self, x: Tensor) -> Tensor:
+        """y of Φ(x, y), the end of gradient flow from (x, y): y − ‖x‖²/4, shape (...)."""
+        return x[..., -1] - 0.25 * x[..., :-1].square().sum(-1)
+
+    def describe(self) -> str:
+        return f"{self.name}(d={self.dim}, h0={self.h0:g})"

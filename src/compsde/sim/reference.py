@@ -54,7 +54,9 @@ def _worker_grad(oracle: Oracle, i: int, z: Tensor | None) -> Callable[[Tensor],
 
     def grad_at(p: Tensor) -> Tensor:
         out = oracle.mean_grads(p)[i]
-        return out if z is None else out + z
+        if z is None:
+            return out
+        return out + (z * oracle.problem.noise_std(p) if oracle.shaped else z)  # noise shaped at the point
 
     return grad_at
 
