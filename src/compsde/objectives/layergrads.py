@@ -49,12 +49,12 @@ class LayerGrads:
         for name, size in zip(names, sizes):
             offsets[name] = (lo, lo + size)
             lo += size
-        #: module → (its name, (lo, hi) of its weight, (lo, hi) of its bias or None)
-        self.layers: dict[nn.Module, tuple[str, tuple[int, int], tuple[int, int] | None]] = {}
+        #: Linear layer → (out_features, in_features, (lo, hi) of its weight, (lo, hi) of its bias or None)
+        self.layers: dict[nn.Module, tuple[int, int, tuple[int, int], tuple[int, int] | None]] = {}
         for mname, m in model.named_modules():
             if isinstance(m, nn.Linear):
                 prefix = f"{mname}." if mname else ""
-                self.layers[m] = (mname, offsets[prefix + "weight"],
+                self.layers[m] = (m.out_features, m.in_features, offsets[prefix + "weight"],
                                   offsets[prefix + "bias"] if m.bias is not None else None)
 
     @staticmethod
@@ -66,7 +66,7 @@ class LayerGrads:
             return None
         if any(isinstance(m, _RANDOM_OR_STATEFUL) for m in model.modules()):
             return None
-        owned = set()
+        owned: set[str] = set()
         for mname, m in model.named_modules():
             if isinstance(m, nn.Linear):
                 prefix = f"{mname}." if mname else ""
@@ -98,18 +98,18 @@ class LayerGrads:
         with torch.no_grad():
             done: set[nn.Module] = set()
             for (module, x, _), gy in zip(calls, gys):
-                _, (wlo, whi), bias = self.layers[module]
+                fout, fin, (wlo, whi), bias = self.layers[module]
                 first = module not in done
                 done.add(module)
-                w = out[:, wlo:whi].view(n, module.out_features, module.in_features)
+                w = out[:, wlo:whi].view(n, fout, fin)
                 if gy is None:
                     if first:
                         w.zero_()
                         if bias is not None:
                             out[:, bias[0]:bias[1]].zero_()
                     continue
-                g3 = gy.reshape(n, -1, module.out_features)
-                x3 = x.reshape(n, -1, module.in_features)
+                g3 = gy.reshape(n, -1, fout)
+                x3 = x.reshape(n, -1, fin)
                 if first:
                     torch.bmm(g3.transpose(1, 2), x3, out=w)
                 else:
@@ -120,7 +120,7 @@ class LayerGrads:
                         torch.sum(g3, dim=1, out=bv)
                     else:
                         bv += g3.sum(dim=1)
-            for module, (_, (wlo, whi), bias) in self.layers.items():
+            for module, (_, _, (wlo, whi), bias) in self.layers.items():
                 if module not in done:  # a layer the forward never called has zero gradient
                     out[:, wlo:whi].zero_()
                     if bias is not None:
