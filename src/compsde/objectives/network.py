@@ -12,9 +12,12 @@ training set (``compsde.objectives.data.worker_shards``: IID or Dirichlet label 
 noise stream (``compsde.core.streams``), and σ_i T/√B optional injected noise (``compsde.objectives.noise``:
 Gaussian or Student-t) on top of the real minibatch noise — seed 000's heavy-tail experiments.
 
-The N workers' gradients come from one call of ``torch.func``: ``vmap`` over workers (and over the
-repetitions' iterates) of ``grad`` of ``functional_call``, so the forward and backward passes of the N
-minibatches run as batched matrix products. ``loop_grads`` is the per-worker loop it is tested against.
+The N workers' gradients at a shared iterate come, for models made of Linear layers (the MLP), from one
+forward and backward over the N·B samples, each layer's N weight gradients one batched GEMM of its saved
+inputs and output gradients (``compsde.objectives.layergrads``); for the other models (and per-worker
+iterates) from one call of ``torch.func``: ``vmap`` over workers of ``grad`` of ``functional_call``, so the
+forward and backward passes of the N minibatches run as batched matrix products. ``loop_grads`` is the
+per-worker loop both are tested against.
 
 Logged metrics: ``loss`` is the training loss on a fixed evaluation subset of the training set,
 ``grad`` its gradient; ``evaluate`` gives the held-out ``test_loss`` and ``test_accuracy`` (classifiers)
