@@ -193,6 +193,81 @@ def test_vmapped_worker_gradients_equal_the_per_worker_loop(name, sizes):
     assert torch.allclose(fast, slow, rtol=1e-9, atol=1e-12)
 
 
+def _any_oracle(name, dtype, workers=3, batch=5):
+    if name == "gpt":
+        ds = D.load("text", context=16)
+        model = build("gpt", ds.shape, 256, width=8, depth=1)
+    else:
+        ds = D.load("digits", seed=0)
+        sizes = {"mlp": {"hidden": [8]}, "mlp3": {"hidden": [12, 8, 6]}, "resnet": {"width": 4, "stages": 2},
+                 "vit": {"width": 8, "depth": 1}}[name]
+        model = build(name.rstrip("3"), ds.shape, ds.classes, **sizes)
+    return NetworkOracle(model, ds, workers=workers, batch=batch, dtype=dtype, eval_samples=8)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("name", ["mlp", "mlp3", "resnet", "vit", "gpt"])
+def test_simulator_gradients_equal_the_loop_to_rounding_on_every_model(name, dtype, tol):
+    o = _any_oracle(name, dtype)
+    assert (o.layer_grads is not None) == name.startswith("mlp")  # batched GEMMs for Linear-only models
+    x = o.x0() + 0.01 * torch.randn(2, o.dim, dtype=dtype)  # two repetitions at different iterates
+    s = o.sample(Streams(3, 3), range(3), 2)
+    assert not torch.equal(s.indices[0], s.indices[1])  # the workers' minibatches differ
+    fast, ref = o.grads(x, 0, 3, s), o.loop_grads(x, 0, 3, s)
+    assert ((fast - ref).norm(dim=-1) / ref.norm(dim=-1)).max() <= tol
+    own = x.expand(3, 2, o.dim) + 0.01 * torch.randn(3, 2, o.dim, dtype=dtype)  # per-worker iterates: vmap
+    fast, ref = o.grads(own, 0, 3, s), o.loop_grads(own, 0, 3, s)
+    assert ((fast - ref).norm(dim=-1) / ref.norm(dim=-1)).max() <= tol
+
+
+class _Tied(torch.nn.Module):
+    """A Linear layer whose weight is also used outside it: the layer's hook alone would miss that use."""
+
+    def __init__(self, features, classes):
+        super().__init__()
+        self.inp = torch.nn.Linear(features, classes)
+        self.out = torch.nn.Linear(classes, classes)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x.flatten(1)))
+        return self.out(h) + h @ self.out.weight
+
+
+class _Twice(torch.nn.Module):
+    """One Linear layer called twice per forward (shared weights): its products accumulate."""
+
+    def __init__(self, features, classes):
+        super().__init__()
+        self.inp = torch.nn.Linear(features, classes)
+        self.mid = torch.nn.Linear(classes, classes)
+
+    def forward(self, x):
+        return self.mid(torch.tanh(self.mid(torch.tanh(self.inp(x.flatten(1))))))
+
+
+class _Dropped(torch.nn.Module):
+    def __init__(self, features, classes):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(features, 8), torch.nn.Dropout(0.5),
+                                       torch.nn.Linear(8, classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("cls,batched", [(_Tied, False), (_Twice, True), (_Dropped, False)])
+def test_batched_layer_gradients_only_where_they_are_exact(cls, batched):
+    ds = D.load("digits", seed=0)
+    torch.manual_seed(0)
+    o = NetworkOracle(cls(64, ds.classes).eval() if cls is _Dropped else cls(64, ds.classes), ds, workers=2,
+                      batch=3, dtype=torch.float64)
+    assert (o.layer_grads is not None) == batched
+    x = o.x0().unsqueeze(0)
+    s = o.sample(Streams(0, 2), range(2), 1)
+    ref = o.loop_grads(x, 0, 2, s)
+    assert ((o.grads(x, 0, 2, s) - ref).norm(dim=-1) / ref.norm(dim=-1)).max() <= 1e-12
+
+
 def test_minibatches_come_from_each_workers_shard_and_stream():
     o = _oracle(workers=4, batch=64)
     s = o.sample(Streams(5, 4), range(4), 1)

@@ -12,9 +12,12 @@ training set (``compsde.objectives.data.worker_shards``: IID or Dirichlet label 
 noise stream (``compsde.core.streams``), and σ_i T/√B optional injected noise (``compsde.objectives.noise``:
 Gaussian or Student-t) on top of the real minibatch noise — seed 000's heavy-tail experiments.
 
-The N workers' gradients come from one call of ``torch.func``: ``vmap`` over workers (and over the
-repetitions' iterates) of ``grad`` of ``functional_call``, so the forward and backward passes of the N
-minibatches run as batched matrix products. ``loop_grads`` is the per-worker loop it is tested against.
+The N workers' gradients at a shared iterate come, for models made of Linear layers (the MLP), from one
+forward and backward over the N·B samples, each layer's N weight gradients one batched GEMM of its saved
+inputs and output gradients (``compsde.objectives.layergrads``); for the other models (and per-worker
+iterates) from one call of ``torch.func``: ``vmap`` over workers of ``grad`` of ``functional_call``, so the
+forward and backward passes of the N minibatches run as batched matrix products. ``loop_grads`` is the
+per-worker loop both are tested against.
 
 Logged metrics: ``loss`` is the training loss on a fixed evaluation subset of the training set,
 ``grad`` its gradient; ``evaluate`` gives the held-out ``test_loss`` and ``test_accuracy`` (classifiers)
@@ -38,6 +41,7 @@ from compsde.core.tensors import check_memory, resolve_device, resolve_dtype
 from compsde.objectives import problems
 from compsde.objectives.data import Dataset, worker_shards
 from compsde.objectives.data import load as load_data
+from compsde.objectives.layergrads import LayerGrads
 from compsde.objectives.models import build, check_sizes, param_count
 from compsde.objectives.noise import Noise, gaussian_sign_mean
 from compsde.objectives.oracle import GradientOracle
@@ -151,6 +155,7 @@ class NetworkOracle(GradientOracle):
         self.x_test, self.y_test = self._input(data.x_test), data.y_test.to(self.device)
         self.scales = noise.worker_scales(workers) / math.sqrt(batch) if noise.active else None
         self._x0 = self.flat.flatten(dict(self.model.named_parameters())).detach().clone()
+        self.layer_grads = self._plan_layer_grads()
         self.problem: NetworkOracle | Network = self  # what experiments show as the problem
 
     def _input(self, x: Tensor) -> Tensor:
@@ -253,9 +258,39 @@ class NetworkOracle(GradientOracle):
     def _loss_named(self, params: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
         return self.loss_fn(functional_call(self.model, {**params, **self.buffers}, (xb,)), yb)
 
+    def _plan_layer_grads(self) -> LayerGrads | None:
+        """``LayerGrads`` for the model when it applies (see ``compsde.objectives.layergrads``) and agrees with
+        ``vmap`` on 2 workers × 2 training samples at the initial parameters (a parameter used outside its
+        layer, such as a tied weight, would not); else None."""
+        lg = LayerGrads.plan(self.model, self.flat.names, self.flat.sizes, self.loss_fn)
+        if lg is None or self.x_train.shape[0] < 4:
+            return None
+        idx = torch.arange(4, device=self.device).view(2, 1, 2)
+        xb, yb = self.x_train[idx], self.y_train[idx]
+        x = self._x0.unsqueeze(0)
+        want = self._vmap_grads(x, xb, yb)
+        got = lg(self.flat.unflatten(x[0]), xb[:, 0], yb[:, 0], torch.empty_like(want[:, 0]))
+        tol = 1e-4 if self.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-10
+        ok = bool(torch.all((got - want[:, 0]).norm(dim=-1) <= tol * want[:, 0].norm(dim=-1).clamp_min(1e-30)))
+        return lg if ok else None
+
     def _minibatch_grads(self, x: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
         """∇ of each worker's minibatch loss: xb (n, R, B, ...), x (R, d) shared or (n, R, d) per worker
         (local methods) → (n, R, d).
+
+        At a shared iterate, models that ``LayerGrads`` covers (every parameter a Linear layer's) get all n
+        gradients from one forward and backward over the n·B samples per repetition, each layer's n weight
+        gradients one batched GEMM written into the rows; otherwise ``_vmap_grads``."""
+        if self.layer_grads is None or x.dim() != 2:
+            return self._vmap_grads(x, xb, yb)
+        n, reps = xb.shape[:2]
+        out = torch.empty(n, reps, self.dim, dtype=x.dtype, device=x.device)
+        for r in range(reps):
+            self.layer_grads(self.flat.unflatten(x[r]), xb[:, r], yb[:, r], out[:, r])
+        return out
+
+    def _vmap_grads(self, x: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
+        """``_minibatch_grads`` by ``vmap`` over workers and repetitions of ``grad`` of ``functional_call``.
 
         The gradient is taken with respect to the named parameter tensors (views of x), not the flat
         row: the backward of slicing a row would zero-fill and add a d-length gradient per tensor
