@@ -16,9 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from compsde.compressors.base import Compressor, Field, Payload, check_dim
+from compsde.compressors.base import Compressor, Field, Payload, check_dim, concat_draws
 from compsde.core.checks import check_int, describe
-from compsde.core.tensors import broadcast_shapes
 
 __all__ = ["Blockwise"]
 
@@ -85,8 +84,7 @@ class Blockwise(Compressor):
         if not self.randomized:
             return None
         parts = [_drawn(self.inner.draw(batch_shape, b, generator, dtype)) for b in self.blocks]
-        shape = broadcast_shapes(*(p.shape[:-1] for p in parts))
-        return torch.cat([p.to(torch.float64).expand(*shape, p.shape[-1]) for p in parts], dim=-1)
+        return concat_draws(parts)
 
     def _split(self, rnd: Tensor | None) -> list[Tensor | None]:
         if not self.randomized:

@@ -10,9 +10,8 @@ import torch
 from torch import Tensor
 
 from compsde.compressors import compressor_class, names
-from compsde.compressors.base import Compressor, Field, Payload, check_dim
+from compsde.compressors.base import Compressor, Field, Payload, check_dim, concat_draws
 from compsde.compressors.sparsifiers import Identity, RandKUnscaled, Sparsifier, TopK
-from compsde.core.tensors import broadcast_shapes
 
 __all__ = ["Compose"]
 
@@ -98,8 +97,7 @@ class Compose(Compressor):
         parts = [r for r in (ri, ro) if r is not None]
         if not parts:
             return None
-        shape = broadcast_shapes(*(p.shape[:-1] for p in parts))
-        return torch.cat([p.to(torch.float64).expand(*shape, p.shape[-1]) for p in parts], dim=-1)
+        return concat_draws(parts)
 
     def _split(self, rnd: Tensor | None, d: int) -> tuple[Tensor | None, Tensor | None]:
         """The inner's and the outer's parts of a draw."""
