@@ -464,10 +464,16 @@ def _grid_draw(x: torch.Tensor, dtype: torch.dtype, seed: int) -> torch.Tensor:
 
 def _exact_rows(dtype: torch.dtype, d: int) -> torch.Tensor:
     """Rows whose norms and ratios |x_j|/‖x‖ are exact, so that the rounding probabilities fall on
-    the grid of ``_grid_draw``: constant rows (d a power of four), ±powers of two, a zero row."""
+    the grid of ``_grid_draw``: constant rows (d a power of four), ±powers of two, a zero row; and
+    rows with subnormal entries beside ones, with and without one large entry."""
     ones = torch.ones(d, dtype=torch.float64)
     pow2 = torch.exp2(torch.randint(-6, 6, (d,), generator=gen(3)).double())
-    rows = [ones, -0.5 * ones, ones * torch.tensor([1.0, -1.0]).repeat(d // 2), pow2, 1.5 * pow2, torch.zeros(d, dtype=torch.float64)]
+    tiny = torch.finfo(dtype).tiny * torch.rand(d, generator=gen(4), dtype=torch.float64)  # subnormal ratios
+    mixed = torch.where(torch.arange(d) % 3 == 0, tiny, ones)  # all levels 0 or 1 (the quantizers' short cut)
+    spike = mixed.clone()
+    spike[5] = 1e3  # one level s, the rest below b: the general path
+    rows = [ones, -0.5 * ones, ones * torch.tensor([1.0, -1.0]).repeat(d // 2), pow2, 1.5 * pow2, mixed, spike,
+            torch.zeros(d, dtype=torch.float64)]
     return torch.stack(rows).to(dtype)
 
 

@@ -268,10 +268,11 @@ def _row_blocks(x: Tensor, u: Tensor | None) -> tuple[np.ndarray, np.ndarray | N
     return X, U, blocks
 
 
-def _pow2_codes(xi: np.ndarray, u: np.ndarray | None, dtype: torch.dtype) -> np.ndarray:
+def _pow2_codes(xi: np.ndarray, u: np.ndarray | None, dtype: torch.dtype, out: type[np.integer] | None = None) -> np.ndarray:
     """The exponent field of ``_round_pow2``'s output for one block: xi the integer view of x, u the
     draw's integers U of its uniforms (None: every u = 1/2, as ``Rounding`` rounds). A new integer
-    array of xi's dtype.
+    array of xi's dtype, or of ``out`` (wide enough for the field: the payload's dtype, which skips a
+    cast; where it is exactly the field's width, the truncating cast drops the sign without a mask).
 
     With x = ±σ·2^e (σ = 1 + mantissa·2^−m, m mantissa bits), p = σ − 1 = mantissa·2^−m; up iff
     u = U·2⁻ᵇ < p, i.e. U < mantissa·2^(b−m) — integers only, exact; rounding up adds 1 to the
@@ -289,21 +290,36 @@ def _pow2_codes(xi: np.ndarray, u: np.ndarray | None, dtype: torch.dtype) -> np.
         mant <<= draw_bits(dtype) - nmant  # p·2^b
         up = u < mant
     code = xi >> nmant
-    code &= emask
+    if out is not None:
+        code = code.astype(out)
+    if np.dtype(code.dtype).itemsize * 8 != nexp or np.dtype(code.dtype).kind != "u":
+        code &= emask
     up &= code != emask
     code += up
     return code
 
 
-def _less_uniforms(u: np.ndarray, p: np.ndarray, dtype: torch.dtype, out: np.ndarray) -> None:
+def _less_uniforms(u: np.ndarray, p: np.ndarray, dtype: torch.dtype, out: np.ndarray, scaled: bool = False) -> None:
     """out = [U·2⁻ᵇ < p] for the draw's integers u = U and probabilities p ∈ [0, 1] of ``dtype``
     (p is consumed), exactly: as U < p·2^b, with p·2^b exact (a power-of-two scaling that cannot
-    overflow) and U cast exactly to floats in the comparison (float32 for b = 24, float64 for 53)."""
+    overflow) and U cast exactly to floats in the comparison (float32 for b = 24, float64 for 53).
+    ``scaled``: p holds p·2^b already (see ``_compare_scale``)."""
     b = draw_bits(dtype)
     wide, sig = (np.float64, "dd->?") if b > 24 else (np.float32, "ff->?")
-    p = p if p.dtype == wide else p.astype(wide)
-    p *= 2.0**b
+    if not scaled:
+        p = p if p.dtype == wide else p.astype(wide)
+        p *= 2.0**b
     np.less(u, p, out=out, casting="unsafe", signature=sig)
+
+
+def _compare_scale(dtype: torch.dtype, k: int = 0) -> float:
+    """2^b where a dithering quantizer can fold the comparison's scaling by 2^b (``_less_uniforms``)
+    into its own scaling of r = |x|/‖x‖ by 2^k (r ≤ 1 + ε stays finite: float32 and float64 inputs
+    with k + b below the largest exponent), else 1.0 (float16, or huge k)."""
+    b = draw_bits(dtype)
+    if dtype not in (torch.float32, torch.float64) or k + b >= math.frexp(torch.finfo(dtype).max)[1] - 1:
+        return 1.0
+    return 2.0**b
 
 
 def _sign_mask(dtype: torch.dtype) -> int:
@@ -340,7 +356,7 @@ def _natural_numpy(x: Tensor, u: Tensor | None, floats: bool) -> tuple[Tensor, .
     negative = np.empty(X.shape, dtype=np.bool_)
     for rx, ru, cols in blocks:
         xi = XI[rx, cols]
-        codes[rx, cols] = _pow2_codes(xi, None if U is None else U[ru, cols], x.dtype)
+        codes[rx, cols] = _pow2_codes(xi, None if U is None else U[ru, cols], x.dtype, codes.dtype.type)
         np.less(xi, 0, out=negative[rx, cols])
     return torch.from_numpy(codes).view(x.shape), torch.from_numpy(negative).view(x.shape)
 
@@ -608,19 +624,23 @@ class QSGD(_Dithering):
         return level.add_(r)
 
     def _levels_numpy(self, r: np.ndarray, u: np.ndarray, dtype: torch.dtype, out: np.ndarray) -> None:
-        # ``_levels``'s arithmetic (np.clip with both bounds: ~3× faster than np.minimum here).
+        # ``_levels``'s arithmetic (np.clip with both bounds: ~3× faster than np.minimum here). With
+        # c = 2^b (``_compare_scale``), r·s·c is round(r·s)·c exactly where r·s is a normal number, and
+        # where r·s is subnormal both give 0 < p iff r > 0 and u < p only for U = 0: the same levels.
         s = float(self.levels)
-        r *= s
+        c = _compare_scale(dtype, math.ceil(math.log2(s)))
+        r *= s * c
+        if r.max() < c:  # every level is 0 or 1 (s·|x_j| < ‖x‖ for all j, usual at large d): p = r·s, no clip
+            _less_uniforms(u, r, dtype, out, scaled=c != 1.0)
+            return
+        r *= 1.0 / c
         np.clip(r, 0.0, s, out=r)
-        if (r >= 1.0).any():
-            level = np.floor(r)
-            r -= level  # p
-            out[...] = level
-            up = np.empty(r.shape, dtype=np.bool_)
-            _less_uniforms(u, r, dtype, up)
-            out += up
-        else:  # every level is 0 or 1 (e.g. s·|x_j| < ‖x‖ for all j, usual at large d): p = r
-            _less_uniforms(u, r, dtype, out)
+        level = np.floor(r)
+        r -= level  # p
+        out[...] = level
+        up = np.empty(r.shape, dtype=np.bool_)
+        _less_uniforms(u, r, dtype, up)
+        out += up
 
     def level_values(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         return torch.arange(self.levels + 1, dtype=dtype, device=device)
@@ -706,12 +726,14 @@ class NaturalDithering(_Dithering):
         p = (r − lo)/lo = σ − 1, read off the mantissa (as in ``_pow2_codes``); for t < 1 (r < b) the
         index is 0 and p = r/b = t. Up iff u < p adds 1 to the index."""
         _, nmant, _, bias = _float_layout(dtype)
-        np.clip(r, 0.0, 1.0, out=r)
-        r *= 2.0 ** (self.levels - 1)  # t
-        big = r >= 1.0
-        if not big.any():  # every r below b (usual at large d and few levels): index [u < t]
-            _less_uniforms(u, r, dtype, out)
+        c = _compare_scale(dtype, self.levels - 1)
+        r *= 2.0 ** (self.levels - 1) * c  # t·c, exact (a power of two, finite)
+        if r.max() < c:  # every r below b (usual at large d and few levels): index [u < t], no clip
+            _less_uniforms(u, r, dtype, out, scaled=c != 1.0)
             return
+        r *= 1.0 / c  # t again, exactly
+        np.clip(r, 0.0, 2.0 ** (self.levels - 1), out=r)  # min(r, 1)·2^(s−1)
+        big = r >= 1.0
         ti = r.view(_NUMPY_INT[_float_layout(dtype)[0]])
         idx = ti >> nmant
         idx -= bias - 1  # j + 1
