@@ -129,7 +129,8 @@ class Compressor:
         generator: torch.Generator | None,
         dtype: torch.dtype = torch.float64,
     ) -> Tensor | None:
-        """All random numbers one call needs for inputs of shape (*batch_shape, d)."""
+        """All random numbers one call needs for inputs of shape (*batch_shape, d) and ``dtype`` (the
+        draw is for that dtype: the quantizers draw integer uniforms whose width follows it)."""
         return None
 
     def fields(self, d: int, dtype: torch.dtype) -> list[Field]:

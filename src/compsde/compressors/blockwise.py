@@ -31,8 +31,8 @@ def _drawn(rnd: Tensor | None) -> Tensor:
 class Blockwise(Compressor):
     """C(x) = (inner(x_1), …, inner(x_L)) for the blocks x_b of lengths ``blocks`` (in order, Σ = d).
 
-    Randomness: one float64 draw per call, the blocks' draws side by side (as ``Compose`` stores its
-    parts). Payload: every field of every block, named ``b<j>.<field>``.
+    Randomness: one draw per call, the blocks' draws side by side in the inner's draw dtype
+    (``concat_draws``, as ``Compose`` stores its parts). Payload: every field of every block, named ``b<j>.<field>``.
 
     Theory (the blocks' constants at their own lengths d_b; each block is independent):
     * unbiased iff the inner is; E‖C(x) − x‖² = Σ_b E‖inner(x_b) − x_b‖² ≤ Σ_b ω_b‖x_b‖² ≤ max_b ω_b ‖x‖²:

@@ -27,9 +27,10 @@ class Compose(Compressor):
     S and a scale s; C gathers v = s·x_S (rows of length k), computes outer(v) as a length-k vector,
     and scatters it back into zeros at S. So the outer's constants are those at dimension k.
 
-    Randomness: ``draw`` returns one float64 tensor of shape (*batch, a + b): the inner's draw (its
-    k indices, stored exactly as float64; a = 0 for a deterministic inner) followed by the outer's
-    draw for rows of length k (b values; b = 0 for a deterministic outer). A shared inner draw (rand-k
+    Randomness: ``draw`` returns one tensor of shape (*batch, a + b): the inner's draw (its k indices;
+    a = 0 for a deterministic inner) followed by the outer's draw for rows of length k (b values;
+    b = 0 for a deterministic outer), both stored exactly (``concat_draws``: int64 when both are
+    integers, as rand-k's indices and a quantizer's integer uniforms are). A shared inner draw (rand-k
     with ``shared=True``, leading dim 1) is expanded to the full batch first. ``apply`` splits it again.
 
     Theory (ω1, ω2 the parts' variances, ω2 taken at dimension k):
