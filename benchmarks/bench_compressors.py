@@ -9,6 +9,10 @@ For each d it prints
   to ``x.clone()`` of that tensor timed in the same run (both allocate a fresh output of d floats, so
   both pay the same page faults, see environment.md); these two columns are the ones comparable with
   the figures in the README;
+* for randomized compressors, the draw alone (``draw``, made before ``encode``/``decode`` and replayed
+  by a receiver) and (draw + encode) relative to drawing d random integers in [0, 2²⁴) into a fresh
+  int32 tensor, timed in the same run: the cost of the random numbers a stochastic quantizer needs
+  (its draw is exactly that, see ``quantizers``); the goal for the quantizers is a ratio within ~2;
 * the two halves the distributed path runs instead (``compsde.distributed``, the DDP hook), each
   with a draw made beforehand and its ratio to the clone: ``encode(x, rnd)`` → ``Payload`` (the
   sender) and ``decode(payload, rnd)`` (the receiver, one message), and serialising the payload,
@@ -71,16 +75,18 @@ def bench_dim(d: int, repeats: int, ratio: float, levels: int) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(d, generator=g)
     clone = median_ms(lambda: x.clone(), repeats)
+    integers = median_ms(lambda: torch.empty(d, dtype=torch.int32).random_(0, 1 << 24, generator=g), repeats)
     print(f"\n## d = {d:.0e} (float32, one row), sparsifiers ratio = {ratio}, quantizers levels = {levels}")
-    print(f"x.clone(): {clone:.2f} ms")
-    print(f"{'compressor':<32} {'ms':>9} {'× clone':>9} {'encode ms':>10} {'× clone':>9} {'decode ms':>10} {'× clone':>9}"
-          f" {'pack ms':>9} {'× clone':>9}")
+    print(f"x.clone(): {clone:.2f} ms; d random integers in [0, 2^24) (int32 random_, the 'rand' baseline): {integers:.2f} ms")
+    print(f"{'compressor':<32} {'ms':>9} {'× clone':>9} {'draw ms':>9} {'(d+e)/rand':>10} {'encode ms':>10} {'× clone':>9}"
+          f" {'decode ms':>10} {'× clone':>9} {'pack ms':>9} {'× clone':>9}")
     for name in [*names(), "top-k+natural"]:
         c = build(name, ratio, levels)
         gen = torch.Generator().manual_seed(1)
         t = median_ms(lambda c=c, gen=gen: c(x, gen), repeats)
         # The halves, with one draw made outside the clock (a receiver replays it, it does not redraw).
         rnd = c.draw((), d, gen, x.dtype)
+        tr = median_ms(lambda c=c, gen=gen: c.draw((), d, gen, x.dtype), repeats) if c.randomized else 0.0
         payload = c.encode(x, rnd)
         te = median_ms(lambda c=c, rnd=rnd: c.encode(x, rnd), repeats)
         td = median_ms(lambda c=c, payload=payload, rnd=rnd: c.decode(payload, rnd), repeats)
@@ -91,7 +97,8 @@ def bench_dim(d: int, repeats: int, ratio: float, levels: int) -> None:
         # The halves must give apply's message (base.py: bit for bit); a mismatch is reported, not hidden.
         same = torch.equal(c.decode(payload, rnd), c.apply(x, rnd))
         note = "" if same else "  decode(encode) != apply!"
-        print(f"{repr(c):<32} {t:9.2f} {t / clone:9.1f} {te:10.2f} {te / clone:9.1f} {td:10.2f} {td / clone:9.1f}"
+        draw = f"{tr:9.2f} {(tr + te) / integers:10.2f}" if c.randomized else f"{'-':>9} {'-':>10}"
+        print(f"{repr(c):<32} {t:9.2f} {t / clone:9.1f} {draw} {te:10.2f} {te / clone:9.1f} {td:10.2f} {td / clone:9.1f}"
               f" {tp:9.2f} {tp / clone:9.1f}{note}")
 
     print(f"\n{'top-k':<14} {'top_k_indices ms':>17} {'torch.topk ms':>14} {'speed-up':>9}")

@@ -343,7 +343,7 @@ def _awkward(dtype: torch.dtype, n: int = 4000) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_natural_fast_path_equals_reference(dtype) -> None:
-    from compsde.compressors.quantizers import _round_pow2, _round_pow2_reference
+    from compsde.compressors.quantizers import _float_uniforms, _round_pow2, _round_pow2_reference
 
     x = _awkward(dtype)
     for seed in range(3):
@@ -351,7 +351,8 @@ def test_natural_fast_path_equals_reference(dtype) -> None:
         assert torch.equal(_round_pow2(x, u), _round_pow2_reference(x, u))
     c = make("natural")
     y = c(x, gen(1))
-    assert torch.equal(y, _round_pow2_reference(x, c.draw(x.shape[:-1], x.shape[-1], gen(1), dtype)))
+    u = _float_uniforms(c.draw(x.shape[:-1], x.shape[-1], gen(1), dtype), dtype)
+    assert torch.equal(y, _round_pow2_reference(x, u))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -426,18 +427,139 @@ def test_quantizer_cpu_path_equals_torch_path(spec, dtype, monkeypatch) -> None:
         assert torch.equal(nan, fast_dec.isnan()) and torch.equal(_bits(fast_dec)[~nan], _bits(fast_y)[~nan])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(), (1,), (3, 17), (2, 1, 4097)])
+def test_quantizer_draw_is_the_float_uniforms_as_integers(dtype, shape) -> None:
+    """A quantizer's draw holds the integers U = u·2^b of the very uniforms u that
+    ``uniform_(generator=g)`` gives in the input's dtype (b = 24, or 53 for float64), and leaves the
+    generator where uniform_ leaves it: the same random numbers as a float draw."""
+    from compsde.compressors.quantizers import draw_bits
+
+    b = draw_bits(dtype)
+    for name in ("natural", "qsgd", "natural-dithering"):
+        g = gen(7)
+        rnd = make(name).draw(shape[:-1], shape[-1] if shape else 5, g, dtype)
+        h = gen(7)
+        u = torch.empty(*shape[:-1], shape[-1] if shape else 5, dtype=dtype).uniform_(generator=h)
+        assert rnd is not None and rnd.dtype == (torch.int64 if b == 53 else torch.int32)
+        assert bool((rnd >= 0).all() and (rnd < 2**b).all())
+        assert torch.equal(rnd.double() * 2.0**-b, u.double())
+        assert torch.equal(torch.randint(0, 1 << 30, (4,), generator=g), torch.randint(0, 1 << 30, (4,), generator=h))
+
+
+def _grid_draw(x: torch.Tensor, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """A draw for x whose uniforms are random or, at every other position, one of a few grid values
+    (0, 1/2, 1/4, 3/4, 1/8 and their neighbours): "u < p" at u = p exactly and one step either side."""
+    from compsde.compressors.quantizers import draw_bits
+
+    b = draw_bits(dtype)
+    rnd = make("natural").draw(tuple(x.shape[:-1]), x.shape[-1], gen(seed), dtype)
+    assert rnd is not None
+    grid = torch.tensor([0.0, 0.5, 0.25, 0.75, 0.125, 0.875], dtype=torch.float64).to(dtype)
+    below, above = torch.nextafter(grid, torch.zeros_like(grid)), torch.nextafter(grid, torch.ones_like(grid))
+    special = (torch.cat([grid, below[1:], above]).double() * 2.0**b).to(rnd.dtype)
+    pick = special[torch.randint(0, special.numel(), rnd.shape, generator=gen(seed + 1))]
+    return torch.where(torch.arange(rnd.shape[-1]) % 2 == 0, pick, rnd)
+
+
+def _exact_rows(dtype: torch.dtype, d: int) -> torch.Tensor:
+    """Rows whose norms and ratios |x_j|/‖x‖ are exact, so that the rounding probabilities fall on
+    the grid of ``_grid_draw``: constant rows (d a power of four), ±powers of two, a zero row; and
+    rows with subnormal entries beside ones, with and without one large entry."""
+    ones = torch.ones(d, dtype=torch.float64)
+    pow2 = torch.exp2(torch.randint(-6, 6, (d,), generator=gen(3)).double())
+    tiny = torch.finfo(dtype).tiny * torch.rand(d, generator=gen(4), dtype=torch.float64)  # subnormal ratios
+    mixed = torch.where(torch.arange(d) % 3 == 0, tiny, ones)  # all levels 0 or 1 (the quantizers' short cut)
+    spike = mixed.clone()
+    spike[5] = 1e3  # one level s, the rest below b: the general path
+    rows = [ones, -0.5 * ones, ones * torch.tensor([1.0, -1.0]).repeat(d // 2), pow2, 1.5 * pow2, mixed, spike,
+            torch.zeros(d, dtype=torch.float64)]
+    return torch.stack(rows).to(dtype)
+
+
+def _float_formula(name: str, levels: int, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The quantizers' outputs for float uniforms u (of x's dtype), written plainly: what the
+    implementation computed before its draws became integers."""
+    from compsde.compressors.quantizers import _round_pow2_reference
+
+    if name == "natural":
+        return _round_pow2_reference(x, u)
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+    if name == "qsgd":
+        s = float(levels)
+        r = (x.abs() / safe * s).clamp(max=s)
+        level = r.floor()
+        return (torch.where(u < r - level, level + 1.0, level) * (norm / s)).copysign(x)
+    r = (x.abs() / safe).clamp(max=1.0)
+    b = 2.0 ** (1 - levels)
+    small = torch.where(u < r / b, torch.full_like(r, b), torch.zeros_like(r))
+    return torch.copysign(torch.where(r < b, small, _round_pow2_reference(r, u)), x) * norm
+
+
+STOCHASTIC = [("natural", {}), ("qsgd", {"levels": 1}), ("qsgd", {"levels": 4}), ("natural-dithering", {"levels": 2}),
+              ("natural-dithering", {"levels": 4}), ("natural-dithering", {"levels": 9})]
+
+
+@pytest.mark.parametrize("spec", STOCHASTIC, ids=[_id(s) for s in STOCHASTIC])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("path", ["cpu", "torch"])
+def test_quantizers_with_integer_draws_equal_the_float_uniform_formulas(spec, dtype, path, monkeypatch) -> None:
+    """apply, and decode ∘ encode, with the integer draw U give bit for bit what the float formulas give
+    with u = U·2^−b: on adversarial values and on rows whose probabilities sit on the grid of u, with
+    draws at u = p and one step either side; on the CPU path (numpy) and the torch path (which
+    requires_grad inputs, bfloat16 and other devices take)."""
+    from compsde.compressors import quantizers as q
+
+    name, params = spec
+    c = build(spec)
+    levels = int(params.get("levels", 0))  # type: ignore[call-overload]
+    if path == "torch":
+        monkeypatch.setattr(q, "_cpu_path", lambda device, dtype: False)
+    for x in (_adversarial(dtype).reshape(12, -1), _exact_rows(dtype, 1024)):
+        x[0, 0] = 0.0
+        rnd = _grid_draw(x, dtype, seed=x.shape[-1])
+        u = (rnd.double() * 2.0 ** -q.draw_bits(dtype)).to(dtype)
+        assert torch.equal(u.double() * 2.0 ** q.draw_bits(dtype), rnd.double())  # the uniforms of the draw, exactly
+        want = _float_formula(name, levels, x, u)
+        got = c.apply(x.clone().requires_grad_(True) if path == "torch" else x, rnd).detach()
+        assert torch.equal(_bits(got), _bits(want))
+        assert torch.equal(_bits(c.decode(c.encode(x, rnd), rnd)), _bits(want))
+        shared = rnd[:1]  # one draw for every row
+        want = _float_formula(name, levels, x, u[:1].expand_as(x))
+        assert torch.equal(_bits(c.apply(x, shared)), _bits(want))
+
+
+def test_quantizer_refuses_a_draw_for_another_dtype() -> None:
+    """A draw is integers for one input dtype: one made for float64 (53 bits) or float uniforms are
+    refused with float32 inputs, rather than read at the wrong scale; Compose's int64/float64 copies
+    of the right integers are taken."""
+    c, x = make("natural"), rand_x((2, 30))
+    wide = c.draw((2,), 30, gen(0), torch.float64)
+    with pytest.raises(ValueError, match=r"natural: a draw for torch.float32 inputs holds integers in \[0, 2\^24\)"):
+        c.apply(x, wide)
+    with pytest.raises(ValueError, match="not all whole numbers"):
+        c.apply(x, torch.rand(2, 30, generator=gen(0), dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"holds torch.int32 integers .* got dtype torch.int16"):
+        c.apply(x, torch.zeros(2, 30, dtype=torch.int16))
+    rnd = c.draw((2,), 30, gen(0), x.dtype)
+    assert rnd is not None
+    y = c.apply(x, rnd)
+    assert torch.equal(c.apply(x, rnd.to(torch.int64)), y) and torch.equal(c.apply(x, rnd.to(torch.float64)), y)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 def test_natural_and_rounding_equal_the_reference(dtype) -> None:
     """The codes from the bits equal ``_round_pow2_reference`` (frexp, divisions) on finite values;
     ±inf stays ±inf and NaN becomes ±inf (exponent field all ones, mantissa dropped)."""
-    from compsde.compressors.quantizers import _round_pow2_reference
+    from compsde.compressors.quantizers import _float_uniforms, _round_pow2_reference
 
     x = _adversarial(dtype)
     nat, rnd_ = make("natural"), make("rounding")
     for seed in range(2):
         rnd = nat.draw((3, 4), x.shape[-1], gen(seed), dtype)
         assert rnd is not None
-        assert torch.equal(_bits(nat.apply(x, rnd)), _bits(_round_pow2_reference(x, rnd)))
+        assert torch.equal(_bits(nat.apply(x, rnd)), _bits(_round_pow2_reference(x, _float_uniforms(rnd, dtype))))
     half = torch.full_like(x, 0.5)
     assert torch.equal(_bits(rnd_.apply(x, None)), _bits(_round_pow2_reference(x, half)))
     special = torch.tensor([math.inf, -math.inf, math.nan, -math.nan], dtype=dtype)
@@ -561,7 +683,7 @@ def test_composition_keeps_top_k_support_and_quantises_values() -> None:
     idx = sp.top_k_indices(x, 6)
     rnd = c.draw((3,), 50, gen(2), x.dtype)
     y = c.apply(x, rnd)
-    nat = make("natural").apply(x.gather(-1, idx), rnd.to(x.dtype))
+    nat = make("natural").apply(x.gather(-1, idx), rnd)
     assert torch.equal(y.gather(-1, idx), nat)
 
 

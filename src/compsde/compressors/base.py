@@ -129,7 +129,8 @@ class Compressor:
         generator: torch.Generator | None,
         dtype: torch.dtype = torch.float64,
     ) -> Tensor | None:
-        """All random numbers one call needs for inputs of shape (*batch_shape, d)."""
+        """All random numbers one call needs for inputs of shape (*batch_shape, d) and ``dtype`` (the
+        draw is for that dtype: the quantizers draw integer uniforms whose width follows it)."""
         return None
 
     def fields(self, d: int, dtype: torch.dtype) -> list[Field]:
@@ -293,6 +294,20 @@ def check_draw_batch(name: str, x: Tensor, rnd: Tensor) -> tuple[int, ...]:
             f"leading dims {xb} (a draw of batch shape (1, ...) is shared by all workers)"
         )
     return xb
+
+
+def concat_draws(parts: list[Tensor]) -> Tensor:
+    """The draws of a compound compressor's parts as one tensor: broadcast to a common batch shape and
+    concatenated along the last dim, in the parts' dtype where they share one, else as int64 where
+    every part holds integers (indices, the quantizers' integer uniforms) and as float64 otherwise,
+    both of which hold each part's values exactly; each part casts its slice back (see
+    ``_Uniforms._uniforms``, ``RandK``)."""
+    shape = broadcast_shapes(*(p.shape[:-1] for p in parts))
+    if len({p.dtype for p in parts}) == 1:
+        dtype = parts[0].dtype
+    else:
+        dtype = torch.float64 if any(p.is_floating_point() for p in parts) else torch.int64
+    return torch.cat([p.to(dtype).expand(*shape, p.shape[-1]) for p in parts], dim=-1)
 
 
 def resolve_k(name: str, k: int | None, ratio: float | None, d: int) -> int:

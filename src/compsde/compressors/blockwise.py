@@ -16,9 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from compsde.compressors.base import Compressor, Field, Payload, check_dim
+from compsde.compressors.base import Compressor, Field, Payload, check_dim, concat_draws
 from compsde.core.checks import check_int, describe
-from compsde.core.tensors import broadcast_shapes
 
 __all__ = ["Blockwise"]
 
@@ -32,8 +31,8 @@ def _drawn(rnd: Tensor | None) -> Tensor:
 class Blockwise(Compressor):
     """C(x) = (inner(x_1), …, inner(x_L)) for the blocks x_b of lengths ``blocks`` (in order, Σ = d).
 
-    Randomness: one float64 draw per call, the blocks' draws side by side (as ``Compose`` stores its
-    parts). Payload: every field of every block, named ``b<j>.<field>``.
+    Randomness: one draw per call, the blocks' draws side by side in the inner's draw dtype
+    (``concat_draws``, as ``Compose`` stores its parts). Payload: every field of every block, named ``b<j>.<field>``.
 
     Theory (the blocks' constants at their own lengths d_b; each block is independent):
     * unbiased iff the inner is; E‖C(x) − x‖² = Σ_b E‖inner(x_b) − x_b‖² ≤ Σ_b ω_b‖x_b‖² ≤ max_b ω_b ‖x‖²:
@@ -85,8 +84,7 @@ class Blockwise(Compressor):
         if not self.randomized:
             return None
         parts = [_drawn(self.inner.draw(batch_shape, b, generator, dtype)) for b in self.blocks]
-        shape = broadcast_shapes(*(p.shape[:-1] for p in parts))
-        return torch.cat([p.to(torch.float64).expand(*shape, p.shape[-1]) for p in parts], dim=-1)
+        return concat_draws(parts)
 
     def _split(self, rnd: Tensor | None) -> list[Tensor | None]:
         if not self.randomized:

@@ -10,9 +10,8 @@ import torch
 from torch import Tensor
 
 from compsde.compressors import compressor_class, names
-from compsde.compressors.base import Compressor, Field, Payload, check_dim
+from compsde.compressors.base import Compressor, Field, Payload, check_dim, concat_draws
 from compsde.compressors.sparsifiers import Identity, RandKUnscaled, Sparsifier, TopK
-from compsde.core.tensors import broadcast_shapes
 
 __all__ = ["Compose"]
 
@@ -28,9 +27,10 @@ class Compose(Compressor):
     S and a scale s; C gathers v = s·x_S (rows of length k), computes outer(v) as a length-k vector,
     and scatters it back into zeros at S. So the outer's constants are those at dimension k.
 
-    Randomness: ``draw`` returns one float64 tensor of shape (*batch, a + b): the inner's draw (its
-    k indices, stored exactly as float64; a = 0 for a deterministic inner) followed by the outer's
-    draw for rows of length k (b values; b = 0 for a deterministic outer). A shared inner draw (rand-k
+    Randomness: ``draw`` returns one tensor of shape (*batch, a + b): the inner's draw (its k indices;
+    a = 0 for a deterministic inner) followed by the outer's draw for rows of length k (b values;
+    b = 0 for a deterministic outer), both stored exactly (``concat_draws``: int64 when both are
+    integers, as rand-k's indices and a quantizer's integer uniforms are). A shared inner draw (rand-k
     with ``shared=True``, leading dim 1) is expanded to the full batch first. ``apply`` splits it again.
 
     Theory (ω1, ω2 the parts' variances, ω2 taken at dimension k):
@@ -98,8 +98,7 @@ class Compose(Compressor):
         parts = [r for r in (ri, ro) if r is not None]
         if not parts:
             return None
-        shape = broadcast_shapes(*(p.shape[:-1] for p in parts))
-        return torch.cat([p.to(torch.float64).expand(*shape, p.shape[-1]) for p in parts], dim=-1)
+        return concat_draws(parts)
 
     def _split(self, rnd: Tensor | None, d: int) -> tuple[Tensor | None, Tensor | None]:
         """The inner's and the outer's parts of a draw."""

@@ -2,11 +2,22 @@
 
 Each rounds a value t stochastically to one of its two neighbours lo ≤ t ≤ hi on a grid,
 up with probability p = (t − lo)/(hi − lo), which is unbiased and has variance
-(t − lo)(hi − t). Their randomness is one uniform u ∈ [0, 1) per coordinate (``draw`` returns a
-tensor of shape (*batch_shape, d)); ``apply`` rounds up where u < p. The uniforms have the input's
-dtype: float32 uniforms are multiples of 2⁻²⁴, so P(u < p) = p exactly when p is a multiple of 2⁻²⁴
-(always for natural compression, whose p = 2m − 1 has 23 fraction bits) and within 2⁻²⁴ otherwise —
-the resolution of float32 arithmetic itself.
+(t − lo)(hi − t). Their randomness is one uniform u ∈ [0, 1) per coordinate, and ``apply`` rounds up
+where u < p.
+
+The draw (``draw(batch_shape, d, generator, dtype)``, a tensor of shape (*batch_shape, d)) holds
+these uniforms as integers: U ∈ [0, 2^b) with u = U·2⁻ᵇ, b = ``draw_bits(dtype)`` — 53 bits (int64)
+for float64 inputs, 24 bits (int32) for float32, float16 and bfloat16. These are the very numbers
+``torch.empty(..., dtype=dtype).uniform_(generator=g)`` gives on the CPU: there a float32 uniform is
+(32 random bits mod 2²⁴)·2⁻²⁴ and a float64 one (64 random bits mod 2⁵³)·2⁻⁵³, exactly what
+``random_(0, 2^b)`` draws from the same generator state (``_draw_integers``); float16 and bfloat16
+uniforms are drawn as floats (torch rounds 24-bit uniforms to the narrower type) and stored as
+U = u·2²⁴, exact since every value of those types in [0, 1) is a multiple of 2⁻²⁴. Drawing the
+integers skips the int-to-float pass (~1.5× cheaper for float32), and "u < p" becomes exact integer
+arithmetic: for natural compression p = mantissa·2^−m (m mantissa bits), so u < p ⟺
+U < mantissa·2^(b−m); for the dithering quantizers u < p ⟺ U < p·2^b (an exact scaling by a power of
+two, compared in floats holding U exactly). P(u < p) = p exactly when p is a multiple of 2⁻ᵇ (always
+for natural compression) and within 2⁻ᵇ otherwise — the resolution of float32 arithmetic itself.
 
 The hot paths use bit manipulation and in-place same-dtype arithmetic (see ``_round_pow2``); each
 has a readable reference (``_round_pow2_reference`` with torch.frexp,
@@ -46,8 +57,40 @@ def _check_levels(name: str, levels: object) -> int:
     return levels
 
 
+def draw_bits(dtype: torch.dtype) -> int:
+    """b, the bits of the integers U (u = U·2⁻ᵇ) a quantizer draws for inputs of ``dtype``: 53 for
+    float64, 24 for float32, float16 and bfloat16 (see the module docstring)."""
+    return 53 if dtype == torch.float64 else 24
+
+
+def _draw_int(dtype: torch.dtype) -> torch.dtype:
+    """The integer dtype of a draw for inputs of ``dtype``: int64 (53 bits) or int32 (24 bits)."""
+    return torch.int64 if draw_bits(dtype) > 31 else torch.int32
+
+
+def _draw_integers(shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype) -> Tensor:
+    """U with u = U·2⁻ᵇ the uniforms ``torch.empty(shape, dtype=dtype).uniform_(generator=gen)`` gives
+    (on the CPU: bit for bit, and the generator advances alike). float32/float64: the integers are
+    drawn directly (``random_(0, 2^b)`` keeps the same random bits uniform_ scales by 2⁻ᵇ; ~1.5×
+    cheaper for float32, the int-to-float pass skipped); float16/bfloat16 (whose uniform_ rounds
+    24-bit uniforms to the narrower type): drawn as floats and scaled by 2²⁴, exactly."""
+    bits = draw_bits(dtype)
+    if dtype in (torch.float32, torch.float64):
+        return torch.empty(shape, dtype=_draw_int(dtype), device=gen.device).random_(0, 1 << bits, generator=gen)
+    u = torch.empty(shape, dtype=dtype, device=gen.device).uniform_(generator=gen)
+    return u.to(torch.float32).mul_(2.0**bits).to(torch.int32)
+
+
+def _float_uniforms(U: Tensor, dtype: torch.dtype) -> Tensor:
+    """u = U·2⁻ᵇ as floats of ``dtype`` (exact: the uniforms the draw stands for), for the torch paths."""
+    bits = draw_bits(dtype)
+    wide = torch.float64 if bits > 24 else torch.float32  # holds every U exactly
+    return U.to(wide).mul_(2.0**-bits).to(dtype)
+
+
 class _Uniforms(Compressor):
-    """Shared ``draw``: one uniform in [0, 1) per coordinate, in the input's floating dtype."""
+    """Shared ``draw``: one uniform u ∈ [0, 1) per coordinate, as the integer U = u·2^b with
+    b = ``draw_bits`` of the input's floating dtype (see the module docstring)."""
 
     unbiased = True
     randomized = True
@@ -62,17 +105,35 @@ class _Uniforms(Compressor):
         gen = require_generator(self.name, generator)
         if not dtype.is_floating_point:
             dtype = torch.float64
-        # uniform_ on an empty tensor: the same distribution as torch.rand, ~1.5× faster on CPU here.
-        return torch.empty(*batch_shape, d, dtype=dtype, device=gen.device).uniform_(generator=gen)
+        return _draw_integers((*batch_shape, d), gen, dtype)
 
     def _uniforms(self, x: Tensor, rnd: Tensor | None) -> Tensor:
+        """The draw's integers U for x (of ``_draw_int(x.dtype)``, on x's device), checked."""
         if rnd is None:
             raise ValueError(f"{self.name}: apply needs the uniforms from draw(); got rnd=None")
         if rnd.shape[-1] != x.shape[-1]:
             raise ValueError(f"{self.name}: the draw has rows of length {rnd.shape[-1]}, the input {x.shape[-1]}")
         check_draw_batch(self.name, x, rnd)
-        # Compose stores draws as float64; casting back to x's dtype is exact for a float32 draw.
-        return rnd.to(device=x.device, dtype=x.dtype)
+        want = _draw_int(x.dtype)
+        if rnd.dtype == want:
+            return rnd.to(device=x.device)
+        if rnd.dtype not in (torch.int64, torch.float64):
+            raise ValueError(
+                f"{self.name}: a draw for {x.dtype} inputs holds {want} integers (from draw(..., dtype={x.dtype})), "
+                f"got dtype {rnd.dtype}"
+            )
+        # Compose and Blockwise stack the draws of their parts as int64 or float64: the integers
+        # themselves, which must lie in [0, 2^b] for x's dtype (a draw made for float64 inputs does not).
+        bits = draw_bits(x.dtype)
+        if rnd.numel():
+            lo, hi = (float(v) for v in torch.aminmax(rnd))
+            whole = not rnd.is_floating_point() or bool(torch.equal(rnd, rnd.trunc()))
+            if not (lo >= 0 and hi <= 2.0**bits and whole):
+                raise ValueError(
+                    f"{self.name}: a draw for {x.dtype} inputs holds integers in [0, 2^{bits}); got values in "
+                    f"[{lo}, {hi}]{'' if whole else ', not all whole numbers'} (drawn for another dtype?)"
+                )
+        return rnd.to(device=x.device, dtype=want)
 
 
 def _round_pow2_reference(x: Tensor, u: Tensor) -> Tensor:
@@ -182,7 +243,7 @@ def _on_numpy(x: Tensor) -> bool:
 
 
 def _row_blocks(x: Tensor, u: Tensor | None) -> tuple[np.ndarray, np.ndarray | None, list[tuple[slice, slice, slice]]]:
-    """x (..., d) as a (rows, d) array X, the uniforms u (whose leading dims broadcast to x's) as an
+    """x (..., d) as a (rows, d) array X, the draw u (integers U; leading dims broadcast to x's) as an
     array U of rows, and the blocks of about ``BLOCK`` elements: (rows of X, the same rows of U,
     columns). A draw shared along x's leading dims (batch shape (1, ..., rest)) is not copied: X's
     row i uses U's row i mod (rows of U), and no block straddles two of U's repetitions."""
@@ -207,30 +268,58 @@ def _row_blocks(x: Tensor, u: Tensor | None) -> tuple[np.ndarray, np.ndarray | N
     return X, U, blocks
 
 
-def _pow2_codes(xi: np.ndarray, u: np.ndarray | None, dtype: torch.dtype) -> np.ndarray:
-    """The exponent field of ``_round_pow2``'s output for one block: xi the integer view of x, u its
-    uniforms (None: every u = 1/2, as ``Rounding`` rounds). A new integer array of xi's dtype.
+def _pow2_codes(xi: np.ndarray, u: np.ndarray | None, dtype: torch.dtype, out: type[np.integer] | None = None) -> np.ndarray:
+    """The exponent field of ``_round_pow2``'s output for one block: xi the integer view of x, u the
+    draw's integers U of its uniforms (None: every u = 1/2, as ``Rounding`` rounds). A new integer
+    array of xi's dtype, or of ``out`` (wide enough for the field: the payload's dtype, which skips a
+    cast; where it is exactly the field's width, the truncating cast drops the sign without a mask).
 
-    With x = ±σ·2^e (σ = 1 + mantissa·2^−m, m mantissa bits), p = σ − 1 = mantissa·2^−m, built
-    exactly as the float with x's mantissa and the exponent of 1, minus 1; up iff u < p, and rounding
-    up adds 1 to the exponent field. Subnormals (field 0) round to 0 or the smallest normal number with
-    the same p = |x|/tiny, so the same rule takes their field from 0 to 1; zeros have p = 0; the
-    all-ones field (inf, NaN: ±inf in ``_round_pow2``) stays as it is."""
-    _, nmant, nexp, bias = _float_layout(dtype)
+    With x = ±σ·2^e (σ = 1 + mantissa·2^−m, m mantissa bits), p = σ − 1 = mantissa·2^−m; up iff
+    u = U·2⁻ᵇ < p, i.e. U < mantissa·2^(b−m) — integers only, exact; rounding up adds 1 to the
+    exponent field. Subnormals (field 0) round to 0 or the smallest normal number with the same
+    p = |x|/tiny, so the same rule takes their field from 0 to 1; zeros have p = 0; the all-ones field
+    (inf, NaN: ±inf in ``_round_pow2``) stays as it is."""
+    _, nmant, nexp, _ = _float_layout(dtype)
     emask = (1 << nexp) - 1
     mant = xi & ((1 << nmant) - 1)
     if u is None:
         up = mant > (1 << (nmant - 1))  # 1/2 < p
     else:
-        mant |= bias << nmant  # the bits of σ
-        p = mant.view(_NUMPY_FLOAT[dtype])
-        p -= 1.0
-        up = u < p
+        if mant.dtype.itemsize < u.dtype.itemsize:  # float16: the threshold needs 24 bits
+            mant = mant.astype(u.dtype)
+        mant <<= draw_bits(dtype) - nmant  # p·2^b
+        up = u < mant
     code = xi >> nmant
-    code &= emask
+    if out is not None:
+        code = code.astype(out)
+    if np.dtype(code.dtype).itemsize * 8 != nexp or np.dtype(code.dtype).kind != "u":
+        code &= emask
     up &= code != emask
     code += up
     return code
+
+
+def _less_uniforms(u: np.ndarray, p: np.ndarray, dtype: torch.dtype, out: np.ndarray, scaled: bool = False) -> None:
+    """out = [U·2⁻ᵇ < p] for the draw's integers u = U and probabilities p ∈ [0, 1] of ``dtype``
+    (p is consumed), exactly: as U < p·2^b, with p·2^b exact (a power-of-two scaling that cannot
+    overflow) and U cast exactly to floats in the comparison (float32 for b = 24, float64 for 53).
+    ``scaled``: p holds p·2^b already (see ``_compare_scale``)."""
+    b = draw_bits(dtype)
+    wide, sig = (np.float64, "dd->?") if b > 24 else (np.float32, "ff->?")
+    if not scaled:
+        p = p if p.dtype == wide else p.astype(wide)
+        p *= 2.0**b
+    np.less(u, p, out=out, casting="unsafe", signature=sig)
+
+
+def _compare_scale(dtype: torch.dtype, k: int = 0) -> float:
+    """2^b where a dithering quantizer can fold the comparison's scaling by 2^b (``_less_uniforms``)
+    into its own scaling of r = |x|/‖x‖ by 2^k (r ≤ 1 + ε stays finite: float32 and float64 inputs
+    with k + b below the largest exponent), else 1.0 (float16, or huge k)."""
+    b = draw_bits(dtype)
+    if dtype not in (torch.float32, torch.float64) or k + b >= math.frexp(torch.finfo(dtype).max)[1] - 1:
+        return 1.0
+    return 2.0**b
 
 
 def _sign_mask(dtype: torch.dtype) -> int:
@@ -267,7 +356,7 @@ def _natural_numpy(x: Tensor, u: Tensor | None, floats: bool) -> tuple[Tensor, .
     negative = np.empty(X.shape, dtype=np.bool_)
     for rx, ru, cols in blocks:
         xi = XI[rx, cols]
-        codes[rx, cols] = _pow2_codes(xi, None if U is None else U[ru, cols], x.dtype)
+        codes[rx, cols] = _pow2_codes(xi, None if U is None else U[ru, cols], x.dtype, codes.dtype.type)
         np.less(xi, 0, out=negative[rx, cols])
     return torch.from_numpy(codes).view(x.shape), torch.from_numpy(negative).view(x.shape)
 
@@ -298,14 +387,14 @@ class Natural(_Uniforms):
         pass
 
     def _up_uniforms(self, x: Tensor, rnd: Tensor | None) -> Tensor | None:
-        """The uniforms u (round up iff u < p); None for ``Rounding``'s fixed u = 1/2."""
+        """The draw's integers U (round up iff U·2⁻ᵇ < p); None for ``Rounding``'s fixed u = 1/2."""
         return self._uniforms(x, rnd)
 
     def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         u = self._up_uniforms(x, rnd)
         if _on_numpy(x):
             return _natural_numpy(x, u, floats=True)[0]
-        return _round_pow2(x, torch.full((), 0.5, dtype=x.dtype, device=x.device) if u is None else u)
+        return _round_pow2(x, torch.full((), 0.5, dtype=x.dtype, device=x.device) if u is None else _float_uniforms(u, x.dtype))
 
     def fields(self, d: int, dtype: torch.dtype) -> list[Field]:
         return [Field("exponent", "uint", d, _float_layout(dtype)[2]), Field("negative", "bits", d)]
@@ -419,7 +508,7 @@ class _Dithering(_Uniforms):
 
     def _levels_numpy(self, r: np.ndarray, u: np.ndarray, dtype: torch.dtype, out: np.ndarray) -> None:
         """``_levels`` on the CPU for one block, written into ``out`` (integers): r = |x|/‖x‖ (safe norm,
-        no NaN: see encode; consumed), u its uniforms."""
+        no NaN: see encode; consumed), u the draw's integers U of its uniforms."""
         raise NotImplementedError
 
     def _check_dtype(self, dtype: torch.dtype) -> None:
@@ -476,7 +565,7 @@ class _Dithering(_Uniforms):
         if _on_numpy(x):
             idx, neg = self._numpy_path(x, u, norm, values=False)
         else:
-            lv = self._levels(x, u, norm).nan_to_num_(nan=0.0).clamp_(0, self.levels)
+            lv = self._levels(x, _float_uniforms(u, x.dtype), norm).nan_to_num_(nan=0.0).clamp_(0, self.levels)
             idx, neg = lv.to(_uint_dtype(self.width())), torch.signbit(x)
         return Payload({"norm": norm, "level": idx, "negative": neg}, x.shape[-1], x.dtype)
 
@@ -535,17 +624,23 @@ class QSGD(_Dithering):
         return level.add_(r)
 
     def _levels_numpy(self, r: np.ndarray, u: np.ndarray, dtype: torch.dtype, out: np.ndarray) -> None:
-        # ``_levels``'s arithmetic (np.clip with both bounds: ~3× faster than np.minimum here).
+        # ``_levels``'s arithmetic (np.clip with both bounds: ~3× faster than np.minimum here). With
+        # c = 2^b (``_compare_scale``), r·s·c is round(r·s)·c exactly where r·s is a normal number, and
+        # where r·s is subnormal both give 0 < p iff r > 0 and u < p only for U = 0: the same levels.
         s = float(self.levels)
-        r *= s
+        c = _compare_scale(dtype, math.ceil(math.log2(s)))
+        r *= s * c
+        if r.max() < c:  # every level is 0 or 1 (s·|x_j| < ‖x‖ for all j, usual at large d): p = r·s, no clip
+            _less_uniforms(u, r, dtype, out, scaled=c != 1.0)
+            return
+        r *= 1.0 / c
         np.clip(r, 0.0, s, out=r)
-        if (r >= 1.0).any():
-            level = np.floor(r)
-            r -= level  # p
-            out[...] = level
-            out += u < r
-        else:  # every level is 0 or 1 (e.g. s·|x_j| < ‖x‖ for all j, usual at large d): p = r
-            np.less(u, r, out=out, casting="unsafe")
+        level = np.floor(r)
+        r -= level  # p
+        out[...] = level
+        up = np.empty(r.shape, dtype=np.bool_)
+        _less_uniforms(u, r, dtype, up)
+        out += up
 
     def level_values(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         return torch.arange(self.levels + 1, dtype=dtype, device=device)
@@ -560,7 +655,9 @@ class QSGD(_Dithering):
         norm = _row_norm(x)
         u = self._uniforms(x, rnd)
         fast = self._fast_apply(x, u, norm)
-        return fast if fast is not None else self._levels(x, u, norm).mul_(self.scale(norm)).copysign_(x)
+        if fast is not None:
+            return fast
+        return self._levels(x, _float_uniforms(u, x.dtype), norm).mul_(self.scale(norm)).copysign_(x)
 
     def omega(self, d: int) -> float:
         s = self.levels
@@ -629,12 +726,14 @@ class NaturalDithering(_Dithering):
         p = (r − lo)/lo = σ − 1, read off the mantissa (as in ``_pow2_codes``); for t < 1 (r < b) the
         index is 0 and p = r/b = t. Up iff u < p adds 1 to the index."""
         _, nmant, _, bias = _float_layout(dtype)
-        np.clip(r, 0.0, 1.0, out=r)
-        r *= 2.0 ** (self.levels - 1)  # t
-        big = r >= 1.0
-        if not big.any():  # every r below b (usual at large d and few levels): index [u < t]
-            np.less(u, r, out=out, casting="unsafe")
+        c = _compare_scale(dtype, self.levels - 1)
+        r *= 2.0 ** (self.levels - 1) * c  # t·c, exact (a power of two, finite)
+        if r.max() < c:  # every r below b (usual at large d and few levels): index [u < t], no clip
+            _less_uniforms(u, r, dtype, out, scaled=c != 1.0)
             return
+        r *= 1.0 / c  # t again, exactly
+        np.clip(r, 0.0, 2.0 ** (self.levels - 1), out=r)  # min(r, 1)·2^(s−1)
+        big = r >= 1.0
         ti = r.view(_NUMPY_INT[_float_layout(dtype)[0]])
         idx = ti >> nmant
         idx -= bias - 1  # j + 1
@@ -645,7 +744,9 @@ class NaturalDithering(_Dithering):
         p -= 1.0  # σ − 1
         np.copyto(p, r, where=~big)
         out[...] = idx
-        out += u < p
+        up = np.empty(p.shape, dtype=np.bool_)
+        _less_uniforms(u, p, dtype, up)
+        out += up
 
     def level_values(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         s = self.levels
@@ -664,11 +765,13 @@ class NaturalDithering(_Dithering):
         norm = _row_norm(x)
         u = self._uniforms(x, rnd)
         fast = self._fast_apply(x, u, norm)
-        return fast if fast is not None else self._level_fractions(x, u, norm).mul_(norm).copysign_(x)
+        if fast is not None:
+            return fast
+        return self._level_fractions(x, _float_uniforms(u, x.dtype), norm).mul_(norm).copysign_(x)
 
     def apply_reference(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         """Readable reference of ``apply`` (same output for the same draw); used by the tests."""
-        u = self._uniforms(x, rnd)
+        u = _float_uniforms(self._uniforms(x, rnd), x.dtype)
         norm = _row_norm(x)
         safe = torch.where(norm > 0, norm, torch.ones_like(norm))
         r = (x.abs() / safe).clamp(max=1.0)
