@@ -275,3 +275,25 @@ def test_local_sgd_sde_on_a_network_uses_each_workers_shard():
     sde, _ = simulate_sde(oracle, algo, schedule, paths=2, log_every=2)
     assert torch.equal(opt.rounds, sde.rounds) and torch.isfinite(sde.loss).all()
     assert float(sde.loss[-1].mean()) < float(sde.loss[0].mean())
+
+
+def test_track_overlays_the_local_methods_sdes(tmp_path):
+    """``compsde track local-sgd-sde`` at a small size: every series (quadratic and MLP; constant H, QSR, Local
+    AdamW) gets its SDE, whose rows record the optimizer's rounds and H."""
+    import csv
+    import json
+
+    from compsde.experiments import cli
+
+    out = tmp_path / "track"
+    assert cli.main(["track", "local-sgd-sde", "--no-progress", "--no-plots", "--out", str(out), "--set",
+                     "run.steps=12", "run.repeats=1", "run.log_every=4"]) == 0
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert all(s["sde"]["noise_type"] == "block-diagonal" and s["tracking"]["mean_rel_error"] is not None
+               for s in summary["series"])
+    with open(out / "metrics.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for s in summary["series"]:
+        mine = {src: [(r["step"], r["comm_rounds"], r["sync_period"], r["bits"]) for r in rows
+                      if r["series"] == s["label"] and r["source"] == src] for src in ("optimizer", "sde")}
+        assert mine["optimizer"] == mine["sde"] and mine["sde"][-1][1] != "0", s["label"]
