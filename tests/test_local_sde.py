@@ -297,3 +297,21 @@ def test_track_overlays_the_local_methods_sdes(tmp_path):
         mine = {src: [(r["step"], r["comm_rounds"], r["sync_period"], r["bits"]) for r in rows
                       if r["series"] == s["label"] and r["source"] == src] for src in ("optimizer", "sde")}
         assert mine["optimizer"] == mine["sde"] and mine["sde"][-1][1] != "0", s["label"]
+
+
+def test_local_sgd_sde_with_noise_shaped_by_the_problem():
+    """On the sharpness valley the noise's covariance depends on the point (``Oracle.noise_factors``): each
+    worker's block uses its own factors at its own iterate, and the SDE records the simulator's rounds."""
+    oracle = Oracle(problems.make("sharpness-valley", dim=5), Noise("gaussian", 1.0), workers=3)
+    algo = algorithms.make("local-sgd", sync=SyncSchedule("constant", period=4))
+    model = models.from_algorithm(oracle, algo, 0.05)
+    assert model.rank == 5 and model.noise_dim == 3 * (5 + 5)
+    x = torch.randn(2, 5, dtype=torch.float64)
+    f = oracle.noise_factors(x)
+    for i in range(3):
+        assert torch.equal(WorkerOracle(oracle, i).noise_factors(x), f[i: i + 1])
+    schedule = Schedule("constant", 0.05, 40)
+    opt = simulate(oracle, algo, schedule, repeats=64, log_every=10)
+    sde, _ = simulate_sde(oracle, algo, schedule, paths=64, log_every=10)
+    assert torch.equal(opt.rounds, sde.rounds) and int(sde.rounds[-1]) == 10
+    assert torch.isfinite(sde.loss).all()

@@ -223,13 +223,13 @@ class Oracle(GradientOracle):
         var = super().noise_variances()  # refuses infinite variance either way
         return torch.zeros_like(var) if self.shaped else var
 
-    def noise_factors(self, x: Tensor) -> Tensor | None:
-        """For shaped noise (``Problem.noise_std``): F_i = σ_i √Var(T)/√B · diag(s(x)), (N, M, d, d), so that
-        F_iᵀF_i is the covariance of worker i's noise at x (M, d); None for isotropic noise. O(M d²)
-        memory: shaped noise is for small problems."""
+    def noise_factors(self, x: Tensor, lo: int = 0, hi: int | None = None) -> Tensor | None:
+        """For shaped noise (``Problem.noise_std``): F_i = σ_i √Var(T)/√B · diag(s(x)) of workers lo ≤ i < hi
+        (default all), (hi − lo, M, d, d), so that F_iᵀF_i is the covariance of worker i's noise at x (M, d);
+        None for isotropic noise. O(M d²) memory: shaped noise is for small problems."""
         if not (self.shaped and self.noise.active):
             return None
-        sd = (super().noise_variances().sqrt()).to(device=x.device, dtype=x.dtype)
+        sd = (super().noise_variances()[lo:hi].sqrt()).to(device=x.device, dtype=x.dtype)
         s = self.problem.noise_std(x)  # (M, d)
         return sd.reshape(-1, 1, 1, 1) * torch.diag_embed(s).unsqueeze(0)
 
