@@ -17,7 +17,7 @@ from compsde.experiments.overrides import apply_overrides, parse_value
 from compsde.experiments.presets import load_source
 
 PRESETS = ["adam-scaling-rule", "adaptive-sde-comparison", "adaptive-sde-tracking", "cgd-quadratic", "compression-variance", "gpt-scaling-rules",
-           "l0l1-schedules", "minimax-bilinear", "mlp-sde-tracking", "noise-resilience", "qsr", "qsr-sharpness",
+           "l0l1-schedules", "local-sgd-sde", "minimax-bilinear", "mlp-sde-tracking", "noise-resilience", "qsr", "qsr-sharpness",
            "resnet-compression-variance", "sam-flat-minima", "sam-saddle", "scaling-rules", "sde-heavy-tails",
            "sde-tracking", "signsgd-vs-sgd-heavy-tails", "signum-majority", "top1-divergence", "vit-heavy-tails", "weak-order"]
 

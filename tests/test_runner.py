@@ -26,6 +26,7 @@ SMALL = {name: ["run.steps=20", "run.repeats=3"] for name in PRESETS}
 SMALL["top1-divergence"] = ["run.steps=200", "run.log_every=10"]
 SMALL["adam-scaling-rule"] = ["run.steps=20", "run.repeats=3", "series.steps=20"]  # its series set their own steps
 SMALL["adaptive-sde-tracking"] = ["run.steps=4", "run.repeats=1", "run.log_every=2", "series.steps=4"]  # and an MLP
+SMALL["local-sgd-sde"] = ["run.steps=4", "run.repeats=1", "run.log_every=2"]  # an MLP too
 NETWORK_PRESETS = ("gpt-scaling-rules", "mlp-sde-tracking", "qsr", "resnet-compression-variance", "vit-heavy-tails")
 for _name in NETWORK_PRESETS:  # networks: a few steps end to end (their numbers: the README, measured)
     SMALL[_name] = ["run.steps=4", "run.repeats=1", "run.log_every=2"]

@@ -190,7 +190,7 @@ def test_sde_trace_counts_communication_through_the_methods_events():
     made = []
 
     class Periodic(type(base)):
-        def events(self, log, rows, dtype):
+        def events(self, log, rows, dtype, schedule=None):
             made.append(Every3(log))
             return made
 

@@ -327,18 +327,21 @@ class NetworkOracle(GradientOracle):
         idx = self.shards[i] if n is None else self.sde_subsets[i][:n]
         return self.x_train[idx], self.y_train[idx]
 
-    def mean_grads(self, x: Tensor) -> Tensor:
-        """E g_i(x): the full-batch gradient of each worker's shard, (N, M, d) for x (M, d)."""
+    def mean_grads(self, x: Tensor, lo: int = 0, hi: int | None = None) -> Tensor:
+        """E g_i(x): the full-batch gradient of the shard of each worker lo ≤ i < hi (default all),
+        (hi − lo, M, d) for x (M, d)."""
+        hi = self.workers if hi is None else hi
         per_path = vmap(grad(self._loss_named), in_dims=(0, None, None))
-        out = torch.empty(self.workers, *x.shape, dtype=x.dtype, device=x.device)
+        out = torch.empty(hi - lo, *x.shape, dtype=x.dtype, device=x.device)
         params = self.flat.unflatten(x)
-        for i in range(self.workers):
+        for i in range(lo, hi):
             g = per_path(params, *self._shard(i))
-            self.flat.flatten(g, (x.shape[0],), out=out[i])
+            self.flat.flatten(g, (x.shape[0],), out=out[i - lo])
         return out
 
-    def noise_factors(self, x: Tensor) -> Tensor:
-        """F_i with Cov(minibatch noise of worker i) ≈ F_iᵀ F_i, (N, M, n, d): F_i = (G_i − Ḡ_i)/√(n B) from the
+    def noise_factors(self, x: Tensor, lo: int = 0, hi: int | None = None) -> Tensor:
+        """F_i with Cov(minibatch noise of worker i) ≈ F_iᵀ F_i for workers lo ≤ i < hi (default all),
+        (hi − lo, M, n, d): F_i = (G_i − Ḡ_i)/√(n B) from the
         per-sample gradients G_i (n_i × d) of n_i = min(``sde_samples``, shard size) fixed samples of the
         worker's shard (all of it when smaller: then exact, since minibatches are drawn uniformly with
         replacement from the shard); rows beyond n_i are 0, so every worker has n = ``noise_rank`` rows.
@@ -346,14 +349,15 @@ class NetworkOracle(GradientOracle):
         n = self.sde_n
         one = lambda p, a, b: self._loss_named(p, a.unsqueeze(0), b.unsqueeze(0))  # noqa: E731
         per_sample = vmap(vmap(grad(one), in_dims=(None, 0, 0)), in_dims=(0, None, None))  # paths × samples
-        out = torch.zeros(self.workers, x.shape[0], n, self.dim, dtype=x.dtype, device=x.device)
+        hi = self.workers if hi is None else hi
+        out = torch.zeros(hi - lo, x.shape[0], n, self.dim, dtype=x.dtype, device=x.device)
         params = self.flat.unflatten(x)
-        for i in range(self.workers):
+        for i in range(lo, hi):
             n_i = min(n, self.shards[i].numel())  # a smaller shard fills fewer rows (the rest stay 0)
             if n_i < 2:
                 raise ValueError(f"worker {i}'s shard has {n_i} sample: its gradient noise covariance needs at least 2")
             g = per_sample(params, *self._shard(i, n_i))
-            f = out[i, :, :n_i]
+            f = out[i - lo, :, :n_i]
             self.flat.flatten(g, (x.shape[0], n_i), out=f)
             f -= f.mean(dim=1, keepdim=True)
             f /= math.sqrt(n_i * self.batch)

@@ -84,8 +84,8 @@ class GradientOracle:
         """``grads`` as a function of the point, with the sample fixed (a probe evaluates it again)."""
         raise NotImplementedError
 
-    def mean_grads(self, x: Tensor) -> Tensor:
-        """The workers' exact gradients E g_i at x (M, d), (N, M, d)."""
+    def mean_grads(self, x: Tensor, lo: int = 0, hi: int | None = None) -> Tensor:
+        """The exact gradients E g_i at x (M, d) of workers lo ≤ i < hi (default all N), (hi − lo, M, d)."""
         raise NotImplementedError
 
     def sign_means(self, x: Tensor) -> Tensor:
@@ -113,9 +113,10 @@ class GradientOracle:
     #: n, the rank per worker of ``noise_factors`` (0: isotropic noise only).
     noise_rank: int = 0
 
-    def noise_factors(self, x: Tensor) -> Tensor | None:
-        """For SDE models: F_i (N, M, n, d) of the noise covariance's part F_iᵀ F_i beyond the isotropic
-        ``noise_variances``, at points x (M, d); None when the noise is isotropic (a problem's noise model)."""
+    def noise_factors(self, x: Tensor, lo: int = 0, hi: int | None = None) -> Tensor | None:
+        """For SDE models: F_i (hi − lo, M, n, d) of workers lo ≤ i < hi (default all N) of the noise
+        covariance's part F_iᵀ F_i beyond the isotropic ``noise_variances``, at points x (M, d); None when
+        the noise is isotropic (a problem's noise model)."""
         return None
 
 
@@ -222,13 +223,13 @@ class Oracle(GradientOracle):
         var = super().noise_variances()  # refuses infinite variance either way
         return torch.zeros_like(var) if self.shaped else var
 
-    def noise_factors(self, x: Tensor) -> Tensor | None:
-        """For shaped noise (``Problem.noise_std``): F_i = σ_i √Var(T)/√B · diag(s(x)), (N, M, d, d), so that
-        F_iᵀF_i is the covariance of worker i's noise at x (M, d); None for isotropic noise. O(M d²)
-        memory: shaped noise is for small problems."""
+    def noise_factors(self, x: Tensor, lo: int = 0, hi: int | None = None) -> Tensor | None:
+        """For shaped noise (``Problem.noise_std``): F_i = σ_i √Var(T)/√B · diag(s(x)) of workers lo ≤ i < hi
+        (default all), (hi − lo, M, d, d), so that F_iᵀF_i is the covariance of worker i's noise at x (M, d);
+        None for isotropic noise. O(M d²) memory: shaped noise is for small problems."""
         if not (self.shaped and self.noise.active):
             return None
-        sd = (super().noise_variances().sqrt()).to(device=x.device, dtype=x.dtype)
+        sd = (super().noise_variances()[lo:hi].sqrt()).to(device=x.device, dtype=x.dtype)
         s = self.problem.noise_std(x)  # (M, d)
         return sd.reshape(-1, 1, 1, 1) * torch.diag_embed(s).unsqueeze(0)
 
@@ -238,9 +239,9 @@ class Oracle(GradientOracle):
         return lambda x: self.grads(x, lo, hi, sample, keep_sample=True)
 
     # ---- the law of the noise (for SDE models) --------------------------------------------------
-    def mean_grads(self, x: Tensor) -> Tensor:
-        """∇f_i(x) of every worker, (N, ..., d)."""
-        return self.problem.worker_grads(x, self.workers)
+    def mean_grads(self, x: Tensor, lo: int = 0, hi: int | None = None) -> Tensor:
+        """∇f_i(x) of workers lo ≤ i < hi (default every worker), (hi − lo, ..., d)."""
+        return self.problem.worker_grads(x, self.workers, lo, hi)
 
     def sign_means(self, x: Tensor) -> Tensor:
         """E sign(g_i(x)) = 2F(√B ∇f_i/σ_i) − 1 per coordinate, (N, ..., d), F the CDF of T (sign(0) = +1)."""

@@ -13,7 +13,9 @@ communication on a ``compsde.sim.exchange.CommLog``, the simulator's own record 
   augmented state to 0), so the SDE's paths diverge and freeze exactly as the optimizer's repetitions do.
 
 A method that communicates only at some boundaries (Local SGD's averaging every H steps) is one model of
-the workers' states plus an event that averages them there and records that round on the log.
+the workers' states plus an event that averages them there and records that round on the log
+(``compsde.sde.local``: ``LocalSDE`` and ``Averaging``, whose ``period`` the divergence event logs as the
+simulator logs a local method's H).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ class Event:
     def __call__(self, k: int, z: Tensor, args: StepArgs) -> Tensor:
         raise NotImplementedError
 
+    @property
+    def period(self) -> int | None:
+        """The synchronisation period H in force (a local method's averaging event), None for the others."""
+        return None
+
 
 class Communication(Event):
     """One communication round per optimizer step: ``bits`` declared bits and ``nbytes`` wire bytes (per
@@ -53,11 +60,12 @@ class Communication(Event):
 class Divergence(Event):
     """The simulator's end of step on the SDE's paths (module doc): ``recorder.check`` of the iterates,
     ``recorder.record`` of the logged steps (its loss check is part of the rule, and the row carries the
-    communication so far, ``log.totals()``), then ``recorder.freeze``. ``progress(1)`` after each step."""
+    communication so far, ``log.totals()``, and the H in force of ``sync``, a local method's averaging event),
+    then ``recorder.freeze`` of the model's ``state_parts``. ``progress(1)`` after each step."""
 
     def __init__(self, recorder: Recorder, model: SDEModel, log: CommLog,
-                 progress: Callable[[int], None] | None = None) -> None:
-        self.recorder, self.model, self.log, self.progress = recorder, model, log, progress
+                 progress: Callable[[int], None] | None = None, sync: Event | None = None) -> None:
+        self.recorder, self.model, self.log, self.progress, self.sync = recorder, model, log, progress, sync
 
     def __call__(self, k: int, z: Tensor, args: StepArgs) -> Tensor:
         rec, model = self.recorder, self.model
@@ -66,7 +74,7 @@ class Divergence(Event):
         if self.progress is not None:
             self.progress(1)
         if rec.due(k):
-            rec.record(k, x, float("nan"), self.log.totals())
-        # x back to x⁰, the rest of an augmented state to 0 (in place)
-        rec.freeze({"params": x, "rest": z[:, model.dim:]} if model.state_dim != model.dim else {"params": z})
+            rec.record(k, x, float("nan"), self.log.totals(), period=None if self.sync is None else self.sync.period)
+        # x back to x⁰ (a local method's workers too), the rest of an augmented state to 0 (in place)
+        rec.freeze(model.state_parts(z))
         return z

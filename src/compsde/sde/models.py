@@ -53,11 +53,12 @@ A model whose state is more than x (``state_dim`` > d) gives ``initial(x0)`` and
 ``noise_type`` says how S^{1/2} ξ is formed, for the solvers to declare which they support (``NOISE_TYPES``):
 "none" (no diffusion), "diagonal" (each coordinate driven by the noise coordinate of its own index, scaled),
 "diagonal-lowrank" (diag(D) − UUᵀ, or a diagonal plus a low-rank factor), "general" (a linear map of ξ that
-mixes coordinates, applied by the model) and "sampled" (a Monte Carlo estimate, fresh at every evaluation).
+mixes coordinates, applied by the model), "sampled" (a Monte Carlo estimate, fresh at every evaluation) and
+"block-diagonal" (blocks of the state driven by disjoint blocks of ξ: a local method's workers, ``sde.local``).
 
 A model also gives the ``events`` of the method it describes at optimizer-step boundaries (by default one
 communication per step, recorded on a ``compsde.sim.exchange.CommLog``): a method that communicates at
-boundaries only (Local SGD's averaging) is one model plus its averaging event.
+boundaries only (Local SGD's averaging) is one model plus its averaging event (``compsde.sde.local``).
 
 Which model an algorithm gets is decided by the registry ``MODELS``: each model class says which
 algorithms it ``applies`` to, checked in order.
@@ -83,6 +84,7 @@ from compsde.objectives.oracle import GradientOracle, Oracle
 from compsde.objectives.problems import Problem, jvp_by_vjp
 
 if TYPE_CHECKING:
+    from compsde.algorithms.schedules import Schedule
     from compsde.sde.events import Event
     from compsde.sim.exchange import CommLog
 
@@ -90,7 +92,7 @@ __all__ = ["AdaptiveSDE", "DSGDSDE", "DSignSGDSDE", "MODELS", "MonteCarloSDE", "
            "SDEModel", "SignSGDSDE", "StepArgs", "from_algorithm"]
 
 #: The ways a model forms S^{1/2} ξ (module doc); a solver declares the ones it supports.
-NOISE_TYPES = ("none", "diagonal", "diagonal-lowrank", "general", "sampled")
+NOISE_TYPES = ("none", "diagonal", "diagonal-lowrank", "general", "sampled", "block-diagonal")
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,11 @@ class SDEModel:
         """The iterates x (a view: M × d) of states z (M, state_dim)."""
         return z[:, : self.dim]
 
+    def state_parts(self, z: Tensor) -> dict[str, Tensor]:
+        """Views of the states z as the parts of an algorithm's state that ``Recorder.freeze`` resets on
+        diverged paths: ``params`` (x, back to x⁰) and ``rest`` (an augmented state's other coordinates, to 0)."""
+        return {"params": z[:, : self.dim], "rest": z[:, self.dim:]} if self.state_dim != self.dim else {"params": z}
+
     def evaluate(self, t: float, x: Tensor, xi: Tensor, args: StepArgs) -> tuple[Tensor, Tensor]:
         """Return (m(x), S(x)^{1/2} ξ), both of shape (M, state_dim), for states x (M, state_dim) at SDE
         time t, ξ (M, noise_dim) and the step's ``args`` (η_k, dt, generator).
@@ -181,10 +188,11 @@ class SDEModel:
                              f"{describe(args)}")
         return args
 
-    def events(self, log: CommLog, rows: int, dtype: torch.dtype) -> list[Event]:
+    def events(self, log: CommLog, rows: int, dtype: torch.dtype, schedule: Schedule | None = None) -> list[Event]:
         """The method's own events at optimizer-step boundaries, for a solve that follows its optimizer run
-        with ``rows`` paths of ``dtype``: by default one communication per step, the algorithm's declared
-        bits and the wire bytes per path one worker sends (as the simulator counts them), on ``log``."""
+        (learning rates ``schedule``: a local method's averaging times depend on them) with ``rows`` paths of
+        ``dtype``: by default one communication per step, the algorithm's declared bits and the wire bytes
+        per path one worker sends (as the simulator counts them), on ``log``."""
         from compsde.compressors.wire import wire_bytes
         from compsde.sde.events import Communication
 
@@ -634,7 +642,8 @@ MODELS: list[type[SDEModel]] = [DSGDSDE, RandKSDE, DSignSGDSDE, MonteCarloSDE]
 def from_algorithm(oracle: GradientOracle, algorithm: Algorithm, lr: float, *,
                    mc_samples: int = MonteCarloSDE.DEFAULT_SAMPLES) -> SDEModel:
     """The SDE model of a configured algorithm: its recipe's model when it is a named optimizer as its
-    recipe builds it, else a structural closed form where one exists, else Monte Carlo.
+    recipe builds it, else a structural closed form where one exists, else Monte Carlo; a local method
+    (local-sgd, local-adamw) gets ``compsde.sde.local.LocalSDE``, its workers' SDEs with the averaging as a jump.
 
     Raises ValueError naming the reason when the algorithm has none (it carries state from step to
     step, or its update has infinite variance under the oracle's noise).
@@ -643,6 +652,10 @@ def from_algorithm(oracle: GradientOracle, algorithm: Algorithm, lr: float, *,
         raise ValueError(f"oracle must be a compsde.objectives.Oracle or NetworkOracle, got {describe(oracle)}")
     if not isinstance(algorithm, Algorithm):
         raise ValueError(f"algorithm must be a compsde Algorithm, got {describe(algorithm)}")
+    if algorithm.local:  # every worker's own SDE, the averaging as a jump (docs/theory.md §5.4)
+        from compsde.sde.local import LocalSDE
+
+        return LocalSDE(oracle, algorithm, lr)
     opt = algorithm.optimizer
     if opt is not None and opt.sde is not None and opt.built(algorithm):
         model: type[SDEModel] = opt.sde
@@ -659,7 +672,6 @@ def from_algorithm(oracle: GradientOracle, algorithm: Algorithm, lr: float, *,
             return cls(oracle, algorithm, lr)
     if opt is not None and opt.no_sde:
         raise ValueError(f"{algorithm.label()} has no SDE here: {opt.no_sde}")
-    why = ("the workers' own iterates between averagings" if algorithm.local else
-           "error feedback" if algorithm.error_feedback else "a transform with state (momentum)")
+    why = "error feedback" if algorithm.error_feedback else "a transform with state (momentum)"
     raise ValueError(f"{algorithm.label()} has no first-order SDE of this form: its update depends on {why} "
                      "carried from step to step, not only on x")

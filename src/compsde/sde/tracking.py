@@ -53,8 +53,8 @@ def simulate_sde(
     the noise source ``increments`` ("gaussian", "rademacher" or a ``compsde.sde.noise.NoiseSource``).
 
     Returns the ``Trace`` (loss, grad norm, distance at the logged steps; the communication the method's
-    events record, one round per step for the methods that communicate every step, as the simulator
-    counts it; compression error NaN) and the model used (its ``description`` says how it was built;
+    events record, one round per step for the methods that communicate every step and one per averaging for
+    a local method, whose H in force is logged too, as the simulator counts them; compression error NaN) and the model used (its ``description`` says how it was built;
     pass ``model`` to reuse one built by ``from_algorithm``). A path that becomes non-finite or runs away
     is marked diverged and frozen, as in the simulator.
     """
@@ -72,8 +72,10 @@ def simulate_sde(
     rec = Recorder(oracle, schedule.steps, log_every, paths, x0)
     log = CommLog()
     z0 = model.initial(x0.expand(paths, d).contiguous())
-    rec.record(0, model.params(z0), math.nan, log.totals())
-    events = [*model.events(log, paths, oracle.dtype), Divergence(rec, model, log, progress)]
+    own = model.events(log, paths, oracle.dtype, schedule)
+    sync = next((ev for ev in own if ev.period is not None), None)  # a local method's averaging
+    rec.record(0, model.params(z0), math.nan, log.totals(), period=None if sync is None else sync.period)
+    events = [*own, Divergence(rec, model, log, progress, sync)]
     gen = generator(seed, SDE)
     z = integrate_schedule(model, z0, lr=schedule, steps=schedule.steps,
                            substeps=substeps, generator=gen, solver=solver, noise=noise, events=events)
