@@ -519,7 +519,7 @@ def _solve_exact(model: str, frm: dict[str, float], new: dict[str, float], solve
     first_order = _exp(u0) - 1.0 if solved == "omega" else _exp(u0)
 
     def hp_at(u: float) -> dict[str, float]:
-        return {**hp0, solved: (math.expm1(u) if solved == "omega" else _exp(u))}
+        return {**hp0, solved: ((math.expm1(u) if u < 709.0 else math.inf) if solved == "omega" else _exp(u))}
 
     if solved == "batch":  # the loss ∝ 1/B: closed form
         f = correction(model, {**hp0, "batch": 1.0}, spectrum)
@@ -796,15 +796,26 @@ class Validation:
 
     def as_dict(self) -> dict[str, Any]:
         return {"settings": self.rows, "ratio_to_over_from": {k: self.ratio(k) for k in ("optimizer", "sde", "theory")},
-                "ratio_standard_error": self.ratio_se(), "holds": self.holds, "tolerance": self.TOLERANCE}
+                "ratio_standard_error": self.ratio_se(), "holds": self.holds, "tolerance": self.tolerance}
 
-    #: The rule holds when the optimizer's stationary losses agree within this relative tolerance (the
-    #: Monte Carlo error of the defaults is ~2 %, the first-order theory's ~η h_max/P ≤ 5 %).
-    TOLERANCE = 0.1
+    #: The rule holds when the optimizer's stationary losses agree within ``tolerance``: SIGMAS standard
+    #: errors of the ratio (a rule that is exact fails by chance with probability ~6e-5), and at least
+    #: TOLERANCE_FLOOR, the precision asked of a rule (whole-number B and N alone move the loss by up to
+    #: ~1.5 % in the README's examples; the adaptive rules are first order). With the defaults (64 runs)
+    #: the standard error is ~1.3 %, so the band is ~±5 %: the README's first-order DCSGD rule, +11.6 %
+    #: off, fails at every seed (it passed 3 of 12 seeds under the former fixed ±10 %).
+    SIGMAS = 4.0
+    TOLERANCE_FLOOR = 0.05
+
+    @property
+    def tolerance(self) -> float:
+        se = self.ratio_se()
+        return max(self.TOLERANCE_FLOOR, self.SIGMAS * se) if math.isfinite(se) else math.inf
 
     @property
     def holds(self) -> bool:
-        return abs(self.ratio("optimizer") - 1.0) <= self.TOLERANCE
+        """False also where one run per setting gives no standard error to judge by."""
+        return abs(self.ratio("optimizer") - 1.0) <= self.tolerance < math.inf
 
     def format(self) -> str:
         head = f"{'setting':<9}{'method':<30}{'ω':>7}{'optimizer':>12}{'SDE':>12}{'theory':>12}"
@@ -813,8 +824,13 @@ class Validation:
             lines.append(f"{r['setting']:<9}{r['label']:<30}{r['omega']:>7.3g}{r['optimizer']:>12.5g}{r['sde']:>12.5g}{r['theory']:>12.5g}")
         lines.append(f"{'ratio to/from':<46}{self.ratio('optimizer'):>12.4f}{self.ratio('sde'):>12.4f}{self.ratio('theory'):>12.4f}")
         verdict = "holds" if self.holds else "does NOT hold"
+        repeats = self.rows[0].get("repeats", "")
+        if not math.isfinite(self.tolerance):
+            lines.append(f"the rule cannot be judged from {repeats} run per setting (no standard error): use --repeats ≥ 2")
+            return "\n".join(lines)
         lines.append(f"the rule {verdict}: the optimizer's stationary losses differ by {100 * (self.ratio('optimizer') - 1):+.1f} % "
-                     f"(tolerance ±{100 * self.TOLERANCE:g} %)")
+                     f"± {100 * self.ratio_se():.1f} % (1 standard error over {repeats} runs; tolerance ±{100 * self.tolerance:.3g} %: "
+                     f"{self.SIGMAS:g} standard errors, at least {100 * self.TOLERANCE_FLOOR:g} %)")
         return "\n".join(lines)
 
 
@@ -920,7 +936,7 @@ def validate(sol: Solution, *, dim: int | None = None, scale: float = 1.0, repea
         betas = ",".join(f"{k[0]}{k[-1]}={algo.hyper[k]:g}" for k in ("beta1", "beta2") if k in algo.hyper)
         rows.append({"setting": setting, "label": f"{algo.name}({betas})" if algo.hyper else algo.label(),
                      "lr": eta, "batch": b, "workers": n, "omega": omega, **algo.hyper,
-                     "steps": steps, "optimizer": opt, "optimizer_se": opt_se, "sde": sum(acc) / len(acc),
+                     "steps": steps, "repeats": repeats, "optimizer": opt, "optimizer_se": opt_se, "sde": sum(acc) / len(acc),
                      "theory": stationary_loss_theory(sol.rule.method if sol.rule.method != "dcsgd" or omega > 0 else "dsgd",
                                                       theory_hp, scale=scale, model=sol.model, spectrum=spectrum)})
     return Validation(rows)
