@@ -238,8 +238,8 @@ def test_the_readme_example_batch():
     fo = {**sol.to, "batch": 32.0}
     assert sol.loss(fo) / sol.loss(sol.frm) == pytest.approx(1.11555, abs=1e-5)
     text = sol.format()
-    assert "the first-order rule's batch = 32 changes the loss by +11.6 %" in text
-    assert "valid while η h_max (1 + ω/N) < 2: 0.2 → 0.5" in text and "validation quadratic's, the default" in text
+    assert "first-order rule η(1+ω)/(B·N): batch = 32, loss +11.6 %" in text
+    assert "valid while η h_max (1 + ω/N) < 2: 0.2 → 0.5" in text and "default: the validation quadratic's" in text
 
 
 def test_stationary_loss_is_monotone_in_each_lever():
@@ -270,7 +270,7 @@ def test_root_find_edge_cases():
     sol = solve("dcsgd", {"lr": 0.2, "batch": 8, "workers": 2, "omega": 3}, {"omega": 3, "batch": 32, "workers": 2})
     assert sol.first_order == pytest.approx(0.8) and sol.to["lr"] < 0.4
     assert sol.loss(sol.to) == pytest.approx(sol.loss(sol.frm), rel=1e-10)
-    assert "infinite: outside the valid range" in sol.format()
+    assert "loss infinite: outside the valid range" in sol.format()
     # workers close to N_min = ηh_max ω/(2 − ηh_max): many workers needed, whole number rounded to a valid one
     sol = solve("dcsgd", {"lr": 0.1, "batch": 64, "workers": 1, "omega": 0}, {"lr": 0.9, "batch": 64, "omega": 3})
     assert sol.to["workers"] > 0.9 * 2 * 3 / (2 - 0.9 * 2) and math.isfinite(sol.loss(sol.to))

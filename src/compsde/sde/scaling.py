@@ -305,7 +305,7 @@ class Solution:
             head = f"{r.method}: keep {r.formula}" + ("   [HYPOTHESIS: recalled square-root rule, check it with --validate]" if r.hypothesis else "")
         lines = [head]
         if exact_model:
-            which = ("the validation quadratic's, the default; --spectrum EIG_MIN:EIG_MAX:DIM for your problem's"
+            which = ("default: the validation quadratic's; --spectrum to change"
                      if self.spectrum == DEFAULT_SPECTRUM else "--spectrum")
             lines.append(f"  spectrum h: {self.spectrum.describe()} ({which})")
         keys = list(self.frm) + [k for k in self.to if k not in self.frm]
@@ -323,14 +323,12 @@ class Solution:
             lines.append(f"  stationary loss / s²: {lf:.6g} → {lt:.6g} ({100 * change:+.3g} %)")
             fo = self._first_order_setting()
             fo_loss = self.loss(fo)
-            fo_text = (f"{100 * _change(lf, fo_loss):+.3g} %" if math.isfinite(fo_loss) else "infinite: outside the valid range")
-            lines.append(f"  first-order invariant {r.formula}: {self.invariant_from:.6g} → {self.invariant_to:.6g} "
-                         f"({100 * inv_change:+.3g} %); the first-order rule's {self.solved} = {_fmt(fo[self.solved])} "
-                         f"changes the loss by {fo_text}")
+            fo_text = (f"loss {100 * _change(lf, fo_loss):+.3g} %" if math.isfinite(fo_loss) else "loss infinite: outside the valid range")
+            lines.append(f"  first-order rule {r.formula}: {self.solved} = {_fmt(fo[self.solved])}, {fo_text} "
+                         f"(this solution moves its invariant by {100 * inv_change:+.3g} %)")
             sf, st = stability(self.model, self.frm, self.spectrum), stability(self.model, self.to, self.spectrum)
-            lines.append(f"  valid while {_range_text(self.model, self.rule.method)}: {sf:.3g} → {st:.3g}; the loss is F = "
-                         f"{correction(self.model, self.frm, self.spectrum):.4g} → {correction(self.model, self.to, self.spectrum):.4g} "
-                         "times its first-order value")
+            lines.append(f"  valid while {_range_text(self.model, self.rule.method)}: {sf:.3g} → {st:.3g}; loss / first-order "
+                         f"value F: {correction(self.model, self.frm, self.spectrum):.4g} → {correction(self.model, self.to, self.spectrum):.4g}")
         else:
             change = inv_change
             lines.append(f"  invariant: {self.invariant_from:.6g} → {self.invariant_to:.6g} ({100 * change:+.3g} %)")
@@ -829,8 +827,8 @@ class Validation:
             lines.append(f"the rule cannot be judged from {repeats} run per setting (no standard error): use --repeats ≥ 2")
             return "\n".join(lines)
         lines.append(f"the rule {verdict}: the optimizer's stationary losses differ by {100 * (self.ratio('optimizer') - 1):+.1f} % "
-                     f"± {100 * self.ratio_se():.1f} % (1 standard error over {repeats} runs; tolerance ±{100 * self.tolerance:.3g} %: "
-                     f"{self.SIGMAS:g} standard errors, at least {100 * self.TOLERANCE_FLOOR:g} %)")
+                     f"± {100 * self.ratio_se():.1f} % (1 SE, {repeats} runs; tolerance ±{100 * self.tolerance:.3g} % = "
+                     f"max({self.SIGMAS:g} SE, {100 * self.TOLERANCE_FLOOR:g} %))")
         return "\n".join(lines)
 
 
