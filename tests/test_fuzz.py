@@ -401,13 +401,16 @@ def test_fuzz_scaling_solve(method, lr, batch, workers, omega, to_key, to_value)
     (lambda: Noise("student-t", 1.0, math.nan), "nu"),
     (lambda: problems.make("l0l1-cosh", sharpness=math.inf), "sharpness"),
     (lambda: problems.make("quadratic", dim=10**12), "memory"),
+    (lambda: scaling.solve("dsgd", {"lr": 1e-300, "batch": 1.0, "workers": 1.0}, {"lr": 1e300, "batch": "same"},
+                           model="first-order"), "too extreme"),
+    # the exact (discrete) model: a learning rate beyond the stability edge of the spectrum
     (lambda: scaling.solve("dsgd", {"lr": 1e-300, "batch": 1.0, "workers": 1.0}, {"lr": 1e300, "batch": "same"}),
-     "too extreme"),
+     "--to: lr = 1e+300 gives η h_max = 2e+300 ≥ 2 at any workers: the discrete model's stationary loss is infinite"),
     # a solution the rule cannot keep: a whole number that rounds to 0, or more workers than a run may have
-    (lambda: scaling.solve("dsgd", {"lr": 1.0, "batch": 1.0, "workers": 1.0}, {"lr": 1e-300, "workers": "same"}),
-     "the rule needs batch = 1e-300, which rounds to 0"),
-    (lambda: scaling.solve("dsgd", {"lr": 1.0, "batch": 1.0, "workers": 1.0}, {"lr": 1e100, "batch": "same"}),
-     "the rule needs workers = 1e+100, more than any run can have (at most 1000000)"),
+    (lambda: scaling.solve("dsgd", {"lr": 1.0, "batch": 1.0, "workers": 1.0}, {"lr": 1e-300, "workers": "same"},
+                           model="first-order"), "the rule needs batch = 1e-300, which rounds to 0"),
+    (lambda: scaling.solve("dsgd", {"lr": 1.0, "batch": 1.0, "workers": 1.0}, {"lr": 1e100, "batch": "same"},
+                           model="first-order"), "the rule needs workers = 1e+100, more than any run can have (at most 1000000)"),
     (lambda: scaling.solve("dsgd", {"lr": 1.0, "batch": 1e300, "workers": 1.0}, {"lr": 1.0, "workers": "same"}),
      "--from: batch must be a whole number ≥ 1 and ≤ 9223372036854775807, got 1e+300"),
     (lambda: scaling.parse_assignments("lr=0.1,lr=0.2", "--from"), "--from: lr is given twice"),
@@ -654,7 +657,8 @@ def test_fuzz_cli_run_and_track(cmd, where, text, before, tmp_path_factory, caps
        frm=st.lists(st.tuples(st.sampled_from(["lr", "batch", "workers", "omega", "beta1", "x", ""]), SET_VALUES), max_size=5),
        to=st.lists(st.tuples(st.sampled_from(["lr", "batch", "workers", "omega", "eps", ""]),
                              st.one_of(SET_VALUES, st.just("same"))), max_size=4),
-       flags=st.lists(st.sampled_from(["--json", "--validate", "--repeats=0", "--repeats=4", "--seed=-1"]), max_size=2))
+       flags=st.lists(st.sampled_from(["--json", "--validate", "--repeats=0", "--repeats=4", "--seed=-1", "--model=sde",
+                                      "--model=first-order", "--spectrum=1:2:5", "--noise=2", "--grad-norm=0.5"]), max_size=2))
 def test_fuzz_cli_scale(method, frm, to, flags, capsys):
     out = Outcome("CLI scale")
     frm_text = ",".join(f"{k}={v}" for k, v in frm)
@@ -673,10 +677,15 @@ def test_fuzz_cli_scale(method, frm, to, flags, capsys):
     (["scale", "dsgd", "--from", "lr=1,batch=1,workers=1", "--to", "lr=0.3,lr=0.4,batch=same"], "error: --to: lr is given twice"),
     (["scale", "dsgd", "--from", "lr=1e300,batch=1e300,workers=1", "--to", "lr=1e-300,workers=same"],
      "error: --from: batch must be a whole number ≥ 1 and ≤ 9223372036854775807, got 1e+300"),
-    (["scale", "dsgd", "--from", "lr=1e300,batch=1e18,workers=1", "--to", "lr=1e-300,workers=same"],
+    (["scale", "dsgd", "--from", "lr=1e300,batch=1e18,workers=1", "--to", "lr=1e-300,workers=same", "--model", "first-order"],
      "error: the rule needs batch = 0.0, which underflows to 0"),
-    (["scale", "dsgd", "--from", "lr=1,batch=1,workers=1", "--to", "lr=1e-10,workers=same"],
+    (["scale", "dsgd", "--from", "lr=1,batch=1,workers=1", "--to", "lr=1e-10,workers=same", "--model", "first-order"],
      "error: the rule needs batch = 1e-10, which rounds to 0"),
+    (["scale", "dsgd", "--from", "lr=1,batch=1,workers=1", "--to", "lr=1e-10,workers=same"],
+     "error: --from: lr = 1 gives η h_max = 2 ≥ 2: the discrete model's stationary loss is infinite there (valid: η h_max < 2, "
+     "here lr < 1, with h_max = 2 from the spectrum; pass --spectrum"),
+    (["scale", "dcsgd", "--from", "lr=0.1,batch=1,workers=1,omega=0", "--to", "omega=3,lr=same,workers=same", "--spectrum", "1:2"],
+     "error: --spectrum: expected EIG_MIN:EIG_MAX:DIM (e.g. 0.5:2:20), got '1:2'"),
 ])
 def test_cli_seed_and_scale_refusals(argv, message, capsys):
     code, err = _cli(argv, capsys)
@@ -686,7 +695,7 @@ def test_cli_seed_and_scale_refusals(argv, message, capsys):
 def test_cli_scale_prints_no_endless_numbers(capsys):
     from compsde.experiments.cli import main
 
-    assert main(["scale", "dsgd", "--from", "lr=1e20,batch=1,workers=1", "--to", "lr=2e20,batch=same"]) == 0
+    assert main(["scale", "dsgd", "--from", "lr=1e20,batch=1,workers=1", "--to", "lr=2e20,batch=same", "--model", "first-order"]) == 0
     out = capsys.readouterr().out
     assert "1e+20" in out and "100000000000000000000" not in out, out
 

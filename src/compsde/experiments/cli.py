@@ -8,6 +8,7 @@ PRESET_OR_CONFIG is a preset name, a TOML file or a run folder (a directory hold
 a run wrote). It may come before or after the ``--set`` items: ``compsde run --set run.steps=5 PRESET``
 is ``compsde run PRESET --set run.steps=5`` (the one ``--set`` word without ``=`` is the preset or config).
     compsde scale METHOD --from lr=…,batch=…,workers=…[,omega=…] --to KEY=VALUE,… [--json] [--validate]
+                  [--model {discrete,sde,first-order}] [--spectrum EIG_MIN:EIG_MAX:DIM] [--noise T --grad-norm G]
     compsde presets
     compsde compressors --dim D [--samples S] [--seed S] [--names a,b,...]
     compsde --version
@@ -65,7 +66,9 @@ def _parser() -> argparse.ArgumentParser:
                         description="Keep the invariant of METHOD's scaling rule (dsgd: η/(BN); dcsgd: η(1+ω)/(BN); "
                                     "dsignsgd: η/(N√B); adam/adamw/rmsprop/rmspropw: the square-root rule η/√B with "
                                     "β, ε and weight decay carried along) while changing some hyperparameters; the one "
-                                    "--to leaves out is solved.")
+                                    "--to leaves out is solved. For dsgd and dcsgd the default keeps the exact stationary "
+                                    "loss of the linearised optimizer on a quadratic (docs/theory.md §3.3), which needs the "
+                                    "Hessian's spectrum (--spectrum).")
     sc.add_argument("method", help="dsgd, dcsgd, dsignsgd, adam, adamw, rmsprop or rmspropw")
     sc.add_argument("--from", dest="frm", required=True, metavar="K=V,...",
                     help="the current setting, e.g. lr=0.1,batch=32,workers=4,omega=3")
@@ -77,6 +80,17 @@ def _parser() -> argparse.ArgumentParser:
                          "stationary losses with the closed form, and say whether the rule holds")
     sc.add_argument("--repeats", type=int, default=64, help="runs (and SDE paths) per setting for --validate (default 64)")
     sc.add_argument("--seed", type=int, default=0, help="seed for --validate (default 0)")
+    sc.add_argument("--model", choices=("discrete", "sde", "first-order"), default=None,
+                    help="the stationary loss to keep (dsgd, dcsgd): discrete (the default: the linearised optimizer, "
+                         "exact on a quadratic), sde (the SDE, dt → 0) or first-order (the invariant, spectrum-free)")
+    sc.add_argument("--spectrum", default=None, metavar="EIG_MIN:EIG_MAX:DIM",
+                    help="the Hessian's eigenvalues, DIM evenly spaced in [EIG_MIN, EIG_MAX], for the discrete and sde "
+                         "models and --validate (default 0.5:2:20, the validation quadratic's)")
+    sc.add_argument("--noise", type=float, default=None, metavar="TRACE_SIGMA",
+                    help="measured per-sample gradient noise tr Σ = E‖∇f_ξ − ∇f‖² (a minibatch of b measures tr Σ/b); "
+                         "with --grad-norm, says whether the rule's assumption (minibatch noise ≫ compression noise) holds")
+    sc.add_argument("--grad-norm", type=float, default=None, metavar="G",
+                    help="measured gradient norm ‖∇f‖ where the loss plateaus (with --noise)")
 
     sub.add_parser("presets", help="list the built-in presets")
 
@@ -239,17 +253,26 @@ def _cmd_scale(args: argparse.Namespace) -> int:
         frm = scaling.parse_assignments(args.frm, "--from")
         if any(v == scaling.KEEP for v in frm.values()):
             return _error(f"--from takes numbers only ('{scaling.KEEP}' belongs in --to)")
-        sol = scaling.solve(args.method, frm, scaling.parse_assignments(args.to, "--to"))  # type: ignore[arg-type]
+        if (args.noise is None) != (args.grad_norm is None):
+            return _error("--noise and --grad-norm go together: give both (tr Σ per sample and ‖∇f‖) or neither")
+        spectrum = scaling.Spectrum.parse(args.spectrum) if args.spectrum is not None else None
+        sol = scaling.solve(args.method, frm, scaling.parse_assignments(args.to, "--to"),  # type: ignore[arg-type]
+                            model=args.model, spectrum=spectrum)
+        check = scaling.noise_check(sol, args.noise, args.grad_norm) if args.noise is not None else None
         val = scaling.validate(sol, repeats=args.repeats, seed=args.seed) if args.validate else None
     except ValueError as e:
         return _error(str(e))
     if args.json:
         out = sol.as_dict()
+        if check is not None:
+            out["noise_check"] = check.as_dict()
         if val is not None:
             out["validation"] = val.as_dict()
         print(json.dumps(out, indent=2, ensure_ascii=False))
     else:
         print(sol.format())
+        if check is not None:
+            print(check.format())
         if val is not None:
             print(val.format())
     return 0
