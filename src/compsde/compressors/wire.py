@@ -25,6 +25,7 @@ coordinate (the per-block cost of payload objects alone was half the sign receiv
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from compsde.compressors.base import Compressor, Field, Payload
+from compsde.compressors.base import Compressor, Field, Payload, sparse_sum
 
 __all__ = ["ALIGN", "BLOCK", "Layout", "count_ones", "decode_sum", "pack_bits", "pack_uint", "unpack_bits", "unpack_uint", "wire_bytes"]
 
@@ -226,6 +227,12 @@ def decode_sum(compressor: Compressor, layout: Layout, buffers: Tensor, rnds: Se
     if compressor.counted is not None and buffers.device.type == "cpu":
         return _decode_counted(compressor, layout, buffers, out, finish)
     if not (rows == 1 and compressor.elementwise and d > BLOCK):
+        first = layout.unpack(buffers[0])
+        sparse = compressor.decode_sparse(first, rnds[0])
+        if sparse is not None:  # k adds per worker, and ``finish`` only where some worker sent a value
+            rest = (compressor.decode_sparse(layout.unpack(buffers[j]), rnds[j]) for j in range(1, n))
+            return sparse_sum(itertools.chain([sparse], rest), (rows, d), layout.dtype, out=out, finish=finish,
+                              device=buffers.device)
         total = compressor.decode_sum((layout.unpack(buffers[j]) for j in range(n)), rnds, out=out)
         return total if finish is None else finish(total)
     if out is None:
