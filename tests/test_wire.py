@@ -207,3 +207,33 @@ def test_sign_bits_of_a_long_row_with_nans_and_negative_zeros():
     assert torch.equal(sign_bits(x), sign_pm1(x) > 0)
     two = x[: 2 * (1 << 18) + 2].view(2, -1)  # several rows: the same bits, row by row
     assert torch.equal(sign_bits(two), sign_pm1(two) > 0)
+
+
+@pytest.mark.parametrize("name, params", [("scaled-sign", {}), ("qsgd", {"levels": 4}), ("qsgd", {"levels": 2}),
+                                          ("natural-dithering", {"levels": 4}), ("natural-dithering", {"levels": 3})])
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("pairs", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_table_decode_of_one_long_row_is_the_simulators_sum_then_aggregate(name, params, n, pairs, dtype, monkeypatch):
+    """The lookup of every combination of the workers' codes (wire._decode_table) gives the bits of the
+    dense sum in worker order and the aggregate, for special rows too: a zero row, an infinite norm, NaN."""
+    from compsde.algorithms.aggregation import Aggregate
+    from compsde.compressors import wire
+
+    monkeypatch.setattr(wire, "_PAIRS_MIN_D", 0 if pairs else 1 << 62)
+    c = compressors.make(name, **params)
+    d = BLOCK + 1001  # two blocks, an odd tail
+    xs = [x[:1] for x in _inputs(n, 1, d, dtype, seed=n, special=False)]
+    if n > 1:
+        xs[1] = torch.zeros(1, d, dtype=dtype)
+    if n > 2:
+        xs[2][0, 11] = math.inf
+    if n > 3:
+        xs[3][0, 12] = math.nan
+    rnds = _draws(c, n, 1, d, dtype)
+    layout = Layout(c.fields(d, dtype), 1, d, dtype)
+    recv = torch.stack([layout.pack(c.encode(xs[j], rnds[j])) for j in range(n)])
+    assert wire._table_planes(c, layout, n, recv.device) is not None
+    for how in ("mean", "majority"):
+        expect = Aggregate(n, how)(sum_messages(torch.stack([c.apply(xs[j], rnds[j]) for j in range(n)])))
+        assert _same(decode_sum(c, layout, recv, rnds, finish=Aggregate(n, how)), expect), how
