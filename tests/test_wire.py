@@ -237,3 +237,16 @@ def test_table_decode_of_one_long_row_is_the_simulators_sum_then_aggregate(name,
     for how in ("mean", "majority"):
         expect = Aggregate(n, how)(sum_messages(torch.stack([c.apply(xs[j], rnds[j]) for j in range(n)])))
         assert _same(decode_sum(c, layout, recv, rnds, finish=Aggregate(n, how)), expect), how
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, (1 << 16) - 1, (1 << 16) + 9, 3 * (1 << 16)])
+@pytest.mark.parametrize("width", [1, 3, 7, 8, 12, 24, 40])
+def test_uint_planes_are_the_bits_of_the_values(n, width):
+    """pack_uint's plane j packs bit j of every value (pack_bits), whatever the path; unpack_uint inverts it."""
+    g = torch.Generator().manual_seed(width)
+    v = torch.randint(0, 2 ** width, (n,), generator=g, dtype=torch.int64)
+    planes = pack_uint(v, width)
+    assert planes.shape == (width, (n + 7) // 8) and planes.dtype == torch.uint8
+    for j in range(width):
+        assert torch.equal(planes[j], pack_bits(((v >> j) & 1).bool()))
+    assert torch.equal(unpack_uint(planes, n).long(), v)

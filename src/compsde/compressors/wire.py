@@ -81,11 +81,28 @@ def pack_uint(values: Tensor, width: int) -> Tensor:
     narrow = torch.uint8 if width <= 8 else torch.int32 if width <= 31 else torch.int64
     v = values.reshape(-1).to(narrow)
     n = v.shape[0]
+    if v.device.type == "cpu" and width <= 8:
+        # Bit j of each byte, masked and packed (packbits packs every non-zero byte as 1) with numpy one
+        # cache-sized block at a time: ~6× cheaper than torch's uint8 shifts over the whole row.
+        vn = v.contiguous().numpy()
+        planes = np.empty((width, (n + 7) // 8), dtype=np.uint8)
+        tmp = np.empty(min(n, _PACK_BLOCK), dtype=np.uint8)
+        for lo in range(0, n, _PACK_BLOCK):
+            hi = min(n, lo + _PACK_BLOCK)
+            t = tmp[: hi - lo]
+            for j in range(width):
+                np.bitwise_and(vn[lo:hi], 1 << j, out=t)
+                planes[j, lo // 8: (hi + 7) // 8] = np.packbits(t, bitorder="little")
+        return torch.from_numpy(planes)
     out = torch.empty(width, (n + 7) // 8, dtype=torch.uint8, device=values.device)
     for j in range(width):
         plane = (v >> j) & 1
         out[j] = pack_bits(plane if narrow == torch.uint8 else plane.to(torch.uint8))
     return out
+
+
+#: Values per block of ``pack_uint``'s CPU path (a multiple of 8: each block fills whole bytes).
+_PACK_BLOCK = 1 << 16
 
 
 def unpack_uint(planes: Tensor, n: int) -> Tensor:
