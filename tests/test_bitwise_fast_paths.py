@@ -201,3 +201,91 @@ def test_ddp_hook_error_feedback_is_the_formula_bit_for_bit(tmp_path):
                 held = st["ef"].data_ptr()
     finally:
         dist.destroy_process_group()
+
+
+# ---- sparse sums: k adds per worker, the mean only where values were sent ---------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("how", ["mean", "majority", None])
+def test_sparse_sum_is_the_dense_sum_in_worker_order_then_the_aggregate(dtype, n, how):
+    from compsde.algorithms.aggregation import Aggregate
+    from compsde.compressors.base import sparse_sum
+
+    rows, d, k = 3, 50, 12
+    g = torch.Generator().manual_seed(n)
+    parts, dense = [], []
+    for j in range(n):
+        # positions 0..3 sent by every worker (−0.0 at 0 by all, at 1 by some), the rest at random, distinct
+        idx = torch.stack([torch.cat([torch.arange(4), 4 + torch.randperm(d - 4, generator=g)[:k - 4]]) for _ in range(rows)])
+        vals = torch.randn(rows, k, generator=g, dtype=dtype)
+        vals[:, 0] = -0.0
+        vals[:, 1] = -0.0 if j % 2 == 0 else 0.0
+        vals[0, 2] = torch.finfo(dtype).tiny / 2 ** j  # subnormals: the mean of the sum, not the sum of means
+        vals[1, 3] = torch.finfo(dtype).max / 1.5  # the sum overflows
+        vals[2, 3] = float("nan") if j == 1 else float("inf") * (-1) ** j
+        parts.append((idx, vals))
+        dense.append(torch.zeros(rows, d, dtype=dtype).scatter_(-1, idx, vals))
+    finish = None if how is None else Aggregate(n, how)
+    expect = accumulate(None, dense[0])
+    for m in dense[1:]:
+        expect = accumulate(expect, m)
+    if finish is not None:
+        expect = finish(expect)
+    out = torch.full((rows, d), 7.0, dtype=dtype)  # a reused buffer with stale contents
+    got = sparse_sum(parts, (rows, d), dtype, out=out, finish=finish)
+    assert got.data_ptr() == out.data_ptr()
+    nan = torch.isnan(expect)
+    assert torch.equal(torch.isnan(got), nan) and torch.equal(bits(got[~nan]), bits(expect[~nan]))
+
+
+@pytest.mark.parametrize("name, params", [("top-k", {"k": 5}), ("rand-k", {"k": 5}), ("top-k+natural", {"k": 5}),
+                                          ("rand-k+qsgd", {"k": 6, "levels": 3})])
+def test_sparse_decode_sum_of_negative_zero_rows_keeps_the_simulators_bits(name, params):
+    c = make(name, **params)
+    d, n = 20, 2
+    x = torch.full((1, d), -0.0)
+    x[0, :3] = torch.tensor([1.0, -2.0, 3.0])
+    rnds = [c.draw((1,), d, torch.Generator().manual_seed(j), torch.float32) if c.randomized else None for j in range(n)]
+    ys = [c.apply(x, r) for r in rnds]
+    expect = accumulate(accumulate(None, ys[0]), ys[1])
+    got = c.decode_sum([c.encode(x, r) for r in rnds], rnds)
+    assert same(got, expect)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [2, 4])
+def test_sparse_mean_folded_into_the_values_keeps_the_bits_down_to_the_subnormal_range(dtype, n):
+    """Values from the smallest admitted magnitude (tiny·n) up, with cancellations into the subnormal
+    range: the mean folded into the values (one product per value) equals the mean of the dense sum."""
+    from compsde.algorithms.aggregation import Aggregate
+    from compsde.compressors.base import _scaling_commutes, sparse_sum
+
+    d, k = 4000, 3000
+    fi = torch.finfo(dtype)
+    g = torch.Generator().manual_seed(n)
+    base = torch.rand(k, generator=g, dtype=torch.float64).add_(1.0) * fi.tiny * n
+    expo = torch.randint(0, 40, (k,), generator=g).to(torch.float64)
+    first = (base * torch.exp2(expo) * torch.where(torch.rand(k, generator=g) < 0.5, -1.0, 1.0)).to(dtype)
+    first[:5] = torch.tensor([fi.tiny * n, -fi.tiny * n, 0.0, -0.0, fi.max / (4 * n)], dtype=dtype)
+    parts, dense = [], []
+    for j in range(n):
+        idx = torch.randperm(d, generator=g)[:k].view(1, k)
+        vals = first.clone()
+        if j % 2 == 1:  # near-cancellation of the previous worker's value at shared positions
+            r = torch.randint(0, 3, (k,), generator=g)  # −x (sum +0), −x(1 + 2⁻¹⁰) (a sum ~2⁻¹⁰x), x
+            vals = torch.where(r == 0, -first, torch.where(r == 1, -first * (1 + 2.0 ** -10), first))
+            idx = parts[-1][0].clone()
+        vals = vals.view(1, k)
+        parts.append((idx, vals))
+        dense.append(torch.zeros(1, d, dtype=dtype).scatter_(-1, idx, vals))
+    finish = Aggregate(n, "mean")
+    assert _scaling_commutes(parts, finish.scale, dtype)
+    expect = dense[0].clone()
+    for m in dense[1:]:
+        expect.add_(m)
+    finish(expect)
+    assert same(sparse_sum(parts, (1, d), dtype, finish=finish), expect)
+    bad = [(parts[0][0], parts[0][1].clone().fill_(fi.tiny))] + parts[1:]  # a value below tiny·n: not folded
+    assert not _scaling_commutes(bad, finish.scale, dtype)

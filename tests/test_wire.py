@@ -95,14 +95,11 @@ def test_decode_encode_is_apply_bit_for_bit_also_through_the_wire(name, params, 
     for j in range(n):
         m = c.decode(layout.unpack(recv[j]), rnds[j])
         assert m.dtype == dtype and _same(m, ys[j]), f"worker {j}: the serialised payload decodes differently"
-    # Σ_i m_i from the buffers, in worker order: the simulator's sum (sparsifiers may differ in the sign of 0).
+    # Σ_i m_i from the buffers, in worker order: the simulator's sum, bit for bit (sparse sums included).
     total = decode_sum(c, layout, recv, rnds)
     expect = sum_messages(torch.stack(ys))
-    if isinstance(c, compressors.compressor_class("top-k").__mro__[1]):  # a Sparsifier: scatter-adds
-        nan = torch.isnan(expect)
-        assert torch.equal(torch.isnan(total), nan) and torch.equal(total[~nan], expect[~nan])
-    else:
-        assert _same(total, expect)
+    assert _same(total, expect)
+    assert _same(c.decode_sum([layout.unpack(recv[j]) for j in range(n)], rnds), expect)
     if c.summable:  # the all-reduce path: payloads summed field by field, decoded once
         summed = {k: sum(c.encode(xs[j], rnds[j]).fields[k] for j in range(n)) for k in c.encode(xs[0], rnds[0]).fields}
         p0 = c.encode(xs[0], rnds[0])
@@ -210,3 +207,46 @@ def test_sign_bits_of_a_long_row_with_nans_and_negative_zeros():
     assert torch.equal(sign_bits(x), sign_pm1(x) > 0)
     two = x[: 2 * (1 << 18) + 2].view(2, -1)  # several rows: the same bits, row by row
     assert torch.equal(sign_bits(two), sign_pm1(two) > 0)
+
+
+@pytest.mark.parametrize("name, params", [("scaled-sign", {}), ("qsgd", {"levels": 4}), ("qsgd", {"levels": 2}),
+                                          ("natural-dithering", {"levels": 4}), ("natural-dithering", {"levels": 3})])
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("pairs", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_table_decode_of_one_long_row_is_the_simulators_sum_then_aggregate(name, params, n, pairs, dtype, monkeypatch):
+    """The lookup of every combination of the workers' codes (wire._decode_table) gives the bits of the
+    dense sum in worker order and the aggregate, for special rows too: a zero row, an infinite norm, NaN."""
+    from compsde.algorithms.aggregation import Aggregate
+    from compsde.compressors import wire
+
+    monkeypatch.setattr(wire, "_PAIRS_MIN_D", 0 if pairs else 1 << 62)
+    c = compressors.make(name, **params)
+    d = BLOCK + 1001  # two blocks, an odd tail
+    xs = [x[:1] for x in _inputs(n, 1, d, dtype, seed=n, special=False)]
+    if n > 1:
+        xs[1] = torch.zeros(1, d, dtype=dtype)
+    if n > 2:
+        xs[2][0, 11] = math.inf
+    if n > 3:
+        xs[3][0, 12] = math.nan
+    rnds = _draws(c, n, 1, d, dtype)
+    layout = Layout(c.fields(d, dtype), 1, d, dtype)
+    recv = torch.stack([layout.pack(c.encode(xs[j], rnds[j])) for j in range(n)])
+    assert wire._table_planes(c, layout, n, recv.device) is not None
+    for how in ("mean", "majority"):
+        expect = Aggregate(n, how)(sum_messages(torch.stack([c.apply(xs[j], rnds[j]) for j in range(n)])))
+        assert _same(decode_sum(c, layout, recv, rnds, finish=Aggregate(n, how)), expect), how
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, (1 << 16) - 1, (1 << 16) + 9, 3 * (1 << 16)])
+@pytest.mark.parametrize("width", [1, 3, 7, 8, 12, 24, 40])
+def test_uint_planes_are_the_bits_of_the_values(n, width):
+    """pack_uint's plane j packs bit j of every value (pack_bits), whatever the path; unpack_uint inverts it."""
+    g = torch.Generator().manual_seed(width)
+    v = torch.randint(0, 2 ** width, (n,), generator=g, dtype=torch.int64)
+    planes = pack_uint(v, width)
+    assert planes.shape == (width, (n + 7) // 8) and planes.dtype == torch.uint8
+    for j in range(width):
+        assert torch.equal(planes[j], pack_bits(((v >> j) & 1).bool()))
+    assert torch.equal(unpack_uint(planes, n).long(), v)

@@ -16,7 +16,7 @@ from torch import Tensor
 from compsde.core.checks import check_choice
 from compsde.core.tensors import accumulate
 
-__all__ = ["AGGREGATIONS", "aggregate_sum", "sum_messages"]
+__all__ = ["AGGREGATIONS", "Aggregate", "aggregate_sum", "sum_messages"]
 
 AGGREGATIONS = ("mean", "majority")
 
@@ -39,3 +39,18 @@ def aggregate_sum(total: Tensor, workers: int, how: str = "mean") -> Tensor:
         # x · (1/N) equals x / N exactly when N is a power of two, and a multiply is cheaper.
         return total.mul_(1.0 / workers) if workers & (workers - 1) == 0 else total.div_(workers)
     return total.sign_()
+
+
+class Aggregate:
+    """``aggregate_sum(·, workers, how)`` as an elementwise in-place function of the sum (what a decoder
+    applies as its ``finish``), with ``scale``: the factor 2^−m when the aggregate is the mean over
+    N = 2^m workers (then it is exactly the product with ``scale``, which a decoder may fold into the
+    values it sums where that gives the same bits), else None."""
+
+    def __init__(self, workers: int, how: str = "mean") -> None:
+        check_choice("aggregation", how, AGGREGATIONS)
+        self.workers, self.how = workers, how
+        self.scale = 1.0 / workers if how == "mean" and workers & (workers - 1) == 0 else None
+
+    def __call__(self, total: Tensor) -> Tensor:
+        return aggregate_sum(total, self.workers, self.how)

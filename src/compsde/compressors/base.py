@@ -35,8 +35,9 @@ B3(δ) ⇒ B1(1/(4δ²), 2), B2(1/(2δ), 2)); a compressor with tighter constant
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -161,13 +162,28 @@ class Compressor:
         without holding more than one decoded message at a time, written into ``out`` if given (a buffer
         reused every step: a fresh d-length tensor pays page faults). A compressor may count instead
         (sign: the votes), as long as the result is the same bits."""
+        payloads = iter(payloads)
+        first = next(payloads, None)
+        if first is None:
+            raise ValueError("decode_sum needs at least one payload")
+        sparse = self.decode_sparse(first, rnds[0])
+        if sparse is not None:
+            rest = (self.decode_sparse(p, r) for p, r in zip(payloads, rnds[1:]))
+            return sparse_sum(itertools.chain([sparse], rest), (*first.batch_shape, first.d), first.dtype, out,
+                              device=first.device)
         total = None
-        for p, r in zip(payloads, rnds):
+        for p, r in zip(itertools.chain([first], payloads), rnds):
             m = self.decode(p, r)
             total = out.copy_(m) if total is None and out is not None else accumulate(total, m)
         if total is None:
             raise ValueError("decode_sum needs at least one payload")
         return total
+
+    def decode_sparse(self, payload: Payload, rnd: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """``(indices, values)``, both (*batch, k), when ``decode(payload, rnd)`` is +0.0 outside k distinct
+        positions per row and ``values`` there (a sparsifier's message); None otherwise. A compressor that
+        returns them is summed by ``sparse_sum``: k adds per worker instead of a dense message each."""
+        return None
 
     def decode_count(self, count: Tensor, n: int, out: Tensor) -> Tensor:
         """Σ_i decode(payload_i) into ``out`` from the per-bit counts of the ``counted`` field over the n
@@ -265,6 +281,75 @@ class Compressor:
     def params(self) -> dict[str, object]:
         """The parameters this compressor was built with (for configs and reports)."""
         return {}
+
+
+def sparse_sum(parts: Iterable[tuple[Tensor, Tensor] | None], shape: tuple[int, ...], dtype: torch.dtype,
+               out: Tensor | None = None, finish: Callable[[Tensor], Tensor] | None = None,
+               device: torch.device | str = "cpu") -> Tensor:
+    """Σ_i m_i of n ≥ 1 sparse messages m_i, given as ``(indices, values)`` (*batch, k_i) (``decode_sparse``:
+    m_i is +0.0 outside its k_i distinct indices), written into ``out`` (``shape``) if given, bit for bit the
+    dense sum in worker order (``accumulate``: m_0 + m_1 + …), then ``finish`` (elementwise, in place).
+
+    ``out`` is zeroed once and each worker's values are scatter-added (O(k) per worker, no dense message).
+    Every sum then equals the dense one except at −0.0: the dense sum of IEEE values is −0.0 exactly where
+    every summand is −0.0 (x + y is −0.0 only for −0.0 + −0.0, and a cancellation gives +0.0), while the
+    scatter-adds start from +0.0 and so never give −0.0 — those positions (where every worker sent −0.0,
+    rare: found among the k values of each) are set to −0.0 afterwards.
+
+    A ``finish`` that multiplies by a power of two h = 2^−m (``finish.scale``: the mean over 2^m workers)
+    is folded into the values, saving its pass over the d entries, when that gives the same bits: if every
+    value v is finite, 0 or |v|·h ≥ the smallest normal, and n·max|v| ≤ max/2. Then every value and every
+    partial sum is a multiple of q = 2^(e_min + m − p + 1) (p: the significand's bits), so the products
+    with h are exact (normal, or multiples of the least subnormal), and rounding commutes with the
+    scaling: fl(s + v)·h = fl(s·h + v·h) — in the normal range because scaling by 2^−m only shifts the
+    exponent, below it because a multiple of q under 2^(e_min + m) is a float, so both sides are exact
+    (and no partial sum overflows). Otherwise ``finish`` is one pass over ``out``.
+    """
+    total = torch.empty(shape, dtype=dtype, device=device) if out is None else out
+    numel, d = total.numel(), shape[-1]
+    pairs: list[tuple[Tensor, Tensor]] = []
+    for part in parts:
+        if part is None:
+            raise ValueError("sparse_sum: a payload without a sparse decoding (decode_sparse gave None)")
+        idx, vals = part
+        pairs.append((idx.expand(*shape[:-1], idx.shape[-1]), vals.expand(*shape[:-1], vals.shape[-1])))
+    if not pairs:
+        raise ValueError("decode_sum needs at least one payload")
+    scale = getattr(finish, "scale", None)
+    if scale is not None and dtype.is_floating_point and _scaling_commutes(pairs, scale, dtype):
+        pairs = [(idx, vals * scale) for idx, vals in pairs]
+        finish = None
+    total.zero_()
+    neg_zero: Tensor | None = None  # flat positions where every worker so far sent −0.0
+    for j, (idx, vals) in enumerate(pairs):
+        total.scatter_add_(-1, idx, vals)
+        if j == 0 or (neg_zero is not None and neg_zero.numel()):
+            nz = (vals == 0) & torch.signbit(vals)
+            rows = torch.arange(0, numel, d, device=idx.device).view(*shape[:-1], 1)
+            flat = (idx + rows)[nz] if bool(nz.any()) else idx.new_empty(0)
+            neg_zero = flat if neg_zero is None else neg_zero[torch.isin(neg_zero, flat)]
+    if neg_zero is not None and neg_zero.numel():
+        total.view(-1)[neg_zero] = -0.0
+    return total if finish is None else finish(total)
+
+
+def _scaling_commutes(pairs: Sequence[tuple[Tensor, Tensor]], scale: float, dtype: torch.dtype) -> bool:
+    """Whether Σ_i (v_i · scale) is fl(Σ_i v_i) · scale bit for bit for the sparse values of ``pairs``
+    (``sparse_sum``'s condition: finite values, each 0 or ≥ tiny/scale in magnitude, no overflow)."""
+    fi = torch.finfo(dtype)
+    m = math.log2(1.0 / scale)
+    if scale <= 0.0 or m != int(m):
+        return False
+    least = fi.tiny / scale
+    for _, vals in pairs:
+        a = vals.abs()
+        if not bool(torch.isfinite(a).all()):
+            return False
+        if a.numel() and float(a.max()) * len(pairs) > fi.max / 2:
+            return False
+        if bool(((a < least) & (a != 0)).any()):
+            return False
+    return True
 
 
 def check_dim(name: str, d: object) -> int:

@@ -127,16 +127,27 @@ class Compose(Compressor):
             fields["indices"] = idx
         return Payload(fields, d, x.dtype)
 
-    def decode(self, payload: Payload, rnd: Tensor | None) -> Tensor:
-        d = payload.d
-        ri, ro = self._split(rnd, d)
-        k = self.inner.support(d)
+    def _outer_values(self, payload: Payload, ro: Tensor | None) -> Tensor:
+        """The outer compressor's decoding of the kept values (rows of length k)."""
+        k = self.inner.support(payload.d)
         outer = Payload({n[2:]: v for n, v in payload.fields.items() if n.startswith("o.")}, k, payload.dtype)
-        vals = self.outer.decode(outer, ro)
+        return self.outer.decode(outer, ro)
+
+    def decode(self, payload: Payload, rnd: Tensor | None) -> Tensor:
+        ri, ro = self._split(rnd, payload.d)
+        vals = self._outer_values(payload, ro)
         if isinstance(self.inner, Identity):
             return vals
-        idx = self.inner.payload_indices(Payload(payload.fields, d, payload.dtype), ri)
-        return torch.zeros(*vals.shape[:-1], d, dtype=vals.dtype, device=vals.device).scatter_(-1, idx, vals)
+        idx = self.inner.payload_indices(payload, ri)
+        return torch.zeros(*vals.shape[:-1], payload.d, dtype=vals.dtype, device=vals.device).scatter_(-1, idx, vals)
+
+    def decode_sparse(self, payload: Payload, rnd: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """The inner sparsifier's kept indices and the outer's decoded values there (None for an identity
+        inner: every coordinate is sent)."""
+        if isinstance(self.inner, Identity):
+            return None
+        ri, ro = self._split(rnd, payload.d)
+        return self.inner.payload_indices(payload, ri), self._outer_values(payload, ro)
 
     def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         d = x.shape[-1]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -122,19 +121,10 @@ class Sparsifier(Compressor):
     def decode_add(self, payload: Payload, rnd: Tensor | None, out: Tensor) -> Tensor:
         return out.scatter_add_(-1, self.payload_indices(payload, rnd), payload.fields["values"])
 
-    def decode_sum(self, payloads: Iterable[Payload], rnds: Sequence[Tensor | None], out: Tensor | None = None) -> Tensor:
-        """Σ_i decode(payload_i): each worker's k values added at their indices (no dense message per
-        worker), into ``out`` if given. Equal to the dense sum in worker order except, possibly, the
-        sign of zero entries."""
-        total = None
-        for p, r in zip(payloads, rnds):
-            if total is None:
-                total = (torch.zeros(*p.batch_shape, p.d, dtype=p.dtype, device=p.device) if out is None
-                         else out.zero_())
-            self.decode_add(p, r, total)
-        if total is None:
-            raise ValueError("decode_sum needs at least one payload")
-        return total
+    def decode_sparse(self, payload: Payload, rnd: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """The kept indices and values: Σ_i decode(payload_i) is then k adds per worker (``sparse_sum``),
+        the dense sum's bits without a dense message per worker."""
+        return self.payload_indices(payload, rnd), payload.fields["values"]
 
     def apply(self, x: Tensor, rnd: Tensor | None) -> Tensor:
         idx = self.indices(x, rnd)
@@ -178,6 +168,9 @@ class Identity(Sparsifier):
 
     def decode_add(self, payload: Payload, rnd: Tensor | None, out: Tensor) -> Tensor:
         return out.add_(payload.fields["values"])
+
+    def decode_sparse(self, payload: Payload, rnd: Tensor | None) -> None:
+        return None  # every coordinate is sent
 
     def omega(self, d: int) -> float:
         return 0.0

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from compsde.algorithms import Algorithm, WorkersOut
-from compsde.algorithms.aggregation import aggregate_sum
+from compsde.algorithms.aggregation import Aggregate
 from compsde.compressors import Compressor, Payload
 from compsde.compressors.wire import Layout, decode_sum
 from compsde.sim.exchange import Exchange
@@ -97,8 +97,7 @@ def finish_direction(algorithm: Algorithm, workers: int, server_state: Any,
     aggregate (mean or sign) is elementwise and is handed to the decoder as ``finish``, which applies
     it to each block as it is decoded, in cache (the same bits as afterwards)."""
     if not algorithm.server.names:
-        how = algorithm.aggregation
-        return total(lambda t: aggregate_sum(t, workers, how)), server_state
+        return total(Aggregate(workers, algorithm.aggregation)), server_state
     return algorithm.direction(total(None), workers, server_state, None)
 
 
