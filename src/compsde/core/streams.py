@@ -110,6 +110,8 @@ class Streams:
             return out
         if parts and parts[0] is None:
             return None
+        if len(parts) == 1:  # one worker (a distributed rank, the hook): a view, not a copy of its draw
+            return parts[0].unsqueeze(0)  # type: ignore[union-attr]
         return torch.stack(parts) if parts else None  # type: ignore[arg-type]
 
     def generators(self) -> list[torch.Generator]:
