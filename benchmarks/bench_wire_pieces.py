@@ -14,10 +14,10 @@ Usage: python benchmarks/bench_wire_pieces.py [--n 12600000] [--workers 2] [--on
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
-from collections.abc import Callable
+from functools import partial
 
+import timing
 import torch
 
 from compsde import algorithms, compressors
@@ -26,6 +26,9 @@ from compsde.compressors.wire import Layout, decode_sum
 from compsde.core.streams import Streams
 from compsde.distributed.collectives import finish_direction
 
+#: CPU time of the calling thread (module doc).
+median_seconds = partial(timing.median_seconds, clock=time.thread_time)
+
 ROWS = [("sign", {"compressor": "sign"}, False), ("scaled-sign", {"compressor": "scaled-sign"}, False),
         ("rand-k 1%", {"compressor": "rand-k", "ratio": 0.01}, False),
         ("top-k 1%", {"compressor": "top-k", "ratio": 0.01}, False),
@@ -33,18 +36,6 @@ ROWS = [("sign", {"compressor": "sign"}, False), ("scaled-sign", {"compressor": 
         ("qsgd 4", {"compressor": "qsgd", "levels": 4}, False), ("natural", {"compressor": "natural"}, False),
         ("natural-dithering 4", {"compressor": "natural-dithering", "levels": 4}, False),
         ("top-k+natural 1%", {"compressor": "top-k+natural", "ratio": 0.01}, False)]
-
-
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median CPU time of this thread over ``repeats`` calls of ``fn()``, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.thread_time()
-        fn()
-        times.append(time.thread_time() - t)
-    return statistics.median(times)
 
 
 def profile_row(label: str, kw: dict, ef: bool, grads: list[torch.Tensor], bucket: torch.Tensor, repeats: int) -> str:
