@@ -177,14 +177,8 @@ class LocalSDE(SDEModel):
             return [slice(d, 2 * d), slice(2 * d, 3 * d)] if first.adam else [slice(d, 2 * d)]
         return []
 
-    def _buffers(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        key = (z.shape, z.dtype, z.device)
-        if self.__dict__.get("_buf_key") != key:
-            self._buf_key, self._buf = key, (torch.zeros_like(z), torch.zeros_like(z))
-        return self._buf
-
     def evaluate(self, t: float, z: Tensor, xi: Tensor, args: StepArgs) -> tuple[Tensor, Tensor]:
-        drift, noise = self._buffers(z)  # x̄'s columns stay 0
+        drift, noise = self.output_buffers(z, zero_drift=True)  # x̄'s columns stay 0
         blocks, out_m, out_s = self.blocks(z), self.blocks(drift), self.blocks(noise)
         nw = self.block_noise
         for k, model in enumerate(self.inner):

@@ -161,6 +161,17 @@ class SDEModel:
         diverged paths: ``params`` (x, back to x⁰) and ``rest`` (an augmented state's other coordinates, to 0)."""
         return {"params": z[:, : self.dim], "rest": z[:, self.dim:]} if self.state_dim != self.dim else {"params": z}
 
+    def output_buffers(self, z: Tensor, *, zero_drift: bool = False) -> tuple[Tensor, Tensor]:
+        """The (drift, noise) outputs of ``evaluate`` for states like ``z``, reused from step to step while
+        z's shape, dtype and device stay (a fresh state-sized tensor per step pays page faults). The noise
+        is zeroed when made, and so is the drift with ``zero_drift``: blocks a model never writes stay 0.
+        A cache on the model, not state of the solve."""
+        key = (z.shape, z.dtype, z.device, zero_drift)
+        if self.__dict__.get("_buf_key") != key:
+            self._buf_key = key
+            self._buf = (torch.zeros_like(z) if zero_drift else torch.empty_like(z), torch.zeros_like(z))
+        return self._buf
+
     def evaluate(self, t: float, x: Tensor, xi: Tensor, args: StepArgs) -> tuple[Tensor, Tensor]:
         """Return (m(x), S(x)^{1/2} ξ), both of shape (M, state_dim), for states x (M, state_dim) at SDE
         time t, ξ (M, noise_dim) and the step's ``args`` (η_k, dt, generator).
@@ -440,13 +451,6 @@ class AdaptiveSDE(SDEModel):
     def initial(self, x0: Tensor) -> Tensor:
         return torch.cat([x0, torch.zeros(x0.shape[0], self.state_dim - self.dim, dtype=x0.dtype, device=x0.device)], 1)
 
-    def _buffers(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """The drift and noise outputs, reused from step to step (the noise's v and ι blocks stay 0)."""
-        key = (z.shape, z.dtype, z.device)
-        if self.__dict__.get("_buf_key") != key:
-            self._buf_key, self._buf = key, (torch.empty_like(z), torch.zeros_like(z))
-        return self._buf
-
     def evaluate(self, t: float, z: Tensor, xi: Tensor, args: StepArgs) -> tuple[Tensor, Tensor]:
         d, lr, c2 = self.dim, args.lr, 1.0 - self.b2
         x = z[:, :d]
@@ -454,7 +458,7 @@ class AdaptiveSDE(SDEModel):
         if self.coupled:
             g.add_(x, alpha=self.coupled)
         diag, noise = self.averaged_noise(x, xi)
-        out, s_xi = self._buffers(z)
+        out, s_xi = self.output_buffers(z)  # the noise's v and ι blocks stay 0
         vs = slice(2 * d, 3 * d) if self.adam else slice(d, 2 * d)
         v, ov = z[:, vs], out[:, vs]
         torch.addcmul(diag, g, g, out=ov)  # E ḡ² = ∇f² + diag Σ̄
