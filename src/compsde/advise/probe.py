@@ -204,14 +204,15 @@ class _Point:
     """Accumulates one point's draws: per round and worker the big batch's (m, b) and mean gradient, the
     workers' sums of small-batch gradients, the pooled sum of squares and the tail's pairs and groups."""
 
-    def __init__(self, workers: int, dim: int, small: int, big: int, group: int, keep_means: bool) -> None:
+    def __init__(self, workers: int, dim: int, small: int, big: int, group: int, keep_means: bool,
+                 device: torch.device) -> None:
         self.n, self.d, self.b_small, self.b_big, self.m = workers, dim, small, big, group
         self.ms: list[list[float]] = []  # per round: m = mean_i ‖g_i‖² per worker
         self.bs: list[list[float]] = []  # per round: b = ‖mean_i g_i‖² per worker
         self.means: list[Tensor] = []  # per round: (N, d) big-batch means (several workers only)
         self.keep_means = keep_means
-        self.sum = torch.zeros(workers, dim, dtype=torch.float64)
-        self.sumsq = torch.zeros(dim, dtype=torch.float64)
+        self.sum = torch.zeros(workers, dim, dtype=torch.float64, device=device)  # where the gradients are
+        self.sumsq = torch.zeros(dim, dtype=torch.float64, device=device)
         self.count = [0] * workers
         self.pairs: list[list[Tensor]] = [[] for _ in range(workers)]
         self.units: list[float] = []
@@ -286,7 +287,7 @@ class _Point:
         return out
 
     def _snr(self) -> dict[str, Any]:
-        counts = torch.tensor(self.count, dtype=torch.float64)
+        counts = torch.tensor(self.count, dtype=torch.float64, device=self.sum.device)
         n_all = float(counts.sum())
         ss = self.sumsq - (self.sum.square() / counts.view(-1, 1)).sum(0)
         var_small = ss.clamp_min(0) / max(n_all - self.n, 1.0)  # within-worker variance of a small-batch gradient
@@ -511,7 +512,7 @@ def probe_model(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], l
         torch.manual_seed(seed)
         for step in range(warmup_steps + 1):
             if step in steps:
-                pt = _Point(n, dim, small_batch, big_batch, tail_group, keep_means=n > 1)
+                pt = _Point(n, dim, small_batch, big_batch, tail_group, keep_means=n > 1, device=device)
                 for _ in range(repetitions):
                     pt.add_round([torch.stack([_model_grad(net, params, loss_fn, *src.take(small_batch))[0]
                                                for _ in range(k)]) for src in sources])
@@ -581,7 +582,7 @@ def probe_oracle(oracle: Any, params: Tensor | None = None, *, warmup_steps: int
 
     for step in range(warmup_steps + 1):
         if step in steps:
-            pt = _Point(n, dim, small_batch, big_batch, tail_group, keep_means=n > 1)
+            pt = _Point(n, dim, small_batch, big_batch, tail_group, keep_means=n > 1, device=x.device)
             for _ in range(repetitions):
                 pt.add_round([draws(w, k * per).reshape(k, per, dim).mean(1) for w in range(n)])
             results.append(pt.result(step))
