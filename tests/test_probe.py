@@ -123,6 +123,13 @@ def test_digits_b_simple_matches_exact() -> None:
     assert abs(p.b_simple - b_exact) < 4 * p.b_simple_se, (p.b_simple, p.b_simple_se, b_exact)
     assert abs(p.grad_norm_sq - g2) < 4 * p.grad_norm_sq_se
     assert abs(p.trace_sigma - tr) < 4 * p.trace_sigma_se
+    # per-coordinate signal-to-noise |G_j| / σ_j of the per-sample gradients, over the coordinates that move
+    sd = (flat - g).square().mean(0).sqrt()
+    live = (sd > 0) | (g != 0)
+    r = torch.where(sd > 0, g.abs() / sd.clamp_min(1e-300), torch.full_like(g, math.inf))[live]
+    for q in QUANTILES:
+        key = f"{q:g}"
+        assert abs(p.snr[key] - _quantile(r, q)) < 4 * p.snr_se[key], (q, p.snr[key], _quantile(r, q), p.snr_se[key])
     # the user's model is not trained by the probe
     assert all(torch.equal(v, params[k]) for k, v in model.named_parameters())
 
@@ -147,6 +154,10 @@ def test_digits_warmup_points_and_plots(tmp_path) -> None:
                     repetitions=4, tail_group=4, worker_loaders=shards)
     assert q.workers == 2 and q.heterogeneity is not None and q.heterogeneity > 0.1
     assert "probe_heterogeneity.png" in {f.name for f in plot_probe(q, tmp_path / "h")}
+    # a shard function gives the same probe (same seed: the loaders shuffle with the same generator state)
+    q2 = probe_model(model, cross_entropy, loader, warmup_steps=0, points=1, small_batch=8, big_batch=64,
+                     repetitions=4, tail_group=4, worker_loaders=lambda i: shards[i], workers=2)
+    assert q2.as_dict() == q.as_dict()
 
 
 def test_digits_injected_student_t_tail_index() -> None:
@@ -223,6 +234,8 @@ def test_probe_refuses_bad_inputs() -> None:
         probe_model(model, cross_entropy, loader, workers=3)
     with pytest.raises(ValueError, match="workers must be an integer"):
         probe_model(model, cross_entropy, loader, worker_loaders=lambda i: loader)
+    with pytest.raises(ValueError, match="disagrees with the 2 worker_loaders"):
+        probe_model(model, cross_entropy, loader, worker_loaders=[loader, loader], workers=3)
     with pytest.raises(ValueError, match="worker_loaders must be a non-empty list"):
         probe_model(model, cross_entropy, loader, worker_loaders=[])
     with pytest.raises(ValueError, match="warm-up diverged"):
