@@ -233,6 +233,18 @@ def test_cli_run_writes_the_report_unless_no_report(capsys, tmp_path):
     assert not (tmp_path / "b" / REPORT_FILE).exists() and (tmp_path / "b" / "summary.json").exists()
 
 
+def test_a_tracked_run_shows_each_series_tracking_error(capsys, tmp_path):
+    code, _, err = _cli(capsys, ["track", "sde-tracking", "--set", "run.steps=10", "run.repeats=2", "run.log_every=5",
+                                 "--no-progress", "--no-plots", "--out", str(tmp_path / "o")])
+    assert code == 0, err
+    text = "".join(_parse((tmp_path / "o" / REPORT_FILE).read_text(encoding="utf-8")).text)
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text(encoding="utf-8"))
+    assert "SDE tracking error mean / max" in text
+    for s in summary["series"]:
+        t = s["tracking"]
+        assert f"{t['mean_rel_error']:.2%} / {t['max_rel_error']:.2%}" in text
+
+
 # ---- TensorBoard ---------------------------------------------------------------------------------
 
 
