@@ -215,7 +215,7 @@ def test_cli_writes_the_simulator_files_plus_wire_bytes(tmp_path, capfd):
     assert code == 0, err
     t_files = {p.name for p in (tmp_path / "t").iterdir()}
     s_files = {p.name for p in (tmp_path / "s").iterdir()}
-    assert s_files <= t_files and not [f for f in t_files if f.endswith(".tmp")]
+    assert s_files <= t_files and not [f for f in t_files if f.endswith(".tmp")] and "report.html" in t_files
     assert any(f.endswith(".png") for f in t_files)  # the simulator's plots, from the torch backend's results
     _assert_same_metrics(tmp_path / "t", tmp_path / "s")
     summary = json.loads((tmp_path / "t" / "summary.json").read_text())
@@ -327,6 +327,8 @@ def test_dead_idle_rank_is_named_and_finished_series_are_written(tmp_path, capfd
     # series 0's logged steps (log_every 4, and the last), nothing of series 1
     assert [(r.split(",")[0], r.split(",")[step]) for r in rows[1:]] == [("both", "0"), ("both", "4"), ("both", "5")]
     assert json.loads((tmp_path / "o" / "run.json").read_text())["status"].startswith("failed")
+    report = (tmp_path / "o" / "report.html").read_text()  # the failed run's page: the rows it wrote
+    assert "The run failed: LaunchError" in report and "last logged row" in report
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def _block(after: str, lang: str) -> str:
@@ -142,3 +143,12 @@ def test_what_a_run_writes_names_every_file_and_column():
     columns = re.search(r"`metrics.csv` — .*?`(series, .*?)`", text, re.S)
     assert columns is not None
     assert [c.strip() for c in columns.group(1).split(",")] == METRIC_COLUMNS
+
+
+def test_ci_runs_the_readmes_test_commands():
+    """.ci/run runs the README's test command and its browser install, verbatim."""
+    quick = README[README.index("The second installs the test dependencies"): README.index("## Command line")]
+    lines = [line for block in re.findall(r"```bash\n(.*?)```", quick, re.S) for line in block.strip().splitlines()]
+    assert len(lines) == 2 and lines[0].startswith("python3 -m venv") and "chromium-driver" in lines[1]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert all(line in ci for line in lines)

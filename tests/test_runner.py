@@ -67,7 +67,7 @@ def preset_runs(tmp_path_factory):
 def test_preset_outputs(preset_runs, name):
     d = preset_runs[name]
     files = {p.name for p in d.iterdir()}
-    assert {"config.toml", "metrics.csv", "summary.json", "run.json"} <= files
+    assert {"config.toml", "metrics.csv", "summary.json", "run.json", "report.html"} <= files
     if name in WITH_PLOTS:
         assert {"loss.png", "loss_vs_bits.png", "final.png"} <= files
     assert not [f for f in files if f.startswith(".") or f.endswith(".tmp")], files  # no temp files left
@@ -351,7 +351,7 @@ def test_python_dash_m(tmp_path):
 def test_outputs_of_an_earlier_run_are_replaced_and_other_files_kept(tmp_path):
     d = tmp_path / "o"
     d.mkdir()
-    old = ["diverged.png", "tracking.png", "weak_order.png", "summary.json", "metrics.csv", "run.json",
+    old = ["diverged.png", "tracking.png", "weak_order.png", "summary.json", "metrics.csv", "run.json", "report.html",
            ".metrics.csv.abc123.tmp", ".loss.png.x.tmp"]
     for name in old:
         (d / name).write_bytes(b"old")
@@ -362,7 +362,8 @@ def test_outputs_of_an_earlier_run_are_replaced_and_other_files_kept(tmp_path):
            "series": [{"method": "dsgd", "lr": 0.1}]}
     run_experiment(raw, d, progress=False, plots=False)
     files = {p.name for p in d.iterdir()}
-    assert files == {"config.toml", "metrics.csv", "summary.json", "run.json", *mine}
+    assert files == {"config.toml", "metrics.csv", "summary.json", "run.json", "report.html", *mine}
+    assert (d / "report.html").read_bytes().startswith(b"<!DOCTYPE html>")  # this run's, not the old one
     assert all((d / name).read_bytes() == b"mine" for name in mine)
     run_experiment(raw, d, progress=False)  # with plots: the ones this run makes, nothing stale
     assert (d / "loss.png").read_bytes()[:4] == b"\x89PNG" and not (d / "diverged.png").exists()

@@ -77,11 +77,13 @@ class SeriesSpec:
 
 @dataclass
 class Experiment:
-    """A resolved config and the objects built from it. ``name`` is the config's ``[run] name``."""
+    """A resolved config and the objects built from it. ``name`` is the config's ``[run] name``; ``claim``
+    what it demonstrates (``presets.claim`` of its source: a preset's description), recorded in run.json."""
 
     config: dict[str, Any]
     name: str = "config"
     series: list[SeriesSpec] = field(default_factory=list)
+    claim: str = ""
 
     @property
     def run(self) -> dict[str, Any]:
@@ -161,4 +163,7 @@ def load(source: str | Path | Mapping[str, Any], overrides: Iterable[str] = ()) 
         raw, name = presets.load_source(check_path("source", source, "a preset name, a config file or run folder "
                                                    "(a string or pathlib.Path), or a config dict"))
     cfg = resolve(apply_overrides(raw, overrides), name)
-    return build(cfg)
+    exp = build(cfg)
+    if not isinstance(source, Mapping):
+        exp.claim = presets.claim(source)
+    return exp

@@ -1,8 +1,10 @@
-"""Command line: ``compsde run``, ``track``, ``scale``, ``presets``, ``compressors``.
+"""Command line: ``compsde run``, ``track``, ``report``, ``scale``, ``presets``, ``compressors``.
 
-    compsde run PRESET_OR_CONFIG [--set KEY=VALUE ...] [--out DIR] [--no-progress] [--no-plots]
-                [--backend {sim,torch}] [--workers N] [--timeout S] [--checkpoint-every K] [--resume DIR_OR_FILE]
+    compsde run PRESET_OR_CONFIG [--set KEY=VALUE ...] [--out DIR] [--no-progress] [--no-plots] [--no-report]
+                [--tensorboard DIR] [--backend {sim,torch}] [--workers N] [--timeout S] [--checkpoint-every K]
+                [--resume DIR_OR_FILE]
     compsde track PRESET_OR_CONFIG [same options]   (each series also as its SDE, overlaid)
+    compsde report RUN_DIR                          (RUN_DIR/report.html: one self-contained page of the run)
 
 PRESET_OR_CONFIG is a preset name, a TOML file or a run folder (a directory holding the config.toml
 a run wrote). It may come before or after the ``--set`` items: ``compsde run --set run.steps=5 PRESET``
@@ -16,7 +18,8 @@ is ``compsde run PRESET --set run.steps=5`` (the one ``--set`` word without ``=`
 Bad input (unknown key, wrong type, unknown preset, impossible method/compressor pair) prints
 ``error: ...`` on stderr and exits with status 2, without a traceback. A simulator run stopped by Ctrl-C
 exits with 130, one stopped by SIGTERM with 143, each after recording it in run.json. ``run`` and
-``track`` print the output folder and one line per series with its final numbers.
+``track`` print the output folder and one line per series with its final numbers, and write the run's
+report.html (``compsde.experiments.report``) when the run ends, however it ends, unless ``--no-report``.
 """
 
 from __future__ import annotations
@@ -61,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
                                    "metrics.csv gains the SDE's curves (source = sde), summary.json a `tracking` "
                                    "entry per series, and tracking.png overlays both.")
     _experiment_args(t)
+
+    rp = sub.add_parser("report", help="write a run folder's report.html: one self-contained page of the run",
+                        description="Write RUN_DIR/report.html: the claim, the results table, every figure (embedded), "
+                                    "the advice when RUN_DIR holds advice.json, the config and the provenance (versions, "
+                                    "command, times, how the run ended), in one HTML file that needs nothing else. "
+                                    "`run` and `track` write it at the end of each run unless --no-report.")
+    rp.add_argument("run_dir", metavar="RUN_DIR", help="a run folder: the --out directory of `compsde run` or `track`")
 
     sc = sub.add_parser("scale", help="solve a scaling rule for the hyperparameter you leave free",
                         description="Keep the invariant of METHOD's scaling rule (dsgd: η/(BN); dcsgd: η(1+ω)/(BN); "
@@ -116,6 +126,11 @@ def _experiment_args(r: argparse.ArgumentParser) -> None:
                         "preset's or file's name); the outputs of an earlier run there are replaced")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    r.add_argument("--no-report", action="store_true",
+                   help="skip report.html (the page of the run; `compsde report DIR` writes it later)")
+    r.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="also stream the metrics rows to DIR as TensorBoard scalars, one TensorBoard run per series "
+                        "(needs the tensorboard package: pip install 'compsde[tensorboard]')")
 
 
 def _backend_args(r: argparse.ArgumentParser) -> None:
@@ -181,7 +196,8 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str], track: bool = False)
         return _error(f"{', '.join(given)} only apply to --backend torch")
     try:
         out = runner.run_experiment(exp, args.out, progress=not args.no_progress, plots=not args.no_plots, track=track,
-                                    command=shlex.join(["compsde", *argv]))
+                                    command=shlex.join(["compsde", *argv]), report=not args.no_report,
+                                    tensorboard=args.tensorboard)
     except (ValueError, OSError) as e:  # e.g. --out names a file, the run is too large, or the disk is full
         return _error(str(e))
     except KeyboardInterrupt:
@@ -241,6 +257,18 @@ def _series_report(summary: Mapping[str, Any]) -> list[str]:
         lines.append(f"  weak order ({fit['group'] or 'all series'}): fitted slope {num(fit['slope'], '.2f')} "
                      f"over η = {fit['lr']}")
     return lines
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from compsde.experiments import report
+
+    try:
+        report.check_run_dir(args.run_dir, "RUN_DIR")
+        path = report.write_report(args.run_dir)
+    except (ValueError, OSError) as e:
+        return _error(str(e))
+    print(f"wrote {path}")
+    return 0
 
 
 def _cmd_scale(args: argparse.Namespace) -> int:
@@ -314,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_run(args, argv)
     if args.command == "track":
         return _cmd_run(args, argv, track=True)
+    if args.command == "report":
+        return _cmd_report(args)
     if args.command == "scale":
         return _cmd_scale(args)
     if args.command == "presets":

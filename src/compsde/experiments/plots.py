@@ -50,7 +50,7 @@ from compsde.core.checks import MAX_TEXT_LENGTH, check_text  # noqa: E402,F401  
 from compsde.experiments import plot_layout as lay  # noqa: E402
 from compsde.experiments.plot_layout import figure_png, plain_text  # noqa: E402,F401  (re-exported)
 
-__all__ = ["FIGURES", "MAX_TEXT_LENGTH", "PLOT_FILES", "FigureSpec", "check_text", "compression_error_figure",
+__all__ = ["CAPTIONS", "FIGURES", "MAX_TEXT_LENGTH", "PLOT_FILES", "FigureSpec", "check_text", "compression_error_figure",
            "diverged_figure", "eval_metric", "figure_png", "final_figure", "loss_figure", "make_plots", "plain_text",
            "sync_figure", "test_figure", "tracking_figure", "tracking_figure_obj", "tracking_test_figure",
            "weak_order_figure", "weak_order_figure_obj"]
@@ -466,6 +466,24 @@ _BY_NAME = {f.name: f for f in FIGURES}
 #: Every file name ``make_plots`` (and, for ``compsde track``, ``tracking_figure``,
 #: ``tracking_test_figure`` and ``weak_order_figure``) may produce.
 PLOT_FILES = (*_BY_NAME, "tracking.png", "tracking_test.png", "weak_order.png")
+
+#: One sentence per file of ``PLOT_FILES``: what the figure shows (the run report's captions and alt text).
+CAPTIONS = {
+    "loss.png": "The loss against the step: the mean over the repetitions that have not diverged (line) and the "
+                "q10–q90 band over all repetitions; one panel per group.",
+    "loss_vs_bits.png": "The loss against the cumulative bits each worker sent: the budget that compression saves.",
+    "final.png": "The final loss of every series, panels side by side on one axis, with q10–q90 bars.",
+    "compression_error.png": "The relative compression error ‖C(v) − v‖²/‖v‖² along the run.",
+    "diverged.png": "The fraction of repetitions that have diverged, against the step.",
+    "test.png": "The held-out metric (test accuracy or perplexity) along the run.",
+    "sync.png": "A local method's synchronisation period H in force, and the learning rate, against the step.",
+    "sharpness.png": "The sharpness h(y) along the run with the slow SDE's prediction laid over, and the "
+                     "communication rounds.",
+    "tracking.png": "Each optimizer's mean loss and q10–q90 band with its SDE's (dashed), from the same start.",
+    "tracking_test.png": "The held-out metric of each optimizer (solid) and of its SDE (dashed).",
+    "weak_order.png": "The SDE's tracking error against the learning rate η, with its fitted slope (≈ 1 for an "
+                      "order-1 weak approximation).",
+}
 
 
 def compression_error_figure(results: Sequence[Any], title: str) -> Figure | None:

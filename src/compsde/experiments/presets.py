@@ -18,10 +18,12 @@ from typing import Any
 
 from compsde.experiments import tomlio
 
-__all__ = ["CONFIG_FILE", "description", "load_source", "preset_names", "preset_text", "presets"]
+__all__ = ["CONFIG_FILE", "RESOLVED_HEADER", "claim", "description", "load_source", "preset_names", "preset_text", "presets"]
 
 #: The resolved config a run writes into its folder (and reads back when the folder is the source).
 CONFIG_FILE = "config.toml"
+#: How the first comment line of that config.toml starts (``runner.start_run``).
+RESOLVED_HEADER = "compsde resolved config"
 
 
 def _presets_dir() -> Any:
@@ -89,3 +91,28 @@ def load_source(source: str | Path) -> tuple[dict[str, Any], str]:
         f"unknown preset or config file {text!r}: no such file or directory; "
         f"valid presets: {', '.join(preset_names()) or 'none'}"
     )
+
+
+def claim(source: str | Path) -> str:
+    """The claim a config demonstrates: a preset's description, a TOML file's first comment line, or, for a
+    run folder (or the config.toml a run wrote, whose first line is ``RESOLVED_HEADER``), the claim its
+    run.json recorded; "" when there is none. Never raises: a source ``load_source`` rejects has no claim."""
+    import json
+
+    path = Path(source)
+    try:
+        if path.is_dir():
+            path = path / CONFIG_FILE
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            first = description(text)
+            if not first.startswith(RESOLVED_HEADER):
+                return first
+            record = json.loads((path.parent / "run.json").read_text(encoding="utf-8"))
+            found = record.get("claim") if isinstance(record, dict) else None
+            return found if isinstance(found, str) else ""
+        if str(source) in preset_names():
+            return description(preset_text(str(source)))
+    except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON: no claim to show
+        return ""
+    return ""

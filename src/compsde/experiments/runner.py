@@ -10,9 +10,10 @@ so a reader never sees a half-written file). At start the known outputs of an ea
 same directory (``OUTPUT_FILES``, every plot name, and their stale temporary files) are removed, so
 files of two runs are never mixed; other files are left alone.
 
-* ``run.json``      how the run was made and how it ended: ``compsde`` / torch / numpy / Python
-                    versions, the command line (or the Python call), start and end times, the
-                    estimated seconds, and ``status``: "running", "completed" or "failed: <reason>".
+* ``run.json``      how the run was made and how it ended: the claim its config demonstrates (a
+                    preset's description), ``compsde`` / torch / numpy / Python versions, the command
+                    line (or the Python call), start and end times, the estimated seconds, and
+                    ``status``: "running", "completed" or "failed: <reason>".
 * ``config.toml``   the fully resolved config (every default filled in): ``compsde run config.toml``
                     (or ``compsde run DIR``) reproduces the run.
 * ``metrics.csv``   one row per logged step and series (step 0 included), rewritten as the run goes:
@@ -35,6 +36,8 @@ files of two runs are never mixed; other files are left alone.
                     "final": {...}, "bits_per_worker_per_step", ...}]}`` in config order; non-finite
                     numbers are written as null so the JSON stays valid. Written at the end.
 * ``*.png``         the plots of ``compsde.experiments.plots``.
+* ``report.html``   one self-contained page of all the above (``compsde.experiments.report``), written when
+                    the run ends, however it ends (``report=False`` skips it).
 """
 
 from __future__ import annotations
@@ -63,14 +66,14 @@ from compsde.core.files import atomic_write
 from compsde.core.tensors import DTYPES
 from compsde.experiments import estimates
 from compsde.experiments.build import Experiment, SeriesSpec, build, dumps, load, resolve
-from compsde.experiments.presets import CONFIG_FILE
+from compsde.experiments.presets import CONFIG_FILE, RESOLVED_HEADER
 from compsde.sde.alternatives import DEFAULT as DEFAULT_SDE
 from compsde.sim.loop import Loop
 from compsde.sim.recorder import Trace
 from compsde.sim.simulator import simulate
 
 __all__ = ["METRIC_COLUMNS", "OUTPUT_FILES", "SNAPSHOT_SECONDS", "SeriesResult", "Terminated", "clear_outputs",
-           "default_out_dir", "metrics_from_trace", "quantiles", "run_experiment", "start_run", "write_results"]
+           "default_out_dir", "end_run", "metrics_from_trace", "quantiles", "run_experiment", "start_run", "write_results"]
 
 #: Below this many elements per step (d x repeats x workers) a series is simulated on one thread.
 SINGLE_THREAD_BELOW = 1 << 20
@@ -89,7 +92,7 @@ METRIC_COLUMNS = [
 #: The slow SDE's prediction is integrated step by step (Python): only for runs up to this many steps.
 SLOW_SDE_MAX_STEPS = 2_000_000
 #: The files a run writes besides the plots (``plots.PLOT_FILES``); removed at the start of a run.
-OUTPUT_FILES = (CONFIG_FILE, "metrics.csv", "summary.json", "run.json")
+OUTPUT_FILES = (CONFIG_FILE, "metrics.csv", "summary.json", "run.json", "report.html")
 #: Within a series, metrics.csv is rewritten at most this often (seconds).
 SNAPSHOT_SECONDS = 2.0
 
@@ -468,6 +471,7 @@ class RunRecord:
         done = status != "running"
         self.data: dict[str, Any] = {
             "name": exp.name,
+            "claim": exp.claim,
             "status": status,
             "command": command,
             "argv": list(sys.argv),
@@ -544,7 +548,7 @@ def start_run(out: Path, exp: Experiment, *, command: str | None, backend: str, 
     if clear:
         clear_outputs(out)
     record = RunRecord(out, exp, command, backend, track, estimate)
-    atomic_write(out / CONFIG_FILE, dumps(exp.config, header=f"compsde resolved config ({exp.name}); re-run with: {rerun}"))
+    atomic_write(out / CONFIG_FILE, dumps(exp.config, header=f"{RESOLVED_HEADER} ({exp.name}); re-run with: {rerun}"))
     return record
 
 
@@ -555,8 +559,10 @@ def _python_call(config: Any, out_dir: Any, track: bool) -> str:
 
 
 def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path | None = None,
-                   progress: bool = True, plots: bool = True, track: bool = False, command: str | None = None) -> Path:
-    """Run every series of ``config`` and write run.json, config.toml, metrics.csv, summary.json and plots.
+                   progress: bool = True, plots: bool = True, track: bool = False, command: str | None = None,
+                   report: bool = True, tensorboard: str | Path | None = None) -> Path:
+    """Run every series of ``config`` and write run.json, config.toml, metrics.csv, summary.json, plots and
+    report.html.
 
     With ``track=True`` (``compsde track``) each series also runs as its SDE (``[run] paths`` paths
     from the same start, ``compsde.sde.tracking``): metrics.csv gains its curves (``source = sde``),
@@ -569,6 +575,10 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
         progress: show a tqdm progress bar (silent anyway when stderr is not a terminal).
         plots: write the PNG plots (tests may skip them for speed).
         command: the command line to record in run.json (default: this Python call).
+        report: write report.html at the end (``compsde.experiments.report``), also when the run fails or
+            is interrupted (from what it wrote so far).
+        tensorboard: a directory to stream the metrics rows to as TensorBoard scalars
+            (``compsde.experiments.tensorboard_stream``; needs the tensorboard package).
 
     Returns the output directory. Bad input (config, sizes, ``out_dir``) raises ValueError before
     anything is written. A diverging series never raises: the Trace marks it diverged. A run stopped by
@@ -581,28 +591,59 @@ def run_experiment(config: Experiment | Mapping[str, Any] | str | Path, out_dir:
     models = _sde_models(exp) if track else []  # refused before anything is written when no series has an SDE
     estimate = estimates.estimate_run(exp, models)
     out = output_dir(out_dir, exp.name)
+    stream = None
+    if tensorboard is not None:
+        from compsde.experiments.tensorboard_stream import MetricsStream
+
+        stream = MetricsStream(tensorboard)
     with sigterm_raises():
         record = start_run(out, exp, command=command or _python_call(config, out_dir, track), backend="sim",
                            track=track, estimate=estimate,
                            rerun=f"compsde run {CONFIG_FILE} (or compsde run DIR, the folder holding it)")
         try:
-            _run(exp, out, models, record, progress=progress, plots=plots, track=track, bar_cls=tqdm)
+            _run(exp, out, models, record, progress=progress, plots=plots, track=track, bar_cls=tqdm, stream=stream)
         except BaseException as e:
-            record.end(failure_status(e))
+            end_run(record, e, report=report)
             raise
-        record.end("completed")
+        finally:
+            if stream is not None:
+                stream.close()
+        end_run(record, None, report=report)
     return out
 
 
+def end_run(record: RunRecord, error: BaseException | None, *, report: bool) -> None:
+    """Record in run.json how the run ended (``error``: the exception that ended it; None: completed), then,
+    with ``report``, write report.html from what the folder holds. After a failure the report shows what
+    was written so far, and one that cannot be written is announced on stderr: the run's own exception is
+    the one that propagates."""
+    record.end("completed" if error is None else failure_status(error))
+    if not report:
+        return
+    from compsde.experiments.report import write_report
+
+    if error is None:
+        write_report(record.path.parent)
+        return
+    try:
+        write_report(record.path.parent)
+    except Exception as e:  # announced; the run's own error goes on
+        sys.stderr.write(f"compsde: warning: report.html not written: {e}\n")
+        sys.stderr.flush()
+
+
 def _run(exp: Experiment, out: Path, models: list[Any], record: RunRecord, *, progress: bool, plots: bool, track: bool,
-         bar_cls: Any) -> None:
+         bar_cls: Any, stream: Any = None) -> None:
     run = exp.run
     results: list[SeriesResult] = []
     tracked: list[Tracked | str] = []  # per series: its SDE, or why it has none
 
     def write_metrics(partial: Sequence[SeriesResult] = ()) -> None:
         sdes = [t.result for t in tracked if not isinstance(t, str)]
-        atomic_write(out / "metrics.csv", metrics_csv([*results, *partial, *sdes]))
+        rows = [*results, *partial, *sdes]
+        atomic_write(out / "metrics.csv", metrics_csv(rows))
+        if stream is not None:  # TensorBoard (--tensorboard): the rows not sent before
+            stream.send(rows)
 
     total = sum(spec.schedule.steps * (2 if track and not isinstance(models[spec.index], str) else 1) for spec in exp.series)
     threads = torch.get_num_threads()

@@ -163,7 +163,7 @@ def _default_out(exp: Experiment, out_dir: str | Path | None, resume: str | Path
 def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path | None = None, *,
         workers: int | None = None, timeout: float = DEFAULT_TIMEOUT, checkpoint_every: int | None = None,
         resume: str | Path | None = None, progress: bool = True, plots: bool = True,
-        command: str | None = None) -> RunResult:
+        command: str | None = None, report: bool = True, tensorboard: str | Path | None = None) -> RunResult:
     """Run every series of ``config`` on torch.distributed and write the simulator's output files.
 
     Args:
@@ -177,6 +177,9 @@ def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path
         checkpoint_every: write ``checkpoint.pt`` into the output directory every that many steps.
         resume: a checkpoint file or a directory holding one; the run continues from it.
         command: the command line recorded in run.json (default: this process's argv).
+        report: write report.html when the run ends, however it ends (``compsde.experiments.report``).
+        tensorboard: a directory rank 0 streams the metrics rows to, as TensorBoard scalars after each
+            series (``compsde.experiments.tensorboard_stream``; needs the tensorboard package).
 
     Every argument, and the checkpoint to resume, is checked before any process starts.
 
@@ -197,12 +200,17 @@ def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path
         raise ValueError(f"output directory {str(out)!r} exists and is not a directory")
     if resume is not None:  # fail early, in this process, on a bad path or another configuration
         check_resumable(ckpt_mod.load(resume), config_digest(exp.config, world), resume)
+    if tensorboard is not None:  # fail early when TensorBoard is not installed or the path is a file
+        from compsde.experiments.tensorboard_stream import MetricsStream
+
+        MetricsStream(tensorboard)
     # The simulator's estimate of the same run: one process per worker divides the work but adds the
     # collectives; refused above a day, announced above ten minutes, as for the simulator.
     estimate = estimates.estimate_run(exp, [])
     options = {"timeout": float(timeout), "checkpoint_every": checkpoint_every,
                "resume": None if resume is None else str(resume), "progress": progress, "plots": plots,
-               "command": command or shlex.join(sys.argv)}
+               "command": command or shlex.join(sys.argv), "report": report,
+               "tensorboard": None if tensorboard is None else str(tensorboard)}
     if in_launched_env():
         _check_launched_world(exp, world)
         return _rank_main(exp, out, world, options, estimate=estimate)
@@ -214,12 +222,12 @@ def run(config: Experiment | Mapping[str, Any] | str | Path, out_dir: str | Path
             result = RunResult(out, [outcome_from_dict(o) for o in res["outcomes"]])
     except Interrupted as e:
         e.out_dir = out  # type: ignore[attr-defined]
-        record.end(runner.failure_status(e))
+        runner.end_run(record, e, report=report)
         raise
     except BaseException as e:
-        record.end(runner.failure_status(e))
+        runner.end_run(record, e, report=report)
         raise
-    record.end("completed")
+    runner.end_run(record, None, report=report)
     return result
 
 
@@ -264,10 +272,10 @@ def _rank_main(exp: Experiment, out: Path, world: int, options: dict[str, Any],
         result = _rank_work(exp, out, world, options, result_path)
     except BaseException as e:
         if record is not None:
-            record.end(runner.failure_status(e))
+            runner.end_run(record, e, report=options["report"])
         raise
     if record is not None:
-        record.end("completed")
+        runner.end_run(record, None, report=options["report"])
     return result
 
 
@@ -301,9 +309,18 @@ def _run_series(exp: Experiment, out: Path, ctx: Context, options: dict[str, Any
                            dtype=resolve_dtype(run_cfg["dtype"]), timeout=options["timeout"],
                            checkpoint_every=options["checkpoint_every"])
     jobs = [SeriesJob(s.oracle, s.algorithm, s.schedule, s.workers, s.label) for s in exp.series]
+    stream = None
+    if options.get("tensorboard") is not None and ctx.rank == 0:
+        from compsde.experiments.tensorboard_stream import MetricsStream
+
+        stream = MetricsStream(options["tensorboard"])
     runner = SeriesRunner(ctx, jobs, settings, device=device, digest=digest, checkpoint_path=out / ckpt_mod.FILE,
-                          on_done=lambda done: _write_metrics(exp, out, done))
-    return runner.run(resume=options["resume"], progress=options["progress"], set_where=set_where)
+                          on_done=lambda done: _write_metrics(exp, out, done, stream))
+    try:
+        return runner.run(resume=options["resume"], progress=options["progress"], set_where=set_where)
+    finally:
+        if stream is not None:
+            stream.close()
 
 
 def config_digest(config: dict[str, Any], world: int) -> str:
@@ -321,12 +338,16 @@ def _results(exp: Experiment, outcomes: list[SeriesOutcome]) -> list[Any]:
     return [runner.metrics_from_trace(spec, o.trace, o.seconds) for spec, o in zip(exp.series, outcomes)]  # type: ignore[arg-type]
 
 
-def _write_metrics(exp: Experiment, out: Path, outcomes: list[SeriesOutcome]) -> None:
-    """metrics.csv of the series finished so far (rewritten after each: a failed run keeps them)."""
+def _write_metrics(exp: Experiment, out: Path, outcomes: list[SeriesOutcome], stream: Any = None) -> None:
+    """metrics.csv of the series finished so far (rewritten after each: a failed run keeps them), and their
+    rows to TensorBoard (``stream``, a ``tensorboard_stream.MetricsStream``) when given."""
     from compsde.core.files import atomic_write
     from compsde.experiments import runner
 
-    atomic_write(out / "metrics.csv", runner.metrics_csv(_results(exp, outcomes)))
+    results = _results(exp, outcomes)
+    atomic_write(out / "metrics.csv", runner.metrics_csv(results))
+    if stream is not None:
+        stream.send(results)
 
 
 def _write_outputs(exp: Experiment, out: Path, outcomes: list[SeriesOutcome], *, plots: bool, world: int,
@@ -370,7 +391,8 @@ def cli_run(exp: Experiment, args: Any) -> int:
         res = run(exp, args.out, workers=args.workers,
                   timeout=DEFAULT_TIMEOUT if args.timeout is None else args.timeout,
                   checkpoint_every=args.checkpoint_every, resume=args.resume,
-                  progress=not args.no_progress, plots=not args.no_plots)
+                  progress=not args.no_progress, plots=not args.no_plots, report=not args.no_report,
+                  tensorboard=args.tensorboard)
     except LaunchError as e:
         say(f"error: {e}")
         return _leave(e.status) if joined else e.status
