@@ -234,3 +234,30 @@ def test_cli_advise_validate(capsys, tmp_path, fake_parts):
     assert all(math.isfinite(r["measured_final_loss"]) for r in rows)
     assert main(["advise", "mlp-sde-tracking", "--validate", "0", "--out", str(out)]) == 2
     assert "--validate steps must be" in capsys.readouterr().err
+
+
+def test_the_cost_model_fills_the_time_column(capsys, tmp_path, monkeypatch):
+    """``compsde.advise.cost`` behind the table: the link given, the compute measured on the series' model."""
+    from compsde.experiments.cli import main
+
+    class FakeProbe:
+        @staticmethod
+        def probe_oracle(oracle, x):
+            return PROBE
+
+    monkeypatch.setattr(advise_mod, "_probe_module", lambda: FakeProbe)
+    out = tmp_path / "c.json"
+    assert main(["advise", "mlp-sde-tracking", "--method", "dsgd", "--method", "dcsgd:rand-k:ratio=0.25", "--method",
+                 "dsignsgd", "--bandwidth", "1.25e8", "--latency", "5e-5", "--out", str(out)]) == 0
+    d = json.loads(out.read_text(encoding="utf-8"))
+    assert d["cost"]["available"] and d["cost"]["compute_seconds"] > 0
+    rows = {r["method"]: r for r in d["table"]}
+    assert all(r["seconds_per_step"] > 0 for r in rows.values())
+    # DCSGD's retuned batch costs more compute per step (compute ∝ B)
+    dc = rows["dcsgd rand-k(ratio=0.25)"]
+    assert dc["retuned"]["batch"] > 16 and dc["seconds_per_step_retuned"] > dc["seconds_per_step"]
+    assert "s per DSGD step of progress" in " ".join(d["reasons"])
+    fn, info = advise_mod.default_cost(100, batch=8, link=None)
+    assert fn is None and "no link given" in info["reason"]
+    with pytest.raises(ValueError, match="link must be"):
+        advise_mod.default_cost(100, batch=8, link=3.0)
