@@ -34,7 +34,7 @@ from compsde.algorithms import Algorithm
 from compsde.core.checks import check_path, describe
 from compsde.sde import scaling
 
-__all__ = ["DEFAULT_METHODS", "QUALITY_TOLERANCE", "Advice", "CostFn", "advise", "advise_config", "advise_from_probe",
+__all__ = ["DEFAULT_METHODS", "QUALITY_TOLERANCE", "TIME_TOLERANCE", "Advice", "CostFn", "advise", "advise_config", "advise_from_probe",
            "advise_oracle", "default_cost", "format_validation", "parse_method", "validate"]
 
 #: The candidates when none are given: name[:compressor[:key=value,...]] (``parse_method``).
@@ -42,6 +42,8 @@ DEFAULT_METHODS = ("dsgd", "dcsgd:rand-k:ratio=0.1", "dcsgd:natural", "dsignsgd"
                    "ef:top-k:ratio=0.01", "ef:scaled-sign")
 #: A method within this relative loss of DSGD's counts as matching it when no cost model is available.
 QUALITY_TOLERANCE = 0.10
+#: Predicted times within this relative difference count as equal: the better quality wins.
+TIME_TOLERANCE = 0.05
 
 #: (algorithm, setting) → predicted seconds of one step (None: unknown).
 CostFn = Callable[[Algorithm, Setting], float | None]
@@ -253,7 +255,7 @@ def advise_from_probe(probe: Any, *, dim: int, lr: float, batch: int, workers: i
         t = seconds(algo, p.setting) if p.status != "unmodelled" else None
         t_ret = seconds(algo, p.retuned) if p.retuned is not None else t
         steps = _steps_factor(p)
-        to_quality = None if t_ret is None or steps is None else t_ret * steps
+        to_quality = None if t_ret is None or steps is None or p.status == "refused" else t_ret * steps
         rows.append({**p.as_dict(), "bits_per_step": algo.bits(dim), "seconds_per_step": t,
                      "seconds_per_step_retuned": t_ret, "steps_factor": steps, "seconds_to_dsgd_loss": to_quality})
     rec, reasons = _recommend(preds, rows, stats, cost is not None)
@@ -295,8 +297,14 @@ def _recommend(preds: Sequence[Prediction], rows: Sequence[dict[str, Any]], stat
         return best.label, reasons
     timed_ok = [(p, r) for p, r in ok if r["seconds_to_dsgd_loss"] is not None]
     if timed_ok:
-        p, r = min(timed_ok, key=lambda pr: pr[1]["seconds_to_dsgd_loss"])
-        reasons.append(f"{p.label} reaches DSGD's stationary loss in the least predicted time: "
+        fastest = min(r["seconds_to_dsgd_loss"] for _, r in timed_ok)
+        near = [(p, r) for p, r in timed_ok if r["seconds_to_dsgd_loss"] <= (1.0 + TIME_TOLERANCE) * fastest]
+        p, r = near[0]  # the best-ranked of those within TIME_TOLERANCE of the fastest
+        target = "DSGD's stationary loss" if ref is None or ref.status == "ok" else "a finite stationary loss"
+        if len(near) > 1:
+            reasons.append(f"{', '.join(q.label for q, _ in near)} are within {100 * TIME_TOLERANCE:g} % of the fastest: "
+                           f"{p.label} ranks best on quality")
+        reasons.append(f"{p.label} reaches {target} in the least predicted time: "
                        f"{r['seconds_to_dsgd_loss']:.3g} s per DSGD step of progress ({_fmt(r['seconds_per_step_retuned'])} s per step"
                        + (f" at the retuned {p.lever}" if p.retuned is not None else "")
                        + f" × {r['steps_factor']:.3g} steps relative to DSGD) [heuristic combination]")

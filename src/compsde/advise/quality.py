@@ -534,7 +534,7 @@ def predict(algorithm: Algorithm, stats: NoiseStats, setting: Setting, dim: int,
             notes.append(f"[heuristic] far from the minimum the sign saturates: drift {med:.3g}× its linearisation at the "
                          "median coordinate's minibatch SNR")
         pred = Prediction(label, kind, "ok", s_lr, s_loss, _ratio(s_loss, ref), None, drift, notes=notes,
-                          rank_ratio=_ratio(s_loss, ref) or 0.0, saturation=sat)
+                          rank_ratio=_ratio(s_loss, ref) or 0.0, rank_tiebreak=s_loss, saturation=sat)
         if pred.loss_ratio is not None and pred.loss_ratio > 1.0 + 1e-9:
             _retune_sign(pred, s_lr, pred.loss_ratio, majority)
         pred.loss_gap = None if math.isinf(ref) else s_loss - ref
