@@ -165,7 +165,8 @@ def _probe_values(oracle, noise, sigma):
     """The probe's numbers for the digits MLP at its initial point, computed from the oracle's exact noise law:
     tr Σ of one sample's minibatch gradient (B ‖F_i‖² of ``noise_factors``, mean over workers) plus the injected
     noise's d σ² Var T (the §2.4 convention), ‖G‖², the relative heterogeneity, and the tail index a probe of
-    this noise reports (``PROBE_ALPHA``) with the injected scale σ (for the sign methods at infinite variance)."""
+    this noise reports (``PROBE_ALPHA``) and, at infinite variance only, the injected scale σ (the sign methods'
+    scale: at finite variance they take it from tr Σ)."""
     x = oracle.x0().unsqueeze(0).double()
     o = oracle.to(torch.float64)
     f = o.noise_factors(x)
@@ -176,7 +177,8 @@ def _probe_values(oracle, noise, sigma):
     return {"trace_sigma": tr_minibatch + oracle.dim * sigma**2 * noise.variance(),
             "grad_norm_sq": float(mean.square().sum()),
             "heterogeneity": float((g - mean).square().sum(1).mean() / mean.square().sum()),
-            "tail_index": alpha, "tail_index_se": se, "noise_scale": sigma}
+            "tail_index": alpha, "tail_index_se": se,
+            **({"noise_scale": sigma} if not math.isfinite(noise.variance()) else {})}
 
 
 def _measured(oracle, algo, lr, steps, repeats):
