@@ -295,3 +295,12 @@ def test_bad_settings_are_refused():
         quality.predict(algorithms.make("dsgd"), NoiseStats(1.0, 1.0), SET, 0)
     with pytest.raises(ValueError, match="method must be a compsde Algorithm"):
         quality.predict("dsgd", NoiseStats(1.0, 1.0), SET, 10)  # type: ignore[arg-type]
+
+
+def test_high_snr_flags_the_sign_methods():
+    """Far from the minimum (median minibatch SNR ≫ 1) the sign drift saturates: the linear-regime prediction is flagged."""
+    low = NoiseStats(100.0, 1.0, tail_index=2.0, snr={0.5: 0.01})
+    high = NoiseStats(100.0, 1.0, tail_index=2.0, snr={0.5: 2.0})
+    assert quality.predict(algorithms.make("dsignsgd"), low, SET, 50).status == "ok"
+    p = quality.predict(algorithms.make("dsignsgd"), high, SET, 50)
+    assert p.status == "flagged" and p.saturation[0.5] < quality.SATURATED and "high signal-to-noise" in p.notes[0]

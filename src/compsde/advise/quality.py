@@ -56,7 +56,7 @@ from compsde.core.checks import MAX_INT64, MAX_WORKERS, describe
 from compsde.objectives.noise import Noise
 from compsde.sde import scaling
 
-__all__ = ["HEAVY_TAIL", "INFINITE_TAIL", "NoiseStats", "Prediction", "Setting", "dcsgd_loss", "dsgd_loss",
+__all__ = ["HEAVY_TAIL", "INFINITE_TAIL", "SATURATED", "NoiseStats", "Prediction", "Setting", "dcsgd_loss", "dsgd_loss",
            "ef_memory_bound", "majority_constants", "method_kind", "predict", "predict_all", "rank", "sign_loss",
            "sign_lr", "sign_saturation", "tail_status"]
 
@@ -69,6 +69,8 @@ __all__ = ["HEAVY_TAIL", "INFINITE_TAIL", "NoiseStats", "Prediction", "Setting",
 #: (ν ≲ 3) [heuristic thresholds].
 INFINITE_TAIL = 1.55
 HEAVY_TAIL = 1.75
+#: Below this saturation φ of the sign drift at the median SNR the sign methods' linearised predictions are flagged.
+SATURATED = 0.5
 #: Status of a prediction, best first (the ranking's first key).
 STATUSES = ("ok", "flagged", "refused", "unmodelled")
 
@@ -529,11 +531,17 @@ def predict(algorithm: Algorithm, stats: NoiseStats, setting: Setting, dim: int,
         if stats.heterogeneity > 0:
             notes.append("[derived] heterogeneous workers move the sign methods' stationary point (§3.4); not in the loss")
         sat = sign_saturation(stats, setting.batch)
+        status = "ok"
         if sat:
             med = sat.get(0.5, min(sat.values()))
             notes.append(f"[heuristic] far from the minimum the sign saturates: drift {med:.3g}× its linearisation at the "
                          "median coordinate's minibatch SNR")
-        pred = Prediction(label, kind, "ok", s_lr, s_loss, _ratio(s_loss, ref), None, drift, notes=notes,
+            if med < SATURATED:
+                status = "flagged"
+                notes.insert(0, f"[heuristic] high signal-to-noise: the median coordinate's sign drift is {med:.2g}× its "
+                                "linearisation, so the drift-matched learning rate and the loss (both from the linear regime, "
+                                "§2.7) do not hold; a sign step of η_s per coordinate may overshoot")
+        pred = Prediction(label, kind, status, s_lr, s_loss, _ratio(s_loss, ref), None, drift, notes=notes,
                           rank_ratio=_ratio(s_loss, ref) or 0.0, rank_tiebreak=s_loss, saturation=sat)
         if pred.loss_ratio is not None and pred.loss_ratio > 1.0 + 1e-9:
             _retune_sign(pred, s_lr, pred.loss_ratio, majority)
