@@ -35,6 +35,9 @@ def test_table_and_recommendation(tmp_path):
     path = adv.write(tmp_path)
     d = json.loads(path.read_text(encoding="utf-8"))
     assert path.name == "advice.json" and set(d) >= {"table", "recommendation", "reasons", "probe", "cost"}
+    assert d["details"][0]["notes"] and set(d["table"][0]) == {"method", "status", "lr", "bits_per_step", "seconds_per_step",
+                                                           "loss_ratio", "loss_gap", "retuned_lr", "retuned_batch",
+                                                           "retuned_workers", "lever", "seconds_to_dsgd_loss"}
     assert d["probe"]["tail_index"] == 1.95
     text = adv.format()
     assert "recommendation:" in text and "dcsgd rand-k(ratio=0.1)" in text
@@ -256,8 +259,8 @@ def test_the_cost_model_fills_the_time_column(capsys, tmp_path, monkeypatch):
                  "dsignsgd", "--bandwidth", "1.25e8", "--latency", "5e-5", "--out", str(out)]) == 0
     d = json.loads(out.read_text(encoding="utf-8"))
     assert d["cost"]["available"] and d["cost"]["compute_seconds"] > 0
-    rows = {r["method"]: r for r in d["table"]}
-    assert all(r["seconds_per_step"] > 0 for r in rows.values())
+    assert all(r["seconds_per_step"] > 0 for r in d["table"])
+    rows = {r["method"]: r for r in d["details"]}
     # DCSGD's retuned batch costs more compute per step (compute ∝ B)
     dc = rows["dcsgd rand-k(ratio=0.25)"]
     assert dc["retuned"]["batch"] > 16 and dc["seconds_per_step_retuned"] > dc["seconds_per_step"]

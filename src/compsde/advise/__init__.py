@@ -97,7 +97,10 @@ def _methods(methods: Iterable[str | tuple[str, Algorithm] | Algorithm] | None) 
 
 @dataclass
 class Advice:
-    """The table (one row per method, best first), the recommendation and its reasons, and what they came from."""
+    """The table (one row per method, best first), the recommendation and its reasons, and what they came from.
+
+    ``rows`` hold each method's full prediction (notes, levers, times); advice.json's ``table`` is their summary
+    (``TABLE_KEYS``: what the report and the printed table show) and ``details`` the full rows."""
 
     rows: list[dict[str, Any]]
     recommendation: str
@@ -111,8 +114,9 @@ class Advice:
     validation: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        out = {"table": self.rows, "recommendation": self.recommendation, "reasons": self.reasons,
-               "probe": self.probe, "cost": self.cost, "setting": self.setting.as_dict()}
+        out = {"table": [_table_row(r) for r in self.rows], "recommendation": self.recommendation,
+               "reasons": self.reasons, "probe": self.probe, "cost": self.cost, "setting": self.setting.as_dict(),
+               "details": self.rows}
         if self.validation is not None:
             out["validation"] = self.validation
         return out
@@ -146,6 +150,16 @@ class Advice:
         if self.validation is not None:
             out.append(format_validation(self.validation))
         return "\n".join(out)
+
+
+def _table_row(r: Mapping[str, Any]) -> dict[str, Any]:
+    """A method's summary: the η it is predicted at (the sign methods' own), its predicted seconds per step, loss
+    ratio and gap to DSGD, the retuned η, B, N and the lever, and the seconds to DSGD's loss."""
+    ret = r["retuned"] or {}
+    return {"method": r["method"], "status": r["status"], "lr": r["setting"]["lr"], "bits_per_step": r["bits_per_step"],
+            "seconds_per_step": r["seconds_per_step"], "loss_ratio": r["loss_ratio"], "loss_gap": r["loss_gap"],
+            "retuned_lr": ret.get("lr"), "retuned_batch": ret.get("batch"), "retuned_workers": ret.get("workers"),
+            "lever": r["lever"], "seconds_to_dsgd_loss": r["seconds_to_dsgd_loss"]}
 
 
 def _fmt(v: Any) -> str:
