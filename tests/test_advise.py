@@ -269,3 +269,28 @@ def test_the_cost_model_fills_the_time_column(capsys, tmp_path, monkeypatch):
     assert fn is None and "no link given" in info["reason"]
     with pytest.raises(ValueError, match="link must be"):
         advise_mod.default_cost(100, batch=8, link=3.0)
+
+
+def test_the_real_probe_feeds_the_quality_model():
+    """``compsde.advise.probe.probe_oracle`` on the digits MLP with injected Student-t noise: its α̂ is what the tail
+    thresholds were calibrated on (ν = 8 finite, ν = 1 infinite), and its tr Σ matches the oracle's exact one."""
+    from compsde.advise import probe_oracle
+    from compsde.objectives import problems
+    from compsde.objectives.noise import Noise
+
+    net = problems.make("mlp", dataset="digits", hidden=[32])
+    methods = {"DSGD": algorithms.make("dsgd"), "DCSGD": algorithms.make("dcsgd", "rand-k", ratio=0.25),
+               "DSignSGD": algorithms.make("dsignsgd")}
+    for nu, tails in ((8.0, "finite"), (1.0, "infinite")):
+        noise = Noise("student-t", 1.0, nu)
+        oracle = net.oracle(noise, workers=4, batch=16)
+        probe = probe_oracle(oracle, warmup_steps=0, points=1, repetitions=4)
+        st = quality.NoiseStats.from_probe(probe)
+        assert st.tails == tails, (nu, probe.tail_index, probe.tail_index_se)
+        preds = {p.label: p for p in quality.predict_all(methods, probe, Setting(0.2, 16, 4), oracle.dim)}
+        if tails == "finite":
+            exact = _probe_values(oracle, noise, 1.0)["trace_sigma"]
+            assert st.trace_sigma == pytest.approx(exact, rel=0.1)
+            assert [p.label for p in quality.rank(preds.values())] == ["DSGD", "DSignSGD", "DCSGD"]
+        else:
+            assert preds["DSGD"].status == preds["DCSGD"].status == "refused" and preds["DSignSGD"].status == "ok"

@@ -29,13 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from compsde import algorithms
+from compsde.advise.probe import NoiseProbe, plot_probe, probe_model, probe_oracle, tail_index
 from compsde.advise.quality import NoiseStats, Prediction, Setting, predict_all, rank
 from compsde.algorithms import Algorithm
 from compsde.core.checks import check_path, describe
 from compsde.sde import scaling
 
-__all__ = ["DEFAULT_METHODS", "QUALITY_TOLERANCE", "TIME_TOLERANCE", "Advice", "CostFn", "advise", "advise_config", "advise_from_probe",
-           "advise_oracle", "default_cost", "format_validation", "parse_method", "validate"]
+__all__ = ["DEFAULT_METHODS", "QUALITY_TOLERANCE", "TIME_TOLERANCE", "Advice", "CostFn", "NoiseProbe", "advise", "advise_config",
+           "advise_from_probe", "advise_oracle", "default_cost", "format_validation", "parse_method", "plot_probe",
+           "probe_model", "probe_oracle", "tail_index", "validate"]
 
 #: The candidates when none are given: name[:compressor[:key=value,...]] (``parse_method``).
 DEFAULT_METHODS = ("dsgd", "dcsgd:rand-k:ratio=0.1", "dcsgd:natural", "dsignsgd", "dsignsgd-majority",

@@ -194,12 +194,18 @@ class NoiseStats:
         het = probe.get("heterogeneity", 0.0)
         if isinstance(het, Mapping):
             het = het.get("value", het.get("mean_sq", 0.0))
+        # the probe's unbiased estimates of ‖G‖² and of the heterogeneity can come out below 0 (their true values
+        # are ≥ 0 and small against the noise): clipped at 0
         return cls(trace_sigma=_float(probe["trace_sigma"], "trace_sigma"),
-                   grad_norm_sq=_float(probe["grad_norm_sq"], "grad_norm_sq"),
+                   grad_norm_sq=_clip(_float(probe["grad_norm_sq"], "grad_norm_sq")),
                    tail_index=alpha, tail_index_se=se, snr=_snr(probe.get("snr", probe.get("snr_quantiles"))),
-                   heterogeneity=0.0 if het is None else _float(het, "heterogeneity"),
+                   heterogeneity=0.0 if het is None else _clip(_float(het, "heterogeneity")),
                    noise_scale=None if probe.get("noise_scale") is None else _float(probe["noise_scale"], "noise_scale"),
                    isotropy=_float(probe.get("isotropy", 1.0), "isotropy"))
+
+
+def _clip(v: float) -> float:
+    return max(0.0, v) if not math.isnan(v) else v
 
 
 def _float(v: Any, name: str) -> float:
