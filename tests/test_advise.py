@@ -236,7 +236,7 @@ def test_cli_advise_validate(capsys, tmp_path, fake_parts):
     assert main(["advise", "mlp-sde-tracking", "--method", "dsgd", "--method", "dsignsgd", "--validate", "20",
                  "--repeats", "1", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "validation (simulator" in text and "predicted order:" in text
+    assert "validation (simulator" in text and "predicted order:" in text and "orders decisively" in text
     rows = json.loads(out.read_text(encoding="utf-8"))["validation"]
     assert [r["method"] for r in rows] == ["dsgd", "dsignsgd"]
     assert all(math.isfinite(r["measured_final_loss"]) for r in rows)
@@ -294,3 +294,13 @@ def test_the_real_probe_feeds_the_quality_model():
             assert [p.label for p in quality.rank(preds.values())] == ["DSGD", "DSignSGD", "DCSGD"]
         else:
             assert preds["DSGD"].status == preds["DCSGD"].status == "refused" and preds["DSignSGD"].status == "ok"
+
+
+def test_decisive_agreement_skips_predicted_ties():
+    rows = [{"method": m, "status": s, "predicted_loss_ratio": r, "predicted_rank": i, "measured_final_loss": loss}
+            for i, (m, s, r, loss) in enumerate([("a", "ok", 1.0, 0.2), ("b", "ok", 1.05, 0.1), ("c", "ok", 4.0, 0.5),
+                                                  ("d", "refused", None, 9.0)])]
+    # a–b is a tie (5 % apart); a–c, b–c, and each against the refused d are decisive and agree
+    assert advise_mod.decisive_agreement(rows) == (5, 5)
+    rows[2]["measured_final_loss"] = 0.15  # now c beats a
+    assert advise_mod.decisive_agreement(rows) == (4, 5)

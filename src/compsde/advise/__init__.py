@@ -36,7 +36,7 @@ from compsde.core.checks import check_path, describe
 from compsde.sde import scaling
 
 __all__ = ["DEFAULT_METHODS", "QUALITY_TOLERANCE", "TIME_TOLERANCE", "Advice", "CostFn", "NoiseProbe", "advise", "advise_config",
-           "advise_from_probe", "advise_oracle", "default_cost", "format_validation", "parse_method", "plot_probe",
+           "advise_from_probe", "advise_oracle", "decisive_agreement", "default_cost", "format_validation", "parse_method", "plot_probe",
            "probe_model", "probe_oracle", "tail_index", "validate"]
 
 #: The candidates when none are given: name[:compressor[:key=value,...]] (``parse_method``).
@@ -501,6 +501,27 @@ def format_validation(rows: Sequence[dict[str, Any]]) -> str:
                      f"{_fmt(r['predicted_loss_ratio']):>18}{_fmt(r['measured_final_loss']):>15}")
     pred = [r["method"] for r in sorted(rows, key=lambda r: r["predicted_rank"])]
     meas = [r["method"] for r in sorted(rows, key=lambda r: r["measured_rank"])]
-    lines.append(f"predicted order: {', '.join(pred)}; measured order: {', '.join(meas)} "
-                 f"({'the same' if pred == meas else 'DIFFERENT'})")
+    lines.append(f"predicted order: {', '.join(pred)}; measured order: {', '.join(meas)}")
+    agree, pairs = decisive_agreement(rows)
+    lines.append(f"pairs the model orders decisively (another status, or loss ratios more than {100 * DECISIVE:g} % apart): "
+                 f"{agree} of {pairs} come out in the predicted order" + (" (the rest are predicted ties)" if pairs else ""))
     return "\n".join(lines)
+
+
+#: Predicted loss ratios closer than this (relative) count as a tie when the advice is checked.
+DECISIVE = 0.10
+
+
+def decisive_agreement(rows: Sequence[dict[str, Any]]) -> tuple[int, int]:
+    """(agreeing, all) pairs of ``validate`` rows that the quality model orders decisively: a different status, or
+    predicted loss ratios more than ``DECISIVE`` apart; agreeing when the measured losses have the same order."""
+    ranked = sorted(rows, key=lambda r: r["predicted_rank"])
+    agree = pairs = 0
+    for i, a in enumerate(ranked):
+        for b in ranked[i + 1:]:
+            ra, rb = a["predicted_loss_ratio"], b["predicted_loss_ratio"]
+            tie = a["status"] == b["status"] and (ra is None or rb is None or rb <= (1 + DECISIVE) * ra)
+            if not tie:
+                pairs += 1
+                agree += a["measured_final_loss"] < b["measured_final_loss"]
+    return agree, pairs
