@@ -304,3 +304,11 @@ def test_high_snr_flags_the_sign_methods():
     assert quality.predict(algorithms.make("dsignsgd"), low, SET, 50).status == "ok"
     p = quality.predict(algorithms.make("dsignsgd"), high, SET, 50)
     assert p.status == "flagged" and p.saturation[0.5] < quality.SATURATED and "high signal-to-noise" in p.notes[0]
+
+
+def test_sign_lr_given_without_a_scale():
+    st = NoiseStats(trace_sigma=1e9, grad_norm_sq=0.0, tail_index=1.0, tail_index_se=0.01)
+    p = quality.predict(algorithms.make("dsignsgd"), st, SET, 10, sign_lr_given=0.03)
+    assert p.status == "ok" and p.setting.lr == 0.03 and p.stationary_loss is None and "no noise scale" in p.notes[0]
+    p = quality.predict(algorithms.make("dsignsgd"), st, SET, 10)
+    assert p.setting == SET and "give the sign methods' learning rate" in p.notes[0]

@@ -510,15 +510,18 @@ def predict(algorithm: Algorithm, stats: NoiseStats, setting: Setting, dim: int,
         law = stats.law
         matched = sign_lr(stats, setting, dim, majority=majority)
         lr = sign_lr_given if sign_lr_given is not None else matched
-        if lr is None:
+        scale = stats.mean_scale(dim)
+        if scale is None:
             notes.append("[heuristic] no noise scale: the variance is infinite and the probe measured no robust scale, so "
-                         "neither the matched learning rate nor the loss can be computed; bounded for every tail (§2.7)")
-            return Prediction(label, kind, "ok", setting, None, None, None, None, notes=notes, rank_ratio=0.0)
+                         "neither the drift-matched learning rate nor the loss can be computed"
+                         + ("" if lr is not None else " (give the sign methods' learning rate)")
+                         + "; bounded for every tail (§2.7)")
+            at = setting if lr is None else Setting(_number("sign_lr", lr, positive=True), setting.batch, setting.workers)
+            return Prediction(label, kind, "ok", at, None, None, None, None, notes=notes, rank_ratio=0.0)
+        assert lr is not None  # the matched one exists where the scale does
         s_lr = Setting(_number("sign_lr", lr, positive=True), setting.batch, setting.workers)
         s_loss = sign_loss(stats, s_lr, dim, majority=majority)
-        assert s_loss is not None  # the scale is known (lr is)
-        scale = stats.mean_scale(dim)
-        assert scale is not None
+        assert s_loss is not None  # the scale is known
         c, q = majority_constants(setting.workers) if majority else (1.0, 1.0 / setting.workers)
         gain = c * 2.0 * law.density_at_zero() * math.sqrt(setting.batch) / scale
         drift = s_lr.lr * gain / setting.lr
