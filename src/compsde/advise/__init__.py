@@ -332,7 +332,7 @@ def _recommend(preds: Sequence[Prediction], rows: Sequence[dict[str, Any]], stat
         if missing:
             reasons.append(f"no predicted time for {', '.join(missing)} (not compared)")
     else:
-        why = "no cost model" if not timed else "the cost model predicted no time for these methods"
+        why = "no cost model" if not timed else "no time to DSGD's quality could be predicted for these methods"
         good = [(p, r) for p, r in ok if p.loss_ratio is not None and p.loss_ratio <= 1.0 + QUALITY_TOLERANCE]
         if good:
             p, r = min(good, key=lambda pr: (pr[1]["bits_per_step"], pr[0].rank_ratio))
@@ -342,7 +342,8 @@ def _recommend(preds: Sequence[Prediction], rows: Sequence[dict[str, Any]], stat
             p, r = ok[0]
             reasons.append(f"{why}, and no method within {100 * QUALITY_TOLERANCE:g} % of DSGD's stationary loss: chose "
                            "the best-ranked")
-        reasons.append(f"{p.label}: {r['bits_per_step']} bits per step, loss ×{_fmt(p.loss_ratio)}")
+        reasons.append(f"{p.label}: {r['bits_per_step']} bits per step"
+                       + (f", loss ×{_fmt(p.loss_ratio)}" if p.loss_ratio is not None else ", loss not predicted"))
     if p.retuned is not None:
         s = p.retuned
         reasons.append(f"{p.label} needs η = {s.lr:.4g}, B = {s.batch}, N = {s.workers} ({p.lever}) to match DSGD's loss")
