@@ -20,7 +20,15 @@ the method cannot avoid: one pass = one copy of the gradient into a reused buffe
 Needs root for ``ip netns`` and ``tc``; without it the script says so and stops. The namespaces and the link
 are created and removed here (also on failure).
 
-Usage: python benchmarks/bench_hooks.py [--steps 15] [--rate 1gbit] [--only sign,top-k ...]
+With ``--predict`` each rank first measures the link inside the namespaces (``Link.measure``: all-gathers
+of two sizes; and, as a check of the ring formula, all-reduces of two sizes against their prediction), the
+model's compute on its own (``measure_compute``, forward + backward + SGD step, no DDP), and after each hook
+its codec's CPU seconds at each gradient bucket's size (``measure_codec``); the table then has the cost
+model's prediction (``compsde.advise.cost.predict_step_seconds``) and predicted / measured. The floor's
+prediction is the compute plus DDP's two copies of the gradients (into the buckets and back).
+``--width`` sets the layers' width (2048: 12.6M parameters; 256: 197k).
+
+Usage: python benchmarks/bench_hooks.py [--steps 15] [--rate 1gbit] [--only sign,top-k ...] [--predict] [--width 2048]
 """
 
 from __future__ import annotations
@@ -61,7 +69,7 @@ HOOKS: list[tuple[str, dict | str, int]] = [
 ]
 
 
-def child(steps: int, only: list[str]) -> None:
+def child(steps: int, only: list[str], predict: bool = False, width: int = WIDTH) -> None:
     """One rank: every hook in turn; rank 0 prints one JSON line of results."""
     import torch
     import torch.distributed as dist
@@ -69,16 +77,18 @@ def child(steps: int, only: list[str]) -> None:
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    from compsde import algorithms
+    from compsde.advise import cost
     from compsde.distributed import comm_hook
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=600))
     rank = dist.get_rank()
     torch.manual_seed(0)
-    base = nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)])
+    base = nn.Sequential(*[nn.Linear(width, width) for _ in range(LAYERS)])
     d = sum(p.numel() for p in base.parameters())
     data = torch.Generator().manual_seed(100 + rank)
-    batches = [torch.randn(BATCH, WIDTH, generator=data) for _ in range(4)]
+    batches = [torch.randn(BATCH, width, generator=data) for _ in range(4)]
     grad = torch.randn(d)
     buf = torch.empty(d)
     one_pass = median_seconds(lambda: buf.copy_(grad), 15, warmup=3)
@@ -88,11 +98,41 @@ def child(steps: int, only: list[str]) -> None:
         fut.set_result(bucket.buffer())
         return fut
 
+    model_info: dict = {}
+    if predict:
+        world = dist.get_world_size()
+        link = cost.Link.measure(sizes=(1 << 12, 1 << 22))
+        checks = {}
+        for kind in cost.COLLECTIVES:
+            for size in (1 << 16, 1 << 23):
+                t = cost.time_collective(kind, size)
+                checks[f"{kind} {size}"] = {"measured_ms": 1e3 * t,
+                                            "predicted_ms": 1e3 * cost.collective_seconds(kind, size, world, link)}
+        probe = nn.Sequential(*[nn.Linear(width, width) for _ in range(LAYERS)])
+        probe.load_state_dict(base.state_dict())
+        compute = cost.measure_compute(probe, lambda m, b: m(b).square().mean(), batches[0],
+                                       optimizer=torch.optim.SGD(probe.parameters(), lr=1e-4), repeats=7)
+        buckets = cost.ddp_buckets(probe)
+        copies = sum(cost.cpu_median_seconds(lambda n=n: buf[:n].copy_(grad[:n]), 7) for n in buckets)
+        model_info = {"link": {"bandwidth_MBps": link.bandwidth / 1e6, "latency_us": 1e6 * link.latency},
+                      "collective_checks": checks, "compute_ms": {k: 1e3 * v for k, v in vars(compute).items()},
+                      "buckets": buckets}
+        dist.barrier()
+
+    def prediction(algo, state) -> dict:
+        """The cost model's step for ``algo``, its codec measured here at each bucket's size."""
+        measured = {n: cost.measure_codec(algo, n, world, repeats=5) for n in set(buckets)}
+        p = cost.predict_step_seconds(algo, compute=compute, link=link, workers=world, buckets=buckets,
+                                      codec=[measured[n] for n in buckets])
+        real = None if state is None else [state.bucket_numel[i] for i in sorted(state.bucket_numel)]
+        return {"pred_ms": 1e3 * p.seconds, "pred_bytes": p.bytes, "pred_cpu_ms": 1e3 * p.cpu,
+                "pred_wire_ms": 1e3 * p.wire, "pred_exposed_ms": 1e3 * p.exposed, "hook_buckets": real}
+
     out = []
     for label, spec, passes in HOOKS:
         if only and not any(o in label for o in only):
             continue
-        model = nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)])
+        model = nn.Sequential(*[nn.Linear(width, width) for _ in range(LAYERS)])
         model.load_state_dict(base.state_dict())
         ddp = DDP(model)
         state = None
@@ -115,12 +155,19 @@ def child(steps: int, only: list[str]) -> None:
         nbytes = {"noop": 0, "fp32": 4 * d, "fp16": 2 * d}.get(spec) if isinstance(spec, str) else None
         if state is not None:
             nbytes = state.wire_bytes_per_step()
-        out.append({"label": label, "ms": 1e3 * statistics.median(times[3:]), "bytes": nbytes, "passes": passes})
+        row = {"label": label, "ms": 1e3 * statistics.median(times[3:]), "bytes": nbytes, "passes": passes}
+        if predict and spec == "noop":
+            row["pred_ms"] = 1e3 * (compute.total + 2 * copies)
+        elif predict and spec == "fp32":
+            row.update(prediction(algorithms.make("dsgd"), None))
+        elif predict and state is not None:
+            row.update(prediction(state.algorithm, state))
+        out.append(row)
         del ddp, model, opt, state
         gc.collect()
     dist.barrier()
     if rank == 0:
-        print("RESULT " + json.dumps({"d": d, "one_pass_ms": 1e3 * one_pass, "rows": out}), flush=True)
+        print("RESULT " + json.dumps({"d": d, "one_pass_ms": 1e3 * one_pass, "rows": out, **model_info}), flush=True)
     dist.destroy_process_group()
 
 
@@ -136,18 +183,21 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15, help="timed steps per hook (default 15, after 3 warm-up steps)")
     ap.add_argument("--rate", default="1gbit", help="the link's rate for tc tbf (default 1gbit)")
     ap.add_argument("--only", default="", help="comma-separated parts of row labels to run (default: all)")
+    ap.add_argument("--predict", action="store_true", help="add the cost model's predicted step (measures the link first)")
+    ap.add_argument("--width", type=int, default=WIDTH, help=f"the layers' width (default {WIDTH})")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     only = [o for o in args.only.split(",") if o]
     if args.child:
-        child(args.steps, only)
+        child(args.steps, only, args.predict, args.width)
         return
     rate = bits_per_second(args.rate)
     why = netns.why_not()
     if why:
         print(f"cannot build the throttled link: {why}")
         return
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--steps", str(args.steps), "--only", args.only]
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--steps", str(args.steps), "--only", args.only,
+           "--width", str(args.width)] + (["--predict"] if args.predict else [])
     try:
         with netns.link(args.rate):
             logs = netns.launch(cmd, 29650)
@@ -158,12 +208,22 @@ def main() -> None:
     rows = res["rows"]
     floor = next((r["ms"] for r in rows if r["label"].startswith("no communication")), None)
     one = res["one_pass_ms"]
-    print(f"2 processes in 2 network namespaces, veth throttled to {args.rate} (tc tbf); MLP {LAYERS} × {WIDTH}² "
+    print(f"2 processes in 2 network namespaces, veth throttled to {args.rate} (tc tbf); MLP {LAYERS} × {args.width}² "
           f"(d = {res['d']:,} float32), batch {BATCH}, 1 thread per process; median of {args.steps} steps")
     print(f"one pass over the gradient (copy into a reused buffer): {one:.1f} ms; compute floor: "
           f"{'not run' if floor is None else f'{floor:.0f} ms'}\n")
-    print("| hook | step ms | MB / step | wire ms | step / (floor + wire) | goal ms | met |")
-    print("|---|---:|---:|---:|---:|---:|:---:|")
+    pred = "link" in res
+    if pred:
+        ln, cm = res["link"], res["compute_ms"]
+        print(f"measured link (all-gathers of 4 KiB and 4 MiB): {ln['bandwidth_MBps']:.1f} MB/s ({8 * ln['bandwidth_MBps']:.0f} "
+              f"Mbit/s), latency {ln['latency_us']:.0f} µs; compute: forward {cm['forward']:.1f} + backward "
+              f"{cm['backward']:.1f} + SGD step {cm['optimizer']:.1f} ms; DDP buckets {res['buckets']}")
+        print("collectives, measured vs the ring formulas at that link: " + "; ".join(
+            f"{k} B {v['measured_ms']:.2f} vs {v['predicted_ms']:.2f} ms" for k, v in res["collective_checks"].items()))
+        print()
+    extra = " predicted ms | predicted / step |" if pred else ""
+    print("| hook | step ms | MB / step | wire ms | step / (floor + wire) | goal ms | met |" + extra)
+    print("|---|---:|---:|---:|---:|---:|:---:|" + ("---:|---:|" if pred else ""))
     for r in rows:
         wire = 1e3 * 8 * r["bytes"] / rate
         if floor is None:
@@ -171,7 +231,19 @@ def main() -> None:
         else:
             g = 1.25 * (floor + wire) + r["passes"] * one
             ratio, goal, met = f"{r['ms'] / (floor + wire):.2f}", f"{g:.0f}", "yes" if r["ms"] <= g else "no"
-        print(f"| {r['label']} | {r['ms']:.0f} | {r['bytes'] / 1e6:.2f} | {wire:.0f} | {ratio} | {goal} | {met} |")
+        line = f"| {r['label']} | {r['ms']:.0f} | {r['bytes'] / 1e6:.2f} | {wire:.0f} | {ratio} | {goal} | {met} |"
+        if pred:
+            p = r.get("pred_ms")
+            line += " — | — |" if p is None else f" {p:.0f} | {p / r['ms']:.2f} |"
+        print(line)
+    if pred:
+        print("\nparts of the predictions (ms): " + "; ".join(
+            f"{r['label']}: cpu {r['pred_cpu_ms']:.1f}, wire {r['pred_wire_ms']:.1f}, exposed {r['pred_exposed_ms']:.1f}"
+            + ("" if r.get("hook_buckets") in (None, res["buckets"]) else f" (hook's buckets {r['hook_buckets']})")
+            for r in rows if "pred_cpu_ms" in r))
+        for r in rows:
+            if "pred_bytes" in r and r["bytes"] is not None and r["pred_bytes"] != r["bytes"]:
+                print(f"bytes differ for {r['label']}: the hook counted {r['bytes']}, the cost model {r['pred_bytes']}")
 
 
 if __name__ == "__main__":

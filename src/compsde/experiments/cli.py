@@ -1,4 +1,4 @@
-"""Command line: ``compsde run``, ``track``, ``report``, ``scale``, ``presets``, ``compressors``.
+"""Command line: ``compsde run``, ``track``, ``report``, ``scale``, ``advise``, ``presets``, ``compressors``.
 
     compsde run PRESET_OR_CONFIG [--set KEY=VALUE ...] [--out DIR] [--no-progress] [--no-plots] [--no-report]
                 [--tensorboard DIR] [--backend {sim,torch}] [--workers N] [--timeout S] [--checkpoint-every K]
@@ -11,6 +11,9 @@ a run wrote). It may come before or after the ``--set`` items: ``compsde run --s
 is ``compsde run PRESET --set run.steps=5`` (the one ``--set`` word without ``=`` is the preset or config).
     compsde scale METHOD --from lr=…,batch=…,workers=…[,omega=…] --to KEY=VALUE,… [--json] [--validate]
                   [--model {discrete,sde,first-order}] [--spectrum EIG_MIN:EIG_MAX:DIM] [--noise T --grad-norm G]
+    compsde advise PRESET_OR_CONFIG [--set KEY=VALUE ...] [--series I] [--method NAME[:COMPRESSOR[:K=V,...]] ...]
+                   [--sign-lr LR] [--spectrum EIG_MIN:EIG_MAX:DIM] [--bandwidth B --latency S] [--compute S] [--out F] [--json]
+                   [--validate STEPS [--repeats R]]
     compsde presets
     compsde compressors --dim D [--samples S] [--seed S] [--names a,b,...]
     compsde --version
@@ -101,6 +104,37 @@ def _parser() -> argparse.ArgumentParser:
                          "with --grad-norm, says whether the rule's assumption (minibatch noise ≫ compression noise) holds")
     sc.add_argument("--grad-norm", type=float, default=None, metavar="G",
                     help="measured gradient norm ‖∇f‖ where the loss plateaus (with --noise)")
+
+    ad = sub.add_parser("advise", help="which compression method to train with, from the measured gradient noise",
+                        description="Probe the gradient noise of a series of a preset or config (tr Σ, ‖G‖², tail index, "
+                                    "SNR), predict each method's seconds per step (cost model) and stationary-loss gap to "
+                                    "DSGD (quality model: docs/theory.md §2–3, §4.6), the η, B, N that close the gap "
+                                    "(compsde.sde.scaling), and recommend one with its reasons. Prints the table and "
+                                    "writes advice.json.")
+    ad.add_argument("source", metavar="PRESET_OR_CONFIG", nargs="?", default=None,
+                    help="a preset name, a TOML file or a run folder; its series --series gives the model, data, η, B, N")
+    ad.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", nargs="+", default=[],
+                    help="override a config value with a dotted key, as for `run`")
+    ad.add_argument("--series", type=int, default=0, help="the series (0-based) whose setting to advise on (default 0)")
+    ad.add_argument("--method", dest="methods", action="append", default=None, metavar="NAME[:COMPRESSOR[:K=V,...]]",
+                    help="a candidate method, repeatable, e.g. dcsgd:rand-k:ratio=0.1, ef:top-k:ratio=0.01, dsignsgd "
+                         "(default: dsgd, dcsgd rand-k and natural, dsignsgd, its majority vote, ef top-k and scaled-sign)")
+    ad.add_argument("--sign-lr", type=float, default=None, metavar="LR",
+                    help="the sign methods' learning rate (default: the one matching DSGD's drift at the measured noise)")
+    ad.add_argument("--spectrum", default=None, metavar="EIG_MIN:EIG_MAX:DIM",
+                    help="the Hessian's eigenvalues, if known: DSGD's and DCSGD's losses then use the discrete model")
+    ad.add_argument("--bandwidth", type=float, default=None, metavar="BYTES_PER_S", help="the link's bandwidth (cost model)")
+    ad.add_argument("--latency", type=float, default=None, metavar="S",
+                    help="the link's latency in seconds per message (cost model; with --bandwidth)")
+    ad.add_argument("--compute", type=float, default=None, metavar="S",
+                    help="seconds of one step's compute at the series' batch (default: measured on the model)")
+    ad.add_argument("--out", default="advice.json", metavar="FILE_OR_DIR",
+                    help="where to write advice.json (default: advice.json here)")
+    ad.add_argument("--json", action="store_true", help="print advice.json's object instead of the table")
+    ad.add_argument("--validate", type=int, default=None, metavar="STEPS",
+                    help="then run DSGD and the 3 best-ranked other methods for STEPS steps in the simulator and print "
+                         "their predicted loss ratios beside their measured final losses")
+    ad.add_argument("--repeats", type=int, default=2, help="repetitions per method for --validate (default 2)")
 
     sub.add_parser("presets", help="list the built-in presets")
 
@@ -306,6 +340,42 @@ def _cmd_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_advise(args: argparse.Namespace) -> int:
+    import json
+    import math
+
+    from compsde.advise import advise_config
+    from compsde.sde import scaling
+
+    try:
+        source, overrides = _source_and_overrides(args)
+        if (args.bandwidth is None) != (args.latency is None):
+            raise ValueError("--bandwidth and --latency go together: give both (the link between the workers) or neither")
+        for flag, v in (("--sign-lr", args.sign_lr), ("--bandwidth", args.bandwidth), ("--latency", args.latency),
+                        ("--compute", args.compute)):
+            zero_ok = flag in ("--latency", "--compute")
+            if v is not None and not (math.isfinite(v) and (v > 0 or (zero_ok and v >= 0))):
+                raise ValueError(f"{flag} must be a finite number {'≥ 0' if zero_ok else '> 0'}, got {v!r}")
+        if not args.out.strip():
+            raise ValueError(f"--out must name a file or directory, got {args.out!r}")
+        spectrum = scaling.Spectrum.parse(args.spectrum) if args.spectrum is not None else None
+        link = (args.bandwidth, args.latency) if args.bandwidth is not None else None
+        adv = advise_config(source, overrides, series=args.series, methods=args.methods, sign_lr=args.sign_lr,
+                            spectrum=spectrum, link=link, compute=args.compute, validate_steps=args.validate,
+                            validate_repeats=args.repeats)
+        path = adv.write(args.out)
+    except (ValueError, OSError) as e:
+        return _error(str(e))
+    if args.json:
+        from compsde.advise import _jsonable
+
+        print(json.dumps(_jsonable(adv.as_dict()), indent=2, ensure_ascii=False))
+    else:
+        print(adv.format())
+        print(f"wrote {path}")
+    return 0
+
+
 def _cmd_presets() -> int:
     from compsde.experiments import presets
 
@@ -346,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_report(args)
     if args.command == "scale":
         return _cmd_scale(args)
+    if args.command == "advise":
+        return _cmd_advise(args)
     if args.command == "presets":
         return _cmd_presets()
     if args.command == "compressors":

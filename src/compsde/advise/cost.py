@@ -1,0 +1,565 @@
+"""The cost model: predicted seconds per data-parallel training step for each method, on a given model and link.
+
+One step of ``DistributedDataParallel`` with a compsde communication hook (``compsde.distributed.comm_hook``)
+on N ranks costs, per rank,
+
+* the compute: forward, backward and the optimizer's step (``Compute``; ``measure_compute`` times them on
+  the user's ``nn.Module`` with a sample batch);
+* the hook's own CPU work per gradient bucket of n values (``Codec``; ``measure_codec`` times it at n with
+  the library's own code): the workers' half (DDP's copy of the gradients into the bucket, error feedback,
+  the worker transform, encode: ``Algorithm.workers_step``), the packing into the wire format
+  (``compsde.compressors.wire.Layout``, or the flat float buffer of an all-reduce), the replayed draws of
+  the other ranks (rand-k's indices never travel), and the receiver's Σ_i decode of the N payloads with
+  the aggregate applied (``decode_sum``; a summable payload is decoded once, after the all-reduce);
+  plus DDP's copy of the result back into the gradients (one pass over the bucket);
+* the wire: the bytes one rank hands to the collective per bucket are the library's own accounting
+  (``compsde.compressors.wire.wire_bytes``), and the collective follows from ``Compressor.summable``
+  (``compsde.distributed.collectives``): a ring all-reduce of summable payloads, an all-gather otherwise.
+
+The link (``Link``) is two numbers, a per-message latency L (seconds) and a bandwidth β (bytes per second
+each rank sends, full duplex), so one message of b bytes takes L + b/β. The collectives are gloo's ring
+algorithms: an all-reduce of b bytes per rank is a reduce-scatter and an all-gather of N − 1 steps each,
+every step sending b/N bytes to the neighbour, so it takes 2(N − 1)·L + 2(N − 1)/N · b/β; an all-gather
+of b bytes per rank is N − 1 steps of b bytes, (N − 1)·L + (N − 1)·b/β. ``Link.measure`` fits L and β
+from the all-gathers of two sizes between the ranks of a real process group (the fit is exact for
+N = 2: one step), which is the collective whose formula it then inverts.
+
+Overlap (``predict_step_seconds``): DDP hands a bucket to the hook as soon as its gradients are ready,
+so a bucket's wire time can hide behind the backward pass of the buckets still to come. Only the wire
+time can: the hook's workers' half runs synchronously on the backward thread, and its decoding runs in
+the continuation of the collective's future, on gloo's thread, so with one core per rank (CPU training,
+``torch.set_num_threads(1)``) every CPU second of the step adds up. The model is a schedule of one CPU
+and one link per rank: forward; then per bucket (in DDP's order) its share of the backward pass
+(proportional to its size) and its workers' half on the CPU, its collective on the link as soon as both
+the CPU has handed it over and the link is free, its decode on the CPU once the collective is done (a
+decode that is ready waits for the current bucket's backward to finish; the remaining ones run after the
+backward pass), DDP's copy back into the gradients, and the optimizer's step. With one bucket nothing
+overlaps and the step is the sum of its parts. Not modelled: gloo's own reduction of an all-reduce (one
+add pass over the buffer, in its thread), DDP's fixed per-step overhead, and contention of several ranks
+for one core (measure on the cores each rank will have).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from compsde import algorithms as algorithms_mod
+from compsde.algorithms import Algorithm
+from compsde.compressors import Payload
+from compsde.compressors.wire import Layout, decode_sum, wire_bytes
+from compsde.core.checks import check_choice, check_int, check_number, check_seed, describe
+from compsde.core.streams import Streams
+from compsde.distributed.collectives import all_gather_bytes, check_wire, finish_direction, flat_floats, unflat_floats
+
+__all__ = ["COLLECTIVES", "Codec", "Compute", "Link", "StepPrediction", "all_gather_seconds", "all_reduce_seconds",
+           "collective_seconds", "cpu_median_seconds", "ddp_buckets", "measure_codec", "measure_compute",
+           "method_algorithm", "predict_step_seconds", "time_collective"]
+
+#: The collectives a payload travels by (``compsde.distributed.collectives.Wire.collective``).
+COLLECTIVES = ("all_reduce", "all_gather")
+#: DDP's default bucket sizes (``bucket_cap_mb`` = 25 MiB; after the first iteration DDP rebuilds its
+#: buckets in gradient-ready order with a first bucket of 1 MiB).
+DDP_BUCKET_CAP_MB = 25.0
+DDP_FIRST_BUCKET_MB = 1.0
+
+
+# ---- the link and the collectives -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Link:
+    """A link between ranks: one message of b bytes takes ``latency + b / bandwidth`` seconds.
+
+    ``bandwidth`` is in bytes per second that one rank sends while it receives as much (full duplex),
+    ``latency`` in seconds per message (it includes the collective's fixed software overhead)."""
+
+    bandwidth: float
+    latency: float
+
+    def __post_init__(self) -> None:
+        check_number("Link bandwidth (bytes/s)", self.bandwidth, min=0.0, min_open=True)
+        check_number("Link latency (s)", self.latency, min=0.0)
+
+    def message_seconds(self, nbytes: float) -> float:
+        """Seconds of one message of ``nbytes`` bytes."""
+        return self.latency + check_number("nbytes", nbytes, min=0.0) / self.bandwidth
+
+    @classmethod
+    def from_bits(cls, bits_per_second: float, latency: float) -> Link:
+        """A link of a nominal rate in bits per second (e.g. 1e9 for 1 Gbit/s)."""
+        return cls(check_number("bits_per_second", bits_per_second, min=0.0, min_open=True) / 8, latency)
+
+    @classmethod
+    def fit(cls, nbytes: Sequence[float], seconds: Sequence[float]) -> Link:
+        """The least-squares line seconds = latency + nbytes / bandwidth through ≥ 2 measurements of one
+        message each (distinct sizes). A fitted latency below 0 (noise on a fast link) is taken as 0.
+        ValueError when the times do not grow with the size (the sizes are too close for the link)."""
+        if len(nbytes) != len(seconds) or len(nbytes) < 2:
+            raise ValueError(f"Link.fit needs ≥ 2 (nbytes, seconds) pairs of equal length, got {len(nbytes)} sizes "
+                             f"and {len(seconds)} times")
+        xs = [check_number("nbytes", b, min=0.0) for b in nbytes]
+        ys = [check_number("seconds", s, min=0.0) for s in seconds]
+        if len(set(xs)) < 2:
+            raise ValueError(f"Link.fit needs at least two distinct sizes, got {xs}")
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        if not slope > 0:
+            raise ValueError(f"the measured times {ys} s do not grow with the sizes {xs} bytes: the link is too fast "
+                             "for these sizes to tell apart (measure with a larger largest size)")
+        return cls(1.0 / slope, max(0.0, my - slope * mx))
+
+    @classmethod
+    def measure(cls, group: dist.ProcessGroup | None = None, *, sizes: Sequence[int] = (1 << 12, 1 << 22),
+                repeats: int = 5, warmup: int = 2) -> Link:
+        """The link between the ranks of ``group`` (default: the default group), measured: every rank must
+        call this. All-gathers of each of ``sizes`` bytes per rank (``time_collective``, the same median on
+        every rank), each divided by its N − 1 ring steps, fitted as one message per step (``fit``)."""
+        if not dist.is_initialized():
+            raise RuntimeError("Link.measure needs an initialised process group (dist.init_process_group)")
+        world = dist.get_world_size(group)
+        if world < 2:
+            raise ValueError(f"Link.measure needs a group of ≥ 2 ranks to measure a link, got {world}")
+        if len(sizes) < 2 or len(set(sizes)) < 2:
+            raise ValueError(f"sizes must hold ≥ 2 distinct byte counts, got {describe(sizes)}")
+        for s in sizes:
+            check_int("sizes (bytes)", s, min=1)
+        times = [time_collective("all_gather", s, group=group, repeats=repeats, warmup=warmup) / (world - 1)
+                 for s in sizes]
+        return cls.fit(list(sizes), times)
+
+
+def all_reduce_seconds(nbytes: float, workers: int, link: Link) -> float:
+    """Ring all-reduce of ``nbytes`` bytes per rank over ``workers`` ranks: a reduce-scatter and an
+    all-gather of N − 1 steps each, every step one message of nbytes/N bytes per rank:
+    2(N − 1)·latency + 2(N − 1)/N · nbytes/bandwidth (0 for one rank)."""
+    n = check_int("workers", workers, min=1)
+    b = check_number("nbytes", nbytes, min=0.0)
+    return 0.0 if n == 1 else 2 * (n - 1) * link.latency + 2 * (n - 1) / n * b / link.bandwidth
+
+
+def all_gather_seconds(nbytes: float, workers: int, link: Link) -> float:
+    """Ring all-gather of ``nbytes`` bytes per rank over ``workers`` ranks: N − 1 steps, every step one
+    message of nbytes bytes per rank: (N − 1)·latency + (N − 1)·nbytes/bandwidth (0 for one rank)."""
+    n = check_int("workers", workers, min=1)
+    b = check_number("nbytes", nbytes, min=0.0)
+    return (n - 1) * (link.latency + b / link.bandwidth)
+
+
+def collective_seconds(collective: str, nbytes: float, workers: int, link: Link) -> float:
+    """``all_reduce_seconds`` or ``all_gather_seconds`` by name."""
+    check_choice("collective", collective, COLLECTIVES)
+    return (all_reduce_seconds if collective == "all_reduce" else all_gather_seconds)(nbytes, workers, link)
+
+
+def time_collective(collective: str, nbytes: int, *, group: dist.ProcessGroup | None = None, repeats: int = 5,
+                    warmup: int = 2) -> float:
+    """Median wall seconds of one ``collective`` of ``nbytes`` bytes per rank (uint8 for an all-gather,
+    float32 for an all-reduce) over the ranks of ``group``; every rank must call it and gets the same
+    number: the mean over the ranks of their medians. Each call follows a barrier; the rank that leaves
+    the barrier first also waits for the others to arrive and the last one finds part of the data
+    already sent, so the mean of the two views is taken."""
+    check_choice("collective", collective, COLLECTIVES)
+    check_int("nbytes", nbytes, min=1)
+    check_int("repeats", repeats, min=1)
+    check_int("warmup", warmup, min=0)
+    world = dist.get_world_size(group)
+    fn: Callable[[], Any]
+    if collective == "all_gather":
+        send = torch.zeros(nbytes, dtype=torch.uint8)
+        recv = torch.empty(world * nbytes, dtype=torch.uint8)
+        fn = lambda: all_gather_bytes(recv, send, group=group)  # noqa: E731
+    else:
+        buf = torch.zeros(max(1, nbytes // 4), dtype=torch.float32)
+        fn = lambda: dist.all_reduce(buf, group=group)  # noqa: E731
+    times = []
+    for i in range(warmup + repeats):
+        dist.barrier(group=group)
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        if i >= warmup:
+            times.append(dt)
+    med = torch.tensor([statistics.median(times)], dtype=torch.float64)
+    dist.all_reduce(med, group=group)
+    return med.item() / world
+
+
+# ---- compute ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Seconds of one training step's compute on one rank: forward (with the loss), backward, and the
+    optimizer's step (with zeroing the gradients)."""
+
+    forward: float
+    backward: float
+    optimizer: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("forward", "backward", "optimizer"):
+            check_number(f"Compute {name} (s)", getattr(self, name), min=0.0)
+
+    @property
+    def total(self) -> float:
+        return self.forward + self.backward + self.optimizer
+
+    @classmethod
+    def from_total(cls, seconds: float, backward_share: float = 2 / 3) -> Compute:
+        """A step of ``seconds`` whose backward pass takes ``backward_share`` of it (about 2/3: the
+        backward pass of a layer costs about twice its forward pass) and no optimizer time."""
+        s = check_number("seconds", seconds, min=0.0)
+        share = check_number("backward_share", backward_share, min=0.0, max=1.0)
+        return cls(s * (1 - share), s * share)
+
+
+def measure_compute(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], Tensor], batch: Any, *,
+                    optimizer: torch.optim.Optimizer | None = None, repeats: int = 5, warmup: int = 2) -> Compute:
+    """The median ``Compute`` of ``warmup + repeats`` steps of ``model`` (timed: ``loss_fn(model, batch)``
+    → a scalar loss, ``loss.backward()``, then ``optimizer.step()`` and ``optimizer.zero_grad()`` when an
+    optimizer is given, else the gradients are set to None untimed). The optimizer takes real steps:
+    pass a copy of the model, or a learning rate of 0, to leave it as it is. Wall time (CUDA work is
+    synchronised), so measure on an otherwise idle machine with the threads each rank will have."""
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {describe(model)}")
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be a function (model, batch) → scalar loss tensor, got {describe(loss_fn)}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"optimizer must be a torch.optim.Optimizer or None, got {describe(optimizer)}")
+    check_int("repeats", repeats, min=1)
+    check_int("warmup", warmup, min=0)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("model has no parameters that require gradients: there is no backward pass to time")
+    cuda = any(p.is_cuda for p in model.parameters())
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    fwd, bwd, opt = [], [], []
+    for i in range(warmup + repeats):
+        sync()
+        t0 = time.perf_counter()
+        loss = loss_fn(model, batch)
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError(f"loss_fn must return a scalar loss tensor, got {describe(loss)}")
+        sync()
+        t1 = time.perf_counter()
+        loss.backward()
+        sync()
+        t2 = time.perf_counter()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sync()
+        t3 = time.perf_counter()
+        if optimizer is None:
+            model.zero_grad(set_to_none=True)
+        if i >= warmup:
+            fwd.append(t1 - t0)
+            bwd.append(t2 - t1)
+            opt.append(t3 - t2)
+    return Compute(statistics.median(fwd), statistics.median(bwd), statistics.median(opt))
+
+
+def ddp_buckets(params: torch.nn.Module | Sequence[int], *, element_size: int = 4,
+                bucket_cap_mb: float = DDP_BUCKET_CAP_MB, first_bucket_mb: float = DDP_FIRST_BUCKET_MB) -> list[int]:
+    """The values per gradient bucket of ``DistributedDataParallel`` after its first iteration, in the
+    order the hook sees them: the parameters in gradient-ready order (for a module: its trainable
+    parameters in reverse registration order, as a sequential model's backward pass produces them; or
+    their sizes given in that order) filled greedily into buckets, each closed once it holds at least
+    its limit — ``first_bucket_mb`` MiB for the first, ``bucket_cap_mb`` MiB after (DDP's
+    ``_compute_bucket_assignment_by_size``, one dtype)."""
+    if isinstance(params, torch.nn.Module):
+        sizes = [p.numel() for p in reversed(list(params.parameters())) if p.requires_grad]
+    else:
+        sizes = [check_int("params (sizes)", s, min=1) for s in params]
+    if not sizes:
+        raise ValueError("params holds no trainable parameters: there are no gradient buckets")
+    check_int("element_size", element_size, min=1)
+    limits = [check_number("first_bucket_mb", first_bucket_mb, min=0.0, min_open=True) * 2**20,
+              check_number("bucket_cap_mb", bucket_cap_mb, min=0.0, min_open=True) * 2**20]
+    out: list[int] = []
+    cur = 0
+    for s in sizes:
+        cur += s
+        if cur * element_size >= limits[min(len(out), 1)]:
+            out.append(cur)
+            cur = 0
+    if cur:
+        out.append(cur)
+    return out
+
+
+# ---- the hook's own CPU work ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Codec:
+    """CPU seconds of one rank's share of one bucket's exchange (``measure_codec``).
+
+    ``encode``: the workers' half (DDP's copy of the gradients into the bucket, the worker transform,
+    error feedback, encode); ``pack``: into the wire format (or the all-reduce's flat floats); ``draws``:
+    the other ranks' replayed draws; ``decode``: Σ_i decode of the N payloads and the aggregate (once for
+    a summable payload); ``copy``: one pass over the bucket (DDP's copy of the result into the gradients).
+    The first three run on the backward thread before the collective starts, ``decode`` after it ends."""
+
+    encode: float
+    pack: float
+    draws: float
+    decode: float
+    copy: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("encode", "pack", "draws", "decode", "copy"):
+            check_number(f"Codec {name} (s)", getattr(self, name), min=0.0)
+
+    @property
+    def sender(self) -> float:
+        """The seconds spent before the collective starts."""
+        return self.encode + self.pack + self.draws
+
+    @property
+    def total(self) -> float:
+        return self.encode + self.pack + self.draws + self.decode + self.copy
+
+
+def cpu_median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median CPU time of this thread over ``repeats`` calls of ``fn()``, after ``warmup`` untimed calls
+    (``time.thread_time``: on a shared machine wall time mostly measures the other processes; with one
+    torch thread every operation of ``fn`` runs in this thread)."""
+    check_int("repeats", repeats, min=1)
+    check_int("warmup", warmup, min=0)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.thread_time()
+        fn()
+        times.append(time.thread_time() - t)
+    return statistics.median(times)
+
+
+def method_algorithm(method: Algorithm | str) -> Algorithm:
+    """The ``Algorithm`` a DDP hook would run for ``method``: an ``Algorithm`` (``compsde.algorithms.make``)
+    or the name of one that needs no arguments (``"dsgd"``, ``"dsignsgd"``, ``"dsignsgd-majority"``).
+    ValueError for what the hook refuses: local methods, probing optimizers, transforms that need the
+    parameters, compressors without a wire format."""
+    if isinstance(method, str):
+        try:
+            algo = algorithms_mod.make(method)
+        except ValueError as e:
+            raise ValueError(f"method {method!r} cannot be built from its name alone ({e}); pass an Algorithm: "
+                             "compsde.algorithms.make(name, compressor, ...), e.g. make('ef', 'top-k', ratio=0.01)") from None
+    elif isinstance(method, Algorithm):
+        algo = method
+    else:
+        raise ValueError(f"method must be a compsde Algorithm or an algorithm name, got {describe(method)}")
+    if algo.local:
+        raise ValueError(f"method {algo.name!r} is a local method (it averages parameters, not every step's "
+                         "gradients): a DDP hook's cost model does not apply")
+    if algo.probe is not None:
+        raise ValueError(f"method {algo.name!r} evaluates the gradient again at a probe point: a DDP hook sees one "
+                         "gradient per step")
+    if algo.worker.uses_params or algo.server.uses_params:
+        raise ValueError(f"method {algo.name!r} has a transform that needs the parameters (weight decay): a DDP "
+                         "hook sees gradients only")
+    check_wire(algo.compressor, "the cost model")
+    return algo
+
+
+def measure_codec(method: Algorithm | str, n: int, workers: int, *, dtype: torch.dtype = torch.float32,
+                  repeats: int = 5, seed: int = 0) -> Codec:
+    """The hook's CPU seconds for one bucket of ``n`` values on one of ``workers`` ranks (``Codec``), with
+    the library's own code in one process (``cpu_median_seconds``, medians of ``repeats``; set one torch
+    thread for numbers that add up with one core per rank).
+
+    The receiver decodes N payloads; to bound memory at large N they are the payloads of at most two
+    encoded gradients (random normal ×10⁻³), repeated: decoding costs the same whatever the values."""
+    algo = method_algorithm(method)
+    n = check_int("n", n, min=1)
+    N = check_int("workers", workers, min=1)
+    check_int("repeats", repeats, min=1)
+    check_seed("seed", seed)
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise ValueError(f"dtype must be a floating-point torch dtype (float16, bfloat16, float32, float64), got {dtype}")
+    comp = algo.compressor
+    G = min(N, 2)
+    g = torch.Generator().manual_seed(seed)
+    grads = [torch.randn(n, generator=g).to(dtype) * 1e-3 for _ in range(G)]
+    # one bucket per encoded worker: a payload's fields may be views of its bucket (``reuse_memory``)
+    buckets = [torch.empty(n, dtype=dtype) for _ in range(G)]
+    spare = torch.empty(n, dtype=dtype)
+    streams = Streams(seed, N, noise=[], compressor=range(N))
+    states = [algo.init(torch.zeros(1, n, dtype=dtype), 1) for _ in range(G)]
+    server = states[0]["server"]
+    payloads: list[Payload | None] = [None] * G
+    rnds: list[Tensor | None] = [None] * G
+
+    def workers_half(j: int) -> None:
+        rnd = algo.draw(streams, [j], 1, n, dtype)
+        bucket = buckets[j]
+        bucket.copy_(grads[j])  # DDP's copy of the gradients into the bucket
+        st = states[j]
+        out = algo.workers_step(bucket.view(1, 1, n), {"worker": st["worker"], "ef": st["ef"]}, None, 1.0, rnd,
+                                encode=True, messages=False, reuse_memory=True)
+        st["worker"], st["ef"] = out.state["worker"], out.state["ef"]
+        assert out.payload is not None
+        payloads[j] = Payload({k: v[0] for k, v in out.payload.fields.items()}, n, dtype)
+        rnds[j] = None if rnd is None else rnd[0]
+
+    def every_worker() -> None:
+        for j in range(G):
+            workers_half(j)
+
+    t_enc = cpu_median_seconds(every_worker, repeats) / G
+    replay = not comp.summable and comp.randomized and not comp.shared_randomness and comp.decode_needs_draw(n)
+
+    def draws() -> None:
+        if replay:
+            for j in range(1, N):
+                algo.draw(streams, [j], 1, n, dtype)
+
+    t_draws = cpu_median_seconds(draws, repeats)
+    every = [payloads[j % G] for j in range(N)]
+    rnd_all = [rnds[j % G] for j in range(N)]
+    if comp.summable:
+        first = every[0]
+        assert first is not None
+        send = torch.empty(sum(f.count for f in comp.fields(n, dtype)), dtype=dtype)
+        t_pack = cpu_median_seconds(lambda: flat_floats(first, out=send), repeats)
+        # the all-reduced sum is decoded once, then aggregated (the mean) in place
+        t_dec = cpu_median_seconds(lambda: finish_direction(
+            algo, N, server, lambda fin: _decode_once(algo, unflat_floats(send, first), rnd_all[0], fin)), repeats)
+    else:
+        layout = Layout(comp.fields(n, dtype), 1, n, dtype)
+        recv = torch.empty(N, layout.nbytes, dtype=torch.uint8)
+
+        def pack() -> None:
+            for j in range(G):
+                p = payloads[j]
+                assert p is not None
+                layout.pack(p, out=recv[j])
+
+        t_pack = cpu_median_seconds(pack, repeats) / G
+        for j in range(G, N):
+            recv[j].copy_(recv[j % G])
+        t_dec = cpu_median_seconds(lambda: finish_direction(
+            algo, N, server, lambda fin: decode_sum(comp, layout, recv, rnd_all, out=spare.view(1, n), finish=fin)),
+            repeats)
+    t_copy = cpu_median_seconds(lambda: spare.copy_(buckets[0]), repeats)
+    return Codec(t_enc, t_pack, t_draws, t_dec, t_copy)
+
+
+def _decode_once(algo: Algorithm, summed: Payload, rnd: Tensor | None, finish: Callable[[Tensor], Tensor] | None) -> Tensor:
+    out = algo.compressor.decode(summed, rnd)
+    return out if finish is None else finish(out)
+
+
+# ---- the prediction ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepPrediction:
+    """The predicted seconds of one training step of one method on one rank, with its parts.
+
+    ``seconds`` is the step; ``compute`` + ``cpu`` is what the rank's CPU does (compute, and the hook's
+    codec work and DDP's copies summed over the buckets); ``wire`` the collectives' seconds summed over
+    the buckets, of which ``exposed`` = ``seconds`` − ``compute`` − ``cpu`` was not hidden behind the CPU
+    work. ``bytes`` is what one rank hands to the collectives per step."""
+
+    method: str
+    collective: str
+    workers: int
+    buckets: tuple[int, ...]
+    bytes: int
+    compute: float
+    cpu: float
+    wire: float
+    exposed: float
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["buckets"] = list(self.buckets)
+        return d
+
+
+def _label(algo: Algorithm) -> str:
+    c = algo.compressor
+    extra = [] if algo.aggregation == "mean" else [algo.aggregation]
+    return f"{algo.name} {c!r}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def predict_step_seconds(method: Algorithm | str, *, compute: Compute | float, link: Link, workers: int,
+                         d: int | None = None, buckets: Sequence[int] | None = None,
+                         dtype: torch.dtype = torch.float32, codec: Codec | Sequence[Codec] | None = None,
+                         repeats: int = 5) -> StepPrediction:
+    """The predicted seconds of one DDP training step with ``method``'s hook on ``workers`` ranks (see the
+    module doc for the schedule and what overlaps).
+
+    Args:
+        method: an ``Algorithm`` or an algorithm name (``method_algorithm``).
+        compute: the step's compute (``Compute``, e.g. from ``measure_compute``), or its total seconds
+            (split by ``Compute.from_total``).
+        link: the link between the ranks (``Link``, given or ``Link.measure``d).
+        workers: N, the number of ranks.
+        d, buckets: the model's parameter count (one bucket of d values), or the gradient buckets' sizes in
+            the order DDP hands them to the hook (``ddp_buckets``); give one of them.
+        dtype: the gradients' dtype.
+        codec: the hook's CPU seconds per bucket (one ``Codec`` per bucket, or one for every bucket); by
+            default measured here at each bucket size (``measure_codec`` with ``repeats``).
+    """
+    algo = method_algorithm(method)
+    N = check_int("workers", workers, min=1)
+    if not isinstance(link, Link):
+        raise ValueError(f"link must be a compsde.advise.cost.Link (bandwidth, latency), got {describe(link)}")
+    if isinstance(compute, (int, float)) and not isinstance(compute, bool):
+        compute = Compute.from_total(compute)
+    if not isinstance(compute, Compute):
+        raise ValueError(f"compute must be a Compute (forward, backward, optimizer seconds) or a number of seconds, "
+                         f"got {describe(compute)}")
+    if (d is None) == (buckets is None):
+        raise ValueError(f"give exactly one of d (the parameter count) and buckets (the gradient buckets' sizes), got "
+                         f"d={describe(d)}, buckets={describe(buckets)}")
+    sizes = [check_int("d", d, min=1)] if d is not None else [check_int("buckets (sizes)", b, min=1) for b in buckets or ()]
+    if not sizes:
+        raise ValueError("buckets must hold at least one bucket size")
+    if codec is None:
+        measured: dict[int, Codec] = {}
+        for n in sizes:
+            if n not in measured:
+                measured[n] = measure_codec(algo, n, N, dtype=dtype, repeats=repeats)
+        codecs = [measured[n] for n in sizes]
+    elif isinstance(codec, Codec):
+        codecs = [codec] * len(sizes)
+    else:
+        codecs = list(codec)
+        if len(codecs) != len(sizes) or not all(isinstance(c, Codec) for c in codecs):
+            raise ValueError(f"codec must be a Codec or one Codec per bucket ({len(sizes)}), got {describe(codec)}")
+    comp = algo.compressor
+    collective = "all_reduce" if comp.summable else "all_gather"
+    nbytes = [wire_bytes(comp, 1, n, dtype) for n in sizes]
+    wires = [collective_seconds(collective, b, N, link) for b in nbytes]
+    total = sum(sizes)
+    # The schedule: one CPU, one link (module doc).
+    cpu_t = compute.forward
+    net_t = 0.0
+    ready: list[tuple[float, float]] = []  # (collective done, decode seconds), in bucket order
+    for n, c, w in zip(sizes, codecs, wires):
+        while ready and ready[0][0] <= cpu_t:  # a finished collective's decode, queued behind this CPU work
+            cpu_t += ready.pop(0)[1]
+        cpu_t += compute.backward * n / total + c.sender
+        net_t = max(cpu_t, net_t) + w
+        ready.append((net_t, c.decode))
+    for done, dec in ready:
+        cpu_t = max(cpu_t, done) + dec
+    cpu_t += sum(c.copy for c in codecs) + compute.optimizer
+    cpu = sum(c.total for c in codecs)
+    return StepPrediction(method=_label(algo), collective=collective, workers=N, buckets=tuple(sizes),
+                          bytes=sum(nbytes), compute=compute.total, cpu=cpu, wire=sum(wires),
+                          exposed=max(0.0, cpu_t - compute.total - cpu), seconds=cpu_t)
