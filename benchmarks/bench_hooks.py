@@ -21,7 +21,8 @@ Needs root for ``ip netns`` and ``tc``; without it the script says so and stops.
 are created and removed here (also on failure).
 
 With ``--predict`` each rank first measures the link inside the namespaces (``Link.measure``: all-gathers
-of two sizes; and, as a check of the ring formula, all-reduces of two sizes against their prediction), the
+and all-reduces of 4 KiB and of the fp32 gradient's size, within 1 to 4 MiB; and, as a check of the ring formulas, all-gathers
+and all-reduces of d/8 and 4d bytes against their prediction), the
 model's compute on its own (``measure_compute``, forward + backward + SGD step, no DDP), and after each hook
 its codec's CPU seconds at each gradient bucket's size (``measure_codec``); the table then has the cost
 model's prediction (``compsde.advise.cost.predict_step_seconds``) and predicted / measured. The floor's
@@ -101,11 +102,12 @@ def child(steps: int, only: list[str], predict: bool = False, width: int = WIDTH
     model_info: dict = {}
     if predict:
         world = dist.get_world_size()
-        link = cost.Link.measure(sizes=(1 << 12, 1 << 22))
+        # fitted where the step's messages are: from 4 KiB to the fp32 gradient (within 1 to 4 MiB)
+        link = cost.Link.measure(sizes=(1 << 12, min(1 << 22, max(1 << 20, 4 * d))))
         checks = {}
         for kind in cost.COLLECTIVES:
-            for size in (1 << 16, 1 << 23):
-                t = cost.time_collective(kind, size)
+            sizes = (max(1024, d // 8), 4 * d)  # the sizes of a sign and of an fp32 gradient
+            for size, t in zip(sizes, cost.time_collective(kind, sizes, repeats=5)):
                 checks[f"{kind} {size}"] = {"measured_ms": 1e3 * t,
                                             "predicted_ms": 1e3 * cost.collective_seconds(kind, size, world, link)}
         probe = nn.Sequential(*[nn.Linear(width, width) for _ in range(LAYERS)])
@@ -215,7 +217,7 @@ def main() -> None:
     pred = "link" in res
     if pred:
         ln, cm = res["link"], res["compute_ms"]
-        print(f"measured link (all-gathers of 4 KiB and 4 MiB): {ln['bandwidth_MBps']:.1f} MB/s ({8 * ln['bandwidth_MBps']:.0f} "
+        print(f"measured link (all-gathers and all-reduces of 4 KiB and of min(4 MiB, max(1 MiB, 4d B))): {ln['bandwidth_MBps']:.1f} MB/s ({8 * ln['bandwidth_MBps']:.0f} "
               f"Mbit/s), latency {ln['latency_us']:.0f} µs; compute: forward {cm['forward']:.1f} + backward "
               f"{cm['backward']:.1f} + SGD step {cm['optimizer']:.1f} ms; DDP buckets {res['buckets']}")
         print("collectives, measured vs the ring formulas at that link: " + "; ".join(

@@ -18,6 +18,7 @@ from compsde.advise.cost import (
     Link,
     all_gather_seconds,
     all_reduce_seconds,
+    collective_messages,
     collective_seconds,
     ddp_buckets,
     measure_codec,
@@ -70,10 +71,18 @@ def test_link_fit_and_refusals():
         Link(1e6, -1)
     with pytest.raises(ValueError, match=r"Link bandwidth \(bytes/s\) must be a finite number > 0, got nan"):
         Link(float("nan"), 0)
-    with pytest.raises(ValueError, match="needs ≥ 2 .* got 1 sizes and 1 times"):
+    with pytest.raises(ValueError, match="needs ≥ 2 .* got 1 sizes, 1 times and 1 message counts"):
         Link.fit([1e3], [1e-3])
-    with pytest.raises(ValueError, match="two distinct sizes"):
+    with pytest.raises(ValueError, match="two distinct message sizes"):
         Link.fit([1e3, 1e3], [1e-3, 2e-3])
+    with pytest.raises(ValueError, match="two distinct message sizes"):
+        Link.fit([1e3, 2e3], [1e-3, 2e-3], messages=[1, 2])
+    # collectives of 4 ranks, fitted jointly by their ring steps: exact on exact times
+    pts = [(kind, b) for kind in ("all_reduce", "all_gather") for b in (1e4, 1e7)]
+    got = Link.fit([collective_messages(k, b, 4)[1] for k, b in pts], [collective_seconds(k, b, 4, LINK) for k, b in pts],
+                   messages=[collective_messages(k, b, 4)[0] for k, b in pts])
+    assert math.isclose(got.bandwidth, LINK.bandwidth, rel_tol=1e-9) and math.isclose(got.latency, LINK.latency, rel_tol=1e-6)
+    assert collective_messages("all_reduce", 100, 4) == (6, 150) and collective_messages("all_gather", 100, 4) == (3, 300)
     with pytest.raises(ValueError, match="do not grow with the sizes"):
         Link.fit([1e3, 1e6], [2e-3, 1e-3])
     assert not dist.is_initialized()
@@ -253,7 +262,7 @@ ctx = init_from_env(60)
 rank, world = dist.get_rank(), dist.get_world_size()
 link = cost.Link.measure(sizes=(1 << 10, 1 << 21), repeats=5)
 mid = 1 << 20
-measured = cost.time_collective("all_gather", mid, repeats=5)
+measured, = cost.time_collective("all_gather", [mid], repeats=5)
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(600, 600), nn.Linear(600, 600), nn.Linear(600, 600))
 buckets = cost.ddp_buckets(model)

@@ -21,8 +21,8 @@ each rank sends, full duplex), so one message of b bytes takes L + b/β. The col
 algorithms: an all-reduce of b bytes per rank is a reduce-scatter and an all-gather of N − 1 steps each,
 every step sending b/N bytes to the neighbour, so it takes 2(N − 1)·L + 2(N − 1)/N · b/β; an all-gather
 of b bytes per rank is N − 1 steps of b bytes, (N − 1)·L + (N − 1)·b/β. ``Link.measure`` fits L and β
-from the all-gathers of two sizes between the ranks of a real process group (the fit is exact for
-N = 2: one step), which is the collective whose formula it then inverts.
+jointly from all-gathers and all-reduces of two sizes between the ranks of a real process group, by
+these formulas: the link as the hooks' two collectives see it.
 
 Overlap (``predict_step_seconds``): DDP hands a bucket to the hook as soon as its gradients are ready,
 so a bucket's wire time can hide behind the backward pass of the buckets still to come. Only the wire
@@ -60,7 +60,7 @@ from compsde.core.streams import Streams
 from compsde.distributed.collectives import all_gather_bytes, check_wire, finish_direction, flat_floats, unflat_floats
 
 __all__ = ["COLLECTIVES", "Codec", "Compute", "Link", "StepPrediction", "all_gather_seconds", "all_reduce_seconds",
-           "collective_seconds", "cpu_median_seconds", "ddp_buckets", "measure_codec", "measure_compute",
+           "collective_messages", "collective_seconds", "cpu_median_seconds", "ddp_buckets", "measure_codec", "measure_compute",
            "method_algorithm", "predict_step_seconds", "time_collective"]
 
 #: The collectives a payload travels by (``compsde.distributed.collectives.Wire.collective``).
@@ -98,30 +98,49 @@ class Link:
         return cls(check_number("bits_per_second", bits_per_second, min=0.0, min_open=True) / 8, latency)
 
     @classmethod
-    def fit(cls, nbytes: Sequence[float], seconds: Sequence[float]) -> Link:
-        """The least-squares line seconds = latency + nbytes / bandwidth through ≥ 2 measurements of one
-        message each (distinct sizes). A fitted latency below 0 (noise on a fast link) is taken as 0.
-        ValueError when the times do not grow with the size (the sizes are too close for the link)."""
-        if len(nbytes) != len(seconds) or len(nbytes) < 2:
-            raise ValueError(f"Link.fit needs ≥ 2 (nbytes, seconds) pairs of equal length, got {len(nbytes)} sizes "
-                             f"and {len(seconds)} times")
+    def fit(cls, nbytes: Sequence[float], seconds: Sequence[float], messages: Sequence[float] | None = None) -> Link:
+        """Least squares of seconds_i = messages_i·latency + nbytes_i / bandwidth over ≥ 2 measurements,
+        where measurement i sent ``messages[i]`` messages in turn carrying ``nbytes[i]`` bytes in all from
+        each rank (default: one message each, the line latency + nbytes/bandwidth through the points;
+        a collective of ``collective_messages``). A fitted latency below 0 (noise on a fast link) is
+        refitted as 0. ValueError when the times do not grow with the bytes (sizes too close to tell
+        the link's rate apart)."""
+        k = len(nbytes)
+        msgs = [1.0] * k if messages is None else list(messages)
+        if len(seconds) != k or len(msgs) != k or k < 2:
+            raise ValueError(f"Link.fit needs ≥ 2 measurements with as many sizes, times and message counts, got "
+                             f"{k} sizes, {len(seconds)} times and {len(msgs)} message counts")
         xs = [check_number("nbytes", b, min=0.0) for b in nbytes]
-        ys = [check_number("seconds", s, min=0.0) for s in seconds]
-        if len(set(xs)) < 2:
-            raise ValueError(f"Link.fit needs at least two distinct sizes, got {xs}")
-        mx, my = statistics.fmean(xs), statistics.fmean(ys)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        ys = [check_number("seconds", t, min=0.0) for t in seconds]
+        ms = [check_number("messages", m, min=0.0, min_open=True) for m in msgs]
+        rates = {x / m for x, m in zip(xs, ms)}
+        if len(rates) < 2:
+            raise ValueError(f"Link.fit needs at least two distinct message sizes, got {sorted(rates)} bytes per message")
+        # normal equations of t = m·L + x·s (s = 1/bandwidth)
+        smm = sum(m * m for m in ms)
+        sxx = sum(x * x for x in xs)
+        smx = sum(m * x for m, x in zip(ms, xs))
+        smt = sum(m * t for m, t in zip(ms, ys))
+        sxt = sum(x * t for x, t in zip(xs, ys))
+        det = smm * sxx - smx * smx
+        latency = (smt * sxx - sxt * smx) / det
+        slope = (smm * sxt - smx * smt) / det
+        if latency < 0:
+            latency, slope = 0.0, sxt / sxx
         if not slope > 0:
             raise ValueError(f"the measured times {ys} s do not grow with the sizes {xs} bytes: the link is too fast "
                              "for these sizes to tell apart (measure with a larger largest size)")
-        return cls(1.0 / slope, max(0.0, my - slope * mx))
+        return cls(1.0 / slope, latency)
 
     @classmethod
     def measure(cls, group: dist.ProcessGroup | None = None, *, sizes: Sequence[int] = (1 << 12, 1 << 22),
-                repeats: int = 5, warmup: int = 2) -> Link:
+                repeats: int = 7, warmup: int = 2) -> Link:
         """The link between the ranks of ``group`` (default: the default group), measured: every rank must
-        call this. All-gathers of each of ``sizes`` bytes per rank (``time_collective``, the same median on
-        every rank), each divided by its N − 1 ring steps, fitted as one message per step (``fit``)."""
+        call this. All-gathers and all-reduces of each of ``sizes`` bytes per rank (``time_collective``: the
+        same medians on every rank), fitted jointly as their ring steps (``fit`` with
+        ``collective_messages``): the link the two collectives of the hooks see. Fit it where the step's
+        messages are: from a few KiB to the largest bucket's payload (a link's rate can depend on the
+        message size: TCP windows, a shaper's burst)."""
         if not dist.is_initialized():
             raise RuntimeError("Link.measure needs an initialised process group (dist.init_process_group)")
         world = dist.get_world_size(group)
@@ -131,26 +150,41 @@ class Link:
             raise ValueError(f"sizes must hold ≥ 2 distinct byte counts, got {describe(sizes)}")
         for s in sizes:
             check_int("sizes (bytes)", s, min=1)
-        times = [time_collective("all_gather", s, group=group, repeats=repeats, warmup=warmup) / (world - 1)
-                 for s in sizes]
-        return cls.fit(list(sizes), times)
+        xs, ts, ms = [], [], []
+        for kind in COLLECTIVES:
+            for s, t in zip(sizes, time_collective(kind, sizes, group=group, repeats=repeats, warmup=warmup)):
+                m, b = collective_messages(kind, s, world)
+                xs.append(b)
+                ts.append(t)
+                ms.append(m)
+        return cls.fit(xs, ts, ms)
+
+
+def collective_messages(collective: str, nbytes: float, workers: int) -> tuple[int, float]:
+    """(messages each rank sends in turn, bytes it sends in all) in gloo's ring ``collective`` of ``nbytes``
+    bytes per rank over ``workers`` ranks: all-reduce (reduce-scatter + all-gather of the N chunks):
+    2(N − 1) messages, 2(N − 1)/N · nbytes; all-gather: N − 1 messages, (N − 1)·nbytes."""
+    check_choice("collective", collective, COLLECTIVES)
+    n = check_int("workers", workers, min=1)
+    b = check_number("nbytes", nbytes, min=0.0)
+    if collective == "all_reduce":
+        return 2 * (n - 1), 2 * (n - 1) / n * b
+    return n - 1, (n - 1) * b
 
 
 def all_reduce_seconds(nbytes: float, workers: int, link: Link) -> float:
     """Ring all-reduce of ``nbytes`` bytes per rank over ``workers`` ranks: a reduce-scatter and an
     all-gather of N − 1 steps each, every step one message of nbytes/N bytes per rank:
     2(N − 1)·latency + 2(N − 1)/N · nbytes/bandwidth (0 for one rank)."""
-    n = check_int("workers", workers, min=1)
-    b = check_number("nbytes", nbytes, min=0.0)
-    return 0.0 if n == 1 else 2 * (n - 1) * link.latency + 2 * (n - 1) / n * b / link.bandwidth
+    m, b = collective_messages("all_reduce", nbytes, workers)
+    return m * link.latency + b / link.bandwidth
 
 
 def all_gather_seconds(nbytes: float, workers: int, link: Link) -> float:
     """Ring all-gather of ``nbytes`` bytes per rank over ``workers`` ranks: N − 1 steps, every step one
     message of nbytes bytes per rank: (N − 1)·latency + (N − 1)·nbytes/bandwidth (0 for one rank)."""
-    n = check_int("workers", workers, min=1)
-    b = check_number("nbytes", nbytes, min=0.0)
-    return (n - 1) * (link.latency + b / link.bandwidth)
+    m, b = collective_messages("all_gather", nbytes, workers)
+    return m * link.latency + b / link.bandwidth
 
 
 def collective_seconds(collective: str, nbytes: float, workers: int, link: Link) -> float:
@@ -159,37 +193,43 @@ def collective_seconds(collective: str, nbytes: float, workers: int, link: Link)
     return (all_reduce_seconds if collective == "all_reduce" else all_gather_seconds)(nbytes, workers, link)
 
 
-def time_collective(collective: str, nbytes: int, *, group: dist.ProcessGroup | None = None, repeats: int = 5,
-                    warmup: int = 2) -> float:
-    """Median wall seconds of one ``collective`` of ``nbytes`` bytes per rank (uint8 for an all-gather,
-    float32 for an all-reduce) over the ranks of ``group``; every rank must call it and gets the same
-    number: the mean over the ranks of their medians. Each call follows a barrier; the rank that leaves
-    the barrier first also waits for the others to arrive and the last one finds part of the data
-    already sent, so the mean of the two views is taken."""
+def time_collective(collective: str, sizes: Sequence[int], *, group: dist.ProcessGroup | None = None,
+                    repeats: int = 7, warmup: int = 2) -> list[float]:
+    """Median wall seconds of one ``collective`` of each of ``sizes`` bytes per rank (uint8 for an
+    all-gather, float32 for an all-reduce) over the ranks of ``group``; every rank must call it and gets
+    the same numbers: per size the mean over the ranks of their medians. The sizes take turns, round
+    after round (``warmup`` untimed rounds first), so that a slow spell of a shared machine falls on
+    all of them alike. Each call follows a barrier; the rank that leaves the barrier first also waits
+    for the others to arrive and the last one finds part of the data already sent, so the mean of the
+    ranks' views is taken."""
     check_choice("collective", collective, COLLECTIVES)
-    check_int("nbytes", nbytes, min=1)
+    sizes = [check_int("sizes (bytes)", s, min=1) for s in sizes]
     check_int("repeats", repeats, min=1)
     check_int("warmup", warmup, min=0)
     world = dist.get_world_size(group)
-    fn: Callable[[], Any]
+    calls = [_collective_call(collective, nbytes, world, group) for nbytes in sizes]
+    times: list[list[float]] = [[] for _ in sizes]
+    for i in range(warmup + repeats):
+        for fn, ts in zip(calls, times):
+            dist.barrier(group=group)
+            t = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t
+            if i >= warmup:
+                ts.append(dt)
+    med = torch.tensor([statistics.median(ts) for ts in times], dtype=torch.float64)
+    dist.all_reduce(med, group=group)
+    return (med / world).tolist()
+
+
+def _collective_call(collective: str, nbytes: int, world: int, group: dist.ProcessGroup | None) -> Callable[[], Any]:
+    """One ``collective`` of ``nbytes`` bytes per rank, on buffers allocated once."""
     if collective == "all_gather":
         send = torch.zeros(nbytes, dtype=torch.uint8)
         recv = torch.empty(world * nbytes, dtype=torch.uint8)
-        fn = lambda: all_gather_bytes(recv, send, group=group)  # noqa: E731
-    else:
-        buf = torch.zeros(max(1, nbytes // 4), dtype=torch.float32)
-        fn = lambda: dist.all_reduce(buf, group=group)  # noqa: E731
-    times = []
-    for i in range(warmup + repeats):
-        dist.barrier(group=group)
-        t = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t
-        if i >= warmup:
-            times.append(dt)
-    med = torch.tensor([statistics.median(times)], dtype=torch.float64)
-    dist.all_reduce(med, group=group)
-    return med.item() / world
+        return lambda: all_gather_bytes(recv, send, group=group)
+    buf = torch.zeros(max(1, nbytes // 4), dtype=torch.float32)
+    return lambda: dist.all_reduce(buf, group=group)
 
 
 # ---- compute ----------------------------------------------------------------------------------------
