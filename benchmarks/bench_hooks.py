@@ -23,10 +23,10 @@ are created and removed here (also on failure).
 With ``--predict`` each rank first measures the link inside the namespaces (``Link.measure``: all-gathers
 and all-reduces of 4 KiB and of the fp32 gradient's size, within 1 to 4 MiB; and, as a check of the ring formulas, all-gathers
 and all-reduces of d/8 and 4d bytes against their prediction), the
-model's compute on its own (``measure_compute``, forward + backward + SGD step, no DDP), and after each hook
+model's compute (``measure_compute``: forward + backward + SGD step of DDP with a hook that does nothing), and after each hook
 its codec's CPU seconds at each gradient bucket's size (``measure_codec``); the table then has the cost
-model's prediction (``compsde.advise.cost.predict_step_seconds``) and predicted / measured. The floor's
-prediction is the compute plus DDP's two copies of the gradients (into the buckets and back).
+model's prediction (``compsde.advise.cost.predict_step_seconds``) and predicted / measured (the floor's
+prediction is that compute, measured before the hooks run).
 ``--width`` sets the layers' width (2048: 12.6M parameters; 256: 197k).
 
 Usage: python benchmarks/bench_hooks.py [--steps 15] [--rate 1gbit] [--only sign,top-k ...] [--predict] [--width 2048]
@@ -112,10 +112,10 @@ def child(steps: int, only: list[str], predict: bool = False, width: int = WIDTH
                                             "predicted_ms": 1e3 * cost.collective_seconds(kind, size, world, link)}
         probe = nn.Sequential(*[nn.Linear(width, width) for _ in range(LAYERS)])
         probe.load_state_dict(base.state_dict())
+        # every rank: DDP over the group with a hook that does nothing (the floor, DDP's own work included)
         compute = cost.measure_compute(probe, lambda m, b: m(b).square().mean(), batches[0],
-                                       optimizer=torch.optim.SGD(probe.parameters(), lr=1e-4), repeats=7)
+                                       optimizer=torch.optim.SGD(probe.parameters(), lr=1e-4), repeats=9)
         buckets = cost.ddp_buckets(probe)
-        copies = sum(cost.cpu_median_seconds(lambda n=n: buf[:n].copy_(grad[:n]), 7) for n in buckets)
         model_info = {"link": {"bandwidth_MBps": link.bandwidth / 1e6, "latency_us": 1e6 * link.latency},
                       "collective_checks": checks, "compute_ms": {k: 1e3 * v for k, v in vars(compute).items()},
                       "buckets": buckets}
@@ -159,7 +159,7 @@ def child(steps: int, only: list[str], predict: bool = False, width: int = WIDTH
             nbytes = state.wire_bytes_per_step()
         row = {"label": label, "ms": 1e3 * statistics.median(times[3:]), "bytes": nbytes, "passes": passes}
         if predict and spec == "noop":
-            row["pred_ms"] = 1e3 * (compute.total + 2 * copies)
+            row["pred_ms"] = 1e3 * compute.total
         elif predict and spec == "fp32":
             row.update(prediction(algorithms.make("dsgd"), None))
         elif predict and state is not None:

@@ -4,14 +4,14 @@ One step of ``DistributedDataParallel`` with a compsde communication hook (``com
 on N ranks costs, per rank,
 
 * the compute: forward, backward and the optimizer's step (``Compute``; ``measure_compute`` times them on
-  the user's ``nn.Module`` with a sample batch);
+  the user's ``nn.Module`` with a sample batch, inside DDP with a hook that does nothing: DDP's own work,
+  its copies of the gradients into the buckets and back, is part of every step);
 * the hook's own CPU work per gradient bucket of n values (``Codec``; ``measure_codec`` times it at n with
-  the library's own code): the workers' half (DDP's copy of the gradients into the bucket, error feedback,
-  the worker transform, encode: ``Algorithm.workers_step``), the packing into the wire format
-  (``compsde.compressors.wire.Layout``, or the flat float buffer of an all-reduce), the replayed draws of
-  the other ranks (rand-k's indices never travel), and the receiver's Σ_i decode of the N payloads with
-  the aggregate applied (``decode_sum``; a summable payload is decoded once, after the all-reduce);
-  plus DDP's copy of the result back into the gradients (one pass over the bucket);
+  the library's own code): the workers' half (error feedback, the worker transform, encode:
+  ``Algorithm.workers_step``), the packing into the wire format (``compsde.compressors.wire.Layout``, or
+  the flat float buffer of an all-reduce), the replayed draws of the other ranks (rand-k's indices never
+  travel), and the receiver's Σ_i decode of the N payloads with the aggregate applied (``decode_sum``; a
+  summable payload is decoded once, after the all-reduce);
 * the wire: the bytes one rank hands to the collective per bucket are the library's own accounting
   (``compsde.compressors.wire.wire_bytes``), and the collective follows from ``Compressor.summable``
   (``compsde.distributed.collectives``): a ring all-reduce of summable payloads, an all-gather otherwise.
@@ -33,7 +33,7 @@ and one link per rank: forward; then per bucket (in DDP's order) its share of th
 (proportional to its size) and its workers' half on the CPU, its collective on the link as soon as both
 the CPU has handed it over and the link is free, its decode on the CPU once the collective is done (a
 decode that is ready waits for the current bucket's backward to finish; the remaining ones run after the
-backward pass), DDP's copy back into the gradients, and the optimizer's step. With one bucket nothing
+backward pass), and the optimizer's step. With one bucket nothing
 overlaps and the step is the sum of its parts. Not modelled: gloo's own reduction of an all-reduce (one
 add pass over the buffer, in its thread), DDP's fixed per-step overhead, and contention of several ranks
 for one core (measure on the cores each rank will have).
@@ -41,7 +41,14 @@ for one core (measure on the cores each rank will have).
 
 from __future__ import annotations
 
+import copy
+import datetime
+import functools
+import gc
+import os
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -55,7 +62,7 @@ from compsde import algorithms as algorithms_mod
 from compsde.algorithms import Algorithm
 from compsde.compressors import Payload
 from compsde.compressors.wire import Layout, decode_sum, wire_bytes
-from compsde.core.checks import check_choice, check_int, check_number, check_seed, describe
+from compsde.core.checks import check_bool, check_choice, check_int, check_number, check_seed, describe
 from compsde.core.streams import Streams
 from compsde.distributed.collectives import all_gather_bytes, check_wire, finish_direction, flat_floats, unflat_floats
 
@@ -262,23 +269,67 @@ class Compute:
 
 
 def measure_compute(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], Tensor], batch: Any, *,
-                    optimizer: torch.optim.Optimizer | None = None, repeats: int = 5, warmup: int = 2) -> Compute:
-    """The median ``Compute`` of ``warmup + repeats`` steps of ``model`` (timed: ``loss_fn(model, batch)``
-    → a scalar loss, ``loss.backward()``, then ``optimizer.step()`` and ``optimizer.zero_grad()`` when an
-    optimizer is given, else the gradients are set to None untimed). The optimizer takes real steps:
-    pass a copy of the model, or a learning rate of 0, to leave it as it is. Wall time (CUDA work is
-    synchronised), so measure on an otherwise idle machine with the threads each rank will have."""
+                    optimizer: torch.optim.Optimizer | None = None, ddp: bool = True, repeats: int = 5,
+                    warmup: int = 3) -> Compute:
+    """The median ``Compute`` of ``warmup + repeats`` steps (timed: ``loss_fn(model, batch)`` → a scalar
+    loss, ``loss.backward()``, then the optimizer's step and ``zero_grad`` when an optimizer is given,
+    else the gradients are set to None untimed).
+
+    With ``ddp`` (the default) the steps are those of a copy of the model (and a fresh optimizer of the
+    same class and defaults) in ``DistributedDataParallel`` with a communication hook that returns the
+    bucket unchanged: the compute floor of a DDP step, with DDP's own work in it (its copies of the
+    gradients into the buckets and back, its hooks), which a hook's step pays too. Without an initialised
+    process group this runs in a private group of one rank (gloo; NCCL for a CUDA model); inside one,
+    every rank must call it (DDP broadcasts the copy's parameters). Without ``ddp`` the model itself
+    takes the steps (the optimizer's real steps: pass a learning rate of 0 to leave it as it is).
+    Wall time (CUDA work is synchronised): measure on an otherwise idle machine with the threads each
+    rank will have."""
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {describe(model)}")
     if not callable(loss_fn):
         raise ValueError(f"loss_fn must be a function (model, batch) → scalar loss tensor, got {describe(loss_fn)}")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(f"optimizer must be a torch.optim.Optimizer or None, got {describe(optimizer)}")
+    check_bool("ddp", ddp)
     check_int("repeats", repeats, min=1)
     check_int("warmup", warmup, min=0)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("model has no parameters that require gradients: there is no backward pass to time")
     cuda = any(p.is_cuda for p in model.parameters())
+    if not ddp:
+        return _time_steps(model, loss_fn, batch, optimizer, cuda, repeats, warmup)
+    from torch.nn.parallel import DistributedDataParallel
+
+    private = None
+    if not dist.is_initialized():
+        private = tempfile.mkdtemp(prefix="compsde-cost-")
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{private}/store", rank=0,
+                                world_size=1, timeout=datetime.timedelta(seconds=60))
+    try:
+        twin = copy.deepcopy(model)
+        wrapped = DistributedDataParallel(twin)
+        wrapped.register_comm_hook(None, _unchanged)
+        opt = None if optimizer is None else type(optimizer)(twin.parameters(), **optimizer.defaults)
+        out = _time_steps(wrapped, loss_fn, batch, opt, cuda, repeats, warmup)
+        del wrapped, twin, opt
+        gc.collect()
+    finally:
+        if private is not None:
+            dist.destroy_process_group()
+            shutil.rmtree(private, ignore_errors=True)
+    return out
+
+
+def _unchanged(state, bucket):  # unannotated: DDP checks the annotations as objects, and these are strings
+    """A DDP communication hook that leaves the bucket as it is (the compute floor)."""
+    fut = torch.futures.Future()
+    fut.set_result(bucket.buffer())
+    return fut
+
+
+def _time_steps(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], Tensor], batch: Any,
+                optimizer: torch.optim.Optimizer | None, cuda: bool, repeats: int, warmup: int) -> Compute:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     fwd, bwd, opt = [], [], []
     for i in range(warmup + repeats):
@@ -340,22 +391,21 @@ def ddp_buckets(params: torch.nn.Module | Sequence[int], *, element_size: int = 
 
 @dataclass(frozen=True)
 class Codec:
-    """CPU seconds of one rank's share of one bucket's exchange (``measure_codec``).
+    """CPU seconds of one rank's share of one bucket's exchange (``measure_codec``), beyond DDP's own
+    work (its copies of the gradients into the bucket and back are in ``Compute`` measured with DDP).
 
-    ``encode``: the workers' half (DDP's copy of the gradients into the bucket, the worker transform,
-    error feedback, encode); ``pack``: into the wire format (or the all-reduce's flat floats); ``draws``:
-    the other ranks' replayed draws; ``decode``: Σ_i decode of the N payloads and the aggregate (once for
-    a summable payload); ``copy``: one pass over the bucket (DDP's copy of the result into the gradients).
-    The first three run on the backward thread before the collective starts, ``decode`` after it ends."""
+    ``encode``: the workers' half (the worker transform, error feedback, encode); ``pack``: into the
+    wire format (or the all-reduce's flat floats); ``draws``: the other ranks' replayed draws;
+    ``decode``: Σ_i decode of the N payloads and the aggregate (once for a summable payload). The first
+    three run on the backward thread before the collective starts, ``decode`` after it ends."""
 
     encode: float
     pack: float
     draws: float
     decode: float
-    copy: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("encode", "pack", "draws", "decode", "copy"):
+        for name in ("encode", "pack", "draws", "decode"):
             check_number(f"Codec {name} (s)", getattr(self, name), min=0.0)
 
     @property
@@ -365,22 +415,25 @@ class Codec:
 
     @property
     def total(self) -> float:
-        return self.encode + self.pack + self.draws + self.decode + self.copy
+        return self.encode + self.pack + self.draws + self.decode
 
 
-def cpu_median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median CPU time of this thread over ``repeats`` calls of ``fn()``, after ``warmup`` untimed calls
-    (``time.thread_time``: on a shared machine wall time mostly measures the other processes; with one
-    torch thread every operation of ``fn`` runs in this thread)."""
+def cpu_median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1,
+                       setup: Callable[[], object] | None = None) -> float:
+    """Median CPU time of this thread over ``repeats`` calls of ``fn()``, after ``warmup`` untimed calls,
+    each call preceded by an untimed ``setup()`` if given (``time.thread_time``: on a shared machine wall
+    time mostly measures the other processes; with one torch thread every operation of ``fn`` runs in
+    this thread)."""
     check_int("repeats", repeats, min=1)
     check_int("warmup", warmup, min=0)
-    for _ in range(warmup):
-        fn()
     times = []
-    for _ in range(repeats):
+    for i in range(warmup + repeats):
+        if setup is not None:
+            setup()
         t = time.thread_time()
         fn()
-        times.append(time.thread_time() - t)
+        if i >= warmup:
+            times.append(time.thread_time() - t)
     return statistics.median(times)
 
 
@@ -443,7 +496,6 @@ def measure_codec(method: Algorithm | str, n: int, workers: int, *, dtype: torch
     def workers_half(j: int) -> None:
         rnd = algo.draw(streams, [j], 1, n, dtype)
         bucket = buckets[j]
-        bucket.copy_(grads[j])  # DDP's copy of the gradients into the bucket
         st = states[j]
         out = algo.workers_step(bucket.view(1, 1, n), {"worker": st["worker"], "ef": st["ef"]}, None, 1.0, rnd,
                                 encode=True, messages=False, reuse_memory=True)
@@ -452,11 +504,9 @@ def measure_codec(method: Algorithm | str, n: int, workers: int, *, dtype: torch
         payloads[j] = Payload({k: v[0] for k, v in out.payload.fields.items()}, n, dtype)
         rnds[j] = None if rnd is None else rnd[0]
 
-    def every_worker() -> None:
-        for j in range(G):
-            workers_half(j)
-
-    t_enc = cpu_median_seconds(every_worker, repeats) / G
+    # the bucket holds the gradient again before each call (DDP's copy: not the hook's time)
+    t_enc = statistics.fmean(cpu_median_seconds(functools.partial(workers_half, j), repeats,
+                                                setup=functools.partial(buckets[j].copy_, grads[j])) for j in range(G))
     replay = not comp.summable and comp.randomized and not comp.shared_randomness and comp.decode_needs_draw(n)
 
     def draws() -> None:
@@ -491,8 +541,7 @@ def measure_codec(method: Algorithm | str, n: int, workers: int, *, dtype: torch
         t_dec = cpu_median_seconds(lambda: finish_direction(
             algo, N, server, lambda fin: decode_sum(comp, layout, recv, rnd_all, out=spare.view(1, n), finish=fin)),
             repeats)
-    t_copy = cpu_median_seconds(lambda: spare.copy_(buckets[0]), repeats)
-    return Codec(t_enc, t_pack, t_draws, t_dec, t_copy)
+    return Codec(t_enc, t_pack, t_draws, t_dec)
 
 
 def _decode_once(algo: Algorithm, summed: Payload, rnd: Tensor | None, finish: Callable[[Tensor], Tensor] | None) -> Tensor:
@@ -598,7 +647,7 @@ def predict_step_seconds(method: Algorithm | str, *, compute: Compute | float, l
         ready.append((net_t, c.decode))
     for done, dec in ready:
         cpu_t = max(cpu_t, done) + dec
-    cpu_t += sum(c.copy for c in codecs) + compute.optimizer
+    cpu_t += compute.optimizer
     cpu = sum(c.total for c in codecs)
     return StepPrediction(method=_label(algo), collective=collective, workers=N, buckets=tuple(sizes),
                           bytes=sum(nbytes), compute=compute.total, cpu=cpu, wire=sum(wires),
