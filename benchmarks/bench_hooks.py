@@ -173,6 +173,11 @@ def child(steps: int, only: list[str], predict: bool = False, width: int = WIDTH
     dist.destroy_process_group()
 
 
+def _ms(x: float) -> str:
+    """Milliseconds with the digits that matter (a small model's steps last a few)."""
+    return f"{x:.0f}" if x >= 20 else f"{x:.2f}"
+
+
 def bits_per_second(rate: str) -> float:
     m = re.fullmatch(r"([0-9.]+)\s*([kmg]?)bit", rate.lower())
     if not m:
@@ -233,10 +238,10 @@ def main() -> None:
         else:
             g = 1.25 * (floor + wire) + r["passes"] * one
             ratio, goal, met = f"{r['ms'] / (floor + wire):.2f}", f"{g:.0f}", "yes" if r["ms"] <= g else "no"
-        line = f"| {r['label']} | {r['ms']:.0f} | {r['bytes'] / 1e6:.2f} | {wire:.0f} | {ratio} | {goal} | {met} |"
+        line = f"| {r['label']} | {_ms(r['ms'])} | {r['bytes'] / 1e6:.2f} | {_ms(wire)} | {ratio} | {goal} | {met} |"
         if pred:
             p = r.get("pred_ms")
-            line += " — | — |" if p is None else f" {p:.0f} | {p / r['ms']:.2f} |"
+            line += " — | — |" if p is None else f" {_ms(p)} | {p / r['ms']:.2f} |"
         print(line)
     if pred:
         print("\nparts of the predictions (ms): " + "; ".join(
