@@ -121,14 +121,17 @@ def child(steps: int, only: list[str], predict: bool = False, width: int = WIDTH
                       "buckets": buckets}
         dist.barrier()
 
-    def prediction(algo, state) -> dict:
+    def prediction(algo, state, builtin: bool = False) -> dict:
         """The cost model's step for ``algo``, its codec measured here at each bucket's size."""
         measured = {n: cost.measure_codec(algo, n, world, repeats=5) for n in set(buckets)}
+        # over the group at the measured link (DDP's own all-reduce has no compsde hook)
+        extra = 0.0 if builtin else cost.measure_hook_overhead(algo, link=link)
         p = cost.predict_step_seconds(algo, compute=compute, link=link, workers=world, buckets=buckets,
-                                      codec=[measured[n] for n in buckets])
+                                      codec=[measured[n] for n in buckets], hook_overhead=extra)
         real = None if state is None else [state.bucket_numel[i] for i in sorted(state.bucket_numel)]
         return {"pred_ms": 1e3 * p.seconds, "pred_bytes": p.bytes, "pred_cpu_ms": 1e3 * p.cpu,
-                "pred_wire_ms": 1e3 * p.wire, "pred_exposed_ms": 1e3 * p.exposed, "hook_buckets": real}
+                "pred_wire_ms": 1e3 * p.wire, "pred_exposed_ms": 1e3 * p.exposed, "hook_buckets": real,
+                "overhead_ms": 1e3 * extra}
 
     out = []
     for label, spec, passes in HOOKS:
@@ -161,7 +164,7 @@ def child(steps: int, only: list[str], predict: bool = False, width: int = WIDTH
         if predict and spec == "noop":
             row["pred_ms"] = 1e3 * compute.total
         elif predict and spec == "fp32":
-            row.update(prediction(algorithms.make("dsgd"), None))
+            row.update(prediction(algorithms.make("dsgd"), None, builtin=True))
         elif predict and state is not None:
             row.update(prediction(state.algorithm, state))
         out.append(row)
@@ -245,7 +248,7 @@ def main() -> None:
         print(line)
     if pred:
         print("\nparts of the predictions (ms): " + "; ".join(
-            f"{r['label']}: cpu {r['pred_cpu_ms']:.1f}, wire {r['pred_wire_ms']:.1f}, exposed {r['pred_exposed_ms']:.1f}"
+            f"{r['label']}: cpu {r['pred_cpu_ms']:.1f} (hook overhead {r.get('overhead_ms', 0):.2f}/bucket), wire {r['pred_wire_ms']:.1f}, exposed {r['pred_exposed_ms']:.1f}"
             + ("" if r.get("hook_buckets") in (None, res["buckets"]) else f" (hook's buckets {r['hook_buckets']})")
             for r in rows if "pred_cpu_ms" in r))
         for r in rows:

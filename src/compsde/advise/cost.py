@@ -41,6 +41,7 @@ for one core (measure on the cores each rank will have).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import functools
@@ -50,7 +51,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -67,7 +68,7 @@ from compsde.core.streams import Streams
 from compsde.distributed.collectives import all_gather_bytes, check_wire, finish_direction, flat_floats, unflat_floats
 
 __all__ = ["COLLECTIVES", "Codec", "Compute", "Link", "StepPrediction", "all_gather_seconds", "all_reduce_seconds",
-           "collective_messages", "collective_seconds", "cpu_median_seconds", "ddp_buckets", "measure_codec", "measure_compute",
+           "collective_messages", "collective_seconds", "cpu_median_seconds", "ddp_buckets", "measure_codec", "measure_compute", "measure_hook_overhead",
            "method_algorithm", "predict_step_seconds", "time_collective"]
 
 #: The collectives a payload travels by (``compsde.distributed.collectives.Wire.collective``).
@@ -307,25 +308,89 @@ def measure_compute(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, 
         return _time_steps(model, loss_fn, batch, optimizer, cuda, repeats, warmup)
     from torch.nn.parallel import DistributedDataParallel
 
-    private = None
-    if not dist.is_initialized():
-        private = tempfile.mkdtemp(prefix="compsde-cost-")
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{private}/store", rank=0,
-                                world_size=1, timeout=datetime.timedelta(seconds=60))
-    try:
+    with _group("nccl" if cuda else "gloo") as group:
         twin = copy.deepcopy(model)
-        wrapped = DistributedDataParallel(twin)
+        wrapped = DistributedDataParallel(twin, process_group=group)
         wrapped.register_comm_hook(None, _unchanged)
         opt = None if optimizer is None else type(optimizer)(twin.parameters(), **optimizer.defaults)
         out = _time_steps(wrapped, loss_fn, batch, opt, cuda, repeats, warmup)
         del wrapped, twin, opt
         gc.collect()
-    finally:
-        if private is not None:
-            dist.destroy_process_group()
-            shutil.rmtree(private, ignore_errors=True)
     return out
+
+
+@contextlib.contextmanager
+def _group(backend: str, solo: bool = False) -> Iterator[dist.ProcessGroup | None]:
+    """The process group to time DDP steps in: a private one of one rank when none is initialised (removed
+    afterwards), else the default group, or with ``solo`` a group of this rank alone (every rank must
+    enter: ``new_group`` is collective)."""
+    if dist.is_initialized():
+        if not solo:
+            yield None
+            return
+        mine = None
+        for r in range(dist.get_world_size()):
+            g = dist.new_group([r])
+            if r == dist.get_rank():
+                mine = g
+        yield mine
+        return
+    private = tempfile.mkdtemp(prefix="compsde-cost-")
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group(backend, init_method=f"file://{private}/store", rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        yield None
+    finally:
+        dist.destroy_process_group()
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def measure_hook_overhead(method: Algorithm | str, *, n: int = 4096, link: Link | None = None, repeats: int = 21,
+                          warmup: int = 5) -> float:
+    """Seconds per bucket that the hook's machinery costs beyond its codec (``measure_codec``): Python
+    around the codec, starting the asynchronous collective, completing its future in the collective's
+    thread and waking DDP's. Measured as the median DDP step on a bucket of ``n`` values with the
+    method's ``comm_hook``, minus the step with a hook that does nothing, minus the codec at n; at least
+    0. A fixed cost, which matters for small models only.
+
+    Without ``link``: in a group of this rank alone (a private one, or one per rank of an initialised
+    group: every rank must call it), so the ranks' waits for each other are not in it. With ``link``
+    (measured on the initialised group): over the whole group, the collective's predicted seconds at
+    that link subtracted, so it also holds what the ranks lose waiting for the slowest of them each
+    step."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from compsde.distributed import comm_hook
+
+    algo = method_algorithm(method)
+    check_int("n", n, min=1)
+    check_int("repeats", repeats, min=1)
+    check_int("warmup", warmup, min=0)
+    if link is not None and not dist.is_initialized():
+        raise ValueError("measure_hook_overhead with a link runs over the initialised process group: there is none")
+    workers = 1 if link is None else dist.get_world_size()
+    codec = measure_codec(algo, n, workers, repeats=repeats)
+    x = torch.randn(1, n)
+    steps = []
+    with _group("gloo", solo=link is None) as group:
+        for with_hook in (False, True):
+            layer = torch.nn.Linear(n, 1, bias=False)
+            ddp = DistributedDataParallel(layer, process_group=group)
+            if with_hook:
+                state, hook = comm_hook(algo, process_group=group)
+                ddp.register_comm_hook(state, hook)
+            else:
+                ddp.register_comm_hook(None, _unchanged)
+            steps.append(_time_steps(ddp, lambda m, b: m(b).sum(), x, None, False, repeats, warmup).total)
+            del ddp, layer
+            gc.collect()
+    wire = 0.0
+    if link is not None:
+        comp = algo.compressor
+        wire = collective_seconds("all_reduce" if comp.summable else "all_gather", wire_bytes(comp, 1, n, torch.float32),
+                                  workers, link)
+    return max(0.0, steps[1] - steps[0] - codec.total - wire)
 
 
 def _unchanged(state, bucket):  # unannotated: DDP checks the annotations as objects, and these are strings
@@ -594,7 +659,7 @@ def _label(algo: Algorithm) -> str:
 def predict_step_seconds(method: Algorithm | str, *, compute: Compute | float, link: Link, workers: int,
                          d: int | None = None, buckets: Sequence[int] | None = None,
                          dtype: torch.dtype = torch.float32, codec: Codec | Sequence[Codec] | None = None,
-                         repeats: int = 5) -> StepPrediction:
+                         hook_overhead: float = 0.0, repeats: int = 5) -> StepPrediction:
     """The predicted seconds of one DDP training step with ``method``'s hook on ``workers`` ranks (see the
     module doc for the schedule and what overlaps).
 
@@ -609,9 +674,12 @@ def predict_step_seconds(method: Algorithm | str, *, compute: Compute | float, l
         dtype: the gradients' dtype.
         codec: the hook's CPU seconds per bucket (one ``Codec`` per bucket, or one for every bucket); by
             default measured here at each bucket size (``measure_codec`` with ``repeats``).
+        hook_overhead: seconds per bucket of the hook's machinery beyond its codec
+            (``measure_hook_overhead``), counted with the codec's sender side.
     """
     algo = method_algorithm(method)
     N = check_int("workers", workers, min=1)
+    extra = check_number("hook_overhead", hook_overhead, min=0.0)
     if not isinstance(link, Link):
         raise ValueError(f"link must be a compsde.advise.cost.Link (bandwidth, latency), got {describe(link)}")
     if isinstance(compute, (int, float)) and not isinstance(compute, bool):
@@ -649,13 +717,13 @@ def predict_step_seconds(method: Algorithm | str, *, compute: Compute | float, l
     for n, c, w in zip(sizes, codecs, wires):
         while ready and ready[0][0] <= cpu_t:  # a finished collective's decode, queued behind this CPU work
             cpu_t += ready.pop(0)[1]
-        cpu_t += compute.backward * n / total + c.sender
+        cpu_t += compute.backward * n / total + c.sender + extra
         net_t = max(cpu_t, net_t) + w
         ready.append((net_t, c.decode))
     for done, dec in ready:
         cpu_t = max(cpu_t, done) + dec
     cpu_t += compute.optimizer
-    cpu = sum(c.total for c in codecs)
+    cpu = sum(c.total for c in codecs) + extra * len(codecs)
     return StepPrediction(method=_label(algo), collective=collective, workers=N, buckets=tuple(sizes),
                           bytes=sum(nbytes), compute=compute.total, cpu=cpu, wire=sum(wires),
                           exposed=max(0.0, cpu_t - compute.total - cpu), seconds=cpu_t)
