@@ -23,6 +23,7 @@ from compsde.advise.cost import (
     ddp_buckets,
     measure_codec,
     measure_compute,
+    measure_hook_overhead,
     method_algorithm,
     predict_step_seconds,
 )
@@ -216,6 +217,22 @@ def test_measure_codec(name):
         measure_codec(METHODS[name], 0, 2)
     with pytest.raises(ValueError, match="dtype must be a floating-point torch dtype"):
         measure_codec(METHODS[name], 10, 2, dtype=torch.int32)
+
+
+def test_hook_overhead():
+    """The hook's fixed cost per bucket, measured in a private one-rank group; counted once per bucket."""
+    extra = measure_hook_overhead("dsignsgd", n=1024, repeats=5, warmup=2)
+    assert 0 <= extra < 0.05 and not dist.is_initialized()
+    with pytest.raises(ValueError, match="with a link runs over the initialised process group: there is none"):
+        measure_hook_overhead("dsignsgd", link=LINK)
+    codec = Codec(0.001, 0, 0, 0.001)
+    kw = {"compute": Compute(0.01, 0.02), "link": LINK, "workers": 2, "buckets": [1000, 1000], "codec": codec}
+    base = predict_step_seconds("dsignsgd", **kw)
+    more = predict_step_seconds("dsignsgd", hook_overhead=0.002, **kw)
+    assert more.cpu == pytest.approx(base.cpu + 0.004)
+    assert more.seconds >= base.seconds + 0.002  # at least the last bucket's, which nothing hides
+    with pytest.raises(ValueError, match="hook_overhead must be a finite number ≥ 0, got -0.001"):
+        predict_step_seconds("dsignsgd", hook_overhead=-0.001, **kw)
 
 
 def test_measure_codec_and_prediction_of_a_named_method():

@@ -11,8 +11,9 @@ from compsde.advise.cost import (
     ddp_buckets,
     measure_codec,
     measure_compute,
+    measure_hook_overhead,
     predict_step_seconds,
 )
 
 __all__ = ["Codec", "Compute", "Link", "StepPrediction", "ddp_buckets", "measure_codec", "measure_compute",
-           "predict_step_seconds"]
+           "measure_hook_overhead", "predict_step_seconds"]
