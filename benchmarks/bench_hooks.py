@@ -21,11 +21,12 @@ Needs root for ``ip netns`` and ``tc``; without it the script says so and stops.
 are created and removed here (also on failure).
 
 With ``--predict`` each rank first measures the link inside the namespaces (``Link.measure``: all-gathers
-of two sizes; and, as a check of the ring formula, all-reduces of two sizes against their prediction), the
-model's compute on its own (``measure_compute``, forward + backward + SGD step, no DDP), and after each hook
+and all-reduces of 4 KiB and of the fp32 gradient's size, within 1 to 4 MiB; and, as a check of the ring formulas, all-gathers
+and all-reduces of d/8 and 4d bytes against their prediction), the
+model's compute (``measure_compute``: forward + backward + SGD step of DDP with a hook that does nothing), and after each hook
 its codec's CPU seconds at each gradient bucket's size (``measure_codec``); the table then has the cost
-model's prediction (``compsde.advise.cost.predict_step_seconds``) and predicted / measured. The floor's
-prediction is the compute plus DDP's two copies of the gradients (into the buckets and back).
+model's prediction (``compsde.advise.cost.predict_step_seconds``) and predicted / measured (the floor's
+prediction is that compute, measured before the hooks run).
 ``--width`` sets the layers' width (2048: 12.6M parameters; 256: 197k).
 
 Usage: python benchmarks/bench_hooks.py [--steps 15] [--rate 1gbit] [--only sign,top-k ...] [--predict] [--width 2048]
@@ -101,32 +102,36 @@ def child(steps: int, only: list[str], predict: bool = False, width: int = WIDTH
     model_info: dict = {}
     if predict:
         world = dist.get_world_size()
-        link = cost.Link.measure(sizes=(1 << 12, 1 << 22))
+        # fitted where the step's messages are: from 4 KiB to the fp32 gradient (within 1 to 4 MiB)
+        link = cost.Link.measure(sizes=(1 << 12, min(1 << 22, max(1 << 20, 4 * d))))
         checks = {}
         for kind in cost.COLLECTIVES:
-            for size in (1 << 16, 1 << 23):
-                t = cost.time_collective(kind, size)
+            sizes = (max(1024, d // 8), 4 * d)  # the sizes of a sign and of an fp32 gradient
+            for size, t in zip(sizes, cost.time_collective(kind, sizes, repeats=5)):
                 checks[f"{kind} {size}"] = {"measured_ms": 1e3 * t,
                                             "predicted_ms": 1e3 * cost.collective_seconds(kind, size, world, link)}
         probe = nn.Sequential(*[nn.Linear(width, width) for _ in range(LAYERS)])
         probe.load_state_dict(base.state_dict())
+        # every rank: DDP over the group with a hook that does nothing (the floor, DDP's own work included)
         compute = cost.measure_compute(probe, lambda m, b: m(b).square().mean(), batches[0],
-                                       optimizer=torch.optim.SGD(probe.parameters(), lr=1e-4), repeats=7)
+                                       optimizer=torch.optim.SGD(probe.parameters(), lr=1e-4), repeats=9)
         buckets = cost.ddp_buckets(probe)
-        copies = sum(cost.cpu_median_seconds(lambda n=n: buf[:n].copy_(grad[:n]), 7) for n in buckets)
         model_info = {"link": {"bandwidth_MBps": link.bandwidth / 1e6, "latency_us": 1e6 * link.latency},
                       "collective_checks": checks, "compute_ms": {k: 1e3 * v for k, v in vars(compute).items()},
                       "buckets": buckets}
         dist.barrier()
 
-    def prediction(algo, state) -> dict:
+    def prediction(algo, state, builtin: bool = False) -> dict:
         """The cost model's step for ``algo``, its codec measured here at each bucket's size."""
         measured = {n: cost.measure_codec(algo, n, world, repeats=5) for n in set(buckets)}
+        # over the group at the measured link (DDP's own all-reduce has no compsde hook)
+        extra = 0.0 if builtin else cost.measure_hook_overhead(algo, link=link)
         p = cost.predict_step_seconds(algo, compute=compute, link=link, workers=world, buckets=buckets,
-                                      codec=[measured[n] for n in buckets])
+                                      codec=[measured[n] for n in buckets], hook_overhead=extra)
         real = None if state is None else [state.bucket_numel[i] for i in sorted(state.bucket_numel)]
         return {"pred_ms": 1e3 * p.seconds, "pred_bytes": p.bytes, "pred_cpu_ms": 1e3 * p.cpu,
-                "pred_wire_ms": 1e3 * p.wire, "pred_exposed_ms": 1e3 * p.exposed, "hook_buckets": real}
+                "pred_wire_ms": 1e3 * p.wire, "pred_exposed_ms": 1e3 * p.exposed, "hook_buckets": real,
+                "overhead_ms": 1e3 * extra}
 
     out = []
     for label, spec, passes in HOOKS:
@@ -157,9 +162,9 @@ def child(steps: int, only: list[str], predict: bool = False, width: int = WIDTH
             nbytes = state.wire_bytes_per_step()
         row = {"label": label, "ms": 1e3 * statistics.median(times[3:]), "bytes": nbytes, "passes": passes}
         if predict and spec == "noop":
-            row["pred_ms"] = 1e3 * (compute.total + 2 * copies)
+            row["pred_ms"] = 1e3 * compute.total
         elif predict and spec == "fp32":
-            row.update(prediction(algorithms.make("dsgd"), None))
+            row.update(prediction(algorithms.make("dsgd"), None, builtin=True))
         elif predict and state is not None:
             row.update(prediction(state.algorithm, state))
         out.append(row)
@@ -169,6 +174,11 @@ def child(steps: int, only: list[str], predict: bool = False, width: int = WIDTH
     if rank == 0:
         print("RESULT " + json.dumps({"d": d, "one_pass_ms": 1e3 * one_pass, "rows": out, **model_info}), flush=True)
     dist.destroy_process_group()
+
+
+def _ms(x: float) -> str:
+    """Milliseconds with the digits that matter (a small model's steps last a few)."""
+    return f"{x:.0f}" if x >= 20 else f"{x:.2f}"
 
 
 def bits_per_second(rate: str) -> float:
@@ -215,7 +225,7 @@ def main() -> None:
     pred = "link" in res
     if pred:
         ln, cm = res["link"], res["compute_ms"]
-        print(f"measured link (all-gathers of 4 KiB and 4 MiB): {ln['bandwidth_MBps']:.1f} MB/s ({8 * ln['bandwidth_MBps']:.0f} "
+        print(f"measured link (all-gathers and all-reduces of 4 KiB and of min(4 MiB, max(1 MiB, 4d B))): {ln['bandwidth_MBps']:.1f} MB/s ({8 * ln['bandwidth_MBps']:.0f} "
               f"Mbit/s), latency {ln['latency_us']:.0f} µs; compute: forward {cm['forward']:.1f} + backward "
               f"{cm['backward']:.1f} + SGD step {cm['optimizer']:.1f} ms; DDP buckets {res['buckets']}")
         print("collectives, measured vs the ring formulas at that link: " + "; ".join(
@@ -231,14 +241,14 @@ def main() -> None:
         else:
             g = 1.25 * (floor + wire) + r["passes"] * one
             ratio, goal, met = f"{r['ms'] / (floor + wire):.2f}", f"{g:.0f}", "yes" if r["ms"] <= g else "no"
-        line = f"| {r['label']} | {r['ms']:.0f} | {r['bytes'] / 1e6:.2f} | {wire:.0f} | {ratio} | {goal} | {met} |"
+        line = f"| {r['label']} | {_ms(r['ms'])} | {r['bytes'] / 1e6:.2f} | {_ms(wire)} | {ratio} | {goal} | {met} |"
         if pred:
             p = r.get("pred_ms")
-            line += " — | — |" if p is None else f" {p:.0f} | {p / r['ms']:.2f} |"
+            line += " — | — |" if p is None else f" {_ms(p)} | {p / r['ms']:.2f} |"
         print(line)
     if pred:
         print("\nparts of the predictions (ms): " + "; ".join(
-            f"{r['label']}: cpu {r['pred_cpu_ms']:.1f}, wire {r['pred_wire_ms']:.1f}, exposed {r['pred_exposed_ms']:.1f}"
+            f"{r['label']}: cpu {r['pred_cpu_ms']:.1f} (hook overhead {r.get('overhead_ms', 0):.2f}/bucket), wire {r['pred_wire_ms']:.1f}, exposed {r['pred_exposed_ms']:.1f}"
             + ("" if r.get("hook_buckets") in (None, res["buckets"]) else f" (hook's buckets {r['hook_buckets']})")
             for r in rows if "pred_cpu_ms" in r))
         for r in rows:

@@ -84,7 +84,7 @@ def test_advise_runs_the_probe_on_a_module(monkeypatch):
             calls.append((model, loader))
             return PROBE
 
-    monkeypatch.setattr(advise_mod, "_probe_module", lambda: FakeProbe)
+    monkeypatch.setattr(advise_mod, "probe_model", FakeProbe.probe_model)
     model = torch.nn.Linear(10, 3)
     adv = advise_mod.advise(model, torch.nn.functional.cross_entropy, [1, 2], lr=0.1, batch=8, workers=2,
                             cost=_fake_cost, methods=["dsgd", "dsignsgd"])
@@ -105,7 +105,7 @@ def fake_parts(monkeypatch):
             assert x.shape == (oracle.dim,)
             return PROBE
 
-    monkeypatch.setattr(advise_mod, "_probe_module", lambda: FakeProbe)
+    monkeypatch.setattr(advise_mod, "probe_oracle", FakeProbe.probe_oracle)
     monkeypatch.setattr(advise_mod, "default_cost", lambda dim, **kw: (_fake_cost, {"available": True, "fake": True}))
 
 
@@ -143,17 +143,6 @@ def test_cli_advise_errors(capsys, argv, msg, fake_parts, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and msg in err and "Traceback" not in err
-
-
-def test_cli_advise_without_a_probe_says_so(capsys, monkeypatch, tmp_path):
-    from compsde.experiments.cli import main
-
-    def missing():
-        raise ValueError("the noise probe (compsde.advise.probe) is not available (test)")
-
-    monkeypatch.setattr(advise_mod, "_probe_module", missing)
-    assert main(["advise", "mlp-sde-tracking", "--out", str(tmp_path / "x.json")]) == 2
-    assert "the noise probe" in capsys.readouterr().err
 
 
 # ---- the ranking against measured losses -----------------------------------------------------------
@@ -253,7 +242,7 @@ def test_the_cost_model_fills_the_time_column(capsys, tmp_path, monkeypatch):
         def probe_oracle(oracle, x):
             return PROBE
 
-    monkeypatch.setattr(advise_mod, "_probe_module", lambda: FakeProbe)
+    monkeypatch.setattr(advise_mod, "probe_oracle", FakeProbe.probe_oracle)
     out = tmp_path / "c.json"
     assert main(["advise", "mlp-sde-tracking", "--method", "dsgd", "--method", "dcsgd:rand-k:ratio=0.25", "--method",
                  "dsignsgd", "--bandwidth", "1.25e8", "--latency", "5e-5", "--out", str(out)]) == 0

@@ -18,10 +18,12 @@ from compsde.advise.cost import (
     Link,
     all_gather_seconds,
     all_reduce_seconds,
+    collective_messages,
     collective_seconds,
     ddp_buckets,
     measure_codec,
     measure_compute,
+    measure_hook_overhead,
     method_algorithm,
     predict_step_seconds,
 )
@@ -70,10 +72,18 @@ def test_link_fit_and_refusals():
         Link(1e6, -1)
     with pytest.raises(ValueError, match=r"Link bandwidth \(bytes/s\) must be a finite number > 0, got nan"):
         Link(float("nan"), 0)
-    with pytest.raises(ValueError, match="needs ≥ 2 .* got 1 sizes and 1 times"):
+    with pytest.raises(ValueError, match="needs ≥ 2 .* got 1 sizes, 1 times and 1 message counts"):
         Link.fit([1e3], [1e-3])
-    with pytest.raises(ValueError, match="two distinct sizes"):
+    with pytest.raises(ValueError, match="two distinct message sizes"):
         Link.fit([1e3, 1e3], [1e-3, 2e-3])
+    with pytest.raises(ValueError, match="two distinct message sizes"):
+        Link.fit([1e3, 2e3], [1e-3, 2e-3], messages=[1, 2])
+    # collectives of 4 ranks, fitted jointly by their ring steps: exact on exact times
+    pts = [(kind, b) for kind in ("all_reduce", "all_gather") for b in (1e4, 1e7)]
+    got = Link.fit([collective_messages(k, b, 4)[1] for k, b in pts], [collective_seconds(k, b, 4, LINK) for k, b in pts],
+                   messages=[collective_messages(k, b, 4)[0] for k, b in pts])
+    assert math.isclose(got.bandwidth, LINK.bandwidth, rel_tol=1e-9) and math.isclose(got.latency, LINK.latency, rel_tol=1e-6)
+    assert collective_messages("all_reduce", 100, 4) == (6, 150) and collective_messages("all_gather", 100, 4) == (3, 300)
     with pytest.raises(ValueError, match="do not grow with the sizes"):
         Link.fit([1e3, 1e6], [2e-3, 1e-3])
     assert not dist.is_initialized()
@@ -122,14 +132,14 @@ def test_bytes_and_collective_follow_the_library_accounting(name):
 def test_one_bucket_is_the_sum_of_its_parts_and_buckets_overlap_the_backward_pass():
     algo = METHODS["sign"]
     compute = Compute(forward=0.010, backward=0.020, optimizer=0.003)
-    codec = Codec(encode=0.004, pack=0.001, draws=0.0005, decode=0.006, copy=0.002)
+    codec = Codec(encode=0.004, pack=0.001, draws=0.0005, decode=0.006)
     d = 1_000_000
     wire = all_gather_seconds(wire_bytes(algo.compressor, 1, d, torch.float32), 2, LINK)
     p = predict_step_seconds(algo, compute=compute, link=LINK, workers=2, d=d, codec=codec)
     assert p.seconds == pytest.approx(compute.total + codec.total + wire)
     assert p.exposed == pytest.approx(wire) and p.cpu == pytest.approx(codec.total)
     # Two equal buckets: the first one's collective runs during the second half of the backward pass.
-    c2 = Codec(encode=0.004, pack=0.0, draws=0.0, decode=0.006, copy=0.0)
+    c2 = Codec(encode=0.004, pack=0.0, draws=0.0, decode=0.006)
     lk = Link(bandwidth=1e12, latency=0.005)  # each collective: 5 ms
     q = predict_step_seconds(algo, compute=Compute(0.010, 0.020), link=lk, workers=2, buckets=[d, d], codec=c2)
     # cpu: fwd 10, bwd 10 + enc 4 → 24: collective 1 until 29; bwd 10 + enc 4 → 38; collective 2 until 43
@@ -199,14 +209,30 @@ def test_ddp_buckets_match_torch_assignment():
 @pytest.mark.parametrize("name", ["dsgd", "sign majority", "top-k + EF", "rand-k", "rand-k shared", "qsgd"])
 def test_measure_codec(name):
     c = measure_codec(METHODS[name], 20_000, 3, repeats=2)
-    assert all(v >= 0 and math.isfinite(v) for v in (c.encode, c.pack, c.draws, c.decode, c.copy))
-    assert c.encode > 0 and c.decode > 0 and c.total == pytest.approx(c.sender + c.decode + c.copy)
+    assert all(v >= 0 and math.isfinite(v) for v in (c.encode, c.pack, c.draws, c.decode))
+    assert c.encode > 0 and c.decode > 0 and c.total == pytest.approx(c.sender + c.decode)
     if name != "rand-k":
         assert c.draws < 1e-3  # nothing to replay (sign, top-k are deterministic; shared draws travel)
     with pytest.raises(ValueError, match="n must be an integer ≥ 1, got 0"):
         measure_codec(METHODS[name], 0, 2)
     with pytest.raises(ValueError, match="dtype must be a floating-point torch dtype"):
         measure_codec(METHODS[name], 10, 2, dtype=torch.int32)
+
+
+def test_hook_overhead():
+    """The hook's fixed cost per bucket, measured in a private one-rank group; counted once per bucket."""
+    extra = measure_hook_overhead("dsignsgd", n=1024, repeats=5, warmup=2)
+    assert 0 <= extra < 0.05 and not dist.is_initialized()
+    with pytest.raises(ValueError, match="with a link runs over the initialised process group: there is none"):
+        measure_hook_overhead("dsignsgd", link=LINK)
+    codec = Codec(0.001, 0, 0, 0.001)
+    kw = {"compute": Compute(0.01, 0.02), "link": LINK, "workers": 2, "buckets": [1000, 1000], "codec": codec}
+    base = predict_step_seconds("dsignsgd", **kw)
+    more = predict_step_seconds("dsignsgd", hook_overhead=0.002, **kw)
+    assert more.cpu == pytest.approx(base.cpu + 0.004)
+    assert more.seconds >= base.seconds + 0.002  # at least the last bucket's, which nothing hides
+    with pytest.raises(ValueError, match="hook_overhead must be a finite number ≥ 0, got -0.001"):
+        predict_step_seconds("dsignsgd", hook_overhead=-0.001, **kw)
 
 
 def test_measure_codec_and_prediction_of_a_named_method():
@@ -220,19 +246,25 @@ def test_measure_compute():
     model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
     x, y = torch.randn(16, 32), torch.randn(16, 1)
     before = [p.detach().clone() for p in model.parameters()]
-    c = measure_compute(model, lambda m, b: (m(b[0]) - b[1]).square().mean(), (x, y), repeats=2, warmup=1)
+    loss = lambda m, b: (m(b[0]) - b[1]).square().mean()  # noqa: E731
+    c = measure_compute(model, loss, (x, y), ddp=False, repeats=2, warmup=1)
     assert c.forward > 0 and c.backward > 0 and c.optimizer >= 0
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))  # no optimizer: no step
     assert all(p.grad is None for p in model.parameters())
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    c = measure_compute(model, lambda m, b: (m(b[0]) - b[1]).square().mean(), (x, y), optimizer=opt, repeats=2)
-    assert c.optimizer > 0
+    # inside DDP (a private one-rank group): a copy takes the steps, the model and its optimizer stay as they are
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    c = measure_compute(model, loss, (x, y), optimizer=opt, repeats=2)
+    assert c.forward > 0 and c.backward > 0 and c.optimizer > 0
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters())) and not opt.state
+    assert not dist.is_initialized()  # the private group is gone
     with pytest.raises(ValueError, match="loss_fn must return a scalar loss tensor"):
-        measure_compute(model, lambda m, b: m(b[0]), (x, y))
+        measure_compute(model, lambda m, b: m(b[0]), (x, y), ddp=False)
     with pytest.raises(ValueError, match="model must be a torch.nn.Module, got 'net'"):
         measure_compute("net", lambda m, b: m(b), x)
     with pytest.raises(ValueError, match="model has no parameters that require gradients"):
         measure_compute(torch.nn.Tanh(), lambda m, b: m(b).sum(), x)
+    with pytest.raises(ValueError, match="ddp must be true or false, got 1"):
+        measure_compute(model, loss, (x, y), ddp=1)
     with pytest.raises(ValueError, match="optimizer must be a torch.optim.Optimizer or None"):
         measure_compute(model, lambda m, b: m(b[0]).sum(), (x, y), optimizer="sgd")
 
@@ -253,7 +285,7 @@ ctx = init_from_env(60)
 rank, world = dist.get_rank(), dist.get_world_size()
 link = cost.Link.measure(sizes=(1 << 10, 1 << 21), repeats=5)
 mid = 1 << 20
-measured = cost.time_collective("all_gather", mid, repeats=5)
+measured, = cost.time_collective("all_gather", [mid], repeats=5)
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(600, 600), nn.Linear(600, 600), nn.Linear(600, 600))
 buckets = cost.ddp_buckets(model)

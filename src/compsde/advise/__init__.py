@@ -20,7 +20,6 @@ cost model, the method with the fewest bits per step among those within ``QUALIT
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,13 +28,26 @@ from pathlib import Path
 from typing import Any
 
 from compsde import algorithms
+from compsde.advise import cost
+from compsde.advise.cost import (
+    Codec,
+    Compute,
+    Link,
+    StepPrediction,
+    ddp_buckets,
+    measure_codec,
+    measure_compute,
+    measure_hook_overhead,
+    predict_step_seconds,
+)
 from compsde.advise.probe import NoiseProbe, plot_probe, probe_model, probe_oracle, tail_index
 from compsde.advise.quality import NoiseStats, Prediction, Setting, predict_all, rank
 from compsde.algorithms import Algorithm
 from compsde.core.checks import check_path, describe
 from compsde.sde import scaling
 
-__all__ = ["DEFAULT_METHODS", "QUALITY_TOLERANCE", "TIME_TOLERANCE", "Advice", "CostFn", "NoiseProbe", "advise", "advise_config",
+__all__ = ["DEFAULT_METHODS", "QUALITY_TOLERANCE", "TIME_TOLERANCE", "Advice", "Codec", "Compute", "CostFn", "Link", "NoiseProbe",
+           "StepPrediction", "ddp_buckets", "measure_codec", "measure_compute", "measure_hook_overhead", "predict_step_seconds", "advise", "advise_config",
            "advise_from_probe", "advise_oracle", "decisive_agreement", "default_cost", "format_validation", "parse_method", "plot_probe",
            "probe_model", "probe_oracle", "tail_index", "validate"]
 
@@ -188,9 +200,6 @@ def _jsonable(v: Any) -> Any:
 # ---- the cost model: the one place it is called ----------------------------------------------------
 
 
-def _cost_module() -> Any:
-    return importlib.import_module("compsde.advise.cost")
-
 
 def default_cost(dim: int, *, batch: int, link: Any = None, compute: Any = None) -> tuple[CostFn | None, dict[str, Any]]:
     """The cost model (``compsde.advise.cost.predict_step_seconds``) at ``dim`` parameters as a ``CostFn``, and what to
@@ -198,17 +207,13 @@ def default_cost(dim: int, *, batch: int, link: Any = None, compute: Any = None)
     latency s); ``compute`` the compute seconds of one step at batch ``batch`` (a number or a ``cost.Compute``;
     None: 0, communication and codec only). At another batch B' the compute is scaled by B'/B [heuristic]. Each
     method's codec seconds are measured once per worker count (``cost.measure_codec``)."""
-    try:
-        cost_model = _cost_module()
-    except ImportError as e:
-        return None, {"available": False, "reason": f"the cost model is not available ({e})"}
     if link is None:
         return None, {"available": False, "reason": "no link given: the bandwidth and latency between the workers "
                                                     "(--bandwidth, --latency; cost.Link.measure on a real group)"}
-    if not isinstance(link, cost_model.Link):
+    if not isinstance(link, cost.Link):
         if not (isinstance(link, (tuple, list)) and len(link) == 2):
             raise ValueError(f"link must be a compsde.advise.cost.Link or (bandwidth bytes/s, latency s), got {describe(link)}")
-        link = cost_model.Link(*link)
+        link = cost.Link(*link)
     total = 0.0 if compute is None else float(compute.total if hasattr(compute, "total") else compute)
     if not (math.isfinite(total) and total >= 0):
         raise ValueError(f"compute must be the seconds of one step's compute, a finite number ≥ 0, got {describe(compute)}")
@@ -217,8 +222,8 @@ def default_cost(dim: int, *, batch: int, link: Any = None, compute: Any = None)
     def fn(algorithm: Algorithm, s: Setting) -> float | None:
         key = (algorithm.label() + algorithm.aggregation, s.workers)
         if key not in codecs:
-            codecs[key] = cost_model.measure_codec(algorithm, dim, s.workers)
-        pred = cost_model.predict_step_seconds(algorithm, compute=total * s.batch / batch, link=link, workers=s.workers,
+            codecs[key] = cost.measure_codec(algorithm, dim, s.workers)
+        pred = cost.predict_step_seconds(algorithm, compute=total * s.batch / batch, link=link, workers=s.workers,
                                                d=dim, codec=codecs[key])
         return float(pred.seconds)
 
@@ -234,12 +239,8 @@ def _measure_compute(model: Any, loss_fn: Callable[[Any, Any], Any], inputs: Any
     given samples, scaled to ``batch`` samples); None without the cost model."""
     import copy
 
-    try:
-        cost_model = _cost_module()
-    except ImportError:
-        return None
     n = int(inputs.shape[0])
-    c = cost_model.measure_compute(copy.deepcopy(model), lambda m, b: loss_fn(m(b[0]), b[1]), (inputs, targets))
+    c = cost.measure_compute(copy.deepcopy(model), lambda m, b: loss_fn(m(b[0]), b[1]), (inputs, targets))
     return float(c.total) * batch / max(1, n)
 
 
@@ -356,15 +357,6 @@ def _recommend(preds: Sequence[Prediction], rows: Sequence[dict[str, Any]], stat
 # ---- the entry points that run the probe ----------------------------------------------------------
 
 
-def _probe_module() -> Any:
-    try:
-        probe_mod = importlib.import_module("compsde.advise.probe")
-    except ImportError as e:
-        raise ValueError(f"the noise probe (compsde.advise.probe) is not available ({e}); pass probe= with measured "
-                         "values (trace_sigma, grad_norm_sq, tail_index, ...)") from None
-    return probe_mod
-
-
 def advise(model: Any = None, loss_fn: Any = None, loader: Any = None, *, lr: float, batch: int, workers: int,
            methods: Iterable[str | tuple[str, Algorithm] | Algorithm] | None = None, probe: Any = None,
            cost: CostFn | None = None, link: Any = None, compute: float | None = None, sign_lr: float | None = None,
@@ -387,7 +379,7 @@ def advise(model: Any = None, loss_fn: Any = None, loader: Any = None, *, lr: fl
         if not callable(loss_fn):
             raise ValueError(f"loss_fn must be a function (outputs, targets) → scalar loss, got {describe(loss_fn)}")
     if probe is None:
-        probe = _probe_module().probe_model(model, loss_fn, loader)
+        probe = probe_model(model, loss_fn, loader)
     if cost is None and link is not None and compute is None:
         try:
             inputs, targets = next(iter(loader))
@@ -412,7 +404,7 @@ def advise_oracle(oracle: Any, params: Any = None, *, lr: float, batch: int | No
         raise ValueError(f"oracle must be a compsde gradient oracle (Oracle or NetworkOracle), got {describe(oracle)}")
     b = oracle.batch if batch is None else batch
     if probe is None:
-        probe = _probe_module().probe_oracle(oracle, oracle.x0() if params is None else params)
+        probe = probe_oracle(oracle, oracle.x0() if params is None else params)
     if cost is None and link is not None and compute is None and isinstance(oracle, NetworkOracle):
         compute = _measure_compute(oracle.base_model, oracle.loss_fn, oracle.x_train[:b], oracle.y_train[:b], b)
     return _finish(probe, int(oracle.dim), lr, b, oracle.workers if workers is None else workers, methods, cost, link,

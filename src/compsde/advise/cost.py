@@ -4,14 +4,14 @@ One step of ``DistributedDataParallel`` with a compsde communication hook (``com
 on N ranks costs, per rank,
 
 * the compute: forward, backward and the optimizer's step (``Compute``; ``measure_compute`` times them on
-  the user's ``nn.Module`` with a sample batch);
+  the user's ``nn.Module`` with a sample batch, inside DDP with a hook that does nothing: DDP's own work,
+  its copies of the gradients into the buckets and back, is part of every step);
 * the hook's own CPU work per gradient bucket of n values (``Codec``; ``measure_codec`` times it at n with
-  the library's own code): the workers' half (DDP's copy of the gradients into the bucket, error feedback,
-  the worker transform, encode: ``Algorithm.workers_step``), the packing into the wire format
-  (``compsde.compressors.wire.Layout``, or the flat float buffer of an all-reduce), the replayed draws of
-  the other ranks (rand-k's indices never travel), and the receiver's Σ_i decode of the N payloads with
-  the aggregate applied (``decode_sum``; a summable payload is decoded once, after the all-reduce);
-  plus DDP's copy of the result back into the gradients (one pass over the bucket);
+  the library's own code): the workers' half (error feedback, the worker transform, encode:
+  ``Algorithm.workers_step``), the packing into the wire format (``compsde.compressors.wire.Layout``, or
+  the flat float buffer of an all-reduce), the replayed draws of the other ranks (rand-k's indices never
+  travel), and the receiver's Σ_i decode of the N payloads with the aggregate applied (``decode_sum``; a
+  summable payload is decoded once, after the all-reduce);
 * the wire: the bytes one rank hands to the collective per bucket are the library's own accounting
   (``compsde.compressors.wire.wire_bytes``), and the collective follows from ``Compressor.summable``
   (``compsde.distributed.collectives``): a ring all-reduce of summable payloads, an all-gather otherwise.
@@ -21,8 +21,8 @@ each rank sends, full duplex), so one message of b bytes takes L + b/β. The col
 algorithms: an all-reduce of b bytes per rank is a reduce-scatter and an all-gather of N − 1 steps each,
 every step sending b/N bytes to the neighbour, so it takes 2(N − 1)·L + 2(N − 1)/N · b/β; an all-gather
 of b bytes per rank is N − 1 steps of b bytes, (N − 1)·L + (N − 1)·b/β. ``Link.measure`` fits L and β
-from the all-gathers of two sizes between the ranks of a real process group (the fit is exact for
-N = 2: one step), which is the collective whose formula it then inverts.
+jointly from all-gathers and all-reduces of two sizes between the ranks of a real process group, by
+these formulas: the link as the hooks' two collectives see it.
 
 Overlap (``predict_step_seconds``): DDP hands a bucket to the hook as soon as its gradients are ready,
 so a bucket's wire time can hide behind the backward pass of the buckets still to come. Only the wire
@@ -33,17 +33,34 @@ and one link per rank: forward; then per bucket (in DDP's order) its share of th
 (proportional to its size) and its workers' half on the CPU, its collective on the link as soon as both
 the CPU has handed it over and the link is free, its decode on the CPU once the collective is done (a
 decode that is ready waits for the current bucket's backward to finish; the remaining ones run after the
-backward pass), DDP's copy back into the gradients, and the optimizer's step. With one bucket nothing
-overlaps and the step is the sum of its parts. Not modelled: gloo's own reduction of an all-reduce (one
-add pass over the buffer, in its thread), DDP's fixed per-step overhead, and contention of several ranks
-for one core (measure on the cores each rank will have).
+backward pass), and the optimizer's step. With one bucket nothing
+overlaps and the step is the sum of its parts. The hook's fixed cost per bucket beyond its codec (Python
+around it, starting the asynchronous collective, completing its future; ``measure_hook_overhead``) is
+added to each bucket's sender side: a fraction of a millisecond to ~2 ms, which matters for small models
+only. Not modelled: gloo's own reduction of an all-reduce (one add pass over the buffer, in its thread)
+and contention of several ranks for one core (measure on the cores each rank will have).
+
+Checked against real steps (``benchmarks/bench_hooks.py --predict``: two ranks in network namespaces
+joined by a 1 Gbit/s veth, MLPs of 3 layers, batch 4): at 12.6M parameters the predictions were within
+10 % of the measured steps for every hook (fp32 all-reduce, sign, scaled-sign, rand-k, top-k with and
+without error feedback, QSGD); at 197k parameters (steps of 1.5–7 ms) within 25 % for fp32, sign,
+rand-k and QSGD and 25–30 % short for top-k + EF, where run-to-run changes of the measured steps were
+up to 40 % on the 2-core machine.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import datetime
+import functools
+import gc
+import os
+import shutil
 import statistics
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -55,12 +72,12 @@ from compsde import algorithms as algorithms_mod
 from compsde.algorithms import Algorithm
 from compsde.compressors import Payload
 from compsde.compressors.wire import Layout, decode_sum, wire_bytes
-from compsde.core.checks import check_choice, check_int, check_number, check_seed, describe
+from compsde.core.checks import check_bool, check_choice, check_int, check_number, check_seed, describe
 from compsde.core.streams import Streams
 from compsde.distributed.collectives import all_gather_bytes, check_wire, finish_direction, flat_floats, unflat_floats
 
 __all__ = ["COLLECTIVES", "Codec", "Compute", "Link", "StepPrediction", "all_gather_seconds", "all_reduce_seconds",
-           "collective_seconds", "cpu_median_seconds", "ddp_buckets", "measure_codec", "measure_compute",
+           "collective_messages", "collective_seconds", "cpu_median_seconds", "ddp_buckets", "measure_codec", "measure_compute", "measure_hook_overhead",
            "method_algorithm", "predict_step_seconds", "time_collective"]
 
 #: The collectives a payload travels by (``compsde.distributed.collectives.Wire.collective``).
@@ -98,30 +115,52 @@ class Link:
         return cls(check_number("bits_per_second", bits_per_second, min=0.0, min_open=True) / 8, latency)
 
     @classmethod
-    def fit(cls, nbytes: Sequence[float], seconds: Sequence[float]) -> Link:
-        """The least-squares line seconds = latency + nbytes / bandwidth through ≥ 2 measurements of one
-        message each (distinct sizes). A fitted latency below 0 (noise on a fast link) is taken as 0.
-        ValueError when the times do not grow with the size (the sizes are too close for the link)."""
-        if len(nbytes) != len(seconds) or len(nbytes) < 2:
-            raise ValueError(f"Link.fit needs ≥ 2 (nbytes, seconds) pairs of equal length, got {len(nbytes)} sizes "
-                             f"and {len(seconds)} times")
+    def fit(cls, nbytes: Sequence[float], seconds: Sequence[float], messages: Sequence[float] | None = None) -> Link:
+        """Least squares of the relative errors of seconds_i = messages_i·latency + nbytes_i / bandwidth
+        over ≥ 2 measurements, where measurement i sent ``messages[i]`` messages in turn carrying
+        ``nbytes[i]`` bytes in all from each rank (default: one message each, the line latency +
+        nbytes/bandwidth through the points; a collective: ``collective_messages``). Each measurement
+        is weighted by 1/seconds_i²: predictions are judged by predicted / measured, and unweighted the
+        largest size alone would set the latency. A fitted latency below 0 (noise on a fast link) is
+        refitted as 0. ValueError when the times do not grow with the bytes (sizes too close to tell
+        the link's rate apart)."""
+        k = len(nbytes)
+        msgs = [1.0] * k if messages is None else list(messages)
+        if len(seconds) != k or len(msgs) != k or k < 2:
+            raise ValueError(f"Link.fit needs ≥ 2 measurements with as many sizes, times and message counts, got "
+                             f"{k} sizes, {len(seconds)} times and {len(msgs)} message counts")
         xs = [check_number("nbytes", b, min=0.0) for b in nbytes]
-        ys = [check_number("seconds", s, min=0.0) for s in seconds]
-        if len(set(xs)) < 2:
-            raise ValueError(f"Link.fit needs at least two distinct sizes, got {xs}")
-        mx, my = statistics.fmean(xs), statistics.fmean(ys)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        ys = [check_number("seconds", t, min=0.0) for t in seconds]
+        ms = [check_number("messages", m, min=0.0, min_open=True) for m in msgs]
+        rates = {x / m for x, m in zip(xs, ms)}
+        if len(rates) < 2:
+            raise ValueError(f"Link.fit needs at least two distinct message sizes, got {sorted(rates)} bytes per message")
+        # weighted normal equations of t = m·L + x·s (s = 1/bandwidth), weights 1/t²
+        ws = [1.0 / max(t, 1e-12) ** 2 for t in ys]
+        smm = sum(w * m * m for w, m in zip(ws, ms))
+        sxx = sum(w * x * x for w, x in zip(ws, xs))
+        smx = sum(w * m * x for w, m, x in zip(ws, ms, xs))
+        smt = sum(w * m * t for w, m, t in zip(ws, ms, ys))
+        sxt = sum(w * x * t for w, x, t in zip(ws, xs, ys))
+        det = smm * sxx - smx * smx
+        latency = (smt * sxx - sxt * smx) / det
+        slope = (smm * sxt - smx * smt) / det
+        if latency < 0:
+            latency, slope = 0.0, sxt / sxx
         if not slope > 0:
             raise ValueError(f"the measured times {ys} s do not grow with the sizes {xs} bytes: the link is too fast "
                              "for these sizes to tell apart (measure with a larger largest size)")
-        return cls(1.0 / slope, max(0.0, my - slope * mx))
+        return cls(1.0 / slope, latency)
 
     @classmethod
     def measure(cls, group: dist.ProcessGroup | None = None, *, sizes: Sequence[int] = (1 << 12, 1 << 22),
-                repeats: int = 5, warmup: int = 2) -> Link:
+                repeats: int = 7, warmup: int = 3) -> Link:
         """The link between the ranks of ``group`` (default: the default group), measured: every rank must
-        call this. All-gathers of each of ``sizes`` bytes per rank (``time_collective``, the same median on
-        every rank), each divided by its N − 1 ring steps, fitted as one message per step (``fit``)."""
+        call this. All-gathers and all-reduces of each of ``sizes`` bytes per rank (``time_collective``: the
+        same medians on every rank), fitted jointly as their ring steps (``fit`` with
+        ``collective_messages``): the link the two collectives of the hooks see. Fit it where the step's
+        messages are: from a few KiB to the largest bucket's payload (a link's rate can depend on the
+        message size: TCP windows, a shaper's burst)."""
         if not dist.is_initialized():
             raise RuntimeError("Link.measure needs an initialised process group (dist.init_process_group)")
         world = dist.get_world_size(group)
@@ -131,26 +170,42 @@ class Link:
             raise ValueError(f"sizes must hold ≥ 2 distinct byte counts, got {describe(sizes)}")
         for s in sizes:
             check_int("sizes (bytes)", s, min=1)
-        times = [time_collective("all_gather", s, group=group, repeats=repeats, warmup=warmup) / (world - 1)
-                 for s in sizes]
-        return cls.fit(list(sizes), times)
+        xs, ts, ms = [], [], []
+        for s in sorted(sizes):  # small sizes first: after a large transfer small ones can stay slow a while
+            for kind in COLLECTIVES:
+                t, = time_collective(kind, [s], group=group, repeats=repeats, warmup=warmup)
+                m, b = collective_messages(kind, s, world)
+                xs.append(b)
+                ts.append(t)
+                ms.append(m)
+        return cls.fit(xs, ts, ms)
+
+
+def collective_messages(collective: str, nbytes: float, workers: int) -> tuple[int, float]:
+    """(messages each rank sends in turn, bytes it sends in all) in gloo's ring ``collective`` of ``nbytes``
+    bytes per rank over ``workers`` ranks: all-reduce (reduce-scatter + all-gather of the N chunks):
+    2(N − 1) messages, 2(N − 1)/N · nbytes; all-gather: N − 1 messages, (N − 1)·nbytes."""
+    check_choice("collective", collective, COLLECTIVES)
+    n = check_int("workers", workers, min=1)
+    b = check_number("nbytes", nbytes, min=0.0)
+    if collective == "all_reduce":
+        return 2 * (n - 1), 2 * (n - 1) / n * b
+    return n - 1, (n - 1) * b
 
 
 def all_reduce_seconds(nbytes: float, workers: int, link: Link) -> float:
     """Ring all-reduce of ``nbytes`` bytes per rank over ``workers`` ranks: a reduce-scatter and an
     all-gather of N − 1 steps each, every step one message of nbytes/N bytes per rank:
     2(N − 1)·latency + 2(N − 1)/N · nbytes/bandwidth (0 for one rank)."""
-    n = check_int("workers", workers, min=1)
-    b = check_number("nbytes", nbytes, min=0.0)
-    return 0.0 if n == 1 else 2 * (n - 1) * link.latency + 2 * (n - 1) / n * b / link.bandwidth
+    m, b = collective_messages("all_reduce", nbytes, workers)
+    return m * link.latency + b / link.bandwidth
 
 
 def all_gather_seconds(nbytes: float, workers: int, link: Link) -> float:
     """Ring all-gather of ``nbytes`` bytes per rank over ``workers`` ranks: N − 1 steps, every step one
     message of nbytes bytes per rank: (N − 1)·latency + (N − 1)·nbytes/bandwidth (0 for one rank)."""
-    n = check_int("workers", workers, min=1)
-    b = check_number("nbytes", nbytes, min=0.0)
-    return (n - 1) * (link.latency + b / link.bandwidth)
+    m, b = collective_messages("all_gather", nbytes, workers)
+    return m * link.latency + b / link.bandwidth
 
 
 def collective_seconds(collective: str, nbytes: float, workers: int, link: Link) -> float:
@@ -159,37 +214,46 @@ def collective_seconds(collective: str, nbytes: float, workers: int, link: Link)
     return (all_reduce_seconds if collective == "all_reduce" else all_gather_seconds)(nbytes, workers, link)
 
 
-def time_collective(collective: str, nbytes: int, *, group: dist.ProcessGroup | None = None, repeats: int = 5,
-                    warmup: int = 2) -> float:
-    """Median wall seconds of one ``collective`` of ``nbytes`` bytes per rank (uint8 for an all-gather,
-    float32 for an all-reduce) over the ranks of ``group``; every rank must call it and gets the same
-    number: the mean over the ranks of their medians. Each call follows a barrier; the rank that leaves
-    the barrier first also waits for the others to arrive and the last one finds part of the data
-    already sent, so the mean of the two views is taken."""
+def time_collective(collective: str, sizes: Sequence[int], *, group: dist.ProcessGroup | None = None,
+                    repeats: int = 7, warmup: int = 2) -> list[float]:
+    """Median wall seconds of one ``collective`` of each of ``sizes`` bytes per rank (uint8 for an
+    all-gather, float32 for an all-reduce) over the ranks of ``group``; every rank must call it and gets
+    the same numbers: per size the mean over the ranks of their medians. Each size is timed in a block
+    of its own (``warmup`` untimed calls first), as a training step repeats its messages: a small
+    collective right after a large one can take several times longer than after one of its size
+    (measured through a rate-limited veth: 1.35 ms instead of 0.27 ms for a 4 KiB all-gather right
+    after a 1 MiB one, and a whole block of 4 KiB all-reduces after 1 MiB all-gathers at 3.2–3.7 ms
+    instead of 0.4 ms, so ``Link.measure`` goes from small sizes to large). Each call follows a barrier; the rank that leaves the barrier first also waits for the
+    others to arrive and the last one finds part of the data already sent, so the mean of the ranks'
+    views is taken."""
     check_choice("collective", collective, COLLECTIVES)
-    check_int("nbytes", nbytes, min=1)
+    sizes = [check_int("sizes (bytes)", s, min=1) for s in sizes]
     check_int("repeats", repeats, min=1)
     check_int("warmup", warmup, min=0)
     world = dist.get_world_size(group)
-    fn: Callable[[], Any]
+    calls = [_collective_call(collective, nbytes, world, group) for nbytes in sizes]
+    times: list[list[float]] = [[] for _ in sizes]
+    for fn, ts in zip(calls, times):
+        for i in range(warmup + repeats):
+            dist.barrier(group=group)
+            t = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t
+            if i >= warmup:
+                ts.append(dt)
+    med = torch.tensor([statistics.median(ts) for ts in times], dtype=torch.float64)
+    dist.all_reduce(med, group=group)
+    return (med / world).tolist()
+
+
+def _collective_call(collective: str, nbytes: int, world: int, group: dist.ProcessGroup | None) -> Callable[[], Any]:
+    """One ``collective`` of ``nbytes`` bytes per rank, on buffers allocated once."""
     if collective == "all_gather":
         send = torch.zeros(nbytes, dtype=torch.uint8)
         recv = torch.empty(world * nbytes, dtype=torch.uint8)
-        fn = lambda: all_gather_bytes(recv, send, group=group)  # noqa: E731
-    else:
-        buf = torch.zeros(max(1, nbytes // 4), dtype=torch.float32)
-        fn = lambda: dist.all_reduce(buf, group=group)  # noqa: E731
-    times = []
-    for i in range(warmup + repeats):
-        dist.barrier(group=group)
-        t = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t
-        if i >= warmup:
-            times.append(dt)
-    med = torch.tensor([statistics.median(times)], dtype=torch.float64)
-    dist.all_reduce(med, group=group)
-    return med.item() / world
+        return lambda: all_gather_bytes(recv, send, group=group)
+    buf = torch.zeros(max(1, nbytes // 4), dtype=torch.float32)
+    return lambda: dist.all_reduce(buf, group=group)
 
 
 # ---- compute ----------------------------------------------------------------------------------------
@@ -222,23 +286,131 @@ class Compute:
 
 
 def measure_compute(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], Tensor], batch: Any, *,
-                    optimizer: torch.optim.Optimizer | None = None, repeats: int = 5, warmup: int = 2) -> Compute:
-    """The median ``Compute`` of ``warmup + repeats`` steps of ``model`` (timed: ``loss_fn(model, batch)``
-    → a scalar loss, ``loss.backward()``, then ``optimizer.step()`` and ``optimizer.zero_grad()`` when an
-    optimizer is given, else the gradients are set to None untimed). The optimizer takes real steps:
-    pass a copy of the model, or a learning rate of 0, to leave it as it is. Wall time (CUDA work is
-    synchronised), so measure on an otherwise idle machine with the threads each rank will have."""
+                    optimizer: torch.optim.Optimizer | None = None, ddp: bool = True, repeats: int = 5,
+                    warmup: int = 3) -> Compute:
+    """The median ``Compute`` of ``warmup + repeats`` steps (timed: ``loss_fn(model, batch)`` → a scalar
+    loss, ``loss.backward()``, then the optimizer's step and ``zero_grad`` when an optimizer is given,
+    else the gradients are set to None untimed).
+
+    With ``ddp`` (the default) the steps are those of a copy of the model (and a fresh optimizer of the
+    same class and defaults) in ``DistributedDataParallel`` with a communication hook that returns the
+    bucket unchanged: the compute floor of a DDP step, with DDP's own work in it (its copies of the
+    gradients into the buckets and back, its hooks), which a hook's step pays too. Without an initialised
+    process group this runs in a private group of one rank (gloo; NCCL for a CUDA model); inside one,
+    every rank must call it (DDP broadcasts the copy's parameters). Without ``ddp`` the model itself
+    takes the steps (the optimizer's real steps: pass a learning rate of 0 to leave it as it is).
+    Wall time (CUDA work is synchronised): measure on an otherwise idle machine with the threads each
+    rank will have."""
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {describe(model)}")
     if not callable(loss_fn):
         raise ValueError(f"loss_fn must be a function (model, batch) → scalar loss tensor, got {describe(loss_fn)}")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(f"optimizer must be a torch.optim.Optimizer or None, got {describe(optimizer)}")
+    check_bool("ddp", ddp)
     check_int("repeats", repeats, min=1)
     check_int("warmup", warmup, min=0)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("model has no parameters that require gradients: there is no backward pass to time")
     cuda = any(p.is_cuda for p in model.parameters())
+    if not ddp:
+        return _time_steps(model, loss_fn, batch, optimizer, cuda, repeats, warmup)
+    from torch.nn.parallel import DistributedDataParallel
+
+    with _group("nccl" if cuda else "gloo") as group:
+        twin = copy.deepcopy(model)
+        wrapped = DistributedDataParallel(twin, process_group=group)
+        wrapped.register_comm_hook(None, _unchanged)
+        opt = None if optimizer is None else type(optimizer)(twin.parameters(), **optimizer.defaults)
+        out = _time_steps(wrapped, loss_fn, batch, opt, cuda, repeats, warmup)
+        del wrapped, twin, opt
+        gc.collect()
+    return out
+
+
+@contextlib.contextmanager
+def _group(backend: str, solo: bool = False) -> Iterator[dist.ProcessGroup | None]:
+    """The process group to time DDP steps in: a private one of one rank when none is initialised (removed
+    afterwards), else the default group, or with ``solo`` a group of this rank alone (every rank must
+    enter: ``new_group`` is collective)."""
+    if dist.is_initialized():
+        if not solo:
+            yield None
+            return
+        mine = None
+        for r in range(dist.get_world_size()):
+            g = dist.new_group([r])
+            if r == dist.get_rank():
+                mine = g
+        yield mine
+        return
+    private = tempfile.mkdtemp(prefix="compsde-cost-")
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group(backend, init_method=f"file://{private}/store", rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        yield None
+    finally:
+        dist.destroy_process_group()
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def measure_hook_overhead(method: Algorithm | str, *, n: int = 4096, link: Link | None = None, repeats: int = 21,
+                          warmup: int = 5) -> float:
+    """Seconds per bucket that the hook's machinery costs beyond its codec (``measure_codec``): Python
+    around the codec, starting the asynchronous collective, completing its future in the collective's
+    thread and waking DDP's. Measured as the median DDP step on a bucket of ``n`` values with the
+    method's ``comm_hook``, minus the step with a hook that does nothing, minus the codec at n; at least
+    0. A fixed cost, which matters for small models only.
+
+    Without ``link``: in a group of this rank alone (a private one, or one per rank of an initialised
+    group: every rank must call it), so the ranks' waits for each other are not in it. With ``link``
+    (measured on the initialised group): over the whole group, the collective's predicted seconds at
+    that link subtracted, so it also holds what the ranks lose waiting for the slowest of them each
+    step."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from compsde.distributed import comm_hook
+
+    algo = method_algorithm(method)
+    check_int("n", n, min=1)
+    check_int("repeats", repeats, min=1)
+    check_int("warmup", warmup, min=0)
+    if link is not None and not dist.is_initialized():
+        raise ValueError("measure_hook_overhead with a link runs over the initialised process group: there is none")
+    workers = 1 if link is None else dist.get_world_size()
+    codec = measure_codec(algo, n, workers, repeats=repeats)
+    x = torch.randn(1, n)
+    steps = []
+    with _group("gloo", solo=link is None) as group:
+        for with_hook in (False, True):
+            layer = torch.nn.Linear(n, 1, bias=False)
+            ddp = DistributedDataParallel(layer, process_group=group)
+            if with_hook:
+                state, hook = comm_hook(algo, process_group=group)
+                ddp.register_comm_hook(state, hook)
+            else:
+                ddp.register_comm_hook(None, _unchanged)
+            steps.append(_time_steps(ddp, lambda m, b: m(b).sum(), x, None, False, repeats, warmup).total)
+            del ddp, layer
+            gc.collect()
+    wire = 0.0
+    if link is not None:
+        comp = algo.compressor
+        wire = collective_seconds("all_reduce" if comp.summable else "all_gather", wire_bytes(comp, 1, n, torch.float32),
+                                  workers, link)
+    return max(0.0, steps[1] - steps[0] - codec.total - wire)
+
+
+def _unchanged(state, bucket):  # unannotated: DDP checks the annotations as objects, and these are strings
+    """A DDP communication hook that leaves the bucket as it is (the compute floor)."""
+    fut = torch.futures.Future()
+    fut.set_result(bucket.buffer())
+    return fut
+
+
+def _time_steps(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], Tensor], batch: Any,
+                optimizer: torch.optim.Optimizer | None, cuda: bool, repeats: int, warmup: int) -> Compute:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     fwd, bwd, opt = [], [], []
     for i in range(warmup + repeats):
@@ -300,22 +472,21 @@ def ddp_buckets(params: torch.nn.Module | Sequence[int], *, element_size: int = 
 
 @dataclass(frozen=True)
 class Codec:
-    """CPU seconds of one rank's share of one bucket's exchange (``measure_codec``).
+    """CPU seconds of one rank's share of one bucket's exchange (``measure_codec``), beyond DDP's own
+    work (its copies of the gradients into the bucket and back are in ``Compute`` measured with DDP).
 
-    ``encode``: the workers' half (DDP's copy of the gradients into the bucket, the worker transform,
-    error feedback, encode); ``pack``: into the wire format (or the all-reduce's flat floats); ``draws``:
-    the other ranks' replayed draws; ``decode``: Σ_i decode of the N payloads and the aggregate (once for
-    a summable payload); ``copy``: one pass over the bucket (DDP's copy of the result into the gradients).
-    The first three run on the backward thread before the collective starts, ``decode`` after it ends."""
+    ``encode``: the workers' half (the worker transform, error feedback, encode); ``pack``: into the
+    wire format (or the all-reduce's flat floats); ``draws``: the other ranks' replayed draws;
+    ``decode``: Σ_i decode of the N payloads and the aggregate (once for a summable payload). The first
+    three run on the backward thread before the collective starts, ``decode`` after it ends."""
 
     encode: float
     pack: float
     draws: float
     decode: float
-    copy: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("encode", "pack", "draws", "decode", "copy"):
+        for name in ("encode", "pack", "draws", "decode"):
             check_number(f"Codec {name} (s)", getattr(self, name), min=0.0)
 
     @property
@@ -325,22 +496,25 @@ class Codec:
 
     @property
     def total(self) -> float:
-        return self.encode + self.pack + self.draws + self.decode + self.copy
+        return self.encode + self.pack + self.draws + self.decode
 
 
-def cpu_median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median CPU time of this thread over ``repeats`` calls of ``fn()``, after ``warmup`` untimed calls
-    (``time.thread_time``: on a shared machine wall time mostly measures the other processes; with one
-    torch thread every operation of ``fn`` runs in this thread)."""
+def cpu_median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1,
+                       setup: Callable[[], object] | None = None) -> float:
+    """Median CPU time of this thread over ``repeats`` calls of ``fn()``, after ``warmup`` untimed calls,
+    each call preceded by an untimed ``setup()`` if given (``time.thread_time``: on a shared machine wall
+    time mostly measures the other processes; with one torch thread every operation of ``fn`` runs in
+    this thread)."""
     check_int("repeats", repeats, min=1)
     check_int("warmup", warmup, min=0)
-    for _ in range(warmup):
-        fn()
     times = []
-    for _ in range(repeats):
+    for i in range(warmup + repeats):
+        if setup is not None:
+            setup()
         t = time.thread_time()
         fn()
-        times.append(time.thread_time() - t)
+        if i >= warmup:
+            times.append(time.thread_time() - t)
     return statistics.median(times)
 
 
@@ -403,7 +577,6 @@ def measure_codec(method: Algorithm | str, n: int, workers: int, *, dtype: torch
     def workers_half(j: int) -> None:
         rnd = algo.draw(streams, [j], 1, n, dtype)
         bucket = buckets[j]
-        bucket.copy_(grads[j])  # DDP's copy of the gradients into the bucket
         st = states[j]
         out = algo.workers_step(bucket.view(1, 1, n), {"worker": st["worker"], "ef": st["ef"]}, None, 1.0, rnd,
                                 encode=True, messages=False, reuse_memory=True)
@@ -412,11 +585,9 @@ def measure_codec(method: Algorithm | str, n: int, workers: int, *, dtype: torch
         payloads[j] = Payload({k: v[0] for k, v in out.payload.fields.items()}, n, dtype)
         rnds[j] = None if rnd is None else rnd[0]
 
-    def every_worker() -> None:
-        for j in range(G):
-            workers_half(j)
-
-    t_enc = cpu_median_seconds(every_worker, repeats) / G
+    # the bucket holds the gradient again before each call (DDP's copy: not the hook's time)
+    t_enc = statistics.fmean(cpu_median_seconds(functools.partial(workers_half, j), repeats,
+                                                setup=functools.partial(buckets[j].copy_, grads[j])) for j in range(G))
     replay = not comp.summable and comp.randomized and not comp.shared_randomness and comp.decode_needs_draw(n)
 
     def draws() -> None:
@@ -451,8 +622,7 @@ def measure_codec(method: Algorithm | str, n: int, workers: int, *, dtype: torch
         t_dec = cpu_median_seconds(lambda: finish_direction(
             algo, N, server, lambda fin: decode_sum(comp, layout, recv, rnd_all, out=spare.view(1, n), finish=fin)),
             repeats)
-    t_copy = cpu_median_seconds(lambda: spare.copy_(buckets[0]), repeats)
-    return Codec(t_enc, t_pack, t_draws, t_dec, t_copy)
+    return Codec(t_enc, t_pack, t_draws, t_dec)
 
 
 def _decode_once(algo: Algorithm, summed: Payload, rnd: Tensor | None, finish: Callable[[Tensor], Tensor] | None) -> Tensor:
@@ -498,7 +668,7 @@ def _label(algo: Algorithm) -> str:
 def predict_step_seconds(method: Algorithm | str, *, compute: Compute | float, link: Link, workers: int,
                          d: int | None = None, buckets: Sequence[int] | None = None,
                          dtype: torch.dtype = torch.float32, codec: Codec | Sequence[Codec] | None = None,
-                         repeats: int = 5) -> StepPrediction:
+                         hook_overhead: float = 0.0, repeats: int = 5) -> StepPrediction:
     """The predicted seconds of one DDP training step with ``method``'s hook on ``workers`` ranks (see the
     module doc for the schedule and what overlaps).
 
@@ -513,9 +683,12 @@ def predict_step_seconds(method: Algorithm | str, *, compute: Compute | float, l
         dtype: the gradients' dtype.
         codec: the hook's CPU seconds per bucket (one ``Codec`` per bucket, or one for every bucket); by
             default measured here at each bucket size (``measure_codec`` with ``repeats``).
+        hook_overhead: seconds per bucket of the hook's machinery beyond its codec
+            (``measure_hook_overhead``), counted with the codec's sender side.
     """
     algo = method_algorithm(method)
     N = check_int("workers", workers, min=1)
+    extra = check_number("hook_overhead", hook_overhead, min=0.0)
     if not isinstance(link, Link):
         raise ValueError(f"link must be a compsde.advise.cost.Link (bandwidth, latency), got {describe(link)}")
     if isinstance(compute, (int, float)) and not isinstance(compute, bool):
@@ -553,13 +726,13 @@ def predict_step_seconds(method: Algorithm | str, *, compute: Compute | float, l
     for n, c, w in zip(sizes, codecs, wires):
         while ready and ready[0][0] <= cpu_t:  # a finished collective's decode, queued behind this CPU work
             cpu_t += ready.pop(0)[1]
-        cpu_t += compute.backward * n / total + c.sender
+        cpu_t += compute.backward * n / total + c.sender + extra
         net_t = max(cpu_t, net_t) + w
         ready.append((net_t, c.decode))
     for done, dec in ready:
         cpu_t = max(cpu_t, done) + dec
-    cpu_t += sum(c.copy for c in codecs) + compute.optimizer
-    cpu = sum(c.total for c in codecs)
+    cpu_t += compute.optimizer
+    cpu = sum(c.total for c in codecs) + extra * len(codecs)
     return StepPrediction(method=_label(algo), collective=collective, workers=N, buckets=tuple(sizes),
                           bytes=sum(nbytes), compute=compute.total, cpu=cpu, wire=sum(wires),
                           exposed=max(0.0, cpu_t - compute.total - cpu), seconds=cpu_t)
