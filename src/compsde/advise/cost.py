@@ -74,6 +74,7 @@ from compsde.compressors import Payload
 from compsde.compressors.wire import Layout, decode_sum, wire_bytes
 from compsde.core.checks import check_bool, check_choice, check_int, check_number, check_seed, describe
 from compsde.core.streams import Streams
+from compsde.core.timing import median_seconds
 from compsde.distributed.collectives import all_gather_bytes, check_wire, finish_direction, flat_floats, unflat_floats
 
 __all__ = ["COLLECTIVES", "Codec", "Compute", "Link", "StepPrediction", "all_gather_seconds", "all_reduce_seconds",
@@ -501,21 +502,9 @@ class Codec:
 
 def cpu_median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1,
                        setup: Callable[[], object] | None = None) -> float:
-    """Median CPU time of this thread over ``repeats`` calls of ``fn()``, after ``warmup`` untimed calls,
-    each call preceded by an untimed ``setup()`` if given (``time.thread_time``: on a shared machine wall
-    time mostly measures the other processes; with one torch thread every operation of ``fn`` runs in
-    this thread)."""
-    check_int("repeats", repeats, min=1)
-    check_int("warmup", warmup, min=0)
-    times = []
-    for i in range(warmup + repeats):
-        if setup is not None:
-            setup()
-        t = time.thread_time()
-        fn()
-        if i >= warmup:
-            times.append(time.thread_time() - t)
-    return statistics.median(times)
+    """Median CPU time of this thread over ``repeats`` calls of ``fn()`` (each after an untimed ``setup()`` if
+    given): ``compsde.core.timing.median_seconds`` with ``time.thread_time``."""
+    return median_seconds(fn, repeats, warmup, clock=time.thread_time, setup=setup)
 
 
 def method_algorithm(method: Algorithm | str) -> Algorithm:
