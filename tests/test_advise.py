@@ -123,6 +123,9 @@ def test_cli_advise_prints_the_table_and_writes_advice_json(capsys, tmp_path, fa
     assert [r["method"] for r in d["table"]][0] == "dsgd"
     assert main(["advise", "mlp-sde-tracking", "--json", "--out", str(tmp_path / "b.json")]) == 0
     assert json.loads(capsys.readouterr().out)["cost"]["fake"] is True
+    # a path that does not exist and does not end in .json is a directory, made for advice.json
+    assert main(["advise", "mlp-sde-tracking", "--method", "dsgd", "--out", str(tmp_path / "new" / "dir")]) == 0
+    assert (tmp_path / "new" / "dir" / "advice.json").is_file()
 
 
 @pytest.mark.parametrize("argv, msg", [

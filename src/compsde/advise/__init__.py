@@ -44,6 +44,7 @@ from compsde.advise.probe import NoiseProbe, plot_probe, probe_model, probe_orac
 from compsde.advise.quality import NoiseStats, Prediction, Setting, predict_all, rank
 from compsde.algorithms import Algorithm
 from compsde.core.checks import check_path, describe
+from compsde.core.files import atomic_write
 from compsde.sde import scaling
 
 __all__ = ["DEFAULT_METHODS", "QUALITY_TOLERANCE", "TIME_TOLERANCE", "Advice", "Codec", "Compute", "CostFn", "Link", "NoiseProbe",
@@ -136,12 +137,12 @@ class Advice:
         return out
 
     def write(self, path: str | Path) -> Path:
-        """Write advice.json (into ``path`` if it is a directory) and return its path."""
+        """Write advice.json (into ``path`` if it is a directory or a path not ending in .json) and return its path."""
         p = Path(check_path("out", path))
-        if p.is_dir() or str(path).endswith(("/", "\\")):
+        if p.is_dir() or p.suffix.lower() != ".json" or str(path).endswith(("/", "\\")):
             p = p / "advice.json"
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(_jsonable(self.as_dict()), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write(p, json.dumps(_jsonable(self.as_dict()), indent=2, ensure_ascii=False) + "\n")
         return p
 
     def format(self) -> str:
