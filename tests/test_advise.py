@@ -117,7 +117,7 @@ def test_cli_advise_prints_the_table_and_writes_advice_json(capsys, tmp_path, fa
     assert main(["advise", "mlp-sde-tracking", "--series", "1", "--method", "dsgd", "--method", "dcsgd:rand-k:ratio=0.25",
                  "--method", "dsignsgd", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "recommendation:" in text and f"wrote {out / 'advice.json'}" in text
+    assert "recommendation:" in text and f"wrote {out}" in text
     d = json.loads((out / "advice.json").read_text(encoding="utf-8"))
     assert d["setting"] == {"lr": 0.2, "batch": 16, "workers": 4}
     assert [r["method"] for r in d["table"]][0] == "dsgd"
@@ -126,6 +126,43 @@ def test_cli_advise_prints_the_table_and_writes_advice_json(capsys, tmp_path, fa
     # a path that does not exist and does not end in .json is a directory, made for advice.json
     assert main(["advise", "mlp-sde-tracking", "--method", "dsgd", "--out", str(tmp_path / "new" / "dir")]) == 0
     assert (tmp_path / "new" / "dir" / "advice.json").is_file()
+
+
+def test_cli_advise_writes_a_run_folder_with_its_report(capsys, tmp_path, monkeypatch, fake_parts):
+    """A directory --out (or none: runs/<name>-<time>) is a run folder, set up and ended as `run`'s: run.json,
+    config.toml, advice.json, the real probe's figures, and report.html showing the recommendation and the
+    figures as data URIs; --no-report skips the page; --out FILE.json still writes only the file."""
+    from compsde.advise.probe import probe_oracle as real_probe
+    from compsde.experiments.cli import main
+
+    monkeypatch.setattr(advise_mod, "probe_oracle",
+                        lambda oracle, x: real_probe(oracle, x, warmup_steps=0, points=1, repetitions=4))
+    out = tmp_path / "run"
+    argv = ["advise", "mlp-sde-tracking", "--method", "dsgd", "--method", "dsignsgd", "--out", str(out)]
+    assert main(argv) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    names = {p.name for p in out.iterdir()}
+    assert {"run.json", "config.toml", "advice.json", "report.html", "probe_noise_scale.png", "probe_snr.png",
+            "probe_tail_index.png"} <= names
+    record = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    advice = json.loads((out / "advice.json").read_text(encoding="utf-8"))
+    assert record["status"] == "completed" and advice["recommendation"] in record["claim"]
+    assert record["command"].startswith("compsde advise mlp-sde-tracking")
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert advice["recommendation"] in html and "Recommendation" in html
+    assert html.count("data:image/png;base64,") >= 3 and "probe_snr.png" in html
+    # --no-report: the folder without its page
+    assert main([*argv[:-1], str(tmp_path / "quiet"), "--no-report"]) == 0
+    assert (tmp_path / "quiet" / "advice.json").is_file() and not (tmp_path / "quiet" / "report.html").exists()
+    # no --out: runs/<name>-<timestamp> under the working directory, as for `run`
+    monkeypatch.chdir(tmp_path)
+    assert main(argv[:-2]) == 0
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert folder.name.startswith("mlp-sde-tracking-") and (folder / "report.html").is_file()
+    # --out FILE.json: that file only
+    capsys.readouterr()
+    assert main([*argv[:-1], str(tmp_path / "only" / "a.json")]) == 0
+    assert [p.name for p in (tmp_path / "only").iterdir()] == ["a.json"]
 
 
 @pytest.mark.parametrize("argv, msg", [

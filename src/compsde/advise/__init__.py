@@ -49,7 +49,7 @@ from compsde.sde import scaling
 
 __all__ = ["DEFAULT_METHODS", "QUALITY_TOLERANCE", "TIME_TOLERANCE", "Advice", "Codec", "Compute", "CostFn", "Link", "NoiseProbe",
            "StepPrediction", "ddp_buckets", "measure_codec", "measure_compute", "measure_hook_overhead", "predict_step_seconds", "advise", "advise_config",
-           "advise_from_probe", "advise_oracle", "decisive_agreement", "default_cost", "format_validation", "parse_method", "plot_probe",
+           "advise_from_probe", "advise_oracle", "config_experiment", "decisive_agreement", "default_cost", "format_validation", "parse_method", "plot_probe",
            "probe_model", "probe_oracle", "tail_index", "validate"]
 
 #: The candidates when none are given: name[:compressor[:key=value,...]] (``parse_method``).
@@ -127,6 +127,8 @@ class Advice:
     algorithms: dict[str, Algorithm] = field(default_factory=dict)
     #: ``validate``'s rows, when the advice was checked in the simulator.
     validation: list[dict[str, Any]] | None = None
+    #: The probe itself when it was a ``NoiseProbe`` (``plot_probe`` draws its figures); not part of advice.json.
+    noise_probe: NoiseProbe | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         out = {"table": [_table_row(r) for r in self.rows], "recommendation": self.recommendation,
@@ -283,7 +285,8 @@ def advise_from_probe(probe: Any, *, dim: int, lr: float, batch: int, workers: i
     elif isinstance(probe, Mapping):
         probe_dict = {**probe_dict, "raw": dict(probe)}
     info = dict(cost_info) if cost_info is not None else {"available": cost is not None}
-    return Advice(rows, rec, reasons, probe_dict, info, setting, preds, algos)
+    return Advice(rows, rec, reasons, probe_dict, info, setting, preds, algos,
+                  noise_probe=probe if isinstance(probe, NoiseProbe) else None)
 
 
 def _steps_factor(p: Prediction) -> float | None:
@@ -412,21 +415,37 @@ def advise_oracle(oracle: Any, params: Any = None, *, lr: float, batch: int | No
                    compute, sign_lr, spectrum, out)
 
 
-def advise_config(source: Any, overrides: Iterable[str] = (), *, series: int = 0, validate_steps: int | None = None,
-                  validate_repeats: int = 2, **kwargs: Any) -> Advice:
-    """Advice for series ``series`` of a preset, config file, run folder or config dict (``compsde advise``): its
-    oracle, learning rate, batch and workers. ``kwargs`` go to ``advise_oracle``. With ``validate_steps``, the
-    best-ranked methods are then run in the simulator (``validate``) and the advice holds the comparison."""
+def config_experiment(source: Any, overrides: Iterable[str] = (), *, series: int = 0, validate_steps: int | None = None,
+                      validate_repeats: int = 2) -> Any:
+    """The built ``Experiment`` that ``advise_config`` advises on (``source``: a preset, config file, run folder,
+    config dict or an ``Experiment`` already built, which ``overrides`` must then leave empty), after checking
+    ``series`` and the ``validate`` sizes: every check that needs no probe, so a caller can make them before it
+    writes anything."""
     from compsde.core.checks import check_int
     from compsde.experiments import build
 
     if validate_steps is not None:  # before the probe runs
         check_int("--validate steps", validate_steps, min=4, max=10**6)
         check_int("--repeats", validate_repeats, min=1, max=1 << 16)
-
-    exp = build.load(source, overrides)
+    if isinstance(source, build.Experiment):
+        if list(overrides):
+            raise ValueError("overrides apply to a config, not to a built Experiment: give the preset or config instead")
+        exp = source
+    else:
+        exp = build.load(source, overrides)
     if isinstance(series, bool) or not isinstance(series, int) or not 0 <= series < len(exp.series):
         raise ValueError(f"--series must be a series index in 0..{len(exp.series) - 1} of {exp.name!r}, got {describe(series)}")
+    return exp
+
+
+def advise_config(source: Any, overrides: Iterable[str] = (), *, series: int = 0, validate_steps: int | None = None,
+                  validate_repeats: int = 2, **kwargs: Any) -> Advice:
+    """Advice for series ``series`` of a preset, config file, run folder, config dict or built ``Experiment``
+    (``compsde advise``): its oracle, learning rate, batch and workers. ``kwargs`` go to ``advise_oracle``. With
+    ``validate_steps``, the best-ranked methods are then run in the simulator (``validate``) and the advice holds
+    the comparison."""
+    exp = config_experiment(source, overrides, series=series, validate_steps=validate_steps,
+                            validate_repeats=validate_repeats)
     spec = exp.series[series]
     adv = advise_oracle(spec.oracle, lr=float(spec.config["lr"]), batch=spec.batch, workers=spec.workers, **kwargs)
     if validate_steps is not None:

@@ -12,8 +12,8 @@ is ``compsde run PRESET --set run.steps=5`` (the one ``--set`` word without ``=`
     compsde scale METHOD --from lr=…,batch=…,workers=…[,omega=…] --to KEY=VALUE,… [--json] [--validate]
                   [--model {discrete,sde,first-order}] [--spectrum EIG_MIN:EIG_MAX:DIM] [--noise T --grad-norm G]
     compsde advise PRESET_OR_CONFIG [--set KEY=VALUE ...] [--series I] [--method NAME[:COMPRESSOR[:K=V,...]] ...]
-                   [--sign-lr LR] [--spectrum EIG_MIN:EIG_MAX:DIM] [--bandwidth B --latency S] [--compute S] [--out F] [--json]
-                   [--validate STEPS [--repeats R]]
+                   [--sign-lr LR] [--spectrum EIG_MIN:EIG_MAX:DIM] [--bandwidth B --latency S] [--compute S] [--out DIR_OR_FILE.json]
+                   [--json] [--no-report] [--validate STEPS [--repeats R]]
     compsde presets
     compsde compressors --dim D [--samples S] [--seed S] [--names a,b,...]
     compsde --version
@@ -23,13 +23,15 @@ Bad input (unknown key, wrong type, unknown preset, impossible method/compressor
 exits with 130, one stopped by SIGTERM with 143, each after recording it in run.json. ``run`` and
 ``track`` print the output folder and one line per series with its final numbers, and write the run's
 report.html (``compsde.experiments.report``) when the run ends, however it ends, unless ``--no-report``.
+``advise`` writes a run folder the same way (run.json, config.toml, advice.json, the probe's figures,
+report.html), or only the file when ``--out`` names a FILE.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -110,7 +112,8 @@ def _parser() -> argparse.ArgumentParser:
                                     "SNR), predict each method's seconds per step (cost model) and stationary-loss gap to "
                                     "DSGD (quality model: docs/theory.md §2–3, §4.6), the η, B, N that close the gap "
                                     "(compsde.sde.scaling), and recommend one with its reasons. Prints the table and "
-                                    "writes advice.json.")
+                                    "writes a run folder: run.json, config.toml, advice.json, the probe's figures and "
+                                    "report.html (or only advice.json with --out FILE.json).")
     ad.add_argument("source", metavar="PRESET_OR_CONFIG", nargs="?", default=None,
                     help="a preset name, a TOML file or a run folder; its series --series gives the model, data, η, B, N")
     ad.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", nargs="+", default=[],
@@ -128,8 +131,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="the link's latency in seconds per message (cost model; with --bandwidth)")
     ad.add_argument("--compute", type=float, default=None, metavar="S",
                     help="seconds of one step's compute at the series' batch (default: measured on the model)")
-    ad.add_argument("--out", default="advice.json", metavar="FILE_OR_DIR",
-                    help="where to write advice.json (default: advice.json here)")
+    ad.add_argument("--out", default=None, metavar="DIR_OR_FILE.json",
+                    help="the run folder (default: runs/<name>-<timestamp>, as for `run`; an earlier run's outputs there "
+                         "are replaced), or a path ending in .json: write only that advice file")
+    ad.add_argument("--no-report", action="store_true",
+                    help="skip report.html in the run folder (`compsde report DIR` writes it later)")
     ad.add_argument("--json", action="store_true", help="print advice.json's object instead of the table")
     ad.add_argument("--validate", type=int, default=None, metavar="STEPS",
                     help="then run DSGD and the 3 best-ranked other methods for STEPS steps in the simulator and print "
@@ -340,11 +346,21 @@ def _cmd_scale(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_advise(args: argparse.Namespace) -> int:
+def _advice_file(out: str | None) -> bool:
+    """Whether ``--out`` names advice.json itself (a path ending in .json that is not a directory) rather than
+    the run folder."""
+    from pathlib import Path
+
+    return out is not None and out.lower().endswith(".json") and not Path(out).is_dir()
+
+
+def _cmd_advise(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import json
     import math
+    import shlex
 
-    from compsde.advise import advise_config
+    from compsde.advise import Advice, _jsonable, advise_config, config_experiment
+    from compsde.experiments import runner
     from compsde.sde import scaling
 
     try:
@@ -356,24 +372,71 @@ def _cmd_advise(args: argparse.Namespace) -> int:
             zero_ok = flag in ("--latency", "--compute")
             if v is not None and not (math.isfinite(v) and (v > 0 or (zero_ok and v >= 0))):
                 raise ValueError(f"{flag} must be a finite number {'≥ 0' if zero_ok else '> 0'}, got {v!r}")
-        if not args.out.strip():
-            raise ValueError(f"--out must name a file or directory, got {args.out!r}")
+        if args.out is not None and not args.out.strip():
+            raise ValueError(f"--out must name a directory or a .json file, got {args.out!r}")
         spectrum = scaling.Spectrum.parse(args.spectrum) if args.spectrum is not None else None
         link = (args.bandwidth, args.latency) if args.bandwidth is not None else None
-        adv = advise_config(source, overrides, series=args.series, methods=args.methods, sign_lr=args.sign_lr,
-                            spectrum=spectrum, link=link, compute=args.compute, validate_steps=args.validate,
-                            validate_repeats=args.repeats)
-        path = adv.write(args.out)
+        exp = config_experiment(source, overrides, series=args.series, validate_steps=args.validate,
+                                validate_repeats=args.repeats)
+        folder = None if _advice_file(args.out) else runner.output_dir(args.out, exp.name)
+
+        def compute() -> Advice:
+            return advise_config(exp, series=args.series, methods=args.methods, sign_lr=args.sign_lr, spectrum=spectrum,
+                                 link=link, compute=args.compute, validate_steps=args.validate,
+                                 validate_repeats=args.repeats)
+
+        if folder is None:
+            adv = compute()
+            path = adv.write(args.out)
+        else:
+            adv, path = _advise_run(folder, exp, compute, command=shlex.join(["compsde", *argv]), series=args.series,
+                                    report=not args.no_report)
     except (ValueError, OSError) as e:
         return _error(str(e))
+    except KeyboardInterrupt:
+        print("error: interrupted (run.json records it)", file=sys.stderr)
+        return 130
+    except runner.Terminated:
+        print("error: terminated by SIGTERM (run.json records it)", file=sys.stderr)
+        return 128 + 15
     if args.json:
-        from compsde.advise import _jsonable
-
         print(json.dumps(_jsonable(adv.as_dict()), indent=2, ensure_ascii=False))
     else:
         print(adv.format())
         print(f"wrote {path}")
     return 0
+
+
+def _advise_run(out: Path, exp: Any, compute: Callable[[], Any], *, command: str, series: int,
+                report: bool) -> tuple[Any, Path]:
+    """``compsde advise`` into the run folder ``out``, set up and ended as ``run`` does (``runner.start_run`` /
+    ``end_run``: run.json with its status, config.toml, report.html): the advice (``compute()``), advice.json and
+    the probe's figures (``plot_probe``). run.json's claim becomes the recommendation. Returns the advice and
+    the folder."""
+    from compsde.advise import plot_probe
+    from compsde.experiments import runner
+
+    with runner.sigterm_raises():
+        record = runner.start_run(out, exp, command=command, backend="sim", track=False, estimate=None,
+                                  rerun=f"compsde advise {runner.CONFIG_FILE} --series {series}")
+        try:
+            for stale in ("advice.json", *PROBE_FIGURES):  # an earlier advice's outputs
+                (out / stale).unlink(missing_ok=True)
+            adv = compute()
+            adv.write(out)
+            if adv.noise_probe is not None:
+                plot_probe(adv.noise_probe, out, title=f"gradient-noise probe: {exp.name}, series {series}")
+            record.data["claim"] = f"Advice for series {series} of {exp.name}: {adv.recommendation}"
+            record.write()
+        except BaseException as e:
+            runner.end_run(record, e, report=report)
+            raise
+        runner.end_run(record, None, report=report)
+    return adv, out
+
+
+#: The figures ``compsde.advise.plot_probe`` may draw.
+PROBE_FIGURES = ("probe_noise_scale.png", "probe_snr.png", "probe_tail_index.png", "probe_heterogeneity.png")
 
 
 def _cmd_presets() -> int:
@@ -417,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "scale":
         return _cmd_scale(args)
     if args.command == "advise":
-        return _cmd_advise(args)
+        return _cmd_advise(args, argv)
     if args.command == "presets":
         return _cmd_presets()
     if args.command == "compressors":
