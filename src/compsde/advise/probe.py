@@ -79,7 +79,7 @@ from torch import Tensor, nn
 from compsde.core.checks import MAX_WORKERS, check_callable, check_int, check_number, check_path, check_seed, describe
 from compsde.core.tensors import check_memory
 
-__all__ = ["QUANTILES", "NoiseProbe", "plot_probe", "probe_model", "probe_oracle", "tail_index"]
+__all__ = ["PROBE_FIGURES", "QUANTILES", "NoiseProbe", "plot_probe", "probe_model", "probe_oracle", "tail_index"]
 
 #: The quantiles of the per-coordinate signal-to-noise ratio a probe reports.
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -602,6 +602,10 @@ def probe_oracle(oracle: Any, params: Tensor | None = None, *, warmup_steps: int
 # ---- figures ----------------------------------------------------------------------------------------
 
 
+#: The figures ``plot_probe`` may draw (the last only with several workers).
+PROBE_FIGURES = ("probe_noise_scale.png", "probe_snr.png", "probe_tail_index.png", "probe_heterogeneity.png")
+
+
 def plot_probe(probe: NoiseProbe, directory: str | Path, title: str = "gradient-noise probe") -> list[Path]:
     """Draw the probe's figures into ``directory`` (created if needed) and return their paths:
     ``probe_noise_scale.png`` (‖G‖², tr Σ and B_simple against the warm-up step, ±1 standard error),
@@ -645,7 +649,7 @@ def plot_probe(probe: NoiseProbe, directory: str | Path, title: str = "gradient-
         series(ax, key, c, label, log=True)
         lay.panel_title(ax, label, 0.0)
         ax.set_ylabel(label)
-    save(fig, "probe_noise_scale.png")
+    save(fig, PROBE_FIGURES[0])
 
     fig, axes = lay.grid(1, f"{title}: per-coordinate signal-to-noise |E g_j| / sd(g_j)",
                          "lines: quantiles over coordinates at batch 1; dashed: the median at batch B_s (×√B_s)")
@@ -662,7 +666,7 @@ def plot_probe(probe: NoiseProbe, directory: str | Path, title: str = "gradient-
     lay.number_axis(ax.xaxis, integer=True)
     ax.grid(True, alpha=0.3)
     lay.legends([ax])
-    save(fig, "probe_snr.png")
+    save(fig, PROBE_FIGURES[1])
 
     fig, axes = lay.grid(1, f"{title}: tail index of the gradient noise",
                          f"Mohammadi estimator, groups of m = {probe.tail_group} differences of small-batch gradients; "
@@ -673,12 +677,12 @@ def plot_probe(probe: NoiseProbe, directory: str | Path, title: str = "gradient-
     ax.axhline(1.0, color="#d62728", linestyle=":", linewidth=1.2, label="α = 1 (Cauchy)")
     ax.set_ylabel("tail index α̂")
     lay.legends([ax])
-    save(fig, "probe_tail_index.png")
+    save(fig, PROBE_FIGURES[2])
 
     if probe.workers > 1:
         fig, axes = lay.grid(1, f"{title}: heterogeneity of the workers",
                              "(1/N) Σ‖G_i − G‖² / ‖G‖², bias-corrected; bars: ±1 standard error")
         series(axes[0], "heterogeneity", lay.PALETTE[3], "heterogeneity", log=False)
         axes[0].set_ylabel("(1/N) Σ‖G_i − G‖² / ‖G‖²")
-        save(fig, "probe_heterogeneity.png")
+        save(fig, PROBE_FIGURES[3])
     return files

@@ -240,12 +240,8 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str], track: bool = False)
                                     tensorboard=args.tensorboard)
     except (ValueError, OSError) as e:  # e.g. --out names a file, the run is too large, or the disk is full
         return _error(str(e))
-    except KeyboardInterrupt:
-        print("error: interrupted (run.json records it; metrics.csv keeps the rows computed)", file=sys.stderr)
-        return 130
-    except runner.Terminated:
-        print("error: terminated by SIGTERM (run.json records it; metrics.csv keeps the rows computed)", file=sys.stderr)
-        return 128 + 15
+    except (KeyboardInterrupt, runner.Terminated) as e:
+        return _stopped(e, "metrics.csv keeps the rows computed")
     report_written(out)
     return 0
 
@@ -393,12 +389,8 @@ def _cmd_advise(args: argparse.Namespace, argv: Sequence[str]) -> int:
                                     report=not args.no_report)
     except (ValueError, OSError) as e:
         return _error(str(e))
-    except KeyboardInterrupt:
-        print("error: interrupted (run.json records it)", file=sys.stderr)
-        return 130
-    except runner.Terminated:
-        print("error: terminated by SIGTERM (run.json records it)", file=sys.stderr)
-        return 128 + 15
+    except (KeyboardInterrupt, runner.Terminated) as e:
+        return _stopped(e)
     if args.json:
         print(json.dumps(_jsonable(adv.as_dict()), indent=2, ensure_ascii=False))
     else:
@@ -407,13 +399,21 @@ def _cmd_advise(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _stopped(e: BaseException, kept: str = "") -> int:
+    """The exit of a run stopped by Ctrl-C (130) or SIGTERM (143), said on stderr; run.json has recorded it and
+    ``kept`` says what else survives."""
+    how, code = ("interrupted", 130) if isinstance(e, KeyboardInterrupt) else ("terminated by SIGTERM", 128 + 15)
+    print(f"error: {how} (run.json records it{'; ' + kept if kept else ''})", file=sys.stderr)
+    return code
+
+
 def _advise_run(out: Path, exp: Any, compute: Callable[[], Any], *, command: str, series: int,
                 report: bool) -> tuple[Any, Path]:
     """``compsde advise`` into the run folder ``out``, set up and ended as ``run`` does (``runner.start_run`` /
     ``end_run``: run.json with its status, config.toml, report.html): the advice (``compute()``), advice.json and
     the probe's figures (``plot_probe``). run.json's claim becomes the recommendation. Returns the advice and
     the folder."""
-    from compsde.advise import plot_probe
+    from compsde.advise.probe import PROBE_FIGURES, plot_probe
     from compsde.experiments import runner
 
     with runner.sigterm_raises():
@@ -434,9 +434,6 @@ def _advise_run(out: Path, exp: Any, compute: Callable[[], Any], *, command: str
         runner.end_run(record, None, report=report)
     return adv, out
 
-
-#: The figures ``compsde.advise.plot_probe`` may draw.
-PROBE_FIGURES = ("probe_noise_scale.png", "probe_snr.png", "probe_tail_index.png", "probe_heterogeneity.png")
 
 
 def _cmd_presets() -> int:
