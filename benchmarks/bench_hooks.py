@@ -1,11 +1,12 @@
 """DDP communication hooks on a real bandwidth limit: what each compressor buys per training step.
 
 Two processes in two network namespaces joined by a veth pair throttled to ``--rate`` (1 Gbit/s) with
-``tc tbf`` (``netns.py``), an MLP of three 2048 × 2048 layers (12.6M parameters, float32), batch 4, one
-torch thread per process, ``DistributedDataParallel`` with each hook in turn (a fresh DDP model per hook,
-the same weights and batches). Per hook, the median over ``--steps`` timed steps (after 3 warm-up steps) of
-one training step: forward, backward (the hook runs inside it, overlapped with the rest of backward as DDP
-allows), SGD step.
+``tc tbf`` (``compsde.distributed.netns``), an MLP of three 2048 × 2048 layers (12.6M parameters, float32), batch 4, one
+torch thread per process, ``DistributedDataParallel`` with each hook (a DDP copy of the model per hook, the
+same weights and batch; ``compsde.advise.cost.measure_steps``). Per hook, the median over ``--steps`` timed
+steps of one training step: forward, backward (the hook runs inside it, overlapped with the rest of backward
+as DDP allows), SGD step; after 3 warm-up steps each, the hooks take turns in rounds of 5 steps, so that a slow
+spell of the machine falls on all of them alike.
 
 Rows:
 
@@ -20,32 +21,30 @@ the method cannot avoid: one pass = one copy of the gradient into a reused buffe
 Needs root for ``ip netns`` and ``tc``; without it the script says so and stops. The namespaces and the link
 are created and removed here (also on failure).
 
-With ``--predict`` each rank first measures the link inside the namespaces (``Link.measure``: all-gathers
-and all-reduces of 4 KiB and of the fp32 gradient's size, within 1 to 4 MiB; and, as a check of the ring formulas, all-gathers
-and all-reduces of d/8 and 4d bytes against their prediction), the
-model's compute (``measure_compute``: forward + backward + SGD step of DDP with a hook that does nothing), and after each hook
-its codec's CPU seconds at each gradient bucket's size (``measure_codec``); the table then has the cost
-model's prediction (``compsde.advise.cost.predict_step_seconds``) and predicted / measured (the floor's
-prediction is that compute, measured before the hooks run).
+With ``--predict`` the ranks first measure what the cost model needs, as ``compsde advise --ranks`` does
+(``compsde.advise.cost.measure_group``): the link inside the namespaces (``Link.measure``: all-gathers and
+all-reduces of 4 KiB and of the fp32 gradient's size, within 1 to 4 MiB), the model's compute
+(``measure_compute``: forward + backward + SGD step of DDP with a hook that does nothing) and each hook's
+overhead per bucket; then, as a check of the ring formulas, all-gathers and all-reduces of d/8 and 4d bytes
+against their prediction. The table then has the cost model's prediction
+(``compsde.advise.cost.predict_step_seconds``, with each codec's CPU seconds measured at each gradient
+bucket's size) and predicted / measured (the floor's prediction is that compute).
 ``--width`` sets the layers' width (2048: 12.6M parameters; 256: 197k).
 
-Usage: python benchmarks/bench_hooks.py [--steps 15] [--rate 1gbit] [--only sign,top-k ...] [--predict] [--width 2048]
+Usage: python benchmarks/bench_hooks.py [--steps 25] [--rate 1gbit] [--only sign,top-k ...] [--predict] [--width 2048]
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
-import re
-import statistics
-import subprocess
-import sys
-import time
+import tempfile
 
-import netns  # a sibling module: run as python benchmarks/bench_hooks.py
-from timing import median_seconds
+from timing import median_seconds  # a sibling module: run as python benchmarks/bench_hooks.py
+
+from compsde.distributed.launch import spawn
+from compsde.distributed.netns import bits_per_second, throttled_link, why_not
 
 WIDTH, LAYERS, BATCH = 2048, 3, 4
 
@@ -70,109 +69,83 @@ HOOKS: list[tuple[str, dict | str, int]] = [
 ]
 
 
-def child(steps: int, only: list[str], predict: bool = False, width: int = WIDTH) -> None:
-    """One rank: every hook in turn; rank 0 prints one JSON line of results."""
+def child(steps: int, only: list[str], result: str, predict: bool = False, width: int = WIDTH) -> None:
+    """One rank: every hook in turn (``measure_steps``: round-robin rounds); rank 0 writes the results to ``result``."""
     import torch
     import torch.distributed as dist
     from torch import nn
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     from compsde import algorithms
     from compsde.advise import cost
     from compsde.distributed import comm_hook
+    from compsde.distributed.launch import init_from_env
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=600))
-    rank = dist.get_rank()
+    init_from_env(600)
+    rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     base = nn.Sequential(*[nn.Linear(width, width) for _ in range(LAYERS)])
     d = sum(p.numel() for p in base.parameters())
-    data = torch.Generator().manual_seed(100 + rank)
-    batches = [torch.randn(BATCH, width, generator=data) for _ in range(4)]
+    batch = torch.randn(BATCH, width, generator=torch.Generator().manual_seed(100 + rank))
     grad = torch.randn(d)
     buf = torch.empty(d)
     one_pass = median_seconds(lambda: buf.copy_(grad), 15, warmup=3)
+    loss_fn = lambda m, b: m(b).square().mean()  # noqa: E731
+    sgd = torch.optim.SGD(base.parameters(), lr=1e-4)
 
     def noop(state, bucket):  # no annotations: DDP checks them as objects, and this module's are strings
         fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
         fut.set_result(bucket.buffer())
         return fut
 
-    model_info: dict = {}
+    rows = [(label, spec, passes) for label, spec, passes in HOOKS if not only or any(o in label for o in only)]
+    hooks: dict = {}
+    for label, spec, _ in rows:
+        if spec == "noop":
+            hooks[label] = (None, noop)
+        elif spec == "fp16":
+            hooks[label] = (None, default_hooks.fp16_compress_hook)
+        elif spec == "fp32":
+            hooks[label] = None
+        else:
+            hooks[label] = comm_hook(**spec)
+    # the hooks' algorithms (DDP's all-reduce: DSGD) for the cost model
+    algos = {label: algorithms.make("dsgd") if spec == "fp32" else hooks[label][0].algorithm
+             for label, spec, _ in rows if spec == "fp32" or isinstance(spec, dict)}
+    info: dict = {}
+    group = None
     if predict:
-        world = dist.get_world_size()
-        # fitted where the step's messages are: from 4 KiB to the fp32 gradient (within 1 to 4 MiB)
-        link = cost.Link.measure(sizes=(1 << 12, min(1 << 22, max(1 << 20, 4 * d))))
+        group = cost.measure_group(base, loss_fn, batch, list(algos.values()), optimizer=sgd)
         checks = {}
         for kind in cost.COLLECTIVES:
             sizes = (max(1024, d // 8), 4 * d)  # the sizes of a sign and of an fp32 gradient
             for size, t in zip(sizes, cost.time_collective(kind, sizes, repeats=5)):
                 checks[f"{kind} {size}"] = {"measured_ms": 1e3 * t,
-                                            "predicted_ms": 1e3 * cost.collective_seconds(kind, size, world, link)}
-        probe = nn.Sequential(*[nn.Linear(width, width) for _ in range(LAYERS)])
-        probe.load_state_dict(base.state_dict())
-        # every rank: DDP over the group with a hook that does nothing (the floor, DDP's own work included)
-        compute = cost.measure_compute(probe, lambda m, b: m(b).square().mean(), batches[0],
-                                       optimizer=torch.optim.SGD(probe.parameters(), lr=1e-4), repeats=9)
-        buckets = cost.ddp_buckets(probe)
-        model_info = {"link": {"bandwidth_MBps": link.bandwidth / 1e6, "latency_us": 1e6 * link.latency},
-                      "collective_checks": checks, "compute_ms": {k: 1e3 * v for k, v in vars(compute).items()},
-                      "buckets": buckets}
-        dist.barrier()
-
-    def prediction(algo, state, builtin: bool = False) -> dict:
-        """The cost model's step for ``algo``, its codec measured here at each bucket's size."""
-        measured = {n: cost.measure_codec(algo, n, world, repeats=5) for n in set(buckets)}
-        # over the group at the measured link (DDP's own all-reduce has no compsde hook)
-        extra = 0.0 if builtin else cost.measure_hook_overhead(algo, link=link)
-        p = cost.predict_step_seconds(algo, compute=compute, link=link, workers=world, buckets=buckets,
-                                      codec=[measured[n] for n in buckets], hook_overhead=extra)
-        real = None if state is None else [state.bucket_numel[i] for i in sorted(state.bucket_numel)]
-        return {"pred_ms": 1e3 * p.seconds, "pred_bytes": p.bytes, "pred_cpu_ms": 1e3 * p.cpu,
-                "pred_wire_ms": 1e3 * p.wire, "pred_exposed_ms": 1e3 * p.exposed, "hook_buckets": real,
-                "overhead_ms": 1e3 * extra}
-
+                                            "predicted_ms": 1e3 * cost.collective_seconds(kind, size, world, group.link)}
+        info = {"link": {"bandwidth_MBps": group.link.bandwidth / 1e6, "latency_us": 1e6 * group.link.latency},
+                "collective_checks": checks, "compute_ms": {k: 1e3 * v for k, v in vars(group.compute).items()},
+                "buckets": list(group.buckets)}
+    measured = cost.measure_steps(base, loss_fn, batch, hooks, optimizer=sgd, steps=5, rounds=max(1, steps // 5))
     out = []
-    for label, spec, passes in HOOKS:
-        if only and not any(o in label for o in only):
-            continue
-        model = nn.Sequential(*[nn.Linear(width, width) for _ in range(LAYERS)])
-        model.load_state_dict(base.state_dict())
-        ddp = DDP(model)
-        state = None
-        if spec == "noop":
-            ddp.register_comm_hook(None, noop)
-        elif spec == "fp16":
-            ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
-        elif isinstance(spec, dict):
-            state, hook = comm_hook(**spec)
-            ddp.register_comm_hook(state, hook)
-        opt = torch.optim.SGD(ddp.parameters(), lr=1e-4)
-        times = []
-        for i in range(3 + steps):
-            dist.barrier()
-            t = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            ddp(batches[i % len(batches)]).square().mean().backward()
-            opt.step()
-            times.append(time.perf_counter() - t)
-        nbytes = {"noop": 0, "fp32": 4 * d, "fp16": 2 * d}.get(spec) if isinstance(spec, str) else None
-        if state is not None:
-            nbytes = state.wire_bytes_per_step()
-        row = {"label": label, "ms": 1e3 * statistics.median(times[3:]), "bytes": nbytes, "passes": passes}
-        if predict and spec == "noop":
-            row["pred_ms"] = 1e3 * compute.total
-        elif predict and spec == "fp32":
-            row.update(prediction(algorithms.make("dsgd"), None, builtin=True))
-        elif predict and state is not None:
-            row.update(prediction(state.algorithm, state))
+    for label, spec, passes in rows:
+        h = hooks[label]
+        state = h[0] if isinstance(spec, dict) else None
+        nbytes = state.wire_bytes_per_step() if state is not None else {"noop": 0, "fp32": 4 * d, "fp16": 2 * d}[spec]
+        row = {"label": label, "ms": 1e3 * measured[label], "bytes": nbytes, "passes": passes}
+        if group is not None and spec == "noop":
+            row["pred_ms"] = 1e3 * group.compute.total
+        elif group is not None and label in algos:
+            p = cost.predict_step_seconds(algos[label], compute=group.compute, link=group.link, workers=world,
+                                          buckets=group.buckets, hook_overhead=group.overhead[cost.method_label(algos[label])])
+            real = None if state is None else [state.bucket_numel[i] for i in sorted(state.bucket_numel)]
+            row.update({"pred_ms": 1e3 * p.seconds, "pred_bytes": p.bytes, "pred_cpu_ms": 1e3 * p.cpu,
+                        "pred_wire_ms": 1e3 * p.wire, "pred_exposed_ms": 1e3 * p.exposed, "hook_buckets": real,
+                        "overhead_ms": 1e3 * group.overhead[cost.method_label(algos[label])]})
         out.append(row)
-        del ddp, model, opt, state
-        gc.collect()
-    dist.barrier()
     if rank == 0:
-        print("RESULT " + json.dumps({"d": d, "one_pass_ms": 1e3 * one_pass, "rows": out, **model_info}), flush=True)
+        with open(result, "w", encoding="utf-8") as fh:
+            json.dump({"d": d, "one_pass_ms": 1e3 * one_pass, "rows": out, **info}, fh)
     dist.destroy_process_group()
 
 
@@ -181,40 +154,33 @@ def _ms(x: float) -> str:
     return f"{x:.0f}" if x >= 20 else f"{x:.2f}"
 
 
-def bits_per_second(rate: str) -> float:
-    m = re.fullmatch(r"([0-9.]+)\s*([kmg]?)bit", rate.lower())
-    if not m:
-        raise ValueError(f"--rate must look like 1gbit, 500mbit or 100kbit, got {rate!r}")
-    return float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=15, help="timed steps per hook (default 15, after 3 warm-up steps)")
+    ap.add_argument("--steps", type=int, default=25,
+                    help="timed steps per hook (default 25: rounds of 5 steps, the hooks taking turns; after 3 warm-up steps)")
     ap.add_argument("--rate", default="1gbit", help="the link's rate for tc tbf (default 1gbit)")
     ap.add_argument("--only", default="", help="comma-separated parts of row labels to run (default: all)")
     ap.add_argument("--predict", action="store_true", help="add the cost model's predicted step (measures the link first)")
     ap.add_argument("--width", type=int, default=WIDTH, help=f"the layers' width (default {WIDTH})")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child", metavar="RESULT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     only = [o for o in args.only.split(",") if o]
     if args.child:
-        child(args.steps, only, args.predict, args.width)
+        child(args.steps, only, args.child, args.predict, args.width)
         return
-    rate = bits_per_second(args.rate)
-    why = netns.why_not()
+    rate = bits_per_second(args.rate, "--rate")
+    why = why_not()
     if why:
         print(f"cannot build the throttled link: {why}")
         return
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--steps", str(args.steps), "--only", args.only,
-           "--width", str(args.width)] + (["--predict"] if args.predict else [])
-    try:
-        with netns.link(args.rate):
-            logs = netns.launch(cmd, 29650)
-    except (subprocess.CalledProcessError, FileNotFoundError) as e:
-        print(f"cannot build the throttled link ({getattr(e, 'stderr', '') or e}); nothing measured")
-        return
-    res = json.loads(next(line for line in logs[0].splitlines() if line.startswith("RESULT "))[7:])
+    with tempfile.TemporaryDirectory() as tmp:
+        result = os.path.join(tmp, "result.json")
+        argv = [os.path.abspath(__file__), "--child", result, "--steps", str(args.steps), "--only", args.only,
+                "--width", str(args.width)] + (["--predict"] if args.predict else [])
+        with throttled_link(args.rate) as wrap:
+            spawn(2, argv, timeout=1800, wrap=wrap, jobdir=os.path.join(tmp, "job"))
+        with open(result, encoding="utf-8") as fh:
+            res = json.load(fh)
     rows = res["rows"]
     floor = next((r["ms"] for r in rows if r["label"].startswith("no communication")), None)
     one = res["one_pass_ms"]

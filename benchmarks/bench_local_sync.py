@@ -1,6 +1,6 @@
 """Local SGD's synchronisation schedules on a real bandwidth limit: the ``qsr`` preset's three series
 (data parallel, constant H = 4, QSR) as two torch.distributed processes in two network namespaces
-joined by a veth pair throttled to 1 Gbit/s.
+joined by a veth pair throttled to 1 Gbit/s (``compsde.distributed.netns``).
 
 Reports, per series: communication rounds and bytes relative to data parallel (from the runs' own
 counters), and wall time per epoch (the series' training seconds from summary.json, scaled to one pass
@@ -16,23 +16,23 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
-import sys
 import tempfile
 import tomllib
 from pathlib import Path
 
-import netns  # a sibling module: run as python benchmarks/bench_local_sync.py
 import tomli_w
 
+from compsde.distributed.launch import LaunchError, spawn
+from compsde.distributed.netns import Wrap, bits_per_second, throttled_link, why_not
 from compsde.experiments import presets
 
 
-def run_series(cfg: dict, out: Path, port: int) -> dict:
+def run_series(cfg: dict, out: Path, wrap: Wrap) -> dict:
+    """One series as 2 ranks of ``compsde run --backend torch`` joined by the throttled link."""
     path = out.with_suffix(".toml")
     path.write_text(tomli_w.dumps(cfg))
-    netns.launch([sys.executable, "-m", "compsde", "run", str(path), "--backend", "torch", "--no-plots", "--no-progress",
-                  "--out", str(out)], port)
+    spawn(2, ["-m", "compsde", "run", str(path), "--backend", "torch", "--no-plots", "--no-progress", "--out", str(out)],
+          timeout=1800, wrap=wrap, jobdir=out.with_name(out.name + "-job"))
     summary = json.loads((out / "summary.json").read_text())["series"][0]
     with open(out / "metrics.csv", newline="", encoding="utf-8") as fh:
         col = list(csv.DictReader(fh))[-1]
@@ -45,7 +45,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="steps per series (default 300)")
     ap.add_argument("--rate", default="1gbit", help="the link's rate for tc tbf (default 1gbit)")
     args = ap.parse_args()
-    why = netns.why_not()
+    bits_per_second(args.rate, "--rate")
+    why = why_not()
     if why:
         print(f"cannot build the throttled link: {why}")
         return
@@ -53,12 +54,12 @@ def main() -> None:
     base["run"].update({"steps": args.steps, "repeats": 1, "log_every": args.steps})
     results = []
     try:
-        with netns.link(args.rate), tempfile.TemporaryDirectory() as tmp:
+        with throttled_link(args.rate) as wrap, tempfile.TemporaryDirectory() as tmp:
             for i, series in enumerate(base["series"]):
                 cfg = {**base, "series": [{**series, "workers": 2}]}
-                results.append(run_series(cfg, Path(tmp) / f"s{i}", 29600 + i))
-    except (subprocess.CalledProcessError, FileNotFoundError) as e:
-        print(f"cannot build the throttled link ({getattr(e, 'stderr', '') or e}); nothing measured")
+                results.append(run_series(cfg, Path(tmp) / f"s{i}", wrap))
+    except LaunchError as e:
+        print(f"{e}; nothing measured")
         return
     steps_per_epoch = 4000 / (2 * 32)
     dp = results[0]

@@ -321,3 +321,61 @@ def test_link_measured_between_two_gloo_ranks(tmp_path):
     assert 0.2 < r0["predicted"] / r0["measured"] < 5, r0
     assert r0["hook_buckets"] == r0["buckets"] == [360_600, 721_200]
     assert r0["hook_bytes"] == r0["pred_bytes"] == r1["hook_bytes"]
+
+
+# ---- measured on a group ----------------------------------------------------------------------------
+
+
+def test_measure_steps_in_a_group_of_one_and_its_refusals(tmp_path):
+    """``measure_steps`` times each method's DDP step (an Algorithm's hook, DDP's own all-reduce, a (state, hook)
+    pair) and leaves the model as it was; bad methods and a missing group are refused by name."""
+    from compsde.advise.cost import _unchanged, measure_steps
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(5, 8)
+    loss = lambda m, b: m(b).square().mean()  # noqa: E731
+    with pytest.raises(RuntimeError, match="initialise one first"):
+        measure_steps(model, loss, x, {"ddp": None})
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+        out = measure_steps(model, loss, x, {"ddp": None, "sign": algorithms.make("dsignsgd"),
+                                             "noop": (None, _unchanged)}, optimizer=sgd, steps=2, rounds=2, warmup=1)
+        assert set(out) == {"ddp", "sign", "noop"} and all(0 < t < 5 for t in out.values()), out
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # copies took the steps
+        for bad, match in (({}, "non-empty dict"), ({"x": 3}, r"methods\['x'\] must be"),
+                           ({"x": "dsgd"}, r"methods\['x'\] must be")):
+            with pytest.raises(ValueError, match=match):
+                measure_steps(model, loss, x, bad)
+        with pytest.raises(ValueError, match="steps must be"):
+            measure_steps(model, loss, x, {"ddp": None}, steps=0)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_group_costs_drive_the_cost_model(monkeypatch):
+    """``GroupCosts`` survive their dict form, and ``default_cost`` built on them predicts what
+    ``predict_step_seconds`` does with the same link, compute, buckets, overhead and codecs."""
+    from compsde.advise import Setting, default_cost
+    from compsde.advise.cost import GroupCosts, method_label
+
+    sign, dsgd = algorithms.make("dsignsgd"), algorithms.make("dsgd")
+    g = GroupCosts(2, LINK, Compute(1e-3, 2e-3, 5e-4), (1000, 3000), {method_label(sign): 2e-4, method_label(dsgd): 1e-4},
+                   {method_label(sign): 4e-3}, 1)
+    assert GroupCosts.from_dict(json.loads(json.dumps(g.as_dict()))) == g
+    fn, info = default_cost(4000, batch=8, link=g)
+    assert fn is not None and info["measured_on_ranks"]["buckets"] == [1000, 3000]
+    codec = Codec(1e-4, 0, 0, 2e-4)
+    import compsde.advise.cost as cost_mod
+
+    monkeypatch.setattr(cost_mod, "measure_codec", lambda *a, **k: codec)
+    for algo in (sign, dsgd):
+        got = fn(algo, Setting(0.1, 16, 2))  # batch 16: twice the forward and backward
+        want = predict_step_seconds(algo, compute=Compute(2e-3, 4e-3, 5e-4), link=LINK, workers=2, buckets=[1000, 3000],
+                                    codec=codec, hook_overhead=g.overhead[method_label(algo)])
+        assert got == pytest.approx(want.seconds, rel=1e-12)
+    with pytest.raises(ValueError, match="no hook overhead"):
+        fn(algorithms.make("dcsgd", "rand-k", ratio=0.1), Setting(0.1, 8, 2))
+    with pytest.raises(ValueError, match="hold 4000 values, not the model's 10"):
+        default_cost(10, batch=8, link=g)

@@ -857,3 +857,59 @@ def test_fuzz_sync_schedules(name, key, value, lr, step):
         assert 1 <= h <= 50
 
     expect(out, call, valid, ("sync", key, "lr", "step", "alpha"))
+
+
+ADVISE_BAD = {  # each flag with values `compsde advise` must refuse before any probe or process runs
+    "--ranks": ["0", "1", "-2", "65", "1e3", "x", ""],
+    "--throttle": ["", "1", "gbit", "0gbit", "1e9gbit", "fast", "1 gbit/s", "-1mbit"],
+    "--bandwidth": ["0", "-1", "nan", "inf", "x"],
+    "--latency": ["-1", "nan", "inf", "x"],
+    "--compute": ["-1", "nan", "inf", "x"],
+    "--series": ["-1", "3", "99", "x"],
+    "--validate": ["0", "3", "-5", "1e9", "x"],
+    "--repeats": ["0", "-1", "x"],
+    "--sign-lr": ["0", "-1", "nan", "inf"],
+    "--spectrum": ["", "1", "1:2", "2:1:5", "0:1:5", "a:b:c", "1:2:0"],
+    "--method": ["", "dcsgd", "nope", "dcsgd:nope", "dcsgd:rand-k:ratio=x", "dcsgd:rand-k:ratio=2", "a:b:c:d"],
+}
+ADVISE_GOOD = {"--ranks": "2", "--bandwidth": "1e8", "--latency": "1e-4", "--compute": "0.01", "--series": "1",
+               "--validate": "20", "--repeats": "1", "--sign-lr": "0.001", "--spectrum": "0.1:2:100",
+               "--method": "dsignsgd", "--throttle": "1gbit"}
+
+
+class _Started(Exception):
+    """The probe or the ranks of `compsde advise` started: its arguments were accepted."""
+
+
+@FUZZ
+@given(bad=st.sampled_from(sorted(ADVISE_BAD)), data=st.data(),
+       good=st.lists(st.sampled_from(sorted(ADVISE_GOOD)), max_size=3, unique=True))
+def test_fuzz_cli_advise(bad, data, good, capsys, tmp_path_factory, monkeypatch):
+    """`compsde advise` with one bad value (``ADVISE_BAD``) or an arbitrary one among valid options: a bad value, or
+    a combination that conflicts (--ranks with --bandwidth, --throttle without --ranks), exits 2 with one error line
+    and no traceback before the probe or any rank starts, and writes nothing."""
+    import compsde.advise as advise_mod
+    from compsde.advise import ranks as ranks_mod
+
+    def started(*a, **k):
+        raise _Started
+
+    monkeypatch.setattr(advise_mod, "probe_oracle", started)
+    monkeypatch.setattr(ranks_mod, "measure_series", started)
+    known_bad = data.draw(st.booleans())
+    value = data.draw(st.sampled_from(ADVISE_BAD[bad]) if known_bad else SET_VALUES)
+    out_file = tmp_path_factory.mktemp("advise") / "a.json"
+    argv = ["advise", "mlp-sde-tracking", bad, value]
+    for flag in good:
+        if flag != bad:
+            argv += [flag, ADVISE_GOOD[flag]]
+    argv += ["--out", str(out_file)]
+    outcome = Outcome("CLI advise")
+    try:
+        code, err = _cli(argv, capsys)
+    except _Started:
+        assert not known_bad, f"{argv}: a bad value reached the probe"
+        outcome.counts["valid accepted"] += 1
+        return
+    _check_cli(outcome, code, err)
+    assert code == 2 and not out_file.exists()

@@ -20,9 +20,10 @@ cost model, the method with the fewest bits per step among those within ``QUALIT
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,7 @@ def _methods(methods: Iterable[str | tuple[str, Algorithm] | Algorithm] | None) 
         out[label] = algo
     if not out:
         raise ValueError("methods is empty: give at least one method (dsgd is added as the reference)")
-    if not any(a.compressor.name == "identity" and not a.error_feedback and a.aggregation == "mean" for a in out.values()):
+    if not any(cost.is_dsgd(a) for a in out.values()):
         out = {"dsgd": algorithms.make("dsgd"), **out}  # the reference every gap is measured against
     return out
 
@@ -206,35 +207,74 @@ def _jsonable(v: Any) -> Any:
 
 def default_cost(dim: int, *, batch: int, link: Any = None, compute: Any = None) -> tuple[CostFn | None, dict[str, Any]]:
     """The cost model (``compsde.advise.cost.predict_step_seconds``) at ``dim`` parameters as a ``CostFn``, and what to
-    record about it; (None, the reason) where it cannot run. ``link`` is a ``cost.Link`` or (bandwidth bytes/s,
-    latency s); ``compute`` the compute seconds of one step at batch ``batch`` (a number or a ``cost.Compute``;
-    None: 0, communication and codec only). At another batch B' the compute is scaled by B'/B [heuristic]. Each
-    method's codec seconds are measured once per worker count (``cost.measure_codec``)."""
+    record about it; (None, the reason) where it cannot run.
+
+    ``link`` is a ``cost.Link``, (bandwidth bytes/s, latency s), or a ``cost.GroupCosts`` measured on real ranks
+    (``cost.measure_group``, ``compsde.advise.ranks.measure_series``): its link, compute, gradient buckets and each
+    method's hook overhead are used, and the codecs are timed with its ranks' torch threads. ``compute`` is the compute
+    seconds of one step at batch ``batch`` (a number or a ``cost.Compute``; None: 0, communication and codec only,
+    or the group's). At another batch B' the compute is scaled by B'/B [heuristic]. Each method's codec seconds are
+    measured once per worker count and bucket size (``cost.measure_codec``)."""
+    group = link if isinstance(link, cost.GroupCosts) else None
+    buckets: list[int] = [dim]
+    if group is not None:
+        link = group.link
+        compute = group.compute if compute is None else compute
+        buckets = list(group.buckets)
+        if sum(buckets) != dim:
+            raise ValueError(f"the measured gradient buckets {buckets} hold {sum(buckets)} values, not the model's {dim}")
     if link is None:
         return None, {"available": False, "reason": "no link given: the bandwidth and latency between the workers "
-                                                    "(--bandwidth, --latency; cost.Link.measure on a real group)"}
+                                                    "(--bandwidth, --latency), or measured on real ranks (--ranks)"}
     if not isinstance(link, cost.Link):
         if not (isinstance(link, (tuple, list)) and len(link) == 2):
-            raise ValueError(f"link must be a compsde.advise.cost.Link or (bandwidth bytes/s, latency s), got {describe(link)}")
+            raise ValueError(f"link must be a compsde.advise.cost.Link, (bandwidth bytes/s, latency s) or GroupCosts, "
+                             f"got {describe(link)}")
         link = cost.Link(*link)
     total = 0.0 if compute is None else float(compute.total if hasattr(compute, "total") else compute)
     if not (math.isfinite(total) and total >= 0):
         raise ValueError(f"compute must be the seconds of one step's compute, a finite number ≥ 0, got {describe(compute)}")
-    codecs: dict[tuple[str, int], Any] = {}
+    parts = compute if isinstance(compute, cost.Compute) else None
+    codecs: dict[tuple[str, int, int], Codec] = {}
 
     def fn(algorithm: Algorithm, s: Setting) -> float | None:
-        key = (algorithm.label() + algorithm.aggregation, s.workers)
-        if key not in codecs:
-            codecs[key] = cost.measure_codec(algorithm, dim, s.workers)
-        pred = cost.predict_step_seconds(algorithm, compute=total * s.batch / batch, link=link, workers=s.workers,
-                                               d=dim, codec=codecs[key])
+        key = cost.method_label(algorithm)
+        for n in set(buckets):
+            if (key, s.workers, n) not in codecs:
+                with _threads(None if group is None else group.threads):
+                    codecs[key, s.workers, n] = cost.measure_codec(algorithm, n, s.workers)
+        scale = s.batch / batch
+        c = (cost.Compute(parts.forward * scale, parts.backward * scale, parts.optimizer) if parts is not None
+             else total * scale)
+        overhead = 0.0 if group is None else group.overhead.get(key)
+        if overhead is None:
+            raise ValueError(f"no hook overhead was measured on the ranks for {key}")
+        pred = cost.predict_step_seconds(algorithm, compute=c, link=link, workers=s.workers, buckets=buckets,
+                                         codec=[codecs[key, s.workers, n] for n in buckets], hook_overhead=overhead)
         return float(pred.seconds)
 
     notes = ["[heuristic] the compute at a retuned batch B' is the measured compute × B'/B"]
     if compute is None:
         notes.append("no compute time: the seconds are communication and codec only")
-    return fn, {"available": True, "link": {"bandwidth": link.bandwidth, "latency": link.latency},
-                "compute_seconds": total, "batch": batch, "notes": notes}
+    info: dict[str, Any] = {"available": True, "link": {"bandwidth": link.bandwidth, "latency": link.latency},
+                            "compute_seconds": total, "batch": batch, "notes": notes}
+    if group is not None:
+        info["measured_on_ranks"] = group.as_dict()
+    return fn, info
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for the block (None: left as they are)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _measure_compute(model: Any, loss_fn: Callable[[Any, Any], Any], inputs: Any, targets: Any, batch: int) -> float | None:
@@ -416,17 +456,19 @@ def advise_oracle(oracle: Any, params: Any = None, *, lr: float, batch: int | No
 
 
 def config_experiment(source: Any, overrides: Iterable[str] = (), *, series: int = 0, validate_steps: int | None = None,
-                      validate_repeats: int = 2) -> Any:
+                      validate_repeats: int = 2, ranks: int | None = None, throttle: str | None = None,
+                      methods: Iterable[str | tuple[str, Algorithm] | Algorithm] | None = None) -> Any:
     """The built ``Experiment`` that ``advise_config`` advises on (``source``: a preset, config file, run folder,
     config dict or an ``Experiment`` already built, which ``overrides`` must then leave empty), after checking
-    ``series`` and the ``validate`` sizes: every check that needs no probe, so a caller can make them before it
-    writes anything."""
+    ``series``, the ``validate`` sizes, the ``ranks`` to measure on (``compsde.advise.ranks.check_series``) and the
+    ``methods``: every check that needs no probe, so a caller can make them before it writes anything."""
+    _methods(methods)
     from compsde.core.checks import check_int
     from compsde.experiments import build
 
     if validate_steps is not None:  # before the probe runs
         check_int("--validate steps", validate_steps, min=4, max=10**6)
-        check_int("--repeats", validate_repeats, min=1, max=1 << 16)
+    check_int("--repeats", validate_repeats, min=1, max=1 << 16)
     if isinstance(source, build.Experiment):
         if list(overrides):
             raise ValueError("overrides apply to a config, not to a built Experiment: give the preset or config instead")
@@ -435,24 +477,74 @@ def config_experiment(source: Any, overrides: Iterable[str] = (), *, series: int
         exp = build.load(source, overrides)
     if isinstance(series, bool) or not isinstance(series, int) or not 0 <= series < len(exp.series):
         raise ValueError(f"--series must be a series index in 0..{len(exp.series) - 1} of {exp.name!r}, got {describe(series)}")
+    if throttle is not None and ranks is None:
+        raise ValueError("--throttle builds a link between ranks: give --ranks 2 with it")
+    if ranks is not None:
+        from compsde.advise.ranks import check_series
+
+        check_series(exp, series, ranks, throttle)
     return exp
 
 
 def advise_config(source: Any, overrides: Iterable[str] = (), *, series: int = 0, validate_steps: int | None = None,
-                  validate_repeats: int = 2, **kwargs: Any) -> Advice:
+                  validate_repeats: int = 2, ranks: int | None = None, throttle: str | None = None,
+                  **kwargs: Any) -> Advice:
     """Advice for series ``series`` of a preset, config file, run folder, config dict or built ``Experiment``
-    (``compsde advise``): its oracle, learning rate, batch and workers. ``kwargs`` go to ``advise_oracle``. With
-    ``validate_steps``, the best-ranked methods are then run in the simulator (``validate``) and the advice holds
-    the comparison."""
+    (``compsde advise``): its oracle, learning rate, batch and workers. ``kwargs`` go to ``advise_oracle``.
+
+    With ``ranks``, the cost model's link, compute, buckets and hook overheads are measured on that many local
+    processes running the series' network in DDP (``compsde.advise.ranks.measure_series``; over a link throttled to
+    ``throttle``, e.g. "1gbit", when given: 2 ranks, root). With ``validate_steps``, the best-ranked methods are then
+    run in the simulator (``validate``: their losses), and with ``ranks`` also timed on the ranks (their seconds per
+    step beside the prediction at N = ``ranks``); the advice holds the comparison."""
     exp = config_experiment(source, overrides, series=series, validate_steps=validate_steps,
-                            validate_repeats=validate_repeats)
+                            validate_repeats=validate_repeats, ranks=ranks, throttle=throttle,
+                            methods=kwargs.get("methods"))
     spec = exp.series[series]
+    group = None
+    if ranks is not None:
+        from compsde.advise import ranks as ranks_mod
+
+        if kwargs.get("link") is not None or kwargs.get("compute") is not None:
+            raise ValueError("--ranks measures the link and the compute: leave out --bandwidth, --latency and --compute")
+        methods = kwargs.get("methods")
+        specs = list(DEFAULT_METHODS if methods is None else methods)
+        if not all(isinstance(m, str) for m in specs):
+            raise ValueError(f"with ranks, give methods as specs name[:compressor[:k=v,...]], got {describe(methods)}")
+        labels = {parse_method(m)[0]: m for m in specs}
+        if kwargs.get("probe") is None:
+            kwargs["probe"] = probe_oracle(spec.oracle, spec.oracle.x0())
+        timed: list[str] = []
+        if validate_steps is not None:  # the methods ``validate`` runs, from the ranking without a cost model
+            ranking = advise_oracle(spec.oracle, lr=float(spec.config["lr"]), batch=spec.batch, workers=spec.workers,
+                                    **{**kwargs, "out": None})
+            timed = [labels.get(p.label, "dsgd") for p in _validated(ranking.predictions)]
+        group = ranks_mod.measure_series(exp, series, list(dict.fromkeys(["dsgd", *specs])), ranks=ranks,
+                                         throttle=throttle, timed=timed)
+        kwargs["link"] = group
     adv = advise_oracle(spec.oracle, lr=float(spec.config["lr"]), batch=spec.batch, workers=spec.workers, **kwargs)
+    if group is not None:
+        adv.cost["measured_on_ranks"]["throttle"] = throttle
     if validate_steps is not None:
         adv.validation = validate(adv, spec.problem, spec.noise, steps=validate_steps, repeats=validate_repeats)
+        if group is not None:
+            _add_step_times(adv, group, spec.batch)
         if kwargs.get("out") is not None:
             adv.write(kwargs["out"])
     return adv
+
+
+def _add_step_times(adv: Advice, group: cost.GroupCosts, batch: int) -> None:
+    """Beside each validated method: its seconds per step measured on the ranks and the cost model's prediction at
+    the same size (N = the ranks, the series' batch)."""
+    assert adv.validation is not None
+    fn, _ = default_cost(sum(group.buckets), batch=batch, link=group)
+    assert fn is not None
+    for row in adv.validation:
+        algo = adv.algorithms[row["method"]]
+        measured = group.measured.get(cost.method_label(cost.method_algorithm(algo)))
+        row["measured_seconds_per_step"] = measured
+        row["predicted_seconds_per_step_on_ranks"] = fn(algo, Setting(row["setting"]["lr"], batch, group.workers))
 
 
 def _finish(probe: Any, dim: int, lr: float, batch: int, workers: int,
@@ -487,9 +579,8 @@ def validate(advice: Advice, problem: Any, noise: Any, *, steps: int, top: int =
 
     check_int("--validate steps", steps, min=4, max=10**6)
     check_int("top", top, min=1)
-    chosen = [p for p in advice.predictions if p.kind == "dsgd"][:1]
-    chosen += [p for p in advice.predictions if p.kind != "dsgd" and p.status != "unmodelled"][:top]
     out: list[dict[str, Any]] = []
+    chosen = _validated(advice.predictions, top)
     for p in chosen:
         s = p.setting
         oracle = (problem.oracle(noise, workers=s.workers, batch=s.batch) if isinstance(problem, Network)
@@ -505,13 +596,30 @@ def validate(advice: Advice, problem: Any, noise: Any, *, steps: int, top: int =
     return out
 
 
+def _validated(predictions: Sequence[Prediction], top: int = 3) -> list[Prediction]:
+    """The methods ``validate`` runs: DSGD and the ``top`` best-ranked others that the quality model covers."""
+    chosen = [p for p in predictions if p.kind == "dsgd"][:1]
+    return chosen + [p for p in predictions if p.kind != "dsgd" and p.status != "unmodelled"][:top]
+
+
 def format_validation(rows: Sequence[dict[str, Any]]) -> str:
+    timed = any("measured_seconds_per_step" in r for r in rows)
     head = f"{'method':<28}{'status':<10}{'lr':>10}{'B':>6}{'N':>5}{'pred. loss ×DSGD':>18}{'measured loss':>15}"
+    if timed:
+        head += f"{'pred. ms/step':>15}{'measured ms/step':>18}{'pred./meas.':>13}"
     lines = ["validation (simulator; measured = mean training loss over the last quarter, median over repetitions):", head]
     for r in rows:
         s = r["setting"]
-        lines.append(f"{r['method']:<28}{r['status']:<10}{s['lr']:>10.4g}{s['batch']:>6}{s['workers']:>5}"
-                     f"{_fmt(r['predicted_loss_ratio']):>18}{_fmt(r['measured_final_loss']):>15}")
+        line = (f"{r['method']:<28}{r['status']:<10}{s['lr']:>10.4g}{s['batch']:>6}{s['workers']:>5}"
+                f"{_fmt(r['predicted_loss_ratio']):>18}{_fmt(r['measured_final_loss']):>15}")
+        if timed:
+            p, m = r.get("predicted_seconds_per_step_on_ranks"), r.get("measured_seconds_per_step")
+            line += (f"{_fmt(None if p is None else 1e3 * p):>15}{_fmt(None if m is None else 1e3 * m):>18}"
+                     f"{_fmt(None if p is None or not m else p / m):>13}")
+        lines.append(line)
+    if timed:
+        lines.append("ms/step: one DDP step with the method's hook on the ranks (median of the timed steps) and the cost "
+                     "model's prediction for those ranks, at the series' batch")
     pred = [r["method"] for r in sorted(rows, key=lambda r: r["predicted_rank"])]
     meas = [r["method"] for r in sorted(rows, key=lambda r: r["measured_rank"])]
     lines.append(f"predicted order: {', '.join(pred)}; measured order: {', '.join(meas)}")

@@ -77,9 +77,11 @@ from compsde.core.streams import Streams
 from compsde.core.timing import median_seconds
 from compsde.distributed.collectives import all_gather_bytes, check_wire, finish_direction, flat_floats, unflat_floats
 
-__all__ = ["COLLECTIVES", "Codec", "Compute", "Link", "StepPrediction", "all_gather_seconds", "all_reduce_seconds",
-           "collective_messages", "collective_seconds", "cpu_median_seconds", "ddp_buckets", "measure_codec", "measure_compute", "measure_hook_overhead",
-           "method_algorithm", "predict_step_seconds", "time_collective"]
+__all__ = ["COLLECTIVES", "Codec", "Compute", "GroupCosts", "Link", "StepMethod", "StepPrediction", "all_gather_seconds",
+           "all_reduce_seconds", "collective_messages", "collective_seconds", "cpu_median_seconds", "ddp_buckets", "is_dsgd",
+           "measure_codec", "measure_compute", "measure_group", "measure_hook_overhead", "measure_steps", "method_algorithm",
+           "method_label",
+           "predict_step_seconds", "time_collective"]
 
 #: The collectives a payload travels by (``compsde.distributed.collectives.Wire.collective``).
 COLLECTIVES = ("all_reduce", "all_gather")
@@ -302,12 +304,7 @@ def measure_compute(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, 
     takes the steps (the optimizer's real steps: pass a learning rate of 0 to leave it as it is).
     Wall time (CUDA work is synchronised): measure on an otherwise idle machine with the threads each
     rank will have."""
-    if not isinstance(model, torch.nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {describe(model)}")
-    if not callable(loss_fn):
-        raise ValueError(f"loss_fn must be a function (model, batch) → scalar loss tensor, got {describe(loss_fn)}")
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise ValueError(f"optimizer must be a torch.optim.Optimizer or None, got {describe(optimizer)}")
+    _check_step_args(model, loss_fn, optimizer)
     check_bool("ddp", ddp)
     check_int("repeats", repeats, min=1)
     check_int("warmup", warmup, min=0)
@@ -327,6 +324,17 @@ def measure_compute(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, 
         del wrapped, twin, opt
         gc.collect()
     return out
+
+
+def _check_step_args(model: Any, loss_fn: Any, optimizer: Any) -> None:
+    """The arguments of a timed training step: an ``nn.Module``, a loss function (model, batch) → scalar loss
+    and an optional ``torch.optim.Optimizer``."""
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {describe(model)}")
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be a function (model, batch) → scalar loss tensor, got {describe(loss_fn)}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"optimizer must be a torch.optim.Optimizer or None, got {describe(optimizer)}")
 
 
 @contextlib.contextmanager
@@ -387,10 +395,10 @@ def measure_hook_overhead(method: Algorithm | str, *, n: int = 4096, link: Link 
         for with_hook in (False, True):
             layer = torch.nn.Linear(n, 1, bias=False)
             ddp = DistributedDataParallel(layer, process_group=group)
-            if with_hook:
+            if with_hook and not is_dsgd(algo):
                 state, hook = comm_hook(algo, process_group=group)
                 ddp.register_comm_hook(state, hook)
-            else:
+            elif not with_hook:
                 ddp.register_comm_hook(None, _unchanged)
             steps.append(_time_steps(ddp, lambda m, b: m(b).sum(), x, None, False, repeats, warmup).total)
             del ddp, layer
@@ -648,7 +656,9 @@ class StepPrediction:
         return d
 
 
-def _label(algo: Algorithm) -> str:
+def method_label(algo: Algorithm) -> str:
+    """The name the cost model gives a method: its algorithm, compressor and aggregation (the key of
+    ``GroupCosts.overhead`` and ``GroupCosts.measured``)."""
     c = algo.compressor
     extra = [] if algo.aggregation == "mean" else [algo.aggregation]
     return f"{algo.name} {c!r}" + (f" ({', '.join(extra)})" if extra else "")
@@ -722,6 +732,133 @@ def predict_step_seconds(method: Algorithm | str, *, compute: Compute | float, l
         cpu_t = max(cpu_t, done) + dec
     cpu_t += compute.optimizer
     cpu = sum(c.total for c in codecs) + extra * len(codecs)
-    return StepPrediction(method=_label(algo), collective=collective, workers=N, buckets=tuple(sizes),
+    return StepPrediction(method=method_label(algo), collective=collective, workers=N, buckets=tuple(sizes),
                           bytes=sum(nbytes), compute=compute.total, cpu=cpu, wire=sum(wires),
                           exposed=max(0.0, cpu_t - compute.total - cpu), seconds=cpu_t)
+
+
+# ---- measured on the group: what the predictions are checked against ------------------------------
+
+#: A method as ``measure_steps`` runs it: an ``Algorithm`` (its ``comm_hook``), None (DDP's own fp32
+#: all-reduce) or a (state, hook) pair for ``register_comm_hook``.
+StepMethod = Algorithm | tuple[Any, Callable[..., Any]] | None
+
+
+def measure_steps(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], Tensor], batch: Any,
+                  methods: dict[str, StepMethod], *, optimizer: torch.optim.Optimizer | None = None, steps: int = 5,
+                  rounds: int = 5, warmup: int = 3) -> dict[str, float]:
+    """Wall seconds of one training step of ``model`` in ``DistributedDataParallel`` over the initialised
+    group with each of ``methods`` (label → ``StepMethod``): forward (``loss_fn(model, batch)``), backward
+    with the method's hook inside it, and the optimizer's step (a fresh one of ``optimizer``'s class and
+    defaults per method; none: the gradients are dropped). Every rank must call it, with the same methods.
+
+    Each method gets a copy of the model; after ``warmup`` untimed steps each, the methods take turns,
+    ``steps`` steps at a time, for ``rounds`` rounds, so that a slow spell of a shared machine falls on all
+    of them alike; every step starts after a barrier. Returns per method the median over its
+    ``rounds · steps`` steps, averaged over the ranks (the same numbers on every rank)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from compsde.distributed import comm_hook
+
+    if not dist.is_initialized():
+        raise RuntimeError("measure_steps times DDP steps over a process group: initialise one first "
+                           "(dist.init_process_group)")
+    _check_step_args(model, loss_fn, optimizer)
+    if not isinstance(methods, dict) or not methods:
+        raise ValueError(f"methods must be a non-empty dict label → Algorithm, None or (state, hook), got {describe(methods)}")
+    check_int("steps", steps, min=1)
+    check_int("rounds", rounds, min=1)
+    check_int("warmup", warmup, min=0)
+    replicas = []
+    for label, m in methods.items():
+        twin = copy.deepcopy(model)
+        ddp = DistributedDataParallel(twin)
+        if isinstance(m, Algorithm):
+            ddp.register_comm_hook(*comm_hook(method_algorithm(m)))
+        elif isinstance(m, tuple) and len(m) == 2 and callable(m[1]):
+            ddp.register_comm_hook(*m)
+        elif m is not None:
+            raise ValueError(f"methods[{label!r}] must be an Algorithm, None (DDP's all-reduce) or a (state, hook) "
+                             f"pair, got {describe(m)}")
+        opt = None if optimizer is None else type(optimizer)(twin.parameters(), **optimizer.defaults)
+        replicas.append((ddp, opt))
+
+    def step(ddp: torch.nn.Module, opt: torch.optim.Optimizer | None) -> float:
+        dist.barrier()
+        t = time.perf_counter()
+        loss = loss_fn(ddp, batch)
+        loss.backward()
+        if opt is not None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t
+        if opt is None:
+            ddp.zero_grad(set_to_none=True)
+        return dt
+
+    times: list[list[float]] = [[] for _ in replicas]
+    for ddp, opt in replicas:
+        for _ in range(warmup):
+            step(ddp, opt)
+    for _ in range(rounds):
+        for ts, (ddp, opt) in zip(times, replicas):
+            ts.extend(step(ddp, opt) for _ in range(steps))
+    del replicas
+    gc.collect()
+    med = torch.tensor([statistics.median(ts) for ts in times], dtype=torch.float64)
+    dist.all_reduce(med)
+    return dict(zip(methods, (med / dist.get_world_size()).tolist()))
+
+
+@dataclass(frozen=True)
+class GroupCosts:
+    """What ``measure_group`` measured on a real group of ``workers`` ranks with ``threads`` torch threads each:
+    the link, the compute of a DDP step, the gradient buckets, each method's hook overhead per bucket and the
+    measured seconds per step of the methods timed (both keyed by ``method_label``)."""
+
+    workers: int
+    link: Link
+    compute: Compute
+    buckets: tuple[int, ...]
+    overhead: dict[str, float]
+    measured: dict[str, float]
+    threads: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"workers": self.workers, "link": {"bandwidth": self.link.bandwidth, "latency": self.link.latency},
+                "compute": asdict(self.compute), "buckets": list(self.buckets), "overhead": dict(self.overhead),
+                "measured_seconds_per_step": dict(self.measured), "threads": self.threads}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GroupCosts:
+        return cls(int(d["workers"]), Link(**d["link"]), Compute(**d["compute"]), tuple(d["buckets"]),
+                   dict(d["overhead"]), dict(d["measured_seconds_per_step"]), int(d["threads"]))
+
+
+def measure_group(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, Any], Tensor], batch: Any,
+                  methods: Sequence[Algorithm | str], *, timed: Sequence[Algorithm | str] = (),
+                  optimizer: torch.optim.Optimizer | None = None, steps: int = 5, rounds: int = 5) -> GroupCosts:
+    """Everything the cost model needs, measured on the initialised group (every rank must call it): the link
+    (``Link.measure``, from 4 KiB to the fp32 gradient's size within 1–4 MiB), the compute of a DDP step
+    (``measure_compute``), the buckets (``ddp_buckets``) and each method's hook overhead over the group
+    (``measure_hook_overhead`` with the link; DSGD's is that of DDP's own all-reduce); and for the
+    methods of ``timed``, their real seconds per step (``measure_steps``) to check the predictions against.
+    Methods are ``method_algorithm``'s (an ``Algorithm`` or a name); the results are keyed by ``method_label``."""
+    algos = {method_label(a): a for a in map(method_algorithm, [*methods, *timed])}
+    timed_labels = [method_label(method_algorithm(t)) for t in timed]
+    d = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    link = Link.measure(sizes=(1 << 12, min(1 << 22, max(1 << 20, 4 * d))))
+    compute = measure_compute(model, loss_fn, batch, optimizer=optimizer)
+    overhead = {label: measure_hook_overhead(a, link=link) for label, a in algos.items()}
+    measured = {}
+    if timed:
+        measured = measure_steps(model, loss_fn, batch, {t: None if is_dsgd(algos[t]) else algos[t] for t in timed_labels},
+                                 optimizer=optimizer, steps=steps, rounds=rounds)
+    return GroupCosts(dist.get_world_size(), link, compute, tuple(ddp_buckets(model)), overhead, measured,
+                      torch.get_num_threads())
+
+
+def is_dsgd(algo: Algorithm) -> bool:
+    """Whether ``algo`` is plain DSGD (no compression, no error feedback, the mean): what DDP does without a
+    hook, an all-reduce of the gradients."""
+    return algo.compressor.name == "identity" and not algo.error_feedback and algo.aggregation == "mean"

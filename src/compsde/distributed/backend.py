@@ -101,14 +101,16 @@ class RunSettings:
 # ---- launch --------------------------------------------------------------------------------------
 
 
-def launch_job(world: int, module: str, job: Mapping[str, Any], *, timeout: float) -> dict[str, Any]:
+def launch_job(world: int, module: str, job: Mapping[str, Any], *, timeout: float,
+               wrap: Callable[[int], tuple[list[str], dict[str, str]]] | None = None) -> dict[str, Any]:
     """Start ``world`` local ranks running ``python -m MODULE JOBFILE`` (``JOBFILE`` holds ``job``, saved
     with ``torch.save``; the module calls ``child_main``) and return what rank 0 saved as the result.
-    The job directory is removed whatever happens; ``LaunchError`` names the failed ranks."""
+    The job directory is removed whatever happens; ``LaunchError`` names the failed ranks. ``wrap``: as
+    for ``spawn`` (e.g. the ranks of a throttled link)."""
     jobdir = new_job_dir()
     try:
         torch.save(dict(job), jobdir / "job.pt")
-        spawn(world, ["-m", module, str(jobdir / "job.pt")], timeout=timeout, jobdir=jobdir)
+        spawn(world, ["-m", module, str(jobdir / "job.pt")], timeout=timeout, jobdir=jobdir, wrap=wrap)
         return torch.load(jobdir / "result.pt", map_location="cpu", weights_only=True)
     finally:
         shutil.rmtree(jobdir, ignore_errors=True)

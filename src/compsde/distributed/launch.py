@@ -44,7 +44,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -340,7 +340,8 @@ def describe_exit(code: int | None) -> str:
 
 
 def spawn(workers: int, argv: Sequence[str], *, timeout: float, env: dict[str, str] | None = None,
-          jobdir: str | Path | None = None, grace: float | None = None, poll: float = 0.05) -> Path:
+          jobdir: str | Path | None = None, grace: float | None = None, poll: float = 0.05,
+          wrap: Callable[[int], tuple[list[str], dict[str, str]]] | None = None) -> Path:
     """Start ``workers`` processes running ``python <argv>`` as ranks of one fresh gloo group and wait.
 
     Returns the job directory (a new temporary directory unless ``jobdir`` is given; it holds the
@@ -354,6 +355,9 @@ def spawn(workers: int, argv: Sequence[str], *, timeout: float, env: dict[str, s
     ``COMPSDE_PARENT_PID`` set (see ``die_with_parent``). Whatever ends the wait — a failure, an
     exception such as ``Interrupted`` or KeyboardInterrupt — every child still running is sent
     SIGTERM, then SIGKILL after 3 s, before this returns or raises.
+
+    ``wrap(rank)`` gives a command prefix and environment variables for each rank, e.g. to run it in a
+    network namespace (``compsde.distributed.netns.throttled_link``).
     """
     if workers < 1:
         raise ValueError(f"workers must be an integer ≥ 1, got {workers}")
@@ -374,8 +378,9 @@ def spawn(workers: int, argv: Sequence[str], *, timeout: float, env: dict[str, s
     procs: list[subprocess.Popen] = []
     try:
         for r in range(workers):
-            e = dict(base, RANK=str(r), LOCAL_RANK=str(r))
-            procs.append(subprocess.Popen([sys.executable, *argv], env=e, start_new_session=True))
+            prefix, extra = wrap(r) if wrap is not None else ([], {})
+            e = dict(base, RANK=str(r), LOCAL_RANK=str(r), **extra)
+            procs.append(subprocess.Popen([*prefix, sys.executable, *argv], env=e, start_new_session=True))
         _watch(procs, min(timeout, 10.0) + 2.0 if grace is None else grace, poll)
     finally:
         _stop(procs)

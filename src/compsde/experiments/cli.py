@@ -131,6 +131,13 @@ def _parser() -> argparse.ArgumentParser:
                     help="the link's latency in seconds per message (cost model; with --bandwidth)")
     ad.add_argument("--compute", type=float, default=None, metavar="S",
                     help="seconds of one step's compute at the series' batch (default: measured on the model)")
+    ad.add_argument("--ranks", type=int, default=None, metavar="N",
+                    help="measure the link, the compute and the hooks on N local processes running the series' network "
+                         "in DDP (instead of --bandwidth, --latency, --compute); with --validate, also time the "
+                         "validated methods' real steps there")
+    ad.add_argument("--throttle", default=None, metavar="RATE",
+                    help="with --ranks 2: join the two ranks by a link throttled to RATE (tc's syntax, e.g. 1gbit), "
+                         "between two network namespaces (needs root; removed afterwards)")
     ad.add_argument("--out", default=None, metavar="DIR_OR_FILE.json",
                     help="the run folder (default: runs/<name>-<timestamp>, as for `run`; an earlier run's outputs there "
                          "are replaced), or a path ending in .json: write only that advice file")
@@ -139,7 +146,8 @@ def _parser() -> argparse.ArgumentParser:
     ad.add_argument("--json", action="store_true", help="print advice.json's object instead of the table")
     ad.add_argument("--validate", type=int, default=None, metavar="STEPS",
                     help="then run DSGD and the 3 best-ranked other methods for STEPS steps in the simulator and print "
-                         "their predicted loss ratios beside their measured final losses")
+                         "their predicted loss ratios beside their measured final losses (with --ranks, also their "
+                         "predicted and measured seconds per step on the ranks)")
     ad.add_argument("--repeats", type=int, default=2, help="repetitions per method for --validate (default 2)")
 
     sub.add_parser("presets", help="list the built-in presets")
@@ -356,6 +364,7 @@ def _cmd_advise(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import shlex
 
     from compsde.advise import Advice, _jsonable, advise_config, config_experiment
+    from compsde.distributed.launch import LaunchError
     from compsde.experiments import runner
     from compsde.sde import scaling
 
@@ -370,16 +379,18 @@ def _cmd_advise(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 raise ValueError(f"{flag} must be a finite number {'≥ 0' if zero_ok else '> 0'}, got {v!r}")
         if args.out is not None and not args.out.strip():
             raise ValueError(f"--out must name a directory or a .json file, got {args.out!r}")
+        _check_ranks(args)
         spectrum = scaling.Spectrum.parse(args.spectrum) if args.spectrum is not None else None
         link = (args.bandwidth, args.latency) if args.bandwidth is not None else None
         exp = config_experiment(source, overrides, series=args.series, validate_steps=args.validate,
-                                validate_repeats=args.repeats)
+                                validate_repeats=args.repeats, ranks=args.ranks, throttle=args.throttle,
+                                methods=args.methods)
         folder = None if _advice_file(args.out) else runner.output_dir(args.out, exp.name)
 
         def compute() -> Advice:
             return advise_config(exp, series=args.series, methods=args.methods, sign_lr=args.sign_lr, spectrum=spectrum,
                                  link=link, compute=args.compute, validate_steps=args.validate,
-                                 validate_repeats=args.repeats)
+                                 validate_repeats=args.repeats, ranks=args.ranks, throttle=args.throttle)
 
         if folder is None:
             adv = compute()
@@ -389,6 +400,9 @@ def _cmd_advise(args: argparse.Namespace, argv: Sequence[str]) -> int:
                                     report=not args.no_report)
     except (ValueError, OSError) as e:
         return _error(str(e))
+    except LaunchError as e:  # a rank of --ranks failed, or the throttled link could not be built
+        print(f"error: {e}", file=sys.stderr)
+        return e.status
     except (KeyboardInterrupt, runner.Terminated) as e:
         return _stopped(e)
     if args.json:
@@ -397,6 +411,15 @@ def _cmd_advise(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(adv.format())
         print(f"wrote {path}")
     return 0
+
+
+def _check_ranks(args: argparse.Namespace) -> None:
+    """The combinations of ``--ranks``, ``--throttle`` and the given link that make no sense (the rest is checked
+    with the series: ``compsde.advise.ranks.check_series``)."""
+    if args.ranks is None and args.throttle is not None:
+        raise ValueError("--throttle builds a link between ranks: give --ranks 2 with it")
+    if args.ranks is not None and (args.bandwidth is not None or args.compute is not None):
+        raise ValueError("--ranks measures the link and the compute: leave out --bandwidth, --latency and --compute")
 
 
 def _stopped(e: BaseException, kept: str = "") -> int:
