@@ -32,6 +32,7 @@ bucket's size) and predicted / measured (the floor's prediction is that compute)
 ``--width`` sets the layers' width (2048: 12.6M parameters; 256: 197k).
 
 Usage: python benchmarks/bench_hooks.py [--steps 25] [--rate 1gbit] [--only sign,top-k ...] [--predict] [--width 2048]
+                                      [--runs 1]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 
 from timing import median_seconds  # a sibling module: run as python benchmarks/bench_hooks.py
@@ -162,8 +164,13 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated parts of row labels to run (default: all)")
     ap.add_argument("--predict", action="store_true", help="add the cost model's predicted step (measures the link first)")
     ap.add_argument("--width", type=int, default=WIDTH, help=f"the layers' width (default {WIDTH})")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="independent runs, each measuring everything again (default 1); the table shows per hook the "
+                         "median over the runs, and with --predict each run's predicted / measured")
     ap.add_argument("--child", metavar="RESULT", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.runs < 1:
+        ap.error(f"--runs must be ≥ 1, got {args.runs}")
     only = [o for o in args.only.split(",") if o]
     if args.child:
         child(args.steps, only, args.child, args.predict, args.width)
@@ -173,19 +180,27 @@ def main() -> None:
     if why:
         print(f"cannot build the throttled link: {why}")
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        result = os.path.join(tmp, "result.json")
-        argv = [os.path.abspath(__file__), "--child", result, "--steps", str(args.steps), "--only", args.only,
-                "--width", str(args.width)] + (["--predict"] if args.predict else [])
-        with throttled_link(args.rate) as wrap:
-            spawn(2, argv, timeout=1800, wrap=wrap, jobdir=os.path.join(tmp, "job"))
-        with open(result, encoding="utf-8") as fh:
-            res = json.load(fh)
-    rows = res["rows"]
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp, throttled_link(args.rate) as wrap:
+        for k in range(args.runs):
+            result = os.path.join(tmp, f"result{k}.json")
+            argv = [os.path.abspath(__file__), "--child", result, "--steps", str(args.steps), "--only", args.only,
+                    "--width", str(args.width)] + (["--predict"] if args.predict else [])
+            spawn(2, argv, timeout=1800, wrap=wrap, jobdir=os.path.join(tmp, f"job{k}"))
+            with open(result, encoding="utf-8") as fh:
+                runs.append(json.load(fh))
+    res = runs[0]
+    per_run = [[f"{run['rows'][i]['pred_ms'] / run['rows'][i]['ms']:.2f}" for run in runs if "pred_ms" in run["rows"][i]]
+               for i in range(len(res["rows"]))]
+    rows = [{**r, **{key: statistics.median(run["rows"][i][key] for run in runs)  # the median over the runs
+                     for key in ("ms", "pred_ms", "pred_cpu_ms", "pred_wire_ms", "pred_exposed_ms", "overhead_ms")
+                     if key in r}}
+            for i, r in enumerate(res["rows"])]
     floor = next((r["ms"] for r in rows if r["label"].startswith("no communication")), None)
     one = res["one_pass_ms"]
     print(f"2 processes in 2 network namespaces, veth throttled to {args.rate} (tc tbf); MLP {LAYERS} × {args.width}² "
-          f"(d = {res['d']:,} float32), batch {BATCH}, 1 thread per process; median of {args.steps} steps")
+          f"(d = {res['d']:,} float32), batch {BATCH}, 1 thread per process; median of {args.steps} steps"
+          + (f"; the median of {args.runs} runs (the link and compute below: the first run's)" if args.runs > 1 else ""))
     print(f"one pass over the gradient (copy into a reused buffer): {one:.1f} ms; compute floor: "
           f"{'not run' if floor is None else f'{floor:.0f} ms'}\n")
     pred = "link" in res
@@ -197,10 +212,11 @@ def main() -> None:
         print("collectives, measured vs the ring formulas at that link: " + "; ".join(
             f"{k} B {v['measured_ms']:.2f} vs {v['predicted_ms']:.2f} ms" for k, v in res["collective_checks"].items()))
         print()
-    extra = " predicted ms | predicted / step |" if pred else ""
+    many = pred and args.runs > 1
+    extra = (" predicted ms | predicted / step |" if pred else "") + (" per run |" if many else "")
     print("| hook | step ms | MB / step | wire ms | step / (floor + wire) | goal ms | met |" + extra)
-    print("|---|---:|---:|---:|---:|---:|:---:|" + ("---:|---:|" if pred else ""))
-    for r in rows:
+    print("|---|---:|---:|---:|---:|---:|:---:|" + ("---:|---:|" if pred else "") + ("---|" if many else ""))
+    for r, ratios in zip(rows, per_run):
         wire = 1e3 * 8 * r["bytes"] / rate
         if floor is None:
             ratio, goal, met = "", "", ""
@@ -211,6 +227,8 @@ def main() -> None:
         if pred:
             p = r.get("pred_ms")
             line += " — | — |" if p is None else f" {_ms(p)} | {p / r['ms']:.2f} |"
+        if many:
+            line += f" {' '.join(ratios) or '—'} |"
         print(line)
     if pred:
         print("\nparts of the predictions (ms): " + "; ".join(
