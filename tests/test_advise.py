@@ -401,3 +401,39 @@ def test_a_failed_rank_is_a_clear_error(capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err
     assert code != 0 and "rank 1" in err and "Traceback" not in err.split("distributed run failed")[-1], err
     assert not (tmp_path / "f.json").exists()
+
+
+USER_GROUP_SCRIPT = r"""
+import json, sys
+import torch, torch.distributed as dist
+from compsde.advise import advise, measure_group
+from compsde.distributed.launch import init_from_env
+
+torch.set_num_threads(1)
+init_from_env(120)
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.Tanh(), torch.nn.Linear(32, 3))
+x, y = torch.randn(256, 10), torch.randint(0, 3, (256,))
+loader = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 256, 16)]
+loss_fn = torch.nn.functional.cross_entropy
+methods = ["dsgd", "dsignsgd"]
+costs = measure_group(model, lambda m, b: loss_fn(m(b[0]), b[1]), loader[dist.get_rank()], methods, timed=["dsignsgd"])
+if dist.get_rank() == 0:
+    adv = advise(model, loss_fn, loader, lr=0.1, batch=16, workers=2, methods=methods, link=costs, out=sys.argv[1])
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_advise_for_a_users_model_with_costs_measured_on_its_group(tmp_path):
+    """The documented way on a real group: every rank runs ``measure_group`` on its model and batch, one rank passes
+    the ``GroupCosts`` to ``advise`` as its link; the table's times come from them."""
+    from compsde.distributed.launch import spawn
+
+    spawn(2, ["-c", USER_GROUP_SCRIPT, str(tmp_path / "a.json")], timeout=120, jobdir=tmp_path / "job")
+    d = json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))
+    ranks = d["cost"]["measured_on_ranks"]
+    assert ranks["workers"] == 2 and sum(ranks["buckets"]) == 10 * 32 + 32 + 32 * 3 + 3
+    assert ranks["measured_seconds_per_step"]["dsignsgd sign()"] > 0
+    assert d["cost"]["compute_seconds"] == pytest.approx(sum(ranks["compute"].values()))
+    assert all(r["seconds_per_step"] > 0 for r in d["table"])

@@ -33,11 +33,13 @@ from compsde.advise import cost
 from compsde.advise.cost import (
     Codec,
     Compute,
+    GroupCosts,
     Link,
     StepPrediction,
     ddp_buckets,
     measure_codec,
     measure_compute,
+    measure_group,
     measure_hook_overhead,
     predict_step_seconds,
 )
@@ -48,8 +50,8 @@ from compsde.core.checks import check_path, describe
 from compsde.core.files import atomic_write
 from compsde.sde import scaling
 
-__all__ = ["DEFAULT_METHODS", "QUALITY_TOLERANCE", "TIME_TOLERANCE", "Advice", "Codec", "Compute", "CostFn", "Link", "NoiseProbe",
-           "StepPrediction", "ddp_buckets", "measure_codec", "measure_compute", "measure_hook_overhead", "predict_step_seconds", "advise", "advise_config",
+__all__ = ["DEFAULT_METHODS", "QUALITY_TOLERANCE", "TIME_TOLERANCE", "Advice", "Codec", "Compute", "CostFn", "GroupCosts", "Link",
+           "NoiseProbe", "StepPrediction", "ddp_buckets", "measure_codec", "measure_compute", "measure_group", "measure_hook_overhead", "predict_step_seconds", "advise", "advise_config",
            "advise_from_probe", "advise_oracle", "config_experiment", "decisive_agreement", "default_cost", "format_validation", "parse_method", "plot_probe",
            "probe_model", "probe_oracle", "tail_index", "validate"]
 
@@ -411,7 +413,11 @@ def advise(model: Any = None, loss_fn: Any = None, loader: Any = None, *, lr: fl
     Runs ``compsde.advise.probe.probe_model`` (unless ``probe`` gives its values), the cost model (``cost``, or
     ``compsde.advise.cost`` on ``link`` — a ``Link`` or (bandwidth bytes/s, latency s) — with the compute seconds
     ``compute``, measured on the loader's first batch when not given) and the quality model; writes advice.json
-    to ``out`` if given."""
+    to ``out`` if given.
+
+    On the real group (under ``torchrun``), measure the link, the compute, the buckets and the hook overheads there
+    and pass them as ``link``: every rank calls ``costs = measure_group(model, lambda m, b: loss_fn(m(b[0]), b[1]),
+    (inputs, targets), methods)``, then one rank ``advise(model, loss_fn, loader, ..., link=costs)``."""
     import torch
 
     if not isinstance(model, torch.nn.Module):
@@ -419,12 +425,13 @@ def advise(model: Any = None, loss_fn: Any = None, loader: Any = None, *, lr: fl
     dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if dim == 0:
         raise ValueError("model has no trainable parameters")
-    if probe is None or (cost is None and link is not None and compute is None):
+    measure = cost is None and link is not None and compute is None and not isinstance(link, GroupCosts)
+    if probe is None or measure:
         if not callable(loss_fn):
             raise ValueError(f"loss_fn must be a function (outputs, targets) → scalar loss, got {describe(loss_fn)}")
     if probe is None:
         probe = probe_model(model, loss_fn, loader)
-    if cost is None and link is not None and compute is None:
+    if measure:
         try:
             inputs, targets = next(iter(loader))
         except (TypeError, ValueError, StopIteration):
@@ -449,7 +456,8 @@ def advise_oracle(oracle: Any, params: Any = None, *, lr: float, batch: int | No
     b = oracle.batch if batch is None else batch
     if probe is None:
         probe = probe_oracle(oracle, oracle.x0() if params is None else params)
-    if cost is None and link is not None and compute is None and isinstance(oracle, NetworkOracle):
+    if (cost is None and link is not None and compute is None and not isinstance(link, GroupCosts)
+            and isinstance(oracle, NetworkOracle)):
         compute = _measure_compute(oracle.base_model, oracle.loss_fn, oracle.x_train[:b], oracle.y_train[:b], b)
     return _finish(probe, int(oracle.dim), lr, b, oracle.workers if workers is None else workers, methods, cost, link,
                    compute, sign_lr, spectrum, out)
