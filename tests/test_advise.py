@@ -345,6 +345,7 @@ def _real_probe_quick(monkeypatch):
                         lambda oracle, x: real_probe(oracle, x, warmup_steps=0, points=1, repetitions=4))
 
 
+@pytest.mark.xdist_group("link-timing")
 def test_cli_advise_measures_the_cost_on_ranks_and_times_the_validated_methods(capsys, tmp_path, monkeypatch):
     """--ranks 2: two local gloo processes run the series' MLP in DDP; the link, compute, buckets and hook overheads
     they measured drive the time column, and --validate puts each validated method's measured seconds per step
@@ -369,6 +370,7 @@ def test_cli_advise_measures_the_cost_on_ranks_and_times_the_validated_methods(c
         assert 0 < measured < 1 and 0.2 < predicted / measured < 5, r
 
 
+@pytest.mark.xdist_group("link-timing")
 @pytest.mark.skipif(bool(__import__("compsde.distributed.netns", fromlist=["why_not"]).why_not()),
                     reason="a throttled link needs root and iproute2 (ip, tc)")
 def test_cli_advise_on_a_throttled_link_measures_its_rate(capsys, tmp_path, monkeypatch):
@@ -425,6 +427,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.xdist_group("link-timing")
 def test_advise_for_a_users_model_with_costs_measured_on_its_group(tmp_path):
     """The documented way on a real group: every rank runs ``measure_group`` on its model and batch, one rank passes
     the ``GroupCosts`` to ``advise`` as its link; the table's times come from them."""

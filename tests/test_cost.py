@@ -308,6 +308,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.xdist_group("link-timing")
 def test_link_measured_between_two_gloo_ranks(tmp_path):
     """Two processes on loopback: the fitted link predicts a third all-gather size, every rank gets the
     same link, and a sign hook's real buckets and bytes are the model's."""
@@ -379,3 +380,36 @@ def test_group_costs_drive_the_cost_model(monkeypatch):
         fn(algorithms.make("dcsgd", "rand-k", ratio=0.1), Setting(0.1, 8, 2))
     with pytest.raises(ValueError, match="hold 4000 values, not the model's 10"):
         default_cost(10, batch=8, link=g)
+
+
+def test_link_measure_measures_larger_sizes_where_the_times_do_not_grow(monkeypatch):
+    """Where no fit is possible (times that shrink with the size: loopback beside other processes), the largest size
+    and one 16 times larger are measured again and fitted alone; past 64 MiB the fit's error stands."""
+    import compsde.advise.cost as cost_mod
+
+    def exact(sizes):
+        out = []
+        for n in sizes:
+            for kind in ("all_reduce", "all_gather"):
+                m, b = collective_messages(kind, n, 2)
+                out.append((b, m * LINK.latency + b / LINK.bandwidth, m))
+        return out
+
+    calls = []
+
+    def noisy_then_exact(group, sizes, repeats, warmup):
+        calls.append(list(sizes))
+        if len(calls) == 1:  # measured on loopback beside another test's ranks: 1 KiB slower than 2 MiB
+            return [(b, t, m) for (b, _, m), t in zip(exact(sizes), [3.29e-3, 3.99e-3, 1.11e-3, 3.45e-3])]
+        return exact(sizes)
+
+    monkeypatch.setattr(cost_mod, "_link_points", noisy_then_exact)
+    link = Link.measure(sizes=(1024, 2 << 20))
+    assert calls == [[1024, 2 << 20], [2 << 20, 32 << 20]]
+    assert link.bandwidth == pytest.approx(LINK.bandwidth, rel=1e-9)
+    calls.clear()
+    monkeypatch.setattr(cost_mod, "_link_points", lambda g, sizes, r, w: calls.append(list(sizes)) or
+                        [(b, 1e-2 - b * 1e-10, m) for b, _, m in exact(sizes)])  # always shrinking
+    with pytest.raises(ValueError, match="do not grow"):
+        Link.measure(sizes=(1024, 2 << 20))
+    assert calls[-1] == [32 << 20, 64 << 20]

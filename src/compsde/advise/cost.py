@@ -138,6 +138,11 @@ class Link:
         rates = {x / m for x, m in zip(xs, ms)}
         if len(rates) < 2:
             raise ValueError(f"Link.fit needs at least two distinct message sizes, got {sorted(rates)} bytes per message")
+        per = [x / m for x, m in zip(xs, ms)]
+        at = lambda r: statistics.fmean(t for t, p in zip(ys, per) if p == r)  # noqa: E731
+        if not at(max(per)) > at(min(per)):
+            raise ValueError(f"the measured times {ys} s do not grow with the sizes {xs} bytes: the link is too fast "
+                             "for these sizes to tell apart, or the machine too loaded (measure with a larger largest size)")
         # weighted normal equations of t = m·L + x·s (s = 1/bandwidth), weights 1/t²
         ws = [1.0 / max(t, 1e-12) ** 2 for t in ys]
         smm = sum(w * m * m for w, m in zip(ws, ms))
@@ -163,25 +168,45 @@ class Link:
         same medians on every rank), fitted jointly as their ring steps (``fit`` with
         ``collective_messages``): the link the two collectives of the hooks see. Fit it where the step's
         messages are: from a few KiB to the largest bucket's payload (a link's rate can depend on the
-        message size: TCP windows, a shaper's burst)."""
-        if not dist.is_initialized():
-            raise RuntimeError("Link.measure needs an initialised process group (dist.init_process_group)")
-        world = dist.get_world_size(group)
-        if world < 2:
-            raise ValueError(f"Link.measure needs a group of ≥ 2 ranks to measure a link, got {world}")
+        message size: TCP windows, a shaper's burst).
+
+        Where the times do not grow with the sizes (a link too fast for them, or a loaded machine: on
+        loopback beside other processes a 1 KiB collective has taken 3 ms and a 2 MiB one 1 ms), the
+        largest size and one 16 times larger (at most 64 MiB) are measured again and fitted alone; every
+        rank gets the same times, so every rank takes the same path. A fit of each collective alone was
+        tried and dropped: with three sizes on the loaded 2-core machine it was off by 20× in one run of
+        three, where the joint fit of both holds."""
         if len(sizes) < 2 or len(set(sizes)) < 2:
             raise ValueError(f"sizes must hold ≥ 2 distinct byte counts, got {describe(sizes)}")
-        for s in sizes:
-            check_int("sizes (bytes)", s, min=1)
-        xs, ts, ms = [], [], []
-        for s in sorted(sizes):  # small sizes first: after a large transfer small ones can stay slow a while
-            for kind in COLLECTIVES:
-                t, = time_collective(kind, [s], group=group, repeats=repeats, warmup=warmup)
-                m, b = collective_messages(kind, s, world)
-                xs.append(b)
-                ts.append(t)
-                ms.append(m)
-        return cls.fit(xs, ts, ms)
+        points = _link_points(group, sizes, repeats, warmup)
+        largest = max(sizes)
+        while True:
+            try:
+                return cls.fit(*zip(*points))
+            except ValueError:
+                if largest >= 1 << 26:
+                    raise
+            points = _link_points(group, [largest, min(16 * largest, 1 << 26)], repeats, warmup)
+            largest = min(16 * largest, 1 << 26)
+
+
+def _link_points(group: dist.ProcessGroup | None, sizes: Sequence[int], repeats: int,
+                 warmup: int) -> list[tuple[float, float, float]]:
+    """(bytes sent, seconds, messages) of an all-gather and an all-reduce of each size."""
+    if not dist.is_initialized():
+        raise RuntimeError("Link.measure needs an initialised process group (dist.init_process_group)")
+    world = dist.get_world_size(group)
+    if world < 2:
+        raise ValueError(f"Link.measure needs a group of ≥ 2 ranks to measure a link, got {world}")
+    for s in sizes:
+        check_int("sizes (bytes)", s, min=1)
+    out: list[tuple[float, float, float]] = []
+    for s in sorted(sizes):  # small sizes first: after a large transfer small ones can stay slow a while
+        for kind in COLLECTIVES:
+            t, = time_collective(kind, [s], group=group, repeats=repeats, warmup=warmup)
+            m, b = collective_messages(kind, s, world)
+            out.append((b, t, m))
+    return out
 
 
 def collective_messages(collective: str, nbytes: float, workers: int) -> tuple[int, float]:
@@ -839,7 +864,8 @@ def measure_group(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, An
                   methods: Sequence[Algorithm | str], *, timed: Sequence[Algorithm | str] = (),
                   optimizer: torch.optim.Optimizer | None = None, steps: int = 5, rounds: int = 5) -> GroupCosts:
     """Everything the cost model needs, measured on the initialised group (every rank must call it): the link
-    (``Link.measure``, from 4 KiB to the fp32 gradient's size within 1–4 MiB), the compute of a DDP step
+    (``Link.measure`` at 4 KiB and the fp32 gradient's size within 1–4 MiB: through a shaper with a
+    burst, mid-size messages pass at the line's own speed and would pull the fitted rate up), the compute of a DDP step
     (``measure_compute``), the buckets (``ddp_buckets``) and each method's hook overhead over the group
     (``measure_hook_overhead`` with the link; DSGD's is that of DDP's own all-reduce); and for the
     methods of ``timed``, their real seconds per step (``measure_steps``) to check the predictions against.
