@@ -874,7 +874,7 @@ def measure_group(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, An
     timed_labels = [method_label(method_algorithm(t)) for t in timed]
     d = sum(p.numel() for p in model.parameters() if p.requires_grad)
     link = Link.measure(sizes=(1 << 12, min(1 << 22, max(1 << 20, 4 * d))))
-    compute = measure_compute(model, loss_fn, batch, optimizer=optimizer)
+    compute = measure_compute(model, loss_fn, batch, optimizer=optimizer, repeats=9)
     overhead = {label: measure_hook_overhead(a, link=link) for label, a in algos.items()}
     measured = {}
     if timed:
