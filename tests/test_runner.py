@@ -352,7 +352,7 @@ def test_outputs_of_an_earlier_run_are_replaced_and_other_files_kept(tmp_path):
     d = tmp_path / "o"
     d.mkdir()
     old = ["diverged.png", "tracking.png", "weak_order.png", "summary.json", "metrics.csv", "run.json", "report.html",
-           ".metrics.csv.abc123.tmp", ".loss.png.x.tmp"]
+           ".metrics.csv.abc123.tmp", ".loss.png.x.tmp", "advice.json", "probe_snr.png"]  # the last two: an advice's
     for name in old:
         (d / name).write_bytes(b"old")
     mine = ["notes.txt", "checkpoint.pt", ".hidden.tmp", "loss.png.bak"]

@@ -12,8 +12,9 @@ is ``compsde run PRESET --set run.steps=5`` (the one ``--set`` word without ``=`
     compsde scale METHOD --from lr=…,batch=…,workers=…[,omega=…] --to KEY=VALUE,… [--json] [--validate]
                   [--model {discrete,sde,first-order}] [--spectrum EIG_MIN:EIG_MAX:DIM] [--noise T --grad-norm G]
     compsde advise PRESET_OR_CONFIG [--set KEY=VALUE ...] [--series I] [--method NAME[:COMPRESSOR[:K=V,...]] ...]
-                   [--sign-lr LR] [--spectrum EIG_MIN:EIG_MAX:DIM] [--bandwidth B --latency S] [--compute S] [--out DIR_OR_FILE.json]
-                   [--json] [--no-report] [--validate STEPS [--repeats R]]
+                   [--sign-lr LR] [--spectrum EIG_MIN:EIG_MAX:DIM] [--bandwidth B --latency S] [--compute S]
+                   [--ranks N [--throttle RATE]] [--out DIR_OR_FILE.json] [--json] [--no-report]
+                   [--validate STEPS [--repeats R]]
     compsde presets
     compsde compressors --dim D [--samples S] [--seed S] [--names a,b,...]
     compsde --version
@@ -436,15 +437,13 @@ def _advise_run(out: Path, exp: Any, compute: Callable[[], Any], *, command: str
     ``end_run``: run.json with its status, config.toml, report.html): the advice (``compute()``), advice.json and
     the probe's figures (``plot_probe``). run.json's claim becomes the recommendation. Returns the advice and
     the folder."""
-    from compsde.advise.probe import PROBE_FIGURES, plot_probe
+    from compsde.advise.probe import plot_probe
     from compsde.experiments import runner
 
     with runner.sigterm_raises():
         record = runner.start_run(out, exp, command=command, backend="sim", track=False, estimate=None,
                                   rerun=f"compsde advise {runner.CONFIG_FILE} --series {series}")
         try:
-            for stale in ("advice.json", *PROBE_FIGURES):  # an earlier advice's outputs
-                (out / stale).unlink(missing_ok=True)
             adv = compute()
             adv.write(out)
             if adv.noise_probe is not None:

@@ -373,11 +373,13 @@ def output_dir(out_dir: str | Path | None, name: str) -> Path:
 
 
 def clear_outputs(out: Path) -> list[str]:
-    """Remove the outputs an earlier run left in ``out`` (``OUTPUT_FILES``, ``plots.PLOT_FILES`` and their
-    ``.NAME.*.tmp`` temporaries); any other file stays. Returns the names removed."""
+    """Remove the outputs an earlier run or advice left in ``out`` (``OUTPUT_FILES``, ``plots.PLOT_FILES``,
+    ``compsde advise``'s advice.json and probe figures, and their ``.NAME.*.tmp`` temporaries): a report must
+    not show an earlier command's results. Any other file stays. Returns the names removed."""
+    from compsde.advise.probe import PROBE_FIGURES
     from compsde.experiments.plots import PLOT_FILES
 
-    known = (*OUTPUT_FILES, *PLOT_FILES)
+    known = (*OUTPUT_FILES, *PLOT_FILES, "advice.json", *PROBE_FIGURES)
     removed = []
     for name in known:
         p = out / name
