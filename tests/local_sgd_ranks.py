@@ -86,3 +86,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # leave as compsde's own ranks do (compsde.distributed.backend.child_main): gloo's destructors can abort at exit
+    os._exit(0)

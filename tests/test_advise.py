@@ -406,7 +406,7 @@ def test_a_failed_rank_is_a_clear_error(capsys, tmp_path, monkeypatch):
 
 
 USER_GROUP_SCRIPT = r"""
-import json, sys
+import json, os, sys
 import torch, torch.distributed as dist
 from compsde.advise import advise, measure_group
 from compsde.distributed.launch import init_from_env
@@ -424,6 +424,8 @@ if dist.get_rank() == 0:
     adv = advise(model, loss_fn, loader, lr=0.1, batch=16, workers=2, methods=methods, link=costs, out=sys.argv[1])
 dist.barrier()
 dist.destroy_process_group()
+sys.stdout.flush()
+os._exit(0)  # as compsde's own ranks leave: gloo's destructors can abort at exit
 """
 
 

@@ -272,7 +272,7 @@ def test_measure_compute():
 # ---- a real group -----------------------------------------------------------------------------------
 
 RANK_SCRIPT = r"""
-import json, sys, gc
+import json, os, sys, gc
 import torch, torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -305,6 +305,8 @@ gc.collect()
 dist.barrier()
 open(sys.argv[1] + f"/rank{rank}.json", "w").write(json.dumps(out))
 dist.destroy_process_group()
+sys.stdout.flush()
+os._exit(0)  # as compsde's own ranks leave: gloo's destructors can abort at exit
 """
 
 
