@@ -355,7 +355,8 @@ def test_cli_advise_measures_the_cost_on_ranks_and_times_the_validated_methods(c
     _real_probe_quick(monkeypatch)
     out = tmp_path / "r.json"
     assert main(["advise", "mlp-sde-tracking", "--method", "dsgd", "--method", "dsignsgd", "--method",
-                 "ef:top-k:ratio=0.1", "--ranks", "2", "--validate", "12", "--repeats", "1", "--out", str(out)]) == 0
+                 "ef:top-k:ratio=0.1", "--method", "adamw", "--ranks", "2", "--validate", "12", "--repeats", "1",
+                 "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "measured ms/step" in text and "pred./meas." in text
     d = json.loads(out.read_text(encoding="utf-8"))
@@ -363,8 +364,13 @@ def test_cli_advise_measures_the_cost_on_ranks_and_times_the_validated_methods(c
     assert ranks["workers"] == 2 and ranks["throttle"] is None and ranks["threads"] == 1
     assert sum(ranks["buckets"]) == 2410 and ranks["link"]["bandwidth"] > 1e6
     assert set(ranks["overhead"]) == {"dsgd identity()", "dsignsgd sign()", "ef top-k(ratio=0.1)"}
-    assert all(r["seconds_per_step"] > 0 for r in d["table"])
+    assert any("measured on 2 ranks are used at every N" in n for n in d["cost"]["notes"])
+    # AdamW's decoupled weight decay needs the parameters, which no DDP hook sees: no time, and not sent to the ranks
+    assert all((r["seconds_per_step"] is None) == (r["method"] == "adamw") for r in d["table"]), d["table"]
     for r in d["validation"]:
+        if r["method"] == "adamw":
+            assert r["measured_seconds_per_step"] is None and r["predicted_seconds_per_step_on_ranks"] is None
+            continue
         measured, predicted = r["measured_seconds_per_step"], r["predicted_seconds_per_step_on_ranks"]
         # a 2,410-parameter MLP on two loaded cores: steps of about a millisecond, the right order of magnitude
         assert 0 < measured < 1 and 0.2 < predicted / measured < 5, r
@@ -389,8 +395,8 @@ def test_cli_advise_on_a_throttled_link_measures_its_rate(capsys, tmp_path, monk
     # measured 98–105 Mbit/s in four runs; tbf lets a 256 kB burst through at the veth's own speed, and the largest
     # message is 1 MiB, so the fitted rate may exceed the throttle's by up to 256k/(1M − 256k) ≈ 1/3
     assert 0.75 < ranks["link"]["bandwidth"] * 8 / 100e6 < 1.35, ranks["link"]
-    assert f"cs{__import__('os').getpid()}" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                                                    text=True).stdout
+    assert f"compsde-{__import__('os').getpid()}-" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                                         text=True).stdout
 
 
 def test_a_failed_rank_is_a_clear_error(capsys, tmp_path, monkeypatch):
@@ -418,7 +424,7 @@ model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.Tanh(), torch.nn.L
 x, y = torch.randn(256, 10), torch.randint(0, 3, (256,))
 loader = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 256, 16)]
 loss_fn = torch.nn.functional.cross_entropy
-methods = ["dsgd", "dsignsgd"]
+methods = ["dsgd", "dsignsgd", "ef:top-k:ratio=0.1"]
 costs = measure_group(model, lambda m, b: loss_fn(m(b[0]), b[1]), loader[dist.get_rank()], methods, timed=["dsignsgd"])
 if dist.get_rank() == 0:
     adv = advise(model, loss_fn, loader, lr=0.1, batch=16, workers=2, methods=methods, link=costs, out=sys.argv[1])
@@ -442,3 +448,43 @@ def test_advise_for_a_users_model_with_costs_measured_on_its_group(tmp_path):
     assert ranks["measured_seconds_per_step"]["dsignsgd sign()"] > 0
     assert d["cost"]["compute_seconds"] == pytest.approx(sum(ranks["compute"].values()))
     assert all(r["seconds_per_step"] > 0 for r in d["table"])
+    assert {r["method"] for r in d["table"]} == {"dsgd", "dsignsgd", "ef top-k(ratio=0.1)"}
+
+
+def test_group_costs_missing_a_method_are_refused_loudly():
+    """A method the GroupCosts hold no overhead for would silently lose its time column: refused by name instead."""
+    from compsde.advise.cost import Compute, GroupCosts, Link, method_label
+    from compsde.experiments import build
+
+    g = GroupCosts(2, Link(1e8, 1e-4), Compute(1e-3, 2e-3), (2410,), {method_label(algorithms.make("dsgd")): 0.0}, {}, 1)
+
+    oracle = build.load("mlp-sde-tracking", []).series[0].oracle
+    with pytest.raises(ValueError, match="no hook overhead for dsignsgd"):
+        advise_mod.advise_oracle(oracle, lr=0.1, methods=["dsgd", "dsignsgd"], probe=PROBE, link=g)
+    adv = advise_mod.advise_oracle(oracle, lr=0.1, methods=["dsgd", "adamw"], probe=PROBE, link=g)  # adamw: no hook
+    assert {r["method"]: r["seconds_per_step"] is None for r in adv.rows} == {"dsgd": False, "adamw": True}
+
+
+def test_throttle_rates_and_the_links_clean_up(tmp_path):
+    """--throttle's rates are tc's syntax from 10mbit to 100gbit; a link is removed when its block raises, and a link
+    whose builder died is removed by the next one."""
+    import os
+    import subprocess
+
+    from compsde.distributed import netns
+
+    assert netns.bits_per_second("1gbit") == 1e9 and netns.bits_per_second("500MBIT") == 5e8
+    for bad in ("1 gbit", "1gbps", "5mbit", "200gbit", "", "gbit", 3, None):
+        with pytest.raises(ValueError, match="from 10mbit to 100gbit"):
+            netns.bits_per_second(bad, "--throttle")
+    if netns.why_not():
+        pytest.skip(f"no throttled link here: {netns.why_not()}")
+    listed = lambda: subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout  # noqa: E731
+    with pytest.raises(RuntimeError, match="inside"), netns.throttled_link("100mbit"):
+        assert f"{netns.PREFIX}{os.getpid()}-a" in listed()
+        raise RuntimeError("inside")
+    assert f"{netns.PREFIX}{os.getpid()}-" not in listed()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    subprocess.run(["ip", "netns", "add", f"{netns.PREFIX}{dead.pid}-a"], check=True)
+    assert dead.pid in netns.remove_stale_links() and f"{netns.PREFIX}{dead.pid}-a" not in listed()

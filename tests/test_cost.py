@@ -173,7 +173,7 @@ def test_prediction_refusals():
         Compute(0.1, -1)
     with pytest.raises(ValueError, match=r"Codec decode \(s\) must be a finite number ≥ 0, got inf"):
         Codec(0, 0, 0, math.inf)
-    with pytest.raises(ValueError, match="'dcsgd' cannot be built from its name alone.*make\\('ef', 'top-k'"):
+    with pytest.raises(ValueError, match="'dcsgd' cannot be built .*'ef:top-k:ratio=0.01'"):
         method_algorithm("dcsgd")
     with pytest.raises(ValueError, match="method must be a compsde Algorithm or an algorithm name, got 3"):
         method_algorithm(3)
@@ -406,6 +406,7 @@ def test_link_measure_measures_larger_sizes_where_the_times_do_not_grow(monkeypa
         return exact(sizes)
 
     monkeypatch.setattr(cost_mod, "_link_points", noisy_then_exact)
+    monkeypatch.setattr(cost_mod.dist, "get_world_size", lambda group=None: 2)
     link = Link.measure(sizes=(1024, 2 << 20))
     assert calls == [[1024, 2 << 20], [2 << 20, 32 << 20]]
     assert link.bandwidth == pytest.approx(LINK.bandwidth, rel=1e-9)
@@ -415,3 +416,8 @@ def test_link_measure_measures_larger_sizes_where_the_times_do_not_grow(monkeypa
     with pytest.raises(ValueError, match="do not grow"):
         Link.measure(sizes=(1024, 2 << 20))
     assert calls[-1] == [32 << 20, 64 << 20]
+    calls.clear()  # 64 ranks: an all-gather's receive buffer stays within 256 MiB, each send within 4 MiB
+    monkeypatch.setattr(cost_mod.dist, "get_world_size", lambda group=None: 64)
+    with pytest.raises(ValueError, match="do not grow"):
+        Link.measure(sizes=(1024, 2 << 20))
+    assert calls == [[1024, 2 << 20], [2 << 20, 4 << 20]]

@@ -37,10 +37,13 @@ from compsde.advise.cost import (
     Link,
     StepPrediction,
     ddp_buckets,
+    hookable,
     measure_codec,
     measure_compute,
     measure_group,
     measure_hook_overhead,
+    method_algorithm,
+    method_label,
     predict_step_seconds,
 )
 from compsde.advise.probe import NoiseProbe, plot_probe, probe_model, probe_oracle, tail_index
@@ -262,6 +265,8 @@ def default_cost(dim: int, *, batch: int, link: Any = None, compute: Any = None)
                             "compute_seconds": total, "batch": batch, "notes": notes}
     if group is not None:
         info["measured_on_ranks"] = group.as_dict()
+        notes.append(f"[heuristic] the link, compute and hook overheads measured on {group.workers} ranks are used at "
+                     "every N (the ring formulas carry N; contention of more ranks for a link is not measured)")
     return fn, info
 
 
@@ -465,7 +470,8 @@ def advise_oracle(oracle: Any, params: Any = None, *, lr: float, batch: int | No
 
 def config_experiment(source: Any, overrides: Iterable[str] = (), *, series: int = 0, validate_steps: int | None = None,
                       validate_repeats: int = 2, ranks: int | None = None, throttle: str | None = None,
-                      methods: Iterable[str | tuple[str, Algorithm] | Algorithm] | None = None) -> Any:
+                      methods: Iterable[str | tuple[str, Algorithm] | Algorithm] | None = None,
+                      link: Any = None, compute: Any = None, cost: Any = None) -> Any:
     """The built ``Experiment`` that ``advise_config`` advises on (``source``: a preset, config file, run folder,
     config dict or an ``Experiment`` already built, which ``overrides`` must then leave empty), after checking
     ``series``, the ``validate`` sizes, the ``ranks`` to measure on (``compsde.advise.ranks.check_series``) and the
@@ -490,6 +496,9 @@ def config_experiment(source: Any, overrides: Iterable[str] = (), *, series: int
     if ranks is not None:
         from compsde.advise.ranks import check_series
 
+        if link is not None or compute is not None or cost is not None:
+            raise ValueError("--ranks measures the link and the compute: leave out --bandwidth, --latency and --compute "
+                             "(and cost=)")
         check_series(exp, series, ranks, throttle)
     return exp
 
@@ -507,14 +516,13 @@ def advise_config(source: Any, overrides: Iterable[str] = (), *, series: int = 0
     step beside the prediction at N = ``ranks``); the advice holds the comparison."""
     exp = config_experiment(source, overrides, series=series, validate_steps=validate_steps,
                             validate_repeats=validate_repeats, ranks=ranks, throttle=throttle,
-                            methods=kwargs.get("methods"))
+                            methods=kwargs.get("methods"), link=kwargs.get("link"), compute=kwargs.get("compute"),
+                            cost=kwargs.get("cost"))
     spec = exp.series[series]
     group = None
     if ranks is not None:
         from compsde.advise import ranks as ranks_mod
 
-        if kwargs.get("link") is not None or kwargs.get("compute") is not None:
-            raise ValueError("--ranks measures the link and the compute: leave out --bandwidth, --latency and --compute")
         methods = kwargs.get("methods")
         specs = list(DEFAULT_METHODS if methods is None else methods)
         if not all(isinstance(m, str) for m in specs):
@@ -550,8 +558,12 @@ def _add_step_times(adv: Advice, group: cost.GroupCosts, batch: int) -> None:
     assert fn is not None
     for row in adv.validation:
         algo = adv.algorithms[row["method"]]
-        measured = group.measured.get(cost.method_label(cost.method_algorithm(algo)))
-        row["measured_seconds_per_step"] = measured
+        try:
+            key = cost.method_label(cost.method_algorithm(algo))
+        except ValueError:  # no DDP hook runs it: not timed
+            row["measured_seconds_per_step"] = row["predicted_seconds_per_step_on_ranks"] = None
+            continue
+        row["measured_seconds_per_step"] = group.measured.get(key)
         row["predicted_seconds_per_step_on_ranks"] = fn(algo, Setting(row["setting"]["lr"], batch, group.workers))
 
 
@@ -560,6 +572,12 @@ def _finish(probe: Any, dim: int, lr: float, batch: int, workers: int,
             compute: float | None, sign_lr: float | None, spectrum: scaling.Spectrum | None,
             out: str | Path | None) -> Advice:
     info: dict[str, Any] | None = None
+    if cost is None and isinstance(link, GroupCosts):
+        missing = [label for label, a in _methods(methods).items() if hookable(a) and
+                   method_label(method_algorithm(a)) not in link.overhead]
+        if missing:
+            raise ValueError(f"the GroupCosts given as link hold no hook overhead for {', '.join(missing)}: measure "
+                             "every method on the group (measure_group(..., methods)) before advising on it")
     if cost is None:
         cost, info = default_cost(dim, batch=batch, link=link, compute=compute)
     adv = advise_from_probe(probe, dim=dim, lr=lr, batch=batch, workers=workers, methods=methods, cost=cost,

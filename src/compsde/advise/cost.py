@@ -40,12 +40,17 @@ added to each bucket's sender side: a fraction of a millisecond to ~2 ms, which 
 only. Not modelled: gloo's own reduction of an all-reduce (one add pass over the buffer, in its thread)
 and contention of several ranks for one core (measure on the cores each rank will have).
 
-Checked against real steps (``benchmarks/bench_hooks.py --predict``: two ranks in network namespaces
-joined by a 1 Gbit/s veth, MLPs of 3 layers, batch 4): at 12.6M parameters the predictions were within
-10 % of the measured steps for every hook (fp32 all-reduce, sign, scaled-sign, rand-k, top-k with and
-without error feedback, QSGD); at 197k parameters (steps of 1.5–7 ms) within 25 % for fp32, sign,
-rand-k and QSGD and 25–30 % short for top-k + EF, where run-to-run changes of the measured steps were
-up to 40 % on the 2-core machine.
+Checked against real steps (``benchmarks/bench_hooks.py --predict --runs R``: two ranks in network
+namespaces joined by a 1 Gbit/s veth, MLPs of 3 layers, batch 4; medians of R runs): at 12.6M parameters
+predicted / measured was 0.89–1.15 for fp32 all-reduce, sign, rand-k, top-k + EF and QSGD (R = 3); at
+197k parameters (steps of 0.6–6 ms) 0.83–1.22 (R = 5), single runs 0.56–1.38 on the 2-core machine.
+The namespace link's token bucket passes messages below its burst (256 kB) at the veth's own speed when
+the link was idle during the compute, so there small all-reduces measure faster than a real line allows.
+
+On a real group, ``measure_group`` measures the link, the compute, the buckets and the hook overheads
+(``compsde advise --ranks``); ``measure_steps`` times real steps to check the predictions against. They
+run CPU tensors over the default group, which must be a gloo group (an NCCL one is refused: GPU steps
+are not modelled here).
 """
 
 from __future__ import annotations
@@ -68,7 +73,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from compsde import algorithms as algorithms_mod
 from compsde.algorithms import Algorithm
 from compsde.compressors import Payload
 from compsde.compressors.wire import Layout, decode_sum, wire_bytes
@@ -78,7 +82,7 @@ from compsde.core.timing import median_seconds
 from compsde.distributed.collectives import all_gather_bytes, check_wire, finish_direction, flat_floats, unflat_floats
 
 __all__ = ["COLLECTIVES", "Codec", "Compute", "GroupCosts", "Link", "StepMethod", "StepPrediction", "all_gather_seconds",
-           "all_reduce_seconds", "collective_messages", "collective_seconds", "cpu_median_seconds", "ddp_buckets", "is_dsgd",
+           "all_reduce_seconds", "collective_messages", "collective_seconds", "cpu_median_seconds", "ddp_buckets", "hookable", "is_dsgd",
            "measure_codec", "measure_compute", "measure_group", "measure_hook_overhead", "measure_steps", "method_algorithm",
            "method_label",
            "predict_step_seconds", "time_collective"]
@@ -172,22 +176,25 @@ class Link:
 
         Where the times do not grow with the sizes (a link too fast for them, or a loaded machine: on
         loopback beside other processes a 1 KiB collective has taken 3 ms and a 2 MiB one 1 ms), the
-        largest size and one 16 times larger (at most 64 MiB) are measured again and fitted alone; every
-        rank gets the same times, so every rank takes the same path. A fit of each collective alone was
+        largest size and one 16 times larger are measured again and fitted alone, and so on up to 64 MiB
+        (and an all-gather's receive buffer, world × size, of at most 256 MiB); every rank gets the same
+        times, so every rank takes the same path. A fit of each collective alone was
         tried and dropped: with three sizes on the loaded 2-core machine it was off by 20× in one run of
         three, where the joint fit of both holds."""
         if len(sizes) < 2 or len(set(sizes)) < 2:
             raise ValueError(f"sizes must hold ≥ 2 distinct byte counts, got {describe(sizes)}")
         points = _link_points(group, sizes, repeats, warmup)
         largest = max(sizes)
+        # an all-gather receives world × size bytes: at most 256 MiB, and no size beyond 64 MiB
+        cap = max(largest, min(1 << 26, (1 << 28) // dist.get_world_size(group)))
         while True:
             try:
                 return cls.fit(*zip(*points))
             except ValueError:
-                if largest >= 1 << 26:
+                if largest >= cap:
                     raise
-            points = _link_points(group, [largest, min(16 * largest, 1 << 26)], repeats, warmup)
-            largest = min(16 * largest, 1 << 26)
+            points = _link_points(group, [largest, min(16 * largest, cap)], repeats, warmup)
+            largest = min(16 * largest, cap)
 
 
 def _link_points(group: dist.ProcessGroup | None, sizes: Sequence[int], repeats: int,
@@ -542,15 +549,17 @@ def cpu_median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1,
 
 def method_algorithm(method: Algorithm | str) -> Algorithm:
     """The ``Algorithm`` a DDP hook would run for ``method``: an ``Algorithm`` (``compsde.algorithms.make``)
-    or the name of one that needs no arguments (``"dsgd"``, ``"dsignsgd"``, ``"dsignsgd-majority"``).
-    ValueError for what the hook refuses: local methods, probing optimizers, transforms that need the
-    parameters, compressors without a wire format."""
+    or a spec name[:compressor[:key=value,...]] (``compsde.advise.parse_method``: ``"dsgd"``,
+    ``"ef:top-k:ratio=0.01"``). ValueError for what the hook refuses: local methods, probing optimizers,
+    transforms that need the parameters, compressors without a wire format."""
     if isinstance(method, str):
+        from compsde.advise import parse_method
+
         try:
-            algo = algorithms_mod.make(method)
+            algo = parse_method(method)[1]
         except ValueError as e:
-            raise ValueError(f"method {method!r} cannot be built from its name alone ({e}); pass an Algorithm: "
-                             "compsde.algorithms.make(name, compressor, ...), e.g. make('ef', 'top-k', ratio=0.01)") from None
+            raise ValueError(f"method {method!r} cannot be built ({e}); give name[:compressor[:key=value,...]], e.g. "
+                             "'ef:top-k:ratio=0.01', or an Algorithm: compsde.algorithms.make(name, compressor, ...)") from None
     elif isinstance(method, Algorithm):
         algo = method
     else:
@@ -566,6 +575,15 @@ def method_algorithm(method: Algorithm | str) -> Algorithm:
                          "hook sees gradients only")
     check_wire(algo.compressor, "the cost model")
     return algo
+
+
+def hookable(method: Algorithm | str) -> bool:
+    """Whether a DDP communication hook can run ``method`` (``method_algorithm`` accepts it)."""
+    try:
+        method_algorithm(method)
+    except ValueError:
+        return False
+    return True
 
 
 def measure_codec(method: Algorithm | str, n: int, workers: int, *, dtype: torch.dtype = torch.float32,
@@ -869,7 +887,11 @@ def measure_group(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, An
     (``measure_compute``), the buckets (``ddp_buckets``) and each method's hook overhead over the group
     (``measure_hook_overhead`` with the link; DSGD's is that of DDP's own all-reduce); and for the
     methods of ``timed``, their real seconds per step (``measure_steps``) to check the predictions against.
-    Methods are ``method_algorithm``'s (an ``Algorithm`` or a name); the results are keyed by ``method_label``."""
+    Methods are ``method_algorithm``'s (an ``Algorithm`` or a spec such as "ef:top-k:ratio=0.01"); the results
+    are keyed by ``method_label``. The default group must be gloo (CPU tensors)."""
+    if dist.is_initialized() and dist.get_backend() != "gloo":
+        raise ValueError(f"measure_group times CPU steps over the default group, which must be gloo; it is "
+                         f"{dist.get_backend()}")
     algos = {method_label(a): a for a in map(method_algorithm, [*methods, *timed])}
     timed_labels = [method_label(method_algorithm(t)) for t in timed]
     d = sum(p.numel() for p in model.parameters() if p.requires_grad)

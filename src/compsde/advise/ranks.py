@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from compsde.advise.cost import GroupCosts, measure_group
+from compsde.advise.cost import GroupCosts, hookable, measure_group
 from compsde.core.checks import check_int, check_number, describe
 
 __all__ = ["CHILD_MODULE", "MAX_RANKS", "check_series", "measure_series"]
@@ -34,7 +34,8 @@ def measure_series(exp: Any, series: int, methods: Sequence[str], *, ranks: int,
     """``GroupCosts`` of series ``series`` of the built experiment ``exp`` (a network series), measured on
     ``ranks`` local processes — over loopback, or over a link throttled to ``throttle`` (tc's rate syntax,
     e.g. "1gbit"; 2 ranks, root). ``methods`` and ``timed`` are method specs (``compsde.advise.parse_method``):
-    every method's overhead is measured and the ``timed`` ones take ``rounds`` × ``steps`` real DDP steps each.
+    every method's overhead is measured and the ``timed`` ones take ``rounds`` × ``steps`` real DDP steps each;
+    methods no DDP hook runs (``hookable``: local methods, SAM, decoupled weight decay) are left out.
     ValueError for bad arguments and for a series without a network; ``compsde.distributed.launch.LaunchError``
     when a rank fails or the throttled link cannot be built."""
     from compsde.advise import parse_method
@@ -49,6 +50,9 @@ def measure_series(exp: Any, series: int, methods: Sequence[str], *, ranks: int,
         if not isinstance(m, str):
             raise ValueError(f"methods measured on ranks are given as specs name[:compressor[:k=v,...]], got {describe(m)}")
         parse_method(m)  # refused here, before any process starts
+    # the ranks measure what a DDP hook can run; the others (local methods, SAM, AdamW's decay) get no time
+    methods = [m for m in methods if hookable(m)]
+    timed = [m for m in timed if hookable(m)]
     job = {"config": exp.config, "name": exp.name, "series": series, "methods": list(methods), "timed": list(timed),
            "steps": steps, "rounds": rounds, "timeout": timeout}
     # the link's set-up, the ranks' start and their measurements: generous, a hung rank still ends
@@ -63,8 +67,10 @@ def measure_series(exp: Any, series: int, methods: Sequence[str], *, ranks: int,
 
 def check_series(exp: Any, series: int, ranks: int, throttle: str | None) -> None:
     """Whether series ``series`` of ``exp`` can be measured on ``ranks`` ranks (over a link throttled to
-    ``throttle``): every check that needs no process, so a caller can make them before anything runs."""
-    from compsde.distributed.netns import RANKS, bits_per_second, why_not
+    ``throttle``, which is built and removed once to see that it can be): so a caller can check before the
+    probe runs."""
+    from compsde.distributed.launch import LaunchError
+    from compsde.distributed.netns import RANKS, bits_per_second, throttled_link, why_not
     from compsde.objectives.network import NetworkOracle
 
     check_int("--ranks", ranks, min=2, max=MAX_RANKS)
@@ -75,6 +81,11 @@ def check_series(exp: Any, series: int, ranks: int, throttle: str | None) -> Non
         why = why_not()
         if why:
             raise ValueError(f"--throttle {throttle}: cannot build a throttled link here ({why})")
+        try:  # built and removed once, so that a kernel without tbf or a root without CAP_NET_ADMIN is told now
+            with throttled_link(throttle):
+                pass
+        except LaunchError as e:
+            raise ValueError(f"--throttle {throttle}: {e}") from None
     spec = exp.series[series]
     if not isinstance(spec.oracle, NetworkOracle):
         raise ValueError(f"--ranks times DDP steps of a network, and series {series} of {exp.name!r} is a "

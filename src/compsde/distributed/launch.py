@@ -55,7 +55,8 @@ import torch.distributed as dist
 __all__ = [
     "EXIT_CONFIG", "EXIT_PEER", "JOB_PREFIX", "ConfigMismatch", "Context", "Interrupted", "LaunchError",
     "check_same_settings", "describe_exit", "die_with_parent", "dist_backend_for", "in_launched_env", "init_from_env",
-    "interruptible", "new_job_dir", "peer_report", "quiet_signals", "rank_device", "remove_stale_jobs", "spawn",
+    "interruptible", "new_job_dir", "peer_report", "process_alive", "quiet_signals", "rank_device", "remove_stale_jobs",
+    "spawn",
 ]
 
 #: Exit status of a rank whose collective failed because a peer died or hung.
@@ -442,6 +443,14 @@ def _running(pid: int, start: str) -> bool:
         if fields is None or fields[0] in ("Z", "X"):  # gone, or a zombie (dead, not yet reaped)
             return False
         return start in ("?", "") or fields[19] == start
+    return process_alive(pid)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a zombie counts as gone where /proc tells)."""
+    if Path("/proc/self/stat").exists():
+        fields = _proc_stat(pid)
+        return fields is not None and fields[0] not in ("Z", "X")
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

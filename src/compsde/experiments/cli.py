@@ -380,12 +380,11 @@ def _cmd_advise(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 raise ValueError(f"{flag} must be a finite number {'≥ 0' if zero_ok else '> 0'}, got {v!r}")
         if args.out is not None and not args.out.strip():
             raise ValueError(f"--out must name a directory or a .json file, got {args.out!r}")
-        _check_ranks(args)
         spectrum = scaling.Spectrum.parse(args.spectrum) if args.spectrum is not None else None
         link = (args.bandwidth, args.latency) if args.bandwidth is not None else None
         exp = config_experiment(source, overrides, series=args.series, validate_steps=args.validate,
                                 validate_repeats=args.repeats, ranks=args.ranks, throttle=args.throttle,
-                                methods=args.methods)
+                                methods=args.methods, link=link, compute=args.compute)
         folder = None if _advice_file(args.out) else runner.output_dir(args.out, exp.name)
 
         def compute() -> Advice:
@@ -412,15 +411,6 @@ def _cmd_advise(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(adv.format())
         print(f"wrote {path}")
     return 0
-
-
-def _check_ranks(args: argparse.Namespace) -> None:
-    """The combinations of ``--ranks``, ``--throttle`` and the given link that make no sense (the rest is checked
-    with the series: ``compsde.advise.ranks.check_series``)."""
-    if args.ranks is None and args.throttle is not None:
-        raise ValueError("--throttle builds a link between ranks: give --ranks 2 with it")
-    if args.ranks is not None and (args.bandwidth is not None or args.compute is not None):
-        raise ValueError("--ranks measures the link and the compute: leave out --bandwidth, --latency and --compute")
 
 
 def _stopped(e: BaseException, kept: str = "") -> int:
