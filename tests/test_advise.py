@@ -488,3 +488,22 @@ def test_throttle_rates_and_the_links_clean_up(tmp_path):
     dead.wait()
     subprocess.run(["ip", "netns", "add", f"{netns.PREFIX}{dead.pid}-a"], check=True)
     assert dead.pid in netns.remove_stale_links() and f"{netns.PREFIX}{dead.pid}-a" not in listed()
+
+
+def test_cli_advise_stopped_by_a_signal(capsys, tmp_path, monkeypatch):
+    """A signal caught while advising (e.g. inside the throttled link's block) exits 128 + its number, says so, and
+    mentions run.json only where there is one."""
+    import signal
+
+    from compsde.distributed.launch import Interrupted
+    from compsde.experiments.cli import main
+
+    def stop(oracle, x):
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(advise_mod, "probe_oracle", stop)
+    assert main(["advise", "mlp-sde-tracking", "--method", "dsgd", "--out", str(tmp_path / "a.json")]) == 143
+    assert capsys.readouterr().err.strip() == "error: terminated by SIGTERM"
+    assert main(["advise", "mlp-sde-tracking", "--method", "dsgd", "--out", str(tmp_path / "run")]) == 143
+    assert capsys.readouterr().err.strip() == "error: terminated by SIGTERM (run.json records it)"
+    assert json.loads((tmp_path / "run" / "run.json").read_text(encoding="utf-8"))["status"] != "completed"

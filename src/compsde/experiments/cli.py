@@ -31,6 +31,7 @@ report.html), or only the file when ``--out`` names a FILE.json.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
@@ -369,6 +370,7 @@ def _cmd_advise(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from compsde.experiments import runner
     from compsde.sde import scaling
 
+    folder: Path | None = None
     try:
         source, overrides = _source_and_overrides(args)
         if (args.bandwidth is None) != (args.latency is None):
@@ -404,7 +406,7 @@ def _cmd_advise(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.status
     except (KeyboardInterrupt, runner.Terminated) as e:
-        return _stopped(e)
+        return _stopped(e, recorded=folder is not None)
     if args.json:
         print(json.dumps(_jsonable(adv.as_dict()), indent=2, ensure_ascii=False))
     else:
@@ -413,11 +415,18 @@ def _cmd_advise(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-def _stopped(e: BaseException, kept: str = "") -> int:
-    """The exit of a run stopped by Ctrl-C (130) or SIGTERM (143), said on stderr; run.json has recorded it and
-    ``kept`` says what else survives."""
-    how, code = ("interrupted", 130) if isinstance(e, KeyboardInterrupt) else ("terminated by SIGTERM", 128 + 15)
-    print(f"error: {how} (run.json records it{'; ' + kept if kept else ''})", file=sys.stderr)
+def _stopped(e: BaseException, kept: str = "", recorded: bool = True) -> int:
+    """The exit of a run stopped by Ctrl-C (130) or SIGTERM (143; a signal caught by ``launch.interruptible``:
+    128 + its number), said on stderr; run.json has recorded it (when ``recorded``) and ``kept`` says what else
+    survives."""
+    from compsde.distributed.launch import Interrupted
+
+    if isinstance(e, Interrupted) and e.signum != signal.SIGINT:
+        how, code = f"terminated by {signal.Signals(e.signum).name}", e.status
+    else:
+        how, code = ("interrupted", 130) if isinstance(e, KeyboardInterrupt) else ("terminated by SIGTERM", 128 + 15)
+    notes = (["run.json records it"] if recorded else []) + ([kept] if kept else [])
+    print(f"error: {how}" + (f" ({'; '.join(notes)})" if notes else ""), file=sys.stderr)
     return code
 
 
