@@ -233,16 +233,11 @@ class _Tied(torch.nn.Module):
         return self.out(h) + h @ self.out.weight
 
 
-class _Twice(torch.nn.Module):
-    """One Linear layer called twice per forward (shared weights): its products accumulate."""
-
-    def __init__(self, features, classes):
-        super().__init__()
-        self.inp = torch.nn.Linear(features, classes)
-        self.mid = torch.nn.Linear(classes, classes)
+class _Twice(_Tied):
+    """The same two layers, the second called twice per forward (shared weights): its products accumulate."""
 
     def forward(self, x):
-        return self.mid(torch.tanh(self.mid(torch.tanh(self.inp(x.flatten(1))))))
+        return self.out(torch.tanh(self.out(torch.tanh(self.inp(x.flatten(1))))))
 
 
 class _Dropped(torch.nn.Module):

@@ -209,7 +209,6 @@ def _jsonable(v: Any) -> Any:
 # ---- the cost model: the one place it is called ----------------------------------------------------
 
 
-
 def default_cost(dim: int, *, batch: int, link: Any = None, compute: Any = None) -> tuple[CostFn | None, dict[str, Any]]:
     """The cost model (``compsde.advise.cost.predict_step_seconds``) at ``dim`` parameters as a ``CostFn``, and what to
     record about it; (None, the reason) where it cannot run.

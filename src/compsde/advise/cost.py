@@ -883,7 +883,7 @@ def measure_group(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, An
                   optimizer: torch.optim.Optimizer | None = None, steps: int = 5, rounds: int = 5) -> GroupCosts:
     """Everything the cost model needs, measured on the initialised group (every rank must call it): the link
     (``Link.measure`` at 4 KiB and the fp32 gradient's size within 1–4 MiB: through a shaper with a
-    burst, mid-size messages pass at the line's own speed and would pull the fitted rate up), the compute of a DDP step
+    burst, mid-size messages pass at the veth's own speed and would pull the fitted rate up), the compute of a DDP step
     (``measure_compute``), the buckets (``ddp_buckets``) and each method's hook overhead over the group
     (``measure_hook_overhead`` with the link; DSGD's is that of DDP's own all-reduce); and for the
     methods of ``timed``, their real seconds per step (``measure_steps``) to check the predictions against.
@@ -892,8 +892,9 @@ def measure_group(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, An
     if dist.is_initialized() and dist.get_backend() != "gloo":
         raise ValueError(f"measure_group times CPU steps over the default group, which must be gloo; it is "
                          f"{dist.get_backend()}")
-    algos = {method_label(a): a for a in map(method_algorithm, [*methods, *timed])}
-    timed_labels = [method_label(method_algorithm(t)) for t in timed]
+    timed_algos = [method_algorithm(t) for t in timed]
+    algos = {method_label(a): a for a in [*map(method_algorithm, methods), *timed_algos]}
+    timed_labels = [method_label(a) for a in timed_algos]
     d = sum(p.numel() for p in model.parameters() if p.requires_grad)
     link = Link.measure(sizes=(1 << 12, min(1 << 22, max(1 << 20, 4 * d))))
     compute = measure_compute(model, loss_fn, batch, optimizer=optimizer, repeats=9)
